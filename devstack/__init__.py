@@ -1,0 +1,137 @@
+"""Local services on loopback for tests, benchmarks and ``make demo``.
+
+Starts a real ``redis-server`` and an S3-compatible server (a ``minio`` binary when one is on
+PATH, otherwise moto's S3 server) on free ports, and the worker and REST service as
+subprocesses configured to use them. Nothing here is used in production.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+LOCAL_DEV_KEY = "minioadmin"  # MinIO's documented local-development credentials
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for_port(port: int, timeout_s: float = 20.0, process: subprocess.Popen | None = None
+                  ) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"{process.args[0]} exited with code {process.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout_s} s")
+
+
+def stop(process: subprocess.Popen | None, timeout_s: float = 10.0) -> None:
+    """SIGTERM, then SIGKILL a service started here."""
+    if process is None or process.poll() is not None:
+        return
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+@dataclass
+class Service:
+    """A started server: its process, port and log file."""
+
+    process: subprocess.Popen
+    port: int
+    log_path: Path
+    extra: dict[str, str] = field(default_factory=dict)
+
+    def stop(self) -> None:
+        stop(self.process)
+
+
+def _spawn(command: list[str], log_path: Path, env: Mapping[str, str] | None = None
+           ) -> subprocess.Popen:
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("ab") as log:
+        return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, env=dict(env or os.environ))
+
+
+def start_redis(state_dir: Path, port: int | None = None, aof: bool = False) -> Service:
+    """A throw-away redis-server on loopback (AOF on for persistence tests)."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise RuntimeError("redis-server is not installed: run `make setup` "
+                           "(apt-get install -y redis-server)")
+    port = port or free_port()
+    state_dir.mkdir(parents=True, exist_ok=True)
+    command = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+               "--dir", str(state_dir), "--appendonly", "yes" if aof else "no"]
+    process = _spawn(command, state_dir / "redis.log")
+    wait_for_port(port, process=process)
+    return Service(process, port, state_dir / "redis.log")
+
+
+def start_s3(state_dir: Path, port: int | None = None) -> Service:
+    """MinIO when a ``minio`` binary is on PATH, else moto's S3 server."""
+    port = port or free_port()
+    state_dir.mkdir(parents=True, exist_ok=True)
+    log_path = state_dir / "s3.log"
+    minio = shutil.which("minio")
+    extra: dict[str, str] = {}
+    if minio:
+        console = free_port()
+        env = {**os.environ, "MINIO_ROOT_USER": LOCAL_DEV_KEY,
+               "MINIO_ROOT_PASSWORD": LOCAL_DEV_KEY}
+        command = [minio, "server", str(state_dir / "data"), "--address", f"127.0.0.1:{port}",
+                   "--console-address", f"127.0.0.1:{console}"]
+        process = _spawn(command, log_path, env)
+        extra = {"kind": "minio", "console": f"http://127.0.0.1:{console}"}
+    else:
+        command = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
+        process = _spawn(command, log_path)
+        extra = {"kind": "moto"}
+    wait_for_port(port, timeout_s=30, process=process)
+    return Service(process, port, log_path, extra)
+
+
+def service_env(redis_port: int, s3_port: int, **overrides: str) -> dict[str, str]:
+    """The environment of a worker or REST process using the services above."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DEMUCS_", "MINIO_"))}
+    env.update(REDIS_HOST="127.0.0.1", REDIS_PORT=str(redis_port),
+               MINIO_ENDPOINT=f"127.0.0.1:{s3_port}", MINIO_ACCESS_KEY=LOCAL_DEV_KEY,
+               MINIO_SECRET_KEY=LOCAL_DEV_KEY, MINIO_SECURE="false",
+               PYTHONUNBUFFERED="1")
+    env.update(overrides)
+    return env
+
+
+def start_worker(env: Mapping[str, str], log_path: Path) -> subprocess.Popen:
+    return _spawn([sys.executable, str(ROOT / "worker" / "worker.py")], log_path, env)
+
+
+def start_rest(env: Mapping[str, str], port: int, log_path: Path) -> Service:
+    command = [sys.executable, "-m", "uvicorn", "rest.app:app", "--host", "127.0.0.1",
+               "--port", str(port), "--no-access-log"]
+    process = subprocess.Popen(command, stdout=log_path.open("ab"), stderr=subprocess.STDOUT,
+                               stdin=subprocess.DEVNULL, env=dict(env), cwd=ROOT)
+    wait_for_port(port, timeout_s=30, process=process)
+    return Service(process, port, log_path)

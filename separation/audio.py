@@ -1,0 +1,105 @@
+"""Audio: probe an input MP3, and mix Demucs' WAV stems into tracks encoded to MP3 once each.
+
+Derived tracks are mixed from the lossless WAV stems, block by block, so memory stays flat
+with song length, and every track is encoded exactly once (``acapella`` is the vocals file).
+"""
+
+from __future__ import annotations
+
+import wave
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
+from pathlib import Path
+
+import lameenc
+import numpy as np
+from mutagen import MutagenError
+from mutagen.mp3 import MP3
+
+from separation.contract import DEMUCS_STEMS
+
+BLOCK_S = 10
+MIXES: dict[str, tuple[str, ...]] = {
+    "instrumental": ("drums", "bass", "other"),
+    "full": DEMUCS_STEMS,
+}
+"""Tracks made by summing stems."""
+
+
+class NotAudio(ValueError):
+    """The input is not an MP3 that can be separated."""
+
+
+def probe_mp3(path: Path) -> float:
+    """The duration in seconds of an MP3; NotAudio if it is not one."""
+    if path.stat().st_size == 0:
+        raise NotAudio("input file is empty (0 bytes)")
+    try:
+        info = MP3(path).info
+    except MutagenError as error:
+        raise NotAudio(f"input is not a decodable MP3 ({error})") from None
+    if info.length <= 0 or info.sample_rate <= 0:
+        raise NotAudio("input MP3 has no audio frames")
+    return float(info.length)
+
+
+def _encoder(channels: int, sample_rate: int, bitrate_kbps: int) -> lameenc.Encoder:
+    encoder = lameenc.Encoder()
+    encoder.set_bit_rate(bitrate_kbps)
+    encoder.set_in_sample_rate(sample_rate)
+    encoder.set_channels(channels)
+    encoder.set_quality(2)  # Demucs' default MP3 preset
+    return encoder
+
+
+def _mix(blocks: Iterable[np.ndarray]) -> np.ndarray:
+    total = sum(block.astype(np.int32) for block in blocks)
+    return np.clip(total, -32768, 32767).astype(np.int16)  # type: ignore[union-attr]
+
+
+def mix_and_encode(stem_dir: Path, tracks: Iterable[str], out_dir: Path, bitrate_kbps: int,
+                   threads: int) -> dict[str, Path]:
+    """Encode the stems and mixes named in ``tracks`` from ``<stem_dir>/<stem>.wav``.
+
+    Returns ``{track: mp3 path}``; ``original`` is not made here (the input is the original).
+    """
+    wanted = [t for t in tracks if t != "original"]
+    encoded = [t for t in wanted if t != "acapella"]
+    if "acapella" in wanted and "vocals" not in encoded:
+        encoded.append("vocals")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {track: out_dir / f"{track}.mp3" for track in encoded}
+    with ExitStack() as stack, ThreadPoolExecutor(max(1, threads)) as pool:
+        readers = {s: stack.enter_context(wave.open(str(stem_dir / f"{s}.wav"), "rb"))
+                   for s in DEMUCS_STEMS}
+        channels, rate = _check_same_format(readers)
+        encoders = {t: _encoder(channels, rate, bitrate_kbps) for t in encoded}
+        files = {t: stack.enter_context(paths[t].open("wb")) for t in encoded}
+        block_frames = BLOCK_S * rate
+        while True:
+            stems = {s: np.frombuffer(r.readframes(block_frames), dtype=np.int16)
+                     for s, r in readers.items()}
+            if not stems["vocals"].size:
+                break
+            pcm = {t: stems[t] if t in stems else _mix(stems[s] for s in MIXES[t])
+                   for t in encoded}
+            chunks = pool.map(lambda t, block=pcm: encoders[t].encode(block[t].tobytes()),
+                              encoded)
+            for track, chunk in zip(encoded, chunks, strict=True):
+                files[track].write(chunk)
+        for track in encoded:
+            files[track].write(encoders[track].flush())
+    paths["acapella"] = paths.get("vocals", out_dir / "vocals.mp3")  # the same audio
+    return {t: paths[t] for t in wanted}
+
+
+def _check_same_format(readers: dict[str, wave.Wave_read]) -> tuple[int, int]:
+    formats = {(r.getnchannels(), r.getsampwidth(), r.getframerate(), r.getnframes())
+               for r in readers.values()}
+    if len(formats) != 1:
+        raise ValueError(f"Demucs stems differ in format: {sorted(formats)}")
+    channels, width, rate, _ = formats.pop()
+    if width != 2:
+        raise ValueError(f"expected 16-bit WAV stems from Demucs, got {8 * width}-bit")
+    return channels, rate

@@ -1,0 +1,276 @@
+"""The job contract shared by the worker and the REST front end.
+
+It owns what both sides must agree on: the job payload and its validation, the status
+values, the Redis key names and the object keys of inputs and tracks. Neither side spells
+a Redis key or builds an object key anywhere else.
+
+A job is JSON pushed onto the Redis list ``toWorkers``::
+
+    {"songhash": "<64 hex>"}                    # input object <songhash>.mp3 in QUEUE_BUCKET
+    {"bucket": "songs", "object": "a/b.mp3"}    # any stored MP3; songhash = SHA-256 of it
+    optional: "id", "model", "stems": [...], "callback": {"url": ..., "data": {...}}
+
+Unknown fields are refused, so a typo never silently changes what a job does.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from enum import Enum
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
+
+DEMUCS_STEMS: tuple[str, ...] = ("drums", "bass", "other", "vocals")
+"""The four sources every Demucs 4-stem model writes."""
+
+TRACKS: tuple[str, ...] = (
+    "vocals", "drums", "bass", "other", "instrumental", "acapella", "original", "full",
+)
+"""Every track a job can ask for; the default is all of them."""
+
+TRACK_ALIASES: dict[str, str] = {"base": "bass"}
+"""The lab's clients ask for ``base.mp3`` and mean bass."""
+
+Track = Literal[
+    "vocals", "drums", "bass", "other", "instrumental", "acapella", "original", "full",
+]
+
+SONGHASH_RE = re.compile(r"^[0-9a-f]{64}$")
+JOB_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+MODEL_RE = re.compile(r"^[A-Za-z0-9_./-]{1,100}$")
+BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+MAX_OBJECT_KEY_CHARS = 1024
+MAX_JOB_JSON_BYTES = 64 * 1024
+
+
+class Status(str, Enum):
+    """The states of a job, as stored in its status hash."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+
+
+class Keys:
+    """Every Redis key of the service. See ``separation.queue`` for how they are used."""
+
+    QUEUE = "toWorkers"
+    DEAD_LETTER = "toWorkers:dead"
+    PROCESSING_PREFIX = "toWorkers:processing:"
+    LOGGING = "logging"
+
+    @staticmethod
+    def processing(worker_id: str) -> str:
+        return Keys.PROCESSING_PREFIX + worker_id
+
+    @staticmethod
+    def heartbeat(worker_id: str) -> str:
+        return f"worker:{worker_id}:heartbeat"
+
+    @staticmethod
+    def job(job_id: str) -> str:
+        return f"job:{job_id}"
+
+    @staticmethod
+    def song(songhash: str, model: str) -> str:
+        """The latest job of a song separated with a model."""
+        return f"song:{songhash}:{model}"
+
+    @staticmethod
+    def song_latest(songhash: str) -> str:
+        """The latest job of a song, whatever its model."""
+        return f"song:{songhash}"
+
+
+class InvalidJob(ValueError):
+    """A job payload that can never be run, whatever is retried."""
+
+
+class Callback(BaseModel):
+    """Where to POST the job's outcome, and data echoed back to the caller."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    url: str
+    data: dict[str, Any] = {}
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, url: str) -> str:
+        check_callback_url(url)
+        return url
+
+
+class Job(BaseModel):
+    """A validated job. ``id`` is always set once it went through ``parse_job``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: str | None = None
+    songhash: str | None = None
+    bucket: str | None = None
+    object: str | None = None
+    model: str | None = None
+    stems: tuple[Track, ...] | None = None
+    callback: Callback | None = None
+
+    @field_validator("id")
+    @classmethod
+    def _id(cls, value: str | None) -> str | None:
+        if value is not None and not JOB_ID_RE.match(value):
+            raise ValueError("id must be 1-64 characters of letters, digits, '_' or '-'")
+        return value
+
+    @field_validator("songhash")
+    @classmethod
+    def _songhash(cls, value: str | None) -> str | None:
+        if value is not None and not SONGHASH_RE.match(value):
+            raise ValueError("songhash must be 64 lowercase hex characters (a SHA-256)")
+        return value
+
+    @field_validator("bucket")
+    @classmethod
+    def _bucket(cls, value: str | None) -> str | None:
+        if value is not None and not BUCKET_RE.match(value):
+            raise ValueError("bucket must be a valid S3 bucket name")
+        return value
+
+    @field_validator("object")
+    @classmethod
+    def _object(cls, value: str | None) -> str | None:
+        if value is not None:
+            check_object_key(value)
+        return value
+
+    @field_validator("model")
+    @classmethod
+    def _model(cls, value: str | None) -> str | None:
+        if value is not None and (not MODEL_RE.match(value) or ".." in value
+                                  or value.startswith(("/", "-", "."))):
+            raise ValueError("model must match [A-Za-z0-9_./-]+, without '..' or a leading "
+                             "'/', '-' or '.'")
+        return value
+
+    @field_validator("stems")
+    @classmethod
+    def _stems(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        if value is not None:
+            if not value:
+                raise ValueError("stems must name at least one track")
+            value = tuple(dict.fromkeys(value))  # drop repeats, keep order
+        return value
+
+    @model_validator(mode="after")
+    def _source(self) -> Job:
+        by_object = self.bucket is not None or self.object is not None
+        if by_object and (self.bucket is None or self.object is None):
+            raise ValueError("'bucket' and 'object' go together")
+        if by_object == (self.songhash is not None):
+            raise ValueError("a job names either 'songhash' or 'bucket' and 'object'")
+        return self
+
+    def tracks(self) -> tuple[str, ...]:
+        """The tracks to deliver, in the contract's order."""
+        return tuple(t for t in TRACKS if self.stems is None or t in self.stems)
+
+    def to_json(self) -> str:
+        return self.model_dump_json(exclude_none=True)
+
+
+def check_callback_url(url: str) -> None:
+    """Raise ValueError unless ``url`` is an http(s) URL with a host."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https"):
+        raise ValueError("callback url must be http:// or https://")
+    if not parts.hostname or any(c.isspace() for c in url):
+        raise ValueError("callback url has no valid host")
+
+
+def check_object_key(key: str) -> None:
+    """Raise ValueError for an object key that could escape a folder if used as a path."""
+    if not key or len(key) > MAX_OBJECT_KEY_CHARS:
+        raise ValueError(f"object key must be 1-{MAX_OBJECT_KEY_CHARS} characters")
+    if key.startswith("/") or "\\" in key or any(ord(c) < 32 or ord(c) == 127 for c in key):
+        raise ValueError("object key must be relative, without backslashes or control chars")
+    if any(part in ("", ".", "..") for part in key.split("/")):
+        raise ValueError("object key must not contain empty, '.' or '..' path segments")
+
+
+def _first_error(error: ValidationError) -> str:
+    first = error.errors()[0]
+    where = ".".join(str(p) for p in first["loc"])
+    message = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "extra_forbidden":
+        message = "unknown field"
+    return f"{where}: {message}" if where else message
+
+
+def job_id_for(raw: str) -> str:
+    """A stable id for a payload that brought none: the same payload, the same id."""
+    return "j" + hashlib.sha256(raw.encode("utf-8", "replace")).hexdigest()[:23]
+
+
+def parse_job(raw: str | bytes) -> Job:
+    """Validate a payload from the queue; raise InvalidJob with a reason a person can act on."""
+    if isinstance(raw, bytes):
+        raw = raw.decode("utf-8", "replace")
+    if len(raw) > MAX_JOB_JSON_BYTES:
+        raise InvalidJob(f"job JSON is {len(raw)} bytes, over the {MAX_JOB_JSON_BYTES} limit")
+    try:
+        data = json.loads(raw)
+    except json.JSONDecodeError as error:
+        raise InvalidJob(f"job is not valid JSON: {error}") from None
+    if not isinstance(data, dict):
+        raise InvalidJob(f"job must be a JSON object, not {type(data).__name__}")
+    try:
+        job = Job.model_validate(data)
+    except ValidationError as error:
+        raise InvalidJob(f"invalid job: {_first_error(error)}") from None
+    return job if job.id else job.model_copy(update={"id": job_id_for(raw)})
+
+
+def normalize_track(name: str) -> str:
+    """``vocals.mp3``, ``vocals`` and the lab's ``base.mp3`` → the contract's track name."""
+    stem = name[:-4] if name.lower().endswith(".mp3") else name
+    stem = TRACK_ALIASES.get(stem, stem)
+    if stem not in TRACKS:
+        raise ValueError(f"unknown track {name!r}; tracks are {', '.join(TRACKS)}")
+    return stem
+
+
+def input_key(songhash: str) -> str:
+    """The input object of a song in the queue bucket."""
+    return f"{songhash}.mp3"
+
+
+def check_output_key_pattern(pattern: str) -> None:
+    """Raise ValueError unless ``pattern`` builds safe keys from songhash and track alone."""
+    try:
+        sample = pattern.format(songhash="0" * 64, track="vocals")
+    except (KeyError, IndexError, ValueError) as error:
+        raise ValueError(f"OUTPUT_KEY may use only {{songhash}} and {{track}}: {error}") from None
+    if "{songhash}" not in pattern or "{track}" not in pattern:
+        raise ValueError("OUTPUT_KEY must contain {songhash} and {track}")
+    check_object_key(sample)
+
+
+def output_key(pattern: str, songhash: str, track: str) -> str:
+    """The object key of one track, e.g. ``<songhash>-vocals.mp3``."""
+    if not SONGHASH_RE.match(songhash) or track not in TRACKS:
+        raise ValueError(f"bad songhash or track: {songhash!r}, {track!r}")
+    return pattern.format(songhash=songhash, track=track)
+
+
+def sha256_file(path: Path, chunk_bytes: int = 1 << 20) -> str:
+    """The songhash of a file."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(chunk_bytes):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -1,0 +1,194 @@
+"""The Demucs command line: build it, run it in its own process group, parse its progress.
+
+Only flags that both Demucs 4.1.0 and the production image's Demucs (commit b9ab48c) accept
+are used. Several input files go to one call, so the model loads once for a batch.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+_TQDM_RE = re.compile(r"(\d+(?:\.\d+)?)/(\d+(?:\.\d+)?) \[")
+_TRACK_RE = re.compile(r"^Separating track (.+)$")
+_OFFLINE_HINTS = ("URLError", "Name or service not known", "Temporary failure in name resolution",
+                  "Network is unreachable", "Connection refused", "LocalEntryNotFoundError",
+                  "Could not find pre-trained model", "is neither a single pre-trained model",
+                  "No such file or directory: '", "ModelLoadingError", "HTTP Error 404")
+_CUDA_HINTS = ("CUDA", "cuda", "cuDNN", "NVIDIA")
+
+try:  # a Demucs child must not outlive a SIGKILLed worker
+    _LIBC = ctypes.CDLL(None, use_errno=True)
+except OSError:  # pragma: no cover - not Linux
+    _LIBC = None
+
+
+def _die_with_parent() -> None:
+    if _LIBC is not None:
+        _LIBC.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+@dataclass(frozen=True)
+class DemucsOptions:
+    """What a CLI call needs besides its files."""
+
+    model: str
+    device: str
+    threads: int
+    shifts: int = 1
+    segment: int | None = None
+    repo: str | None = None
+
+
+@dataclass(frozen=True)
+class DemucsRun:
+    """How a CLI call ended. ``output_tail`` holds its last lines, for error reasons."""
+
+    returncode: int | None
+    output_tail: str
+    elapsed_s: float
+    inputs_started: int = 0
+    timed_out: bool = False
+    aborted: bool = False
+
+
+def build_command(options: DemucsOptions, out_dir: Path, inputs: Sequence[Path]) -> list[str]:
+    """The argument list of one ``python -m demucs`` call (never a shell string)."""
+    command = [sys.executable, "-u", "-m", "demucs", "-n", options.model, "-d", options.device,
+               "--shifts", str(options.shifts), "-o", str(out_dir),
+               "--filename", "{track}/{stem}.{ext}"]
+    if options.repo:
+        command += ["--repo", options.repo]
+    if options.segment is not None:
+        command += ["--segment", str(options.segment)]
+    return [*command, "--", *(str(path) for path in inputs)]
+
+
+def child_env(options: DemucsOptions) -> dict[str, str]:
+    """The worker's environment with CPU threads set (the image pins OMP_NUM_THREADS=1)."""
+    env = dict(os.environ)
+    threads = str(max(1, options.threads))
+    env.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads, PYTHONUNBUFFERED="1")
+    return env
+
+
+def parse_progress(segment: str) -> float | None:
+    """The fraction done in one tqdm update such as ``12.0/30.0 [00:01<00:02, ...]``."""
+    match = _TQDM_RE.search(segment)
+    if not match:
+        return None
+    done, total = float(match.group(1)), float(match.group(2))
+    return min(1.0, done / total) if total > 0 else None
+
+
+def parse_track(segment: str) -> str | None:
+    """The input path of a ``Separating track <path>`` line."""
+    match = _TRACK_RE.match(segment.strip())
+    return match.group(1) if match else None
+
+
+class _OutputReader(threading.Thread):
+    """Reads Demucs' merged stdout/stderr, keeps its tail and reports progress per input."""
+
+    def __init__(self, stream: object, inputs: Sequence[Path],
+                 on_progress: Callable[[int, float], None]) -> None:
+        super().__init__(daemon=True)
+        self.stream = stream
+        self.index_of = {str(path): i for i, path in enumerate(inputs)}
+        self.on_progress = on_progress
+        self.tail: deque[str] = deque(maxlen=40)
+        self.current = 0
+        self.started = 0
+
+    def run(self) -> None:
+        pending = ""
+        fd = self.stream.fileno()  # type: ignore[attr-defined]
+        while chunk := os.read(fd, 65536):
+            pending += chunk.decode("utf-8", "replace")
+            *segments, pending = re.split(r"[\r\n]", pending)
+            for segment in segments:
+                self._handle(segment)
+        if pending:
+            self._handle(pending)
+
+    def _handle(self, segment: str) -> None:
+        if not segment.strip():
+            return
+        track = parse_track(segment)
+        if track is not None:
+            self.current = self.index_of.get(track, self.current)
+            self.started += 1
+        fraction = parse_progress(segment)
+        if fraction is None:
+            self.tail.append(segment.rstrip())
+            return
+        try:
+            self.on_progress(self.current, fraction)
+        except Exception:
+            log.debug("progress callback failed", exc_info=True)
+
+
+def run_demucs(options: DemucsOptions, out_dir: Path, inputs: Sequence[Path], timeout_s: float,
+               abort: threading.Event, on_progress: Callable[[int, float], None]) -> DemucsRun:
+    """Run one CLI call; kill its whole process group on timeout or when ``abort`` is set."""
+    command = build_command(options, out_dir, inputs)
+    log.info("running %s", " ".join(command))
+    started = time.monotonic()
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               stdin=subprocess.DEVNULL, env=child_env(options),
+                               start_new_session=True, preexec_fn=_die_with_parent)
+    reader = _OutputReader(process.stdout, inputs, on_progress)
+    reader.start()
+    timed_out = aborted = False
+    while process.poll() is None:
+        if time.monotonic() - started > timeout_s:
+            timed_out = True
+        elif abort.is_set():
+            aborted = True
+        else:
+            try:
+                process.wait(timeout=0.25)
+            except subprocess.TimeoutExpired:
+                pass
+            continue
+        _kill_group(process)
+    reader.join(timeout=5)
+    if process.stdout is not None:
+        process.stdout.close()
+    return DemucsRun(process.returncode, "\n".join(reader.tail), time.monotonic() - started,
+                     inputs_started=reader.started, timed_out=timed_out, aborted=aborted)
+
+
+def _kill_group(process: subprocess.Popen[bytes]) -> None:
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    process.wait()
+
+
+def looks_offline(output_tail: str) -> bool:
+    """Demucs could not get the model's weights (no network, unknown name, missing repo file)."""
+    return any(hint in output_tail for hint in _OFFLINE_HINTS)
+
+
+def looks_like_cuda_failure(output_tail: str) -> bool:
+    return any(hint in output_tail for hint in _CUDA_HINTS)
+
+
+def cuda_present() -> bool:
+    """Whether an NVIDIA GPU is visible, without importing torch into the worker."""
+    return Path("/proc/driver/nvidia/version").exists() or Path("/dev/nvidiactl").exists()

@@ -1,0 +1,127 @@
+"""Settings of the worker and the REST service: one frozen dataclass, read once from the env.
+
+The variable names are those deployments of this design already use. The only credential
+defaults are MinIO's documented local-development ones (``minioadmin``); deployments set
+``MINIO_ACCESS_KEY`` / ``MINIO_SECRET_KEY`` from a Kubernetes Secret.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+from separation.contract import MODEL_RE, check_output_key_pattern
+
+LOCAL_DEV_MINIO_USER = "minioadmin"  # MinIO's documented default, for a laptop only
+
+
+def available_cpus() -> int:
+    """CPUs this process may use: its affinity, capped by a cgroup v2 CPU quota (a pod limit)."""
+    count = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    count = count or 1
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            count = min(count, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return count
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything configurable; built by ``Settings.from_env()``. Units are in the names."""
+
+    redis_host: str = "localhost"
+    redis_port: int = 6379
+    redis_password: str | None = None
+    minio_endpoint: str = "localhost:9000"
+    minio_access_key: str = LOCAL_DEV_MINIO_USER
+    minio_secret_key: str = LOCAL_DEV_MINIO_USER
+    minio_secure: bool = False
+    queue_bucket: str = "demucs-bucket"
+    output_bucket: str = "demucs-output"
+    output_key: str = "{songhash}-{track}.mp3"
+    demucs_model: str = "htdemucs"
+    demucs_repo: str | None = None
+    demucs_device: str = "auto"
+    demucs_threads: int = 0  # 0: every CPU the process may use
+    demucs_shifts: int = 1
+    demucs_segment: int | None = None
+    mp3_bitrate_kbps: int = 320
+    max_input_mb: float = 100.0
+    max_duration_s: float = 1200.0
+    job_timeout_s: float = 1800.0
+    max_attempts: int = 3
+    batch_max: int = 4
+    shutdown_grace_s: float = 60.0
+    heartbeat_ttl_s: float = 30.0
+    poll_s: float = 2.0
+    status_ttl_s: int = 7 * 24 * 3600
+    webhook_timeout_s: float = 10.0
+    webhook_secret: str | None = None
+    metrics_port: int = 8000
+    log_list_max: int = 10000
+    work_dir: str | None = None  # parent of per-job temp dirs; None: the system's
+    host: str = socket.gethostname()
+    api_token: str | None = None
+    rest_port: int = 5000
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Read every field from its upper-case env var; raise ValueError on a bad value."""
+        env = os.environ if env is None else env
+        aliases = {"mp3_bitrate_kbps": "MP3_BITRATE", "host": "HOSTNAME"}
+        values: dict[str, object] = {}
+        for field in fields(cls):
+            name = aliases.get(field.name, field.name.upper())
+            raw = env.get(name)
+            if raw is None or raw == "":
+                continue
+            values[field.name] = _convert(name, raw, field.default)
+        settings = cls(**values)  # type: ignore[arg-type]
+        settings.check()
+        return settings
+
+    def check(self) -> None:
+        check_output_key_pattern(self.output_key)
+        if not MODEL_RE.match(self.demucs_model) or ".." in self.demucs_model:
+            raise ValueError(f"DEMUCS_MODEL {self.demucs_model!r} is not a valid model name")
+        if self.demucs_device not in ("auto", "cpu", "cuda") and not \
+                self.demucs_device.startswith("cuda:"):
+            raise ValueError("DEMUCS_DEVICE must be auto, cpu, cuda or cuda:N")
+        if self.max_attempts < 1 or self.batch_max < 1:
+            raise ValueError("MAX_ATTEMPTS and BATCH_MAX must be at least 1")
+        if self.poll_s >= 5:
+            raise ValueError("POLL_S must stay under redis-py's 5 s socket timeout")
+
+    @property
+    def threads(self) -> int:
+        return self.demucs_threads or available_cpus()
+
+    @property
+    def max_input_bytes(self) -> int:
+        return int(self.max_input_mb * 1024 * 1024)
+
+
+def _convert(name: str, raw: str, default: object) -> object:
+    try:
+        if isinstance(default, bool):
+            if raw.lower() not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
+                raise ValueError(raw)
+            return raw.lower() in ("1", "true", "yes", "on")
+        if isinstance(default, int):
+            if name == "REDIS_PORT" and raw.startswith("tcp://"):
+                raw = raw.rsplit(":", 1)[1]  # Kubernetes' service link for a Service "redis"
+            return int(raw)
+        if isinstance(default, float):
+            return float(raw)
+        if name == "DEMUCS_SEGMENT":
+            return int(raw)
+    except ValueError:
+        raise ValueError(f"{name}={raw!r} is not a valid {type(default).__name__}") from None
+    return raw

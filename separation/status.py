@@ -1,0 +1,126 @@
+"""Job status records in Redis: one hash per job, written by the worker, read by REST.
+
+A record holds ``id state songhash model stage progress attempts worker error tracks
+created_at started_at finished_at updated_at elapsed_s``; ``tracks`` is a JSON object
+``{track: object key}``. Every write refreshes the record's TTL (``STATUS_TTL_S``). Two index
+keys, ``song:<songhash>`` and ``song:<songhash>:<model>``, point at a song's latest job.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import redis
+
+from separation.contract import SONGHASH_RE, Keys, Status
+
+# Count an attempt: a job whose record is absent or final is a new request and starts at 1.
+_START_ATTEMPT = """
+local state = redis.call('HGET', KEYS[1], 'state')
+local attempts
+if (not state) or state == 'done' or state == 'failed' then
+  redis.call('HSET', KEYS[1], 'attempts', 1, 'error', '')
+  attempts = 1
+else
+  attempts = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
+end
+redis.call('HSET', KEYS[1], 'id', ARGV[1], 'state', 'running', 'worker', ARGV[2],
+           'started_at', ARGV[3], 'updated_at', ARGV[3], 'progress', 0, 'stage', 'taken',
+           'finished_at', '')
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+return attempts
+"""
+
+
+class StatusStore:
+    """Reads and writes job status records."""
+
+    def __init__(self, client: redis.Redis, ttl_s: int) -> None:
+        self.redis = client
+        self.ttl_s = ttl_s
+        self._start_attempt = client.register_script(_START_ATTEMPT)
+
+    def _write(self, job_id: str, **fields: Any) -> None:
+        fields["updated_at"] = time.time()
+        mapping = {k: _encode(v) for k, v in fields.items()}
+        with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(Keys.job(job_id), mapping=mapping)
+            pipe.expire(Keys.job(job_id), self.ttl_s)
+            pipe.execute()
+
+    def queued(self, job_id: str, songhash: str | None, model: str) -> None:
+        """A producer's record of a job it has just pushed."""
+        now = time.time()
+        self._write(job_id, id=job_id, state=Status.QUEUED.value, songhash=songhash or "",
+                    model=model, stage="queued", progress=0, attempts=0, error="", tracks={},
+                    created_at=now, started_at="", finished_at="")
+        if songhash:
+            self.link_song(job_id, songhash, model)
+
+    def start_attempt(self, job_id: str, worker_id: str) -> int:
+        """Mark the job running on this worker; return which attempt this is."""
+        return int(self._start_attempt(keys=[Keys.job(job_id)],
+                                       args=[job_id, worker_id, time.time(), self.ttl_s]))
+
+    def uncount_attempt(self, job_id: str) -> None:
+        """An attempt cut short by a shutdown does not count."""
+        self.redis.hincrby(Keys.job(job_id), "attempts", -1)
+
+    def update(self, job_id: str, **fields: Any) -> None:
+        self._write(job_id, **fields)
+
+    def link_song(self, job_id: str, songhash: str, model: str) -> None:
+        with self.redis.pipeline(transaction=True) as pipe:
+            pipe.set(Keys.song(songhash, model), job_id, ex=self.ttl_s)
+            pipe.set(Keys.song_latest(songhash), job_id, ex=self.ttl_s)
+            pipe.execute()
+
+    def done(self, job_id: str, tracks: dict[str, str], elapsed_s: float) -> None:
+        self._write(job_id, state=Status.DONE.value, stage="done", progress=100, tracks=tracks,
+                    error="", finished_at=time.time(), elapsed_s=round(elapsed_s, 3))
+
+    def failed(self, job_id: str, reason: str, elapsed_s: float | None = None) -> None:
+        self._write(job_id, state=Status.FAILED.value, stage="failed", error=reason,
+                    finished_at=time.time(),
+                    elapsed_s="" if elapsed_s is None else round(elapsed_s, 3))
+
+    def requeued(self, job_id: str, reason: str) -> None:
+        self._write(job_id, state=Status.QUEUED.value, stage="queued", progress=0, error=reason)
+
+    def job_for_song(self, songhash: str, model: str | None = None) -> str | None:
+        key = Keys.song(songhash, model) if model else Keys.song_latest(songhash)
+        job_id = self.redis.get(key)
+        return None if job_id is None else _decode(job_id)
+
+    def get(self, id_or_songhash: str) -> dict[str, Any] | None:
+        """A job's record by job id, or the latest job of a songhash."""
+        job_id: str | None = id_or_songhash
+        if SONGHASH_RE.match(id_or_songhash):
+            job_id = self.job_for_song(id_or_songhash)
+        if job_id is None:
+            return None
+        raw = self.redis.hgetall(Keys.job(job_id))
+        if not raw:
+            return None
+        record: dict[str, Any] = {_decode(k): _decode(v) for k, v in raw.items()}
+        record["tracks"] = json.loads(record.get("tracks") or "{}")
+        record["attempts"] = int(record.get("attempts") or 0)
+        record["progress"] = float(record.get("progress") or 0)
+        for name in ("created_at", "started_at", "finished_at", "updated_at", "elapsed_s"):
+            value = record.get(name)
+            record[name] = float(value) if value else None
+        return record
+
+
+def _encode(value: Any) -> str | int | float:
+    if isinstance(value, (dict, list)):
+        return json.dumps(value)
+    if isinstance(value, Status):
+        return value.value
+    return value if isinstance(value, (int, float, str)) else str(value)
+
+
+def _decode(value: bytes | str) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value

@@ -1,0 +1,168 @@
+"""Fixtures: a real redis-server and S3 server per test session, workers as subprocesses.
+
+Nothing here mocks Redis, S3 or Demucs: the worker under test is ``python worker/worker.py``
+talking to real servers on loopback, running the real Demucs CLI with the built-in
+``demucs_unittest`` model.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from minio import Minio
+
+import devstack
+from devstack.synth import write_song
+from separation.contract import Keys, input_key, sha256_file
+from separation.status import StatusStore
+
+SHARED_SAMPLES = devstack.ROOT.parent / "shared" / "samples"
+
+
+@pytest.fixture(scope="session")
+def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, devstack.Service]]:
+    state = tmp_path_factory.mktemp("services")
+    redis_service = devstack.start_redis(state / "redis")
+    s3_service = devstack.start_s3(state / "s3")
+    yield {"redis": redis_service, "s3": s3_service}
+    redis_service.stop()
+    s3_service.stop()
+
+
+@dataclass
+class Stack:
+    """One test's view of the services: clients, buckets and worker environment."""
+
+    redis: redis.Redis
+    minio: Minio
+    env: dict[str, str]
+    tmp: Path
+    workers: list[subprocess.Popen] = field(default_factory=list)
+
+    @property
+    def queue_bucket(self) -> str:
+        return self.env["QUEUE_BUCKET"]
+
+    @property
+    def output_bucket(self) -> str:
+        return self.env["OUTPUT_BUCKET"]
+
+    def start_worker(self, **overrides: str) -> subprocess.Popen:
+        env = {**self.env, "METRICS_PORT": str(devstack.free_port()), **overrides}
+        log_path = self.tmp / f"worker-{len(self.workers)}.log"
+        process = devstack.start_worker(env, log_path)
+        process.log_path = log_path  # type: ignore[attr-defined]
+        process.metrics_port = int(env["METRICS_PORT"])  # type: ignore[attr-defined]
+        self.workers.append(process)
+        return process
+
+    def upload_song(self, path: Path) -> str:
+        songhash = sha256_file(path)
+        if not self.minio.bucket_exists(self.queue_bucket):
+            self.minio.make_bucket(self.queue_bucket)
+        self.minio.fput_object(self.queue_bucket, input_key(songhash), str(path))
+        return songhash
+
+    def push(self, job: dict[str, Any] | str) -> None:
+        self.redis.lpush(Keys.QUEUE, job if isinstance(job, str) else json.dumps(job))
+
+    def status(self, job_id: str) -> dict[str, Any] | None:
+        return StatusStore(self.redis, 3600).get(job_id)
+
+    def wait_for(self, job_id: str, states: tuple[str, ...] = ("done", "failed"),
+                 timeout_s: float = 120.0) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            record = self.status(job_id)
+            if record and record["state"] in states:
+                return record
+            time.sleep(0.1)
+        raise AssertionError(f"job {job_id} not in {states} after {timeout_s} s: "
+                             f"{self.status(job_id)}\n{self.worker_logs()}")
+
+    def worker_logs(self) -> str:
+        return "\n".join(p.log_path.read_text(errors="replace")[-4000:]  # type: ignore[attr-defined]
+                         for p in self.workers)
+
+
+@pytest.fixture
+def stack(services: dict[str, devstack.Service], tmp_path: Path) -> Iterator[Stack]:
+    client = redis.Redis(port=services["redis"].port)
+    client.flushall()
+    tag = uuid.uuid4().hex[:8]
+    env = devstack.service_env(
+        services["redis"].port, services["s3"].port,
+        QUEUE_BUCKET=f"in-{tag}", OUTPUT_BUCKET=f"out-{tag}", DEMUCS_MODEL="demucs_unittest",
+        DEMUCS_SHIFTS="0", HEARTBEAT_TTL_S="2", POLL_S="0.3", SHUTDOWN_GRACE_S="20",
+        JOB_TIMEOUT_S="120", HF_HUB_OFFLINE="1", TMPDIR=str(tmp_path / "work"),
+    )
+    (tmp_path / "work").mkdir()
+    minio = Minio(f"127.0.0.1:{services['s3'].port}", access_key=devstack.LOCAL_DEV_KEY,
+                  secret_key=devstack.LOCAL_DEV_KEY, secure=False)
+    result = Stack(client, minio, env, tmp_path)
+    yield result
+    for process in result.workers:
+        devstack.stop(process, timeout_s=5)
+
+
+@pytest.fixture(scope="session")
+def song(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The lab's short real song when ../shared is present, else a synthetic one."""
+    sample = SHARED_SAMPLES / "short-hop.mp3"
+    if sample.exists():
+        return sample
+    return write_song(tmp_path_factory.mktemp("songs") / "synthetic.mp3", seconds=8)
+
+
+@pytest.fixture
+def make_song(tmp_path: Path) -> Callable[..., Path]:
+    def make(seconds: float = 3.0, seed: int = 1, name: str = "song.mp3") -> Path:
+        return write_song(tmp_path / name, seconds=seconds, seed=seed)
+    return make
+
+
+class WebhookReceiver:
+    """A local HTTP server that records every POST (body and headers)."""
+
+    def __init__(self, status_code: int = 200, delay_s: float = 0.0) -> None:
+        self.calls: list[tuple[bytes, dict[str, str]]] = []
+        self.status_code = status_code
+        self.delay_s = delay_s
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                receiver.calls.append((body, dict(self.headers)))
+                time.sleep(receiver.delay_s)
+                self.send_response(receiver.status_code)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+
+
+@pytest.fixture
+def webhook() -> Iterator[WebhookReceiver]:
+    receiver = WebhookReceiver()
+    yield receiver
+    receiver.close()

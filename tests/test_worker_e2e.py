@@ -1,0 +1,169 @@
+"""The worker end to end: real redis-server, real S3 server, real Demucs CLI."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from pathlib import Path
+
+import pytest
+import requests
+from mutagen.mp3 import MP3
+
+from separation.contract import TRACKS, Keys
+from separation.webhook import SIGNATURE_HEADER, verify_signature
+
+SECRET = "test-webhook-secret"
+
+
+def _mp3_duration(stack, key: str, tmp: Path) -> float:
+    path = tmp / key
+    stack.minio.fget_object(stack.output_bucket, key, str(path))
+    return MP3(path).info.length
+
+
+def test_job_runs_end_to_end(stack, song, webhook, tmp_path):
+    songhash = stack.upload_song(song)
+    worker = stack.start_worker(WEBHOOK_SECRET=SECRET)
+    stack.push({"songhash": songhash, "id": "e2e-1",
+                "callback": {"url": webhook.url, "data": {"mp3": "short-hop", "n": 7}}})
+    record = stack.wait_for("e2e-1")
+    assert record["state"] == "done", record
+    assert record["attempts"] == 1 and record["progress"] == 100
+    assert set(record["tracks"]) == set(TRACKS)
+
+    input_s = MP3(song).info.length
+    for track in TRACKS:
+        key = f"{songhash}-{track}.mp3"
+        assert record["tracks"][track] == key
+        stat = stack.minio.stat_object(stack.output_bucket, key)
+        assert stat.metadata["x-amz-meta-model"] == "demucs_unittest"
+        assert abs(_mp3_duration(stack, key, tmp_path) - input_s) <= 0.1, track
+
+    # the webhook: once, signed, with the caller's data echoed back
+    deadline = time.monotonic() + 10
+    while not webhook.calls and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(webhook.calls) == 1
+    body, headers = webhook.calls[0]
+    assert verify_signature(body, headers.get(SIGNATURE_HEADER), SECRET)
+    assert not verify_signature(body, headers.get(SIGNATURE_HEADER), "another secret")
+    payload = json.loads(body)
+    assert payload["status"] == "done" and payload["id"] == "e2e-1"
+    assert payload["data"] == {"mp3": "short-hop", "n": 7}
+    assert payload["tracks"]["vocals"] == f"{songhash}-vocals.mp3"
+
+    # logs: in the Redis list, in the documented format; nothing left in flight
+    lines = [line.decode() for line in stack.redis.lrange(Keys.LOGGING, 0, -1)]
+    assert any(".worker.info:job e2e-1: done" in line for line in lines), lines[:5]
+    assert stack.redis.llen(Keys.QUEUE) == 0
+    assert not list(stack.redis.scan_iter(match=Keys.PROCESSING_PREFIX + "*")) or all(
+        stack.redis.llen(k) == 0 for k in stack.redis.scan_iter(Keys.PROCESSING_PREFIX + "*"))
+
+    # health and metrics endpoints
+    health = requests.get(f"http://127.0.0.1:{worker.metrics_port}/healthz", timeout=5)
+    assert health.status_code == 200 and health.json()["ok"] is True
+    metrics = requests.get(f"http://127.0.0.1:{worker.metrics_port}/metrics", timeout=5).text
+    assert 'demucs_jobs_total{outcome="done",reason=""} 1.0' in metrics
+
+
+def test_object_job_with_stem_subset(stack, make_song):
+    song = make_song(seconds=3)
+    stack.minio.make_bucket("songs-" + stack.queue_bucket)
+    stack.minio.fput_object("songs-" + stack.queue_bucket, "albums/one/song.mp3", str(song))
+    stack.start_worker()
+    stack.push({"bucket": "songs-" + stack.queue_bucket, "object": "albums/one/song.mp3",
+                "id": "obj-1", "stems": ["acapella", "instrumental"]})
+    record = stack.wait_for("obj-1")
+    assert record["state"] == "done", record
+    from separation.contract import sha256_file
+    songhash = sha256_file(song)
+    assert record["songhash"] == songhash
+    assert record["tracks"] == {"instrumental": f"{songhash}-instrumental.mp3",
+                                "acapella": f"{songhash}-acapella.mp3"}
+    keys = {o.object_name for o in stack.minio.list_objects(stack.output_bucket)}
+    assert keys == set(record["tracks"].values())
+
+
+def test_jobs_are_taken_in_the_order_pushed(stack, make_song):
+    hashes = [stack.upload_song(make_song(seconds=1.5, seed=i, name=f"s{i}.mp3"))
+              for i in range(3)]
+    for i, songhash in enumerate(hashes):
+        stack.push({"songhash": songhash, "id": f"order-{i}", "stems": ["vocals"]})
+    stack.start_worker(BATCH_MAX="1")
+    records = [stack.wait_for(f"order-{i}") for i in range(3)]
+    assert [r["state"] for r in records] == ["done"] * 3
+    started = [r["started_at"] for r in records]
+    assert started == sorted(started)
+
+
+def test_model_without_weights_fails_at_once(stack, make_song, tmp_path):
+    songhash = stack.upload_song(make_song(seconds=1))
+    empty_repo = tmp_path / "models"
+    empty_repo.mkdir()
+    stack.start_worker(DEMUCS_REPO=str(empty_repo))
+    stack.push({"songhash": songhash, "id": "noweights", "model": "htdemucs"})
+    record = stack.wait_for("noweights")
+    assert record["state"] == "failed" and record["attempts"] == 1
+    assert "weights of model 'htdemucs' could not be had" in record["error"]
+    dead = [json.loads(e) for e in stack.redis.lrange(Keys.DEAD_LETTER, 0, -1)]
+    assert len(dead) == 1 and "htdemucs" in dead[0]["error"]
+
+
+def _processing_jobs(stack) -> int:
+    return sum(stack.redis.llen(k) for k in stack.redis.scan_iter(Keys.PROCESSING_PREFIX + "*"))
+
+
+def test_killed_worker_job_is_finished_by_another(stack, song):
+    songhash = stack.upload_song(song)
+    first = stack.start_worker()
+    stack.push({"songhash": songhash, "id": "killed"})
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        record = stack.status("killed")
+        if record and record["stage"] == "separating":
+            break
+        time.sleep(0.02)
+    else:
+        pytest.fail(f"job never reached separation: {stack.worker_logs()}")
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    assert _processing_jobs(stack) == 1  # still held by the dead worker, not lost
+    stack.start_worker()
+    record = stack.wait_for("killed")
+    assert record["state"] == "done", record
+    assert record["attempts"] == 2
+    assert _processing_jobs(stack) == 0 and stack.redis.llen(Keys.QUEUE) == 0
+
+
+def test_sigterm_during_a_job_finishes_it_and_exits_0(stack, song):
+    songhash = stack.upload_song(song)
+    worker = stack.start_worker()
+    stack.push({"songhash": songhash, "id": "term"})
+    deadline = time.monotonic() + 60
+    while (stack.status("term") or {}).get("stage") != "separating":
+        assert time.monotonic() < deadline, stack.worker_logs()
+        time.sleep(0.02)
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(timeout=60) == 0
+    record = stack.status("term")
+    assert record["state"] == "done", record
+    assert _processing_jobs(stack) == 0
+
+
+def test_sigterm_past_the_grace_requeues_the_job(stack, song):
+    songhash = stack.upload_song(song)
+    worker = stack.start_worker(SHUTDOWN_GRACE_S="0.2")
+    stack.push({"songhash": songhash, "id": "requeued"})
+    deadline = time.monotonic() + 60
+    while (stack.status("requeued") or {}).get("stage") != "separating":
+        assert time.monotonic() < deadline, stack.worker_logs()
+        time.sleep(0.02)
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(timeout=30) == 0
+    record = stack.status("requeued")
+    assert record["state"] == "queued" and record["attempts"] == 0, record
+    assert stack.redis.llen(Keys.QUEUE) == 1 and _processing_jobs(stack) == 0
+    stack.start_worker()
+    assert stack.wait_for("requeued")["state"] == "done"

@@ -1,0 +1,497 @@
+"""The worker daemon: a job from Redis in, Demucs in the middle, tracks out to MinIO.
+
+Run as ``python worker/worker.py``; every setting comes from the environment
+(``separation.settings``). The queue protocol is written down in ``separation.queue``.
+
+A job's lifecycle, one method each:
+
+1. ``take_jobs``      BLMOVE from ``toWorkers`` into this worker's processing list, plus up to
+                      ``BATCH_MAX - 1`` jobs already waiting (a batch never waits for more).
+2. ``start_job``      validate the payload (a malformed one goes straight to the dead-letter
+                      list), count the attempt, mark the job running.
+3. ``fetch_input``    stat and ``fget_object`` the MP3 into the batch's temp dir; refuse it if it
+                      is too big, too long or not audio.
+4. ``separate``       one Demucs CLI call for all of a batch's jobs of one model; if it fails,
+                      each job not yet separated runs alone so one bad file fails only itself.
+5. ``deliver_tracks`` mix the derived tracks from the WAV stems, encode each track to MP3 once,
+                      ``fput_object`` each one.
+6. ``finish_job``     status ``done``, webhook, acknowledge (LREM).
+   ``fail_job``       retry (back onto the queue) or fail for good (dead-letter list), webhook.
+
+``job_outcome`` is the one place where exceptions become job outcomes. SIGTERM stops taking
+jobs; the current batch finishes within ``SHUTDOWN_GRACE_S`` or goes back onto the queue.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make the repository's packages importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import redis
+from minio import Minio
+from minio.error import S3Error
+from urllib3.exceptions import HTTPError
+
+from separation import errors
+from separation.audio import NotAudio, mix_and_encode, probe_mp3
+from separation.connections import connect_minio, connect_redis, ensure_bucket
+from separation.contract import InvalidJob, Job, input_key, output_key, parse_job, sha256_file
+from separation.demucs_cli import (
+    DemucsOptions,
+    DemucsRun,
+    cuda_present,
+    looks_like_cuda_failure,
+    looks_offline,
+    run_demucs,
+)
+from separation.logs import configure_logging
+from separation.observability import IN_FLIGHT, JOB_SECONDS, JOBS, QUEUE_DEPTH, STAGE_SECONDS, serve
+from separation.queue import JobQueue
+from separation.settings import Settings
+from separation.status import StatusStore
+from separation.webhook import post_webhook
+
+log = logging.getLogger("worker")
+
+
+@dataclass
+class Task:
+    """One taken job while this worker holds it."""
+
+    raw: bytes
+    job: Job
+    attempt: int
+    work_dir: Path
+    taken_at: float = field(default_factory=time.monotonic)
+    songhash: str | None = None
+    input_path: Path | None = None
+    stem_dir: Path | None = None
+    finished: bool = False
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def id(self) -> str:
+        return self.job.id or ""
+
+    def elapsed_s(self) -> float:
+        return time.monotonic() - self.taken_at
+
+
+class Worker:
+    """Takes batches of jobs until told to stop. See the module docstring for the steps."""
+
+    def __init__(self, settings: Settings, client: redis.Redis, storage: Minio) -> None:
+        self.settings = settings
+        self.queue = JobQueue(client)
+        self.status = StatusStore(client, settings.status_ttl_s)
+        self.storage = storage
+        self.worker_id = f"{settings.host}-{id(self):x}-{int(time.time() * 1000) % 10**8}"
+        self.stopping = threading.Event()
+        self.abort = threading.Event()
+        self.exited = threading.Event()
+        self.holds_stale_jobs = False
+        self.last_beat = 0.0
+        self.device = self._resolve_device()
+
+    # -- main loop -------------------------------------------------------------------------
+    def run(self) -> int:
+        """check stop → take jobs → run them → record outcomes; exit 0 after a clean stop."""
+        self.ensure_buckets()
+        self.start_heartbeat()
+        if self.settings.metrics_port:
+            serve(self.settings.metrics_port, self.health)
+        log.info("worker %s ready: device=%s threads=%d model=%s batch_max=%d", self.worker_id,
+                 self.device, self.settings.threads, self.settings.demucs_model,
+                 self.settings.batch_max)
+        backoff_s = 0.5
+        while not self.stopping.is_set():
+            try:
+                if self.holds_stale_jobs:
+                    self.return_held_jobs()
+                raws = self.take_jobs()
+                if raws:
+                    self.run_batch(raws)
+                backoff_s = 0.5
+            except redis.RedisError as error:
+                self.holds_stale_jobs = True  # what this worker holds goes back once Redis is up
+                log.warning("Redis unreachable (%s); retrying in %.1f s", error, backoff_s)
+                self.stopping.wait(backoff_s)
+                backoff_s = min(backoff_s * 2, 30)
+        self.leave()
+        return 0
+
+    def run_batch(self, raws: list[bytes]) -> None:
+        with tempfile.TemporaryDirectory(prefix="demucs-batch-", dir=self.settings.work_dir) as tmp:
+            tasks = [t for i, raw in enumerate(raws)
+                     if (t := self.start_job(raw, Path(tmp) / f"j{i}")) is not None]
+            IN_FLIGHT.set(len(tasks))
+            for task in tasks:
+                with self.job_outcome(task):
+                    self.fetch_input(task)
+            for model in dict.fromkeys(self._model(t) for t in tasks):
+                group = [t for t in tasks if not t.finished and self._model(t) == model]
+                failures = self.separate(group, model) if group else {}
+                for task in group:
+                    with self.job_outcome(task):
+                        if task.id in failures:
+                            raise failures[task.id]
+                        self.finish_job(task, self.deliver_tracks(task, model))
+            IN_FLIGHT.set(0)
+
+    # -- 1. take ---------------------------------------------------------------------------
+    def take_jobs(self) -> list[bytes]:
+        first = self.queue.take(self.worker_id, self.settings.poll_s)
+        if first is None:
+            return []
+        raws = [first]
+        while len(raws) < self.settings.batch_max and not self.stopping.is_set():
+            more = self.queue.take_waiting(self.worker_id)
+            if more is None:
+                break
+            raws.append(more)
+        return raws
+
+    # -- 2. start --------------------------------------------------------------------------
+    def start_job(self, raw: bytes, work_dir: Path) -> Task | None:
+        try:
+            job = parse_job(raw)
+        except InvalidJob as error:
+            log.error("job refused: %s; payload %.200r", error, raw)
+            self.queue.dead_letter(self.worker_id, raw, str(error), attempts=1)
+            JOBS.labels("failed", "invalid_job").inc()
+            return None
+        task = Task(raw, job, self.status.start_attempt(job.id or "", self.worker_id), work_dir)
+        task.songhash = job.songhash
+        self.status.update(task.id, model=self._model(task), songhash=job.songhash or "",
+                           stage="starting")
+        log.info("job %s: attempt %d/%d started", task.id, task.attempt,
+                 self.settings.max_attempts)
+        if task.attempt > self.settings.max_attempts:
+            record = self.status.get(task.id) or {}
+            last = record.get("error") or "the worker running it stopped or died"
+            self.fail_job(task, errors.attempts_exhausted(
+                f"gave up after {self.settings.max_attempts} attempts; last error: {last}"))
+            return None
+        return task
+
+    # -- 3. fetch --------------------------------------------------------------------------
+    def fetch_input(self, task: Task) -> None:
+        bucket = task.job.bucket or self.settings.queue_bucket
+        key = task.job.object or input_key(task.songhash or "")
+        where = f"s3://{bucket}/{key}"
+        self._stage(task, "downloading", 1)
+        with self._timed(task, "download"):
+            size = self._stat_size(bucket, key, where)
+            if size > self.settings.max_input_bytes:
+                raise errors.bad_input(f"input {where} is {size / 2**20:.1f} MB, over "
+                                       f"MAX_INPUT_MB={self.settings.max_input_mb:g}")
+            task.work_dir.mkdir(parents=True)
+            task.input_path = task.work_dir / f"{task.work_dir.name}.mp3"
+            self.storage.fget_object(bucket, key, str(task.input_path))
+        with self._timed(task, "probe"):
+            duration_s = self._probe(task.input_path, where)
+            if task.songhash is None:
+                task.songhash = sha256_file(task.input_path)
+                self.status.link_song(task.id, task.songhash, self._model(task))
+        self.status.update(task.id, songhash=task.songhash, duration_s=round(duration_s, 3))
+
+    def _stat_size(self, bucket: str, key: str, where: str) -> int:
+        try:
+            return int(self.storage.stat_object(bucket, key).size or 0)
+        except S3Error as error:
+            if error.code in ("NoSuchKey", "NoSuchBucket", "NoSuchObject"):
+                raise errors.bad_input(f"input {where} does not exist ({error.code})") from None
+            raise
+
+    def _probe(self, path: Path, where: str) -> float:
+        if path.stat().st_size > self.settings.max_input_bytes:
+            raise errors.bad_input(f"input {where} is over MAX_INPUT_MB")
+        try:
+            duration_s = probe_mp3(path)
+        except NotAudio as error:
+            raise errors.bad_input(f"{where}: {error}") from None
+        if duration_s > self.settings.max_duration_s:
+            raise errors.bad_input(f"input {where} lasts {duration_s:.0f} s, over "
+                                   f"MAX_DURATION_S={self.settings.max_duration_s:g}")
+        return duration_s
+
+    # -- 4. separate -----------------------------------------------------------------------
+    def separate(self, tasks: list[Task], model: str) -> dict[str, Exception]:
+        """Run Demucs over ``tasks``; return what each job that got no stems must raise."""
+        failures = self._run_cli(tasks, model, self.device)
+        if any(isinstance(f, errors.ShutdownRequested) for f in failures.values()):
+            return failures
+        if failures and self.device != "cpu" and all(
+                getattr(f, "code", "") == "cuda" for f in failures.values()):
+            log.warning("Demucs failed on %s; retrying once on the CPU", self.device)
+            failures = self._run_cli([t for t in tasks if t.id in failures], model, "cpu")
+        if failures and len(tasks) > 1 and not any(
+                getattr(f, "permanent", True) for f in failures.values()):
+            log.warning("batch of %d failed for %d jobs; running those alone", len(tasks),
+                        len(failures))
+            alone = [t for t in tasks if t.id in failures]
+            failures = {}
+            for task in alone:
+                failures.update(self._run_cli([task], model, self.device))
+        return failures
+
+    def _run_cli(self, tasks: list[Task], model: str, device: str) -> dict[str, Exception]:
+        for task in tasks:
+            self._stage(task, "separating", 5)
+        out_dir = Path(tempfile.mkdtemp(prefix=f"demucs-{device}-", dir=tasks[0].work_dir.parent))
+        options = DemucsOptions(model=model, device=device, threads=self.settings.threads,
+                                shifts=self.settings.demucs_shifts,
+                                segment=self.settings.demucs_segment,
+                                repo=self.settings.demucs_repo)
+        inputs = [t.input_path for t in tasks if t.input_path is not None]
+        progress = _ProgressWriter(self.status, tasks)
+        run = run_demucs(options, out_dir, inputs, self.settings.job_timeout_s * len(tasks),
+                         self.abort, progress.report)
+        if run.aborted:
+            return {task.id: errors.ShutdownRequested() for task in tasks}
+        failures: dict[str, Exception] = {}
+        for index, task in enumerate(tasks):
+            task.timings["demucs"] = run.elapsed_s / len(tasks)
+            stems = next(out_dir.glob(f"*/{task.work_dir.name}"), None)
+            # after a crash, only inputs Demucs finished before moving on have whole stems
+            complete = run.returncode == 0 or index < run.inputs_started - 1
+            if stems is not None and complete:
+                task.stem_dir = stems
+            else:
+                failures[task.id] = self._cli_failure(run, model, device)
+        return failures
+
+    def _cli_failure(self, run: DemucsRun, model: str, device: str) -> errors.JobFailure:
+        last = run.output_tail.strip().splitlines()[-1:] or ["no output"]
+        if run.timed_out:
+            return errors.demucs_timeout(
+                f"Demucs ran past JOB_TIMEOUT_S={self.settings.job_timeout_s:g} s and was killed")
+        if looks_offline(run.output_tail):
+            where = f"repo {self.settings.demucs_repo}" if self.settings.demucs_repo else \
+                "the model hub (no network?)"
+            return errors.model_unavailable(
+                f"weights of model '{model}' could not be had from {where}: {last[0]}")
+        if device != "cpu" and looks_like_cuda_failure(run.output_tail):
+            return errors.JobFailure(f"Demucs failed on {device}: {last[0]}", "cuda", False)
+        return errors.demucs_failed(f"Demucs exited with code {run.returncode}: {last[0]}")
+
+    # -- 5. deliver ------------------------------------------------------------------------
+    def deliver_tracks(self, task: Task, model: str) -> dict[str, str]:
+        assert task.stem_dir is not None and task.input_path is not None and task.songhash
+        self._stage(task, "encoding", 90)
+        with self._timed(task, "encode"):
+            files = mix_and_encode(task.stem_dir, task.job.tracks(), task.work_dir / "tracks",
+                                   self.settings.mp3_bitrate_kbps, self.settings.threads)
+        if "original" in task.job.tracks():
+            files["original"] = task.input_path
+        self._stage(task, "uploading", 95)
+        keys: dict[str, str] = {}
+        metadata = {"model": model, "songhash": task.songhash, "job-id": task.id}
+        with self._timed(task, "upload"):
+            for track in task.job.tracks():
+                key = output_key(self.settings.output_key, task.songhash, track)
+                self.storage.fput_object(self.settings.output_bucket, key, str(files[track]),
+                                         content_type="audio/mpeg",
+                                         metadata={**metadata, "track": track})
+                keys[track] = key
+        return keys
+
+    # -- 6. finish -------------------------------------------------------------------------
+    def finish_job(self, task: Task, tracks: dict[str, str]) -> None:
+        self.status.done(task.id, tracks, task.elapsed_s())
+        with self._timed(task, "webhook"):
+            self.notify(task, "done", tracks, None)
+        self.status.update(task.id, timings={k: round(v, 3) for k, v in task.timings.items()})
+        self.queue.ack(self.worker_id, task.raw)
+        task.finished = True
+        JOBS.labels("done", "").inc()
+        JOB_SECONDS.observe(task.elapsed_s())
+        log.info("job %s: done in %.1f s, %d tracks of %s", task.id, task.elapsed_s(),
+                 len(tracks), task.songhash)
+
+    def fail_job(self, task: Task, failure: errors.JobFailure) -> None:
+        task.finished = True
+        if failure.permanent or task.attempt >= self.settings.max_attempts:
+            self.status.failed(task.id, failure.reason, task.elapsed_s())
+            self.queue.dead_letter(self.worker_id, task.raw, failure.reason, task.attempt)
+            self.notify(task, "failed", {}, failure.reason)
+            JOBS.labels("failed", failure.code).inc()
+            log.error("job %s: failed for good after %.1f s (attempt %d): %s", task.id,
+                      task.elapsed_s(), task.attempt, failure.reason)
+        else:
+            self.status.requeued(task.id, failure.reason)
+            self.queue.give_back(self.worker_id, task.raw)
+            JOBS.labels("retried", failure.code).inc()
+            log.warning("job %s: attempt %d failed, requeued: %s", task.id, task.attempt,
+                        failure.reason)
+
+    def give_back(self, task: Task) -> None:
+        task.finished = True
+        self.status.uncount_attempt(task.id)
+        self.status.requeued(task.id, "the worker stopped during the job; requeued")
+        self.queue.give_back(self.worker_id, task.raw)
+        log.warning("job %s: worker stopping, job put back onto the queue", task.id)
+
+    def notify(self, task: Task, state: str, tracks: dict[str, str], error: str | None) -> None:
+        callback = task.job.callback
+        if callback is None:
+            return
+        payload = {"id": task.id, "songhash": task.songhash, "status": state, "tracks": tracks,
+                   "bucket": self.settings.output_bucket, "error": error, "data": callback.data}
+        post_webhook(callback.url, payload, self.settings.webhook_secret,
+                     self.settings.webhook_timeout_s)
+
+    @contextmanager
+    def job_outcome(self, task: Task) -> Iterator[None]:
+        """Run a step of a job unless it is finished; turn what it raises into an outcome."""
+        if task.finished:
+            yield
+            return
+        try:
+            yield
+        except errors.ShutdownRequested:
+            self.give_back(task)
+        except errors.JobFailure as failure:
+            self.fail_job(task, failure)
+        except (S3Error, HTTPError, OSError) as error:
+            self.fail_job(task, errors.storage_failed(f"storage or disk error: {error}"))
+        except redis.RedisError:
+            raise  # the job stays in the processing list and is redelivered
+        except Exception as error:
+            log.exception("job %s: unexpected error", task.id)
+            self.fail_job(task, errors.JobFailure(f"internal error: {error!r}", "internal",
+                                                  permanent=False))
+
+    # -- heartbeat, health, stop -----------------------------------------------------------
+    def start_heartbeat(self) -> None:
+        self._beat()
+        threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True).start()
+
+    def _beat(self) -> None:
+        self.queue.beat(self.worker_id, self.settings.heartbeat_ttl_s)
+        self.last_beat = time.monotonic()
+
+    def _heartbeat_loop(self) -> None:
+        interval_s = self.settings.heartbeat_ttl_s / 3
+        while not self.exited.wait(interval_s):
+            try:
+                self._beat()
+                for raw in self.queue.redeliver_dead():
+                    log.warning("redelivered a job of a dead worker: %.120r", raw)
+                QUEUE_DEPTH.set(self.queue.depth())
+            except redis.RedisError as error:
+                log.warning("heartbeat failed: %s", error)
+
+    def health(self) -> tuple[bool, str]:
+        age_s = time.monotonic() - self.last_beat
+        if age_s > self.settings.heartbeat_ttl_s:
+            return False, f"last heartbeat {age_s:.0f} s ago"
+        try:
+            self.queue.redis.ping()
+        except redis.RedisError as error:
+            return False, f"Redis unreachable: {error}"
+        return True, "ok"
+
+    def request_stop(self, signum: int, _frame: object) -> None:
+        if self.stopping.is_set():
+            log.warning("second signal %d: aborting the current job now", signum)
+            self.abort.set()
+            return
+        log.info("signal %d: finishing the current job within %.0f s, taking no more", signum,
+                 self.settings.shutdown_grace_s)
+        self.stopping.set()
+        timer = threading.Timer(self.settings.shutdown_grace_s, self.abort.set)
+        timer.daemon = True
+        timer.start()
+
+    def return_held_jobs(self) -> None:
+        """Put back what this worker's processing list still holds (after a Redis outage)."""
+        for raw in self.queue.in_flight(self.worker_id):
+            self.queue.give_back(self.worker_id, raw)
+        self.holds_stale_jobs = False
+
+    def leave(self) -> None:
+        self.exited.set()
+        try:
+            self.return_held_jobs()  # nothing should be left; be sure
+            self.queue.forget(self.worker_id)
+        except redis.RedisError as error:  # the heartbeat expires; another worker redelivers
+            log.warning("could not leave cleanly: %s", error)
+        log.info("worker %s stopped", self.worker_id)
+
+    def ensure_buckets(self) -> None:
+        delay_s = 0.5
+        while not self.stopping.is_set():
+            try:
+                for bucket in (self.settings.queue_bucket, self.settings.output_bucket):
+                    ensure_bucket(self.storage, bucket)
+                return
+            except (S3Error, HTTPError, OSError) as error:
+                log.warning("MinIO unreachable (%s); retrying in %.1f s", error, delay_s)
+                self.stopping.wait(delay_s)
+                delay_s = min(delay_s * 2, 30)
+
+    # -- helpers ---------------------------------------------------------------------------
+    def _resolve_device(self) -> str:
+        if self.settings.demucs_device != "auto":
+            return self.settings.demucs_device
+        return "cuda" if cuda_present() else "cpu"
+
+    def _model(self, task: Task) -> str:
+        return task.job.model or self.settings.demucs_model
+
+    def _stage(self, task: Task, stage: str, progress: float) -> None:
+        self.status.update(task.id, stage=stage, progress=progress)
+
+    @contextmanager
+    def _timed(self, task: Task, stage: str) -> Iterator[None]:
+        started = time.monotonic()
+        try:
+            yield
+        finally:
+            task.timings[stage] = time.monotonic() - started
+            STAGE_SECONDS.labels(stage).observe(task.timings[stage])
+
+
+class _ProgressWriter:
+    """Writes Demucs' progress of each input into its job's status, at most once a second."""
+
+    def __init__(self, status: StatusStore, tasks: list[Task]) -> None:
+        self.status = status
+        self.tasks = [t for t in tasks if t.input_path is not None]
+        self.last_write: dict[int, float] = {}
+        self.best: dict[int, float] = {}
+
+    def report(self, index: int, fraction: float) -> None:
+        if index >= len(self.tasks):
+            return
+        self.best[index] = max(self.best.get(index, 0.0), fraction)
+        now = time.monotonic()
+        if now - self.last_write.get(index, 0.0) >= 1.0 or fraction >= 1.0:
+            self.last_write[index] = now
+            self.status.update(self.tasks[index].id, progress=round(5 + 85 * self.best[index], 1))
+
+
+def main() -> int:
+    settings = Settings.from_env()
+    log_client = connect_redis(settings)
+    configure_logging(log_client, settings.host, "worker", settings.log_list_max)
+    worker = Worker(settings, connect_redis(settings), connect_minio(settings))
+    signal.signal(signal.SIGTERM, worker.request_stop)
+    signal.signal(signal.SIGINT, worker.request_stop)
+    return worker.run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
