@@ -67,12 +67,12 @@ class Service:
         stop(self.process)
 
 
-def _spawn(command: list[str], log_path: Path, env: Mapping[str, str] | None = None
-           ) -> subprocess.Popen:
+def _spawn(command: list[str], log_path: Path, env: Mapping[str, str] | None = None,
+           cwd: Path | None = None) -> subprocess.Popen:
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("ab") as log:
         return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, env=dict(env or os.environ))
+                                stdin=subprocess.DEVNULL, env=dict(env or os.environ), cwd=cwd)
 
 
 def start_redis(state_dir: Path, port: int | None = None, aof: bool = False) -> Service:
@@ -124,8 +124,9 @@ def service_env(redis_port: int, s3_port: int, **overrides: str) -> dict[str, st
     return env
 
 
-def start_worker(env: Mapping[str, str], log_path: Path) -> subprocess.Popen:
-    return _spawn([sys.executable, str(ROOT / "worker" / "worker.py")], log_path, env)
+def start_worker(env: Mapping[str, str], log_path: Path, cwd: Path | None = None
+                 ) -> subprocess.Popen:
+    return _spawn([sys.executable, str(ROOT / "worker" / "worker.py")], log_path, env, cwd)
 
 
 def start_rest(env: Mapping[str, str], port: int, log_path: Path) -> Service:

@@ -216,6 +216,19 @@ def job_id_for(raw: str) -> str:
     return "j" + hashlib.sha256(raw.encode("utf-8", "replace")).hexdigest()[:23]
 
 
+def claimed_job_id(raw: str | bytes) -> str:
+    """The id a payload names if it is a valid one, else the payload's derived id.
+
+    Lets an invalid job's failure be recorded where its producer will look for it.
+    """
+    text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
+    try:
+        claimed = json.loads(text).get("id")
+    except (ValueError, AttributeError, RecursionError):
+        claimed = None
+    return claimed if isinstance(claimed, str) and JOB_ID_RE.match(claimed) else job_id_for(text)
+
+
 def parse_job(raw: str | bytes) -> Job:
     """Validate a payload from the queue; raise InvalidJob with a reason a person can act on."""
     if isinstance(raw, bytes):

@@ -51,6 +51,16 @@ class Stack:
     workers: list[subprocess.Popen] = field(default_factory=list)
 
     @property
+    def cwd(self) -> Path:
+        """The workers' working directory: a job must never write here."""
+        return self.tmp / "cwd"
+
+    @property
+    def work_dir(self) -> Path:
+        """The workers' TMPDIR, parent of every per-job temp dir."""
+        return self.tmp / "work"
+
+    @property
     def queue_bucket(self) -> str:
         return self.env["QUEUE_BUCKET"]
 
@@ -61,7 +71,8 @@ class Stack:
     def start_worker(self, **overrides: str) -> subprocess.Popen:
         env = {**self.env, "METRICS_PORT": str(devstack.free_port()), **overrides}
         log_path = self.tmp / f"worker-{len(self.workers)}.log"
-        process = devstack.start_worker(env, log_path)
+        self.cwd.mkdir(exist_ok=True)
+        process = devstack.start_worker(env, log_path, cwd=self.cwd)
         process.log_path = log_path  # type: ignore[attr-defined]
         process.metrics_port = int(env["METRICS_PORT"])  # type: ignore[attr-defined]
         self.workers.append(process)

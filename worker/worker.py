@@ -46,7 +46,15 @@ from urllib3.exceptions import HTTPError
 from separation import errors
 from separation.audio import NotAudio, mix_and_encode, probe_mp3
 from separation.connections import connect_minio, connect_redis, ensure_bucket
-from separation.contract import InvalidJob, Job, input_key, output_key, parse_job, sha256_file
+from separation.contract import (
+    InvalidJob,
+    Job,
+    claimed_job_id,
+    input_key,
+    output_key,
+    parse_job,
+    sha256_file,
+)
 from separation.demucs_cli import (
     DemucsOptions,
     DemucsRun,
@@ -167,7 +175,9 @@ class Worker:
         try:
             job = parse_job(raw)
         except InvalidJob as error:
-            log.error("job refused: %s; payload %.200r", error, raw)
+            job_id = claimed_job_id(raw)
+            log.error("job %s refused: %s; payload %.200r", job_id, error, raw)
+            self.status.failed(job_id, str(error))
             self.queue.dead_letter(self.worker_id, raw, str(error), attempts=1)
             JOBS.labels("failed", "invalid_job").inc()
             return None

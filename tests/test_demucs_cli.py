@@ -1,0 +1,49 @@
+"""Unit tests of the Demucs command line builder and output parsers."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from separation.demucs_cli import (
+    DemucsOptions,
+    build_command,
+    child_env,
+    looks_offline,
+    parse_progress,
+    parse_track,
+)
+
+
+def test_command_is_an_argument_list_with_the_shared_flags():
+    options = DemucsOptions(model="htdemucs", device="cpu", threads=4, shifts=0, segment=7,
+                            repo="/models")
+    command = build_command(options, Path("/tmp/out"), [Path("/tmp/a b.mp3"), Path("/tmp/-x.mp3")])
+    assert command[:4] == [sys.executable, "-u", "-m", "demucs"]
+    assert command[command.index("-n") + 1] == "htdemucs"
+    assert command[command.index("--repo") + 1] == "/models"
+    assert command[command.index("--segment") + 1] == "7"
+    assert command[-3:] == ["--", "/tmp/a b.mp3", "/tmp/-x.mp3"]  # inputs never read as flags
+    assert "--mp3" not in command  # WAV out: tracks are mixed, then encoded once
+
+
+def test_child_env_sets_threads():
+    env = child_env(DemucsOptions(model="m", device="cpu", threads=3))
+    assert env["OMP_NUM_THREADS"] == "3" and env["MKL_NUM_THREADS"] == "3"
+
+
+def test_progress_parsing():
+    assert parse_progress(" 50%|█████     | 15.0/30.0 [00:01<00:01, 21.13seconds/s]") == 0.5
+    assert parse_progress("100%|███| 1977.3/1977.3 [01:00<00:00]") == 1.0
+    fraction = parse_progress("93%|█| 1854.4499999999998/1977.3 [00:57<00:03]")
+    assert fraction is not None and abs(fraction - 0.9379) < 1e-3
+    assert parse_progress("Separating track /x.mp3") is None
+    assert parse_track("Separating track /tmp/j0/j0.mp3") == "/tmp/j0/j0.mp3"
+    assert parse_track("Separated tracks will be stored in /x") is None
+
+
+def test_offline_detection():
+    assert looks_offline("htdemucs is neither a single pre-trained model or a bag of models.")
+    assert looks_offline("urllib.error.URLError: <urlopen error [Errno -2] Name or service "
+                         "not known>")
+    assert not looks_offline("RuntimeError: shape mismatch")
