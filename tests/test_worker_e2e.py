@@ -167,3 +167,13 @@ def test_sigterm_past_the_grace_requeues_the_job(stack, song):
     assert stack.redis.llen(Keys.QUEUE) == 1 and _processing_jobs(stack) == 0
     stack.start_worker()
     assert stack.wait_for("requeued")["state"] == "done"
+
+
+def test_cuda_failure_retries_once_on_the_cpu(stack, make_song):
+    # This machine's torch has no CUDA: Demucs on -d cuda fails, as a broken GPU would.
+    songhash = stack.upload_song(make_song(seconds=1.5))
+    stack.start_worker(DEMUCS_DEVICE="cuda")
+    stack.push({"songhash": songhash, "id": "cuda", "stems": ["vocals"]})
+    record = stack.wait_for("cuda")
+    assert record["state"] == "done" and record["attempts"] == 1, record
+    assert "retrying once on the CPU" in stack.worker_logs()

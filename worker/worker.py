@@ -246,8 +246,8 @@ class Worker:
                 getattr(f, "code", "") == "cuda" for f in failures.values()):
             log.warning("Demucs failed on %s; retrying once on the CPU", self.device)
             failures = self._run_cli([t for t in tasks if t.id in failures], model, "cpu")
-        if failures and len(tasks) > 1 and not any(
-                getattr(f, "permanent", True) for f in failures.values()):
+        if failures and len(tasks) > 1 and not all(
+                getattr(f, "code", "") == "model_unavailable" for f in failures.values()):
             log.warning("batch of %d failed for %d jobs; running those alone", len(tasks),
                         len(failures))
             alone = [t for t in tasks if t.id in failures]
@@ -287,6 +287,9 @@ class Worker:
         if run.timed_out:
             return errors.demucs_timeout(
                 f"Demucs ran past JOB_TIMEOUT_S={self.settings.job_timeout_s:g} s and was killed")
+        decode_errors = [line for line in run.output_tail.splitlines() if "LoadAudioError" in line]
+        if decode_errors:
+            return errors.bad_input(f"Demucs could not decode the input: {decode_errors[-1]}")
         if looks_offline(run.output_tail):
             where = f"repo {self.settings.demucs_repo}" if self.settings.demucs_repo else \
                 "the model hub (no network?)"
@@ -343,8 +346,10 @@ class Worker:
             self.status.requeued(task.id, failure.reason)
             self.queue.give_back(self.worker_id, task.raw)
             JOBS.labels("retried", failure.code).inc()
-            log.warning("job %s: attempt %d failed, requeued: %s", task.id, task.attempt,
-                        failure.reason)
+            pause_s = min(2.0 ** task.attempt, 30.0)
+            log.warning("job %s: attempt %d failed, requeued; pausing %.0f s: %s", task.id,
+                        task.attempt, pause_s, failure.reason)
+            self.stopping.wait(pause_s)  # what failed (storage, GPU) gets time to come back
 
     def give_back(self, task: Task) -> None:
         task.finished = True

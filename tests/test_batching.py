@@ -1,0 +1,76 @@
+"""Batching: several jobs in one Demucs call, each with its own outcome (real CLI and services)."""
+
+from __future__ import annotations
+
+import signal
+import time
+
+import pytest
+
+from devstack.synth import encode_mp3, synth_song
+from separation.contract import Keys
+
+
+def _undecodable_mp3(path):
+    """Valid MP3 headers (the probe accepts it) followed by garbage Demucs cannot decode."""
+    good = encode_mp3(synth_song(3.0, seed=5))
+    path.write_bytes(good[:2000] + bytes(range(256)) * 400)
+    return path
+
+
+def _demucs_calls(stack) -> list[str]:
+    return [line for line in stack.worker_logs().splitlines() if "-m demucs" in line]
+
+
+def test_one_demucs_call_serves_the_whole_batch(stack, make_song):
+    hashes = [stack.upload_song(make_song(seconds=1.5, seed=i, name=f"b{i}.mp3"))
+              for i in range(3)]
+    for i, songhash in enumerate(hashes):
+        stack.push({"songhash": songhash, "id": f"batch-{i}", "stems": ["vocals", "full"]})
+    stack.start_worker(BATCH_MAX="4")
+    records = [stack.wait_for(f"batch-{i}") for i in range(3)]
+    assert [r["state"] for r in records] == ["done"] * 3, records
+    for songhash, record in zip(hashes, records, strict=True):
+        assert record["tracks"] == {"vocals": f"{songhash}-vocals.mp3",
+                                    "full": f"{songhash}-full.mp3"}
+    calls = _demucs_calls(stack)
+    assert len(calls) == 1 and all(f"j{i}.mp3" in calls[0] for i in range(3)), calls
+
+
+def test_a_bad_file_in_a_batch_fails_alone(stack, make_song, tmp_path):
+    good = [stack.upload_song(make_song(seconds=1.5, seed=i, name=f"g{i}.mp3")) for i in range(2)]
+    bad = stack.upload_song(_undecodable_mp3(tmp_path / "bad.mp3"))
+    stack.push({"songhash": good[0], "id": "good-0", "stems": ["drums"]})
+    stack.push({"songhash": bad, "id": "bad", "stems": ["drums"]})
+    stack.push({"songhash": good[1], "id": "good-1", "stems": ["drums"]})
+    stack.start_worker(BATCH_MAX="4")
+    assert stack.wait_for("good-0")["state"] == "done"
+    assert stack.wait_for("good-1")["state"] == "done"
+    record = stack.wait_for("bad")
+    assert record["state"] == "failed" and record["attempts"] == 1, record
+    assert "Demucs could not decode the input" in record["error"]
+    calls = _demucs_calls(stack)
+    # the batch call, then the jobs it did not finish, each alone
+    assert len(calls) == 3 and "j2.mp3" in calls[0], calls
+    keys = {o.object_name for o in stack.minio.list_objects(stack.output_bucket)}
+    assert keys == {f"{good[0]}-drums.mp3", f"{good[1]}-drums.mp3"}
+
+
+def test_a_killed_batch_is_redelivered_whole(stack, make_song):
+    hashes = [stack.upload_song(make_song(seconds=4, seed=i, name=f"k{i}.mp3")) for i in range(3)]
+    for i, songhash in enumerate(hashes):
+        stack.push({"songhash": songhash, "id": f"kill-{i}", "stems": ["bass"]})
+    first = stack.start_worker(BATCH_MAX="4")
+    deadline = time.monotonic() + 60
+    while (stack.status("kill-0") or {}).get("stage") != "separating":
+        if time.monotonic() > deadline:
+            pytest.fail(stack.worker_logs())
+        time.sleep(0.02)
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    stack.start_worker(BATCH_MAX="4")
+    records = [stack.wait_for(f"kill-{i}") for i in range(3)]
+    assert [(r["state"], r["attempts"]) for r in records] == [("done", 2)] * 3, records
+    assert stack.redis.llen(Keys.QUEUE) == 0
+    held = stack.redis.scan_iter(Keys.PROCESSING_PREFIX + "*")
+    assert sum(stack.redis.llen(k) for k in held) == 0
