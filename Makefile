@@ -33,3 +33,11 @@ lint: setup
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
+
+# --- benchmarks (bench/run.py; figures in README "Benchmarks") ---
+.PHONY: bench bench-quick
+bench: setup
+	$(PY) -m bench.run $(BENCH_ARGS)
+
+bench-quick: setup
+	$(PY) -m bench.run --quick $(BENCH_ARGS)

@@ -106,9 +106,11 @@ class StatusStore:
             return None
         record: dict[str, Any] = {_decode(k): _decode(v) for k, v in raw.items()}
         record["tracks"] = json.loads(record.get("tracks") or "{}")
+        record["timings"] = json.loads(record.get("timings") or "{}")
         record["attempts"] = int(record.get("attempts") or 0)
         record["progress"] = float(record.get("progress") or 0)
-        for name in ("created_at", "started_at", "finished_at", "updated_at", "elapsed_s"):
+        for name in ("created_at", "started_at", "finished_at", "updated_at", "elapsed_s",
+                     "duration_s"):
             value = record.get(name)
             record[name] = float(value) if value else None
         return record

@@ -1,0 +1,54 @@
+"""A Demucs model of the pretrained ``htdemucs``'s architecture and size, with random weights.
+
+No pretrained weights can be downloaded here, so the benchmarks build this model and save it
+as a local Demucs repo folder (``<repo>/<name>.th``) that the real CLI loads with ``--repo``.
+Its output is noise, but its time and memory are the real model's. It is generated on demand
+and cached outside the repository (``BENCH_CACHE``, default ``~/.cache/demucs-service``).
+"""
+
+from __future__ import annotations
+
+import os
+from fractions import Fraction
+from pathlib import Path
+
+NAME = "bench_htdemucs"
+"""The model's name for ``-n`` (no '-': Demucs reads ``a-b.th`` as signature-checksum)."""
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("BENCH_CACHE") or Path.home() / ".cache" / "demucs-service")
+
+
+def build_real_size_model(repo: Path | None = None, name: str = NAME) -> Path:
+    """Write ``<repo>/<name>.th`` unless present; return the repo folder."""
+    repo = repo or cache_dir() / "models"
+    target = repo / f"{name}.th"
+    if target.exists():
+        return repo
+    import torch
+    from demucs.htdemucs import HTDemucs
+
+    torch.manual_seed(0)
+    model = HTDemucs(sources=["drums", "bass", "other", "vocals"], samplerate=44100,
+                     segment=Fraction(39, 5), bottom_channels=512)
+    args, kwargs = model._init_args_kwargs  # recorded by Demucs' @capture_init
+    package = {"klass": HTDemucs, "args": args, "kwargs": kwargs,
+               "state": {k: v.half() for k, v in model.state_dict().items()}}
+    repo.mkdir(parents=True, exist_ok=True)
+    partial = target.with_suffix(".partial")
+    torch.save(package, partial)
+    partial.rename(target)  # never leave a half-written model where the CLI finds it
+    return repo
+
+
+def parameter_count(repo: Path, name: str = NAME) -> int:
+    from demucs.states import load_model
+
+    model = load_model(repo / f"{name}.th")
+    return sum(p.numel() for p in model.parameters())
+
+
+if __name__ == "__main__":
+    folder = build_real_size_model()
+    print(f"{folder / (NAME + '.th')}: {parameter_count(folder) / 1e6:.1f} M parameters")

@@ -1,0 +1,313 @@
+"""``make bench``: the service's figures, each a ratio against a baseline taken in the same run.
+
+1. overhead  end-to-end time (LPUSH → every track in S3 → status done) / the raw
+             ``python -m demucs`` CLI on the same file, model and flags; with the stage breakdown.
+2. batch     songs per minute for 8 short clips: one CLI per job (BATCH_MAX=1) vs batched.
+3. memory    peak RSS of the worker's process tree for 1-, 3- and 5-minute songs.
+4. ingest    20 concurrent 10 MB uploads to the REST API: p50/p95 latency, errors.
+
+Models: the real-size random-weight model (bench/model.py) unless ``BENCH_MODEL`` (with
+``DEMUCS_REPO``) names real weights, and the tiny ``demucs_unittest`` for the batch figure.
+A table goes to stdout, JSON to ``bench/results/``. ``--quick`` runs small sizes only (a smoke
+test of this script, not figures to quote).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import psutil
+import redis
+import requests
+from minio import Minio
+
+import devstack
+from bench.model import NAME, build_real_size_model
+from devstack.synth import write_song
+from separation.contract import Keys, input_key, sha256_file
+from separation.settings import available_cpus
+from separation.status import StatusStore
+
+RESULTS = Path(__file__).resolve().parent / "results"
+TINY = "demucs_unittest"
+
+
+class PeakRss:
+    """Samples the summed RSS of a process and its descendants every 50 ms."""
+
+    def __init__(self, pid: int) -> None:
+        self.process = psutil.Process(pid)
+        self.peak_bytes = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def __enter__(self) -> PeakRss:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.05):
+            try:
+                tree = [self.process, *self.process.children(recursive=True)]
+                total = 0
+                for proc in tree:
+                    try:
+                        total += proc.memory_info().rss
+                    except psutil.Error:
+                        pass
+                self.peak_bytes = max(self.peak_bytes, total)
+            except psutil.Error:
+                return
+
+    @property
+    def peak_mb(self) -> float:
+        return self.peak_bytes / 2**20
+
+
+class Bench:
+    """The services, and helpers to run the raw CLI and the pipeline on them."""
+
+    def __init__(self, root: Path, model: str, repo: str | None, threads: int) -> None:
+        self.root = root
+        self.model, self.repo, self.threads = model, repo, threads
+        self.redis_service = devstack.start_redis(root / "redis")
+        self.s3_service = devstack.start_s3(root / "s3")
+        self.redis = redis.Redis(port=self.redis_service.port)
+        self.minio = Minio(f"127.0.0.1:{self.s3_service.port}", access_key=devstack.LOCAL_DEV_KEY,
+                           secret_key=devstack.LOCAL_DEV_KEY, secure=False)
+        self.minio.make_bucket("demucs-bucket")
+        self.status = StatusStore(self.redis, 3600)
+
+    def close(self) -> None:
+        self.redis_service.stop()
+        self.s3_service.stop()
+
+    def env(self, model: str, repo: str | None, **overrides: str) -> dict[str, str]:
+        env = devstack.service_env(self.redis_service.port, self.s3_service.port,
+                                   DEMUCS_MODEL=model, DEMUCS_THREADS=str(self.threads),
+                                   DEMUCS_DEVICE=os.environ.get("BENCH_DEVICE", "cpu"),
+                                   METRICS_PORT="0", POLL_S="0.1", TMPDIR=str(self.root),
+                                   MAX_DURATION_S="7200", JOB_TIMEOUT_S="7200", **overrides)
+        if repo:
+            env["DEMUCS_REPO"] = repo
+        return env
+
+    def raw_cli(self, song: Path, model: str, repo: str | None) -> dict[str, float]:
+        """The baseline: Demucs' own CLI writing MP3 stems, as a user would run it."""
+        out = Path(tempfile.mkdtemp(dir=self.root))
+        command = [sys.executable, "-m", "demucs", "-n", model, "-d",
+                   os.environ.get("BENCH_DEVICE", "cpu"), "--mp3", "--mp3-bitrate", "320",
+                   "-o", str(out), str(song)]
+        if repo:
+            command += ["--repo", repo]
+        env = {**os.environ, "OMP_NUM_THREADS": str(self.threads),
+               "MKL_NUM_THREADS": str(self.threads)}
+        started = time.monotonic()
+        process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.DEVNULL)
+        with PeakRss(process.pid) as rss:
+            code = process.wait()
+        if code != 0:
+            raise RuntimeError(f"raw Demucs CLI failed with code {code}: {command}")
+        return {"wall_s": time.monotonic() - started, "peak_rss_mb": rss.peak_mb}
+
+    def start_worker(self, model: str, repo: str | None, **overrides: str) -> subprocess.Popen:
+        process = devstack.start_worker(self.env(model, repo, **overrides),
+                                        self.root / "worker.log")
+        deadline = time.monotonic() + 60
+        while not list(self.redis.scan_iter(match="worker:*:heartbeat")):
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("worker did not start: see " + str(self.root / "worker.log"))
+            time.sleep(0.1)
+        return process
+
+    def upload(self, song: Path) -> str:
+        songhash = sha256_file(song)
+        self.minio.fput_object("demucs-bucket", input_key(songhash), str(song))
+        return songhash
+
+    def run_jobs(self, songs: list[Path], worker: subprocess.Popen) -> tuple[float, list[dict]]:
+        """Push one job per song at once; wait for all; return (wall_s, status records)."""
+        hashes = [self.upload(song) for song in songs]
+        ids = [f"bench-{time.monotonic_ns()}-{i}" for i in range(len(songs))]
+        started = time.monotonic()
+        pushed_at = time.time()
+        for job_id, songhash in zip(ids, hashes, strict=True):
+            self.redis.lpush(Keys.QUEUE, json.dumps({"id": job_id, "songhash": songhash}))
+        records: dict[str, dict] = {}
+        while len(records) < len(ids):
+            for job_id in ids:
+                record = self.status.get(job_id)
+                if record and record["state"] in ("done", "failed"):
+                    if record["state"] == "failed":
+                        raise RuntimeError(f"bench job failed: {record['error']}")
+                    records[job_id] = record
+            if worker.poll() is not None:
+                raise RuntimeError("the worker exited during the benchmark")
+            time.sleep(0.05)
+        wall_s = time.monotonic() - started
+        for record in records.values():
+            record["queue_wait_s"] = (record["started_at"] or pushed_at) - pushed_at
+        return wall_s, [records[i] for i in ids]
+
+
+def bench_overhead(bench: Bench, songs: dict[str, Path]) -> dict[str, Any]:
+    results: dict[str, Any] = {}
+    worker = bench.start_worker(bench.model, bench.repo, BATCH_MAX="1")
+    try:
+        for label, song in songs.items():
+            raw = bench.raw_cli(song, bench.model, bench.repo)
+            with PeakRss(worker.pid) as rss:
+                wall_s, (record,) = bench.run_jobs([song], worker)
+            timings = record["timings"]
+            results[label] = {
+                "raw_cli_s": round(raw["wall_s"], 2), "pipeline_s": round(wall_s, 2),
+                "ratio": round(wall_s / raw["wall_s"], 3),
+                "raw_cli_peak_rss_mb": round(raw["peak_rss_mb"]),
+                "pipeline_peak_rss_mb": round(rss.peak_mb),
+                "breakdown_s": {"queue_wait": round(record["queue_wait_s"], 3),
+                                **{k: round(v, 2) for k, v in timings.items()}},
+            }
+            print(f"  overhead {label}: raw {raw['wall_s']:.1f} s, pipeline {wall_s:.1f} s, "
+                  f"ratio {wall_s / raw['wall_s']:.3f}", flush=True)
+    finally:
+        devstack.stop(worker)
+    return results
+
+
+def bench_batch(bench: Bench, clips: list[Path], model: str, repo: str | None,
+                batch_max: int) -> dict[str, Any]:
+    per_mode: dict[str, float] = {}
+    for mode, size in (("one_cli_per_job", 1), ("batched", batch_max)):
+        worker = bench.start_worker(model, repo, BATCH_MAX=str(size))
+        try:
+            wall_s, _ = bench.run_jobs(clips, worker)
+        finally:
+            devstack.stop(worker)
+        per_mode[mode] = len(clips) / wall_s * 60
+        print(f"  batch {model} {mode}: {per_mode[mode]:.1f} songs/min", flush=True)
+    return {"clips": len(clips), "batch_max": batch_max,
+            "songs_per_min": {k: round(v, 2) for k, v in per_mode.items()},
+            "gain": round(per_mode["batched"] / per_mode["one_cli_per_job"], 2)}
+
+
+def bench_memory(bench: Bench, songs: dict[str, Path]) -> dict[str, Any]:
+    results: dict[str, Any] = {}
+    worker = bench.start_worker(bench.model, bench.repo, BATCH_MAX="1")
+    try:
+        for label, song in songs.items():
+            with PeakRss(worker.pid) as rss:
+                wall_s, _ = bench.run_jobs([song], worker)
+            results[label] = {"peak_rss_mb": round(rss.peak_mb), "wall_s": round(wall_s, 1)}
+            print(f"  memory {label}: peak {rss.peak_mb:.0f} MB in {wall_s:.0f} s", flush=True)
+    finally:
+        devstack.stop(worker)
+    minutes = sorted((float(k.rstrip("min")), v["peak_rss_mb"]) for k, v in results.items())
+    if len(minutes) >= 2:
+        (m0, r0), (m1, r1) = minutes[0], minutes[-1]
+        results["slope_mb_per_min"] = round((r1 - r0) / (m1 - m0), 1)
+    return results
+
+
+def bench_ingest(bench: Bench, uploads: int, size_mb: float) -> dict[str, Any]:
+    """Concurrent uploads to POST /apiv1/separate (songs are stored and queued, no worker)."""
+    port = devstack.free_port()
+    env = bench.env(bench.model, bench.repo, MAX_INPUT_MB=str(size_mb * 2))
+    rest = devstack.start_rest(env, port, bench.root / "rest.log")
+    song = bench.root / "ingest.mp3"
+    seconds = size_mb * 2**20 * 8 / 320_000
+    from devstack.synth import encode_mp3, synth_song
+    song.write_bytes(encode_mp3(synth_song(seconds, seed=11), bitrate_kbps=320))
+
+    def one(i: int) -> tuple[float, int]:
+        data = song.read_bytes() + i.to_bytes(4, "big")  # distinct songs: no dedup shortcut
+        started = time.monotonic()
+        response = requests.post(f"http://127.0.0.1:{port}/apiv1/separate",
+                                 files={"file": (f"s{i}.mp3", data, "audio/mpeg")}, timeout=300)
+        return time.monotonic() - started, response.status_code
+
+    try:
+        with ThreadPoolExecutor(uploads) as pool:
+            outcomes = list(pool.map(one, range(uploads)))
+    finally:
+        rest.stop()
+    latencies = sorted(t for t, _ in outcomes)
+    errors = sum(1 for _, code in outcomes if code != 200)
+    result = {"uploads": uploads, "size_mb": round(song.stat().st_size / 2**20, 1),
+              "p50_s": round(statistics.median(latencies), 2),
+              "p95_s": round(latencies[max(0, int(0.95 * len(latencies)) - 1)], 2),
+              "errors": errors}
+    print(f"  ingest: p50 {result['p50_s']} s, p95 {result['p95_s']} s, errors {errors}",
+          flush=True)
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes: a smoke test")
+    parser.add_argument("--only", default="overhead,batch,memory,ingest")
+    args = parser.parse_args(argv)
+    parts = set(args.only.split(","))
+    model = os.environ.get("BENCH_MODEL") or (TINY if args.quick else NAME)
+    repo = os.environ.get("DEMUCS_REPO") or (
+        None if model == TINY else str(build_real_size_model()))
+    threads = int(os.environ.get("DEMUCS_THREADS") or available_cpus())
+    report: dict[str, Any] = {
+        "machine": {"cpus": threads, "cpu_model": platform.processor() or platform.machine(),
+                    "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+                    "device": os.environ.get("BENCH_DEVICE", "cpu")},
+        "model": model, "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "quick": args.quick,
+    }
+    with tempfile.TemporaryDirectory(prefix="demucs-bench-") as tmp:
+        root = Path(tmp)
+        song: Callable[[float, int], Path] = lambda s, seed: write_song(  # noqa: E731
+            root / f"song-{s:g}-{seed}.mp3", seconds=s, seed=seed)
+        bench = Bench(root, model, repo, threads)
+        try:
+            if "overhead" in parts:
+                sizes = {"10s": 10.0} if args.quick else {"10s": 10.0, "180s": 180.0}
+                report["overhead"] = bench_overhead(
+                    bench, {k: song(v, 1) for k, v in sizes.items()})
+            if "batch" in parts:
+                clip_s = 2.0 if args.quick else 5.0
+                clips = [song(clip_s, 100 + i) for i in range(4 if args.quick else 8)]
+                report["batch"] = {TINY: bench_batch(bench, clips, TINY, None, 4)}
+                if model != TINY and not args.quick:
+                    report["batch"][model] = bench_batch(bench, clips, model, repo, 4)
+            if "memory" in parts:
+                sizes = {"0.25min": 15.0} if args.quick else \
+                    {"1min": 60.0, "3min": 180.0, "5min": 300.0}
+                report["memory"] = bench_memory(bench, {k: song(v, 2) for k, v in sizes.items()})
+            if "ingest" in parts:
+                report["ingest"] = bench_ingest(bench, 4 if args.quick else 20,
+                                                1.0 if args.quick else 10.0)
+        finally:
+            bench.close()
+    RESULTS.mkdir(exist_ok=True)
+    name = "quick.json" if args.quick else "latest.json"
+    (RESULTS / name).write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(report, indent=2))
+    print(f"written to {RESULTS / name}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
