@@ -1,0 +1,170 @@
+"""The REST service's entry point: ``python -m uvicorn rest.app:app --port 5000``.
+
+Routes besides ``apiv1`` (``rest.api``): ``GET /`` (the page for a browser, a JSON 200 for
+anything else, such as a load balancer), ``POST /`` (job-outcome webhooks, logged),
+``/healthz``, ``/metrics`` and the OpenAPI docs at ``/docs``. Every error is JSON
+``{"error": ..., "reason": ...}``; no traceback ever reaches a client.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import redis
+from fastapi import FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from minio.error import MinioException
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from urllib3.exceptions import HTTPError
+
+from rest import api
+from rest.backend import Backend, BackendDep, get_backend
+from rest.observability import QUEUE_DEPTH, count_requests
+from rest.uploads import read_body
+from separation.connections import connect_redis
+from separation.logs import configure_logging
+from separation.settings import Settings
+from separation.webhook import SIGNATURE_HEADER, verify_signature
+
+log = logging.getLogger("rest")
+PAGE_PATH = Path(__file__).with_name("page.html")
+CALLBACK_MAX_BYTES = 1 << 20
+STORAGE_ERRORS = (MinioException, HTTPError)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings.from_env()
+    app = FastAPI(title="Music source separation", version="1.0",
+                  description="Split songs into stems with Demucs. The lab's `apiv1` API.",
+                  lifespan=_lifespan)
+    app.state.backend = Backend.connect(settings)
+    app.state.page = PAGE_PATH.read_text(encoding="utf-8")
+    app.middleware("http")(count_requests)
+    _add_error_handlers(app)
+    app.include_router(api.router)
+    app.add_api_route("/", root, methods=["GET", "HEAD"], include_in_schema=False)
+    app.add_api_route("/", callback, methods=["POST"], summary="Receive a job-outcome webhook")
+    app.add_api_route("/healthz", healthz, methods=["GET"], summary="Redis and MinIO reachable")
+    app.add_api_route("/metrics", metrics, methods=["GET"], summary="Prometheus metrics")
+    return app
+
+
+@asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    backend: Backend = app.state.backend
+    settings = backend.settings
+    configure_logging(connect_redis(settings), settings.host, "rest", settings.log_list_max)
+    try:
+        await run_in_threadpool(backend.ensure_buckets)
+    except STORAGE_ERRORS as error:
+        log.warning("MinIO unreachable at start (%s); buckets are made at the first upload", error)
+    log.info("rest service ready: model %s, buckets %s -> %s, API token %s",
+             settings.demucs_model, settings.queue_bucket, settings.output_bucket,
+             "required" if settings.api_token else "off")
+    yield
+
+
+def root(request: Request) -> Response:
+    """The page for a browser; a JSON 200 for a load balancer's health check."""
+    if "text/html" in request.headers.get("accept", ""):
+        return HTMLResponse(request.app.state.page)
+    return JSONResponse({"service": "music source separation", "status": "ok",
+                         "api": "/apiv1", "docs": "/docs"})
+
+
+async def callback(request: Request) -> dict[str, Any]:
+    """Log a job-outcome webhook (the lab's clients point their callback at ``/``)."""
+    backend = get_backend(request)
+    body = await read_body(request, CALLBACK_MAX_BYTES, "a callback body is at most 1 MB")
+    verified = None
+    if backend.settings.webhook_secret:
+        verified = verify_signature(body, request.headers.get(SIGNATURE_HEADER),
+                                    backend.settings.webhook_secret)
+    try:
+        payload = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        payload = None
+    if isinstance(payload, dict):
+        log.info("callback received: job %s %s, song %s, error %s, data %.300s, signature %s",
+                 payload.get("id"), payload.get("status"), payload.get("songhash"),
+                 payload.get("error"), json.dumps(payload.get("data")),
+                 _signature_word(verified))
+    else:
+        log.info("callback received: %d bytes that are not a JSON object, signature %s",
+                 len(body), _signature_word(verified))
+    return {"reason": "callback received", "verified": verified}
+
+
+def _signature_word(verified: bool | None) -> str:
+    return "not checked (no WEBHOOK_SECRET)" if verified is None else \
+        ("verified" if verified else "INVALID")
+
+
+def healthz(backend: BackendDep) -> JSONResponse:
+    problems = []
+    try:
+        backend.redis.ping()
+    except redis.RedisError as error:
+        problems.append(f"Redis unreachable: {error}")
+    try:
+        backend.storage.bucket_exists(backend.settings.queue_bucket)
+    except STORAGE_ERRORS as error:
+        problems.append(f"MinIO unreachable: {type(error).__name__}")
+    return JSONResponse({"ok": not problems, "reason": "; ".join(problems) or "ok"},
+                        status_code=503 if problems else 200)
+
+
+def metrics(backend: BackendDep) -> Response:
+    try:
+        QUEUE_DEPTH.set(backend.queue.depth())
+    except redis.RedisError as error:
+        log.warning("metrics: queue depth unknown: %s", error)
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": message, "reason": message}, status_code=status,
+                        headers=headers)
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    async def http_error(_: Request, error: Exception) -> JSONResponse:
+        assert isinstance(error, StarletteHTTPException)
+        return _error(error.status_code, str(error.detail), getattr(error, "headers", None))
+
+    async def invalid_request(_: Request, error: Exception) -> JSONResponse:
+        assert isinstance(error, RequestValidationError)
+        first = error.errors()[0] if error.errors() else {"loc": (), "msg": "invalid request"}
+        where = ".".join(str(part) for part in first["loc"])
+        return _error(400, f"{where}: {first['msg']}" if where else str(first["msg"]))
+
+    async def redis_down(request: Request, error: Exception) -> JSONResponse:
+        log.error("%s %s: Redis error: %s", request.method, request.url.path, error)
+        return _error(503, "the job queue (Redis) is unreachable; try again later")
+
+    async def storage_down(request: Request, error: Exception) -> JSONResponse:
+        log.error("%s %s: MinIO error: %s", request.method, request.url.path, error)
+        return _error(503, "object storage (MinIO) is unreachable or failed; try again later")
+
+    async def internal(request: Request, error: Exception) -> JSONResponse:
+        log.error("%s %s: internal error: %r", request.method, request.url.path, error,
+                  exc_info=error)
+        return _error(500, "internal error; the service's log has the details")
+
+    app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(RequestValidationError, invalid_request)
+    app.add_exception_handler(redis.RedisError, redis_down)
+    for error_type in STORAGE_ERRORS:
+        app.add_exception_handler(error_type, storage_down)
+    app.add_exception_handler(Exception, internal)
+
+
+app = create_app()

@@ -1,0 +1,72 @@
+"""What every route needs: the settings, the Redis and MinIO clients, and the API token check."""
+
+from __future__ import annotations
+
+import hmac
+from dataclasses import dataclass
+from typing import Annotated
+
+import redis
+from fastapi import Depends, HTTPException, Request
+from minio import Minio
+
+from separation.connections import connect_minio, connect_redis, ensure_bucket
+from separation.queue import JobQueue
+from separation.settings import Settings
+from separation.status import StatusStore
+
+
+@dataclass
+class Backend:
+    """The service's clients, built once from the settings and kept in ``app.state``."""
+
+    settings: Settings
+    redis: redis.Redis
+    storage: Minio
+    queue: JobQueue
+    status: StatusStore
+    buckets_ready: bool = False
+
+    @classmethod
+    def connect(cls, settings: Settings) -> Backend:
+        client = connect_redis(settings)
+        return cls(settings, client, connect_minio(settings), JobQueue(client),
+                   StatusStore(client, settings.status_ttl_s))
+
+    def ensure_buckets(self) -> None:
+        """Create the input and output buckets once; retried on the next upload if it fails."""
+        if not self.buckets_ready:
+            for bucket in (self.settings.queue_bucket, self.settings.output_bucket):
+                ensure_bucket(self.storage, bucket)
+            self.buckets_ready = True
+
+
+def get_backend(request: Request) -> Backend:
+    return request.app.state.backend
+
+
+BackendDep = Annotated[Backend, Depends(get_backend)]
+
+
+def bearer_token(request: Request) -> str:
+    """The token of ``Authorization: Bearer ...``, else of ``?access_token=`` (RFC 6750).
+
+    The query form exists for ``<audio src>`` and download links, which cannot send headers.
+    """
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() == "bearer" and token.strip():
+        return token.strip()
+    return request.query_params.get("access_token", "")
+
+
+def require_token(request: Request) -> None:
+    """401 unless ``API_TOKEN`` is unset or the request carries it."""
+    expected = get_backend(request).settings.api_token
+    if not expected:
+        return
+    given = bearer_token(request)
+    if not given or not hmac.compare_digest(given.encode(), expected.encode()):
+        reason = "a valid API token is required: send 'Authorization: Bearer <API_TOKEN>'" \
+            if not given else "the API token is not valid"
+        raise HTTPException(401, reason, headers={"WWW-Authenticate": "Bearer"})
