@@ -14,7 +14,7 @@ $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	# torch first and alone: 2.13.0 is the CPU build on this machine's disk (see README)
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[demucs,rest,test]'
+	$(PY) -m pip install -q -e '.[demucs,rest,test,deploy]'
 	@touch $@
 
 setup: $(VENV)/.installed
@@ -41,3 +41,53 @@ bench: setup
 
 bench-quick: setup
 	$(PY) -m bench.run --quick $(BENCH_ARGS)
+
+# -- Deployment: images and Kubernetes (deploy/; README "Deploy on Kubernetes") -------------
+#   make images REGISTRY=... TAG=...    build both images (a Docker engine is needed)
+#   make push-images                    push them
+#   make deploy | deploy-gpu [KEDA=1]   apply overlays/local | overlays/gpu with those images
+#   make undeploy [OVERLAY=gpu]         delete everything, Redis' and MinIO's volumes included
+#   make port-forward                   REST :5000, MinIO :9000 and console :9001, Redis :6379
+#   make lint-deploy                    render, validate and lint it all offline (CI)
+REGISTRY ?= localhost:5001
+TAG ?= $(shell git rev-parse --short HEAD 2>/dev/null || echo dev)
+KEDA ?= 0
+OVERLAY ?= local
+KUBECTL ?= $(shell command -v kubectl 2>/dev/null || echo $(VENV)/bin/kubectl)
+APPLY = WORKER_IMAGE=$(REGISTRY)/demucs-worker:$(TAG) REST_IMAGE=$(REGISTRY)/demucs-rest:$(TAG) \
+	KEDA=$(KEDA) KUBECTL=$(KUBECTL) deploy/apply.sh
+
+.PHONY: images push-images deploy deploy-gpu undeploy port-forward lint-deploy
+
+images:
+	$(MAKE) -C worker build REGISTRY=$(REGISTRY) TAG=$(TAG)
+	$(MAKE) -C rest build REGISTRY=$(REGISTRY) TAG=$(TAG)
+
+push-images:
+	$(MAKE) -C worker push REGISTRY=$(REGISTRY) TAG=$(TAG)
+	$(MAKE) -C rest push REGISTRY=$(REGISTRY) TAG=$(TAG)
+
+deploy:
+	$(APPLY) local
+
+deploy-gpu:
+	$(APPLY) gpu
+
+undeploy:
+	$(APPLY) --delete $(OVERLAY)
+
+port-forward:
+	@echo "REST http://localhost:5000  MinIO console http://localhost:9001  (Ctrl-C stops)"
+	@trap 'kill $$(jobs -p) 2>/dev/null' EXIT; \
+	$(KUBECTL) -n demucs port-forward svc/rest 5000:5000 & \
+	$(KUBECTL) -n demucs port-forward svc/minio 9000:9000 9001:9001 & \
+	$(KUBECTL) -n demucs port-forward svc/redis 6379:6379 & \
+	wait
+
+lint-deploy: $(VENV)/.installed
+	deploy/lint.sh
+
+# --- reliability suite (tests/reliability; `make test` runs it with 3 trials) ---
+.PHONY: test-reliability
+test-reliability: setup
+	RELIABILITY_TRIALS=20 $(PY) -m pytest tests/reliability $(PYTEST_ARGS)

@@ -7,12 +7,14 @@ subprocesses configured to use them. Nothing here is used in production.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -84,7 +86,8 @@ def start_redis(state_dir: Path, port: int | None = None, aof: bool = False) -> 
     port = port or free_port()
     state_dir.mkdir(parents=True, exist_ok=True)
     command = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-               "--dir", str(state_dir), "--appendonly", "yes" if aof else "no"]
+               "--dir", str(state_dir), "--appendonly", "yes" if aof else "no",
+               "--appendfsync", "always"]  # as deployed: an acknowledged push is on disk
     process = _spawn(command, state_dir / "redis.log")
     wait_for_port(port, process=process)
     return Service(process, port, state_dir / "redis.log")
@@ -136,3 +139,66 @@ def start_rest(env: Mapping[str, str], port: int, log_path: Path) -> Service:
                                stdin=subprocess.DEVNULL, env=dict(env), cwd=ROOT)
     wait_for_port(port, timeout_s=30, process=process)
     return Service(process, port, log_path)
+
+
+class TcpProxy:
+    """A loopback TCP proxy that can be cut (connections reset, new ones refused) and restored.
+
+    Stands in for a network outage of a server whose state must survive it.
+    """
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.port = free_port()
+        self._conns: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._listener: socket.socket | None = None
+        self.restore()
+
+    def restore(self) -> None:
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen(64)
+        self._listener = listener
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+
+    def cut(self) -> None:
+        with self._lock:
+            if self._listener is not None:
+                self._listener.close()
+                self._listener = None
+            for conn in self._conns:
+                with contextlib.suppress(OSError):
+                    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                    b"\x01\x00\x00\x00\x00\x00\x00\x00")
+                    conn.close()
+            self._conns.clear()
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.target_port))
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                self._conns += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (source, sink):
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)

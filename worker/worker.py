@@ -140,7 +140,14 @@ class Worker:
         return 0
 
     def run_batch(self, raws: list[bytes]) -> None:
-        with tempfile.TemporaryDirectory(prefix="demucs-batch-", dir=self.settings.work_dir) as tmp:
+        try:
+            batch_dir = tempfile.TemporaryDirectory(prefix="demucs-batch-",
+                                                    dir=self.settings.work_dir)
+        except OSError as error:
+            self.fail_batch(raws, errors.JobFailure(
+                f"cannot create a temp dir for the job: {error}", "disk", permanent=False))
+            return
+        with batch_dir as tmp:
             tasks = [t for i, raw in enumerate(raws)
                      if (t := self.start_job(raw, Path(tmp) / f"j{i}")) is not None]
             IN_FLIGHT.set(len(tasks))
@@ -149,13 +156,22 @@ class Worker:
                     self.fetch_input(task)
             for model in dict.fromkeys(self._model(t) for t in tasks):
                 group = [t for t in tasks if not t.finished and self._model(t) == model]
-                failures = self.separate(group, model) if group else {}
+                try:
+                    failures = self.separate(group, model) if group else {}
+                except Exception as error:  # noqa: BLE001 - job_outcome below gives each its outcome
+                    failures = {task.id: error for task in group}
                 for task in group:
                     with self.job_outcome(task):
                         if task.id in failures:
                             raise failures[task.id]
                         self.finish_job(task, self.deliver_tracks(task, model))
             IN_FLIGHT.set(0)
+
+    def fail_batch(self, raws: list[bytes], failure: errors.JobFailure) -> None:
+        for raw in raws:
+            task = self.start_job(raw, Path(tempfile.gettempdir()))
+            if task is not None:
+                self.fail_job(task, failure)
 
     # -- 1. take ---------------------------------------------------------------------------
     def take_jobs(self) -> list[bytes]:
@@ -297,6 +313,11 @@ class Worker:
                 f"weights of model '{model}' could not be had from {where}: {last[0]}")
         if device != "cpu" and looks_like_cuda_failure(run.output_tail):
             return errors.JobFailure(f"Demucs failed on {device}: {last[0]}", "cuda", False)
+        if run.returncode is not None and run.returncode < 0:
+            name = signal.Signals(-run.returncode).name
+            hint = " (out of memory? raise the memory limit or lower MAX_DURATION_S)" \
+                if name == "SIGKILL" else ""
+            return errors.demucs_failed(f"Demucs was killed by {name}{hint}")
         return errors.demucs_failed(f"Demucs exited with code {run.returncode}: {last[0]}")
 
     # -- 5. deliver ------------------------------------------------------------------------
