@@ -6,6 +6,8 @@
 #   3. hadolint both Dockerfiles
 #   4. shellcheck every shell script of the repository
 #   5. vermin: the code the worker image runs (Python 3.10) is 3.10 compatible
+#   6. when a Python 3.10 is installed: worker/requirements.txt installs on it (plus the base
+#      image's numpy<2), and every module of the worker imports (venv cached in .venv-py310)
 # Renders use the secrets example's placeholders, never deploy/secrets/secrets.env.
 #
 #   deploy/lint.sh [OUT_DIR]     (the rendered manifests stay in OUT_DIR when given)
@@ -70,5 +72,37 @@ echo "${scripts[*]}: clean"
 
 echo "== vermin: Python 3.10 (the worker image's) compatible"
 "$BIN/vermin" --target=3.10- --violations --eval-annotations --no-tips separation/ worker/ rest/
+
+echo "== Python 3.10: the worker's packages install and its modules import"
+py310=
+for candidate in "${PY310:-python3.10}" "${HOME:-/nonexistent}"/.pyenv/versions/3.10*/bin/python3.10; do
+  if "$candidate" -c 'import sys; assert sys.version_info[:2] == (3, 10)' >/dev/null 2>&1; then
+    py310="$candidate"
+    break
+  fi
+done
+if [ -z "$py310" ]; then
+  echo "skipped: no Python 3.10 here (set PY310=/path/to/python3.10); vermin checked the syntax"
+else
+  venv="$ROOT/.venv-py310"
+  stamp="$venv/.requirements"
+  if ! cmp -s worker/requirements.txt "$stamp"; then
+    rm -rf "$venv"
+    "$py310" -m venv "$venv"
+    "$venv/bin/python" -m pip install -q --disable-pip-version-check --no-deps \
+      -r worker/requirements.txt 'numpy>=1.23,<2'
+    cp worker/requirements.txt "$stamp"
+  fi
+  "$venv/bin/python" -c '
+import importlib, pkgutil, runpy, sys
+import separation
+names = sorted(m.name for m in pkgutil.iter_modules(separation.__path__))
+for name in names:
+    importlib.import_module("separation." + name)
+runpy.run_path("worker/worker.py", run_name="import_check")  # defines, does not run
+print("Python %d.%d.%d: worker/worker.py and separation.%s import" % (
+    *sys.version_info[:3], "{" + ",".join(names) + "}"))
+'
+fi
 
 echo "lint-deploy: all checks passed"
