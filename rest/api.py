@@ -217,9 +217,8 @@ def queue_position(backend: Backend, job_id: str) -> int | None:
     return None
 
 
-@router.api_route("/track/{songhash}/{track}", methods=["GET", "HEAD"],
-                  response_class=Response,
-                  responses={200: {"content": {"audio/mpeg": {}}}, 206: {}, 307: {}, 416: {}})
+@router.get("/track/{songhash}/{track}", response_class=Response,
+            responses={200: {"content": {"audio/mpeg": {}}}, 206: {}, 307: {}, 416: {}})
 def track(songhash: str, track: str, request: Request, backend: BackendDep,
           redirect: bool = False, download: bool = False) -> Response:
     """Stream a track's MP3 (Range requests answered 206); ``?redirect=1``: a presigned URL.
@@ -245,8 +244,7 @@ def track(songhash: str, track: str, request: Request, backend: BackendDep,
                         head_only=request.method == "HEAD")
 
 
-@router.api_route("/remove/{songhash}/{track}", methods=["GET", "DELETE"],
-                  response_model=RemoveResponse)
+@router.delete("/remove/{songhash}/{track}", response_model=RemoveResponse)
 def remove(songhash: str, track: str, backend: BackendDep
            ) -> dict[str, Any]:
     """Delete a track of a song; ``all`` deletes every track of it."""
@@ -267,6 +265,13 @@ def remove(songhash: str, track: str, backend: BackendDep
         raise HTTPException(404, f"song {songhash} has no track {track!r} to remove")
     log.info("song %s: removed %s", songhash, ", ".join(removed))
     return {"hash": songhash, "removed": removed, "reason": f"Removed {', '.join(removed)}"}
+
+
+router.add_api_route("/track/{songhash}/{track}", track, methods=["HEAD"],
+                     include_in_schema=False)
+router.add_api_route("/remove/{songhash}/{track}", remove, methods=["GET"],
+                     response_model=RemoveResponse, operation_id="remove_with_get",
+                     summary="Remove (with GET, as the lab's clients do)")
 
 
 def track_name(track: str) -> str:

@@ -22,6 +22,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from minio.error import MinioException
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from urllib3.exceptions import HTTPError
 
@@ -61,7 +63,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     backend: Backend = app.state.backend
     settings = backend.settings
-    configure_logging(connect_redis(settings), settings.host, "rest", settings.log_list_max)
+    log_client = connect_redis(settings)
+    log_client.set_retry(Retry(NoBackoff(), 0))  # a log line must not wait out Redis' retries
+    configure_logging(log_client, settings.host, "rest", settings.log_list_max)
     try:
         await run_in_threadpool(backend.ensure_buckets)
     except STORAGE_ERRORS as error:

@@ -34,12 +34,12 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
             raise RangeNotSatisfiable(header)
         return max(0, size - suffix), size - 1
     first = int(first_text)
-    last = int(last_text) if last_text else size - 1
-    if last < first:
+    if last_text and int(last_text) < first:  # malformed
         return None
     if first >= size:
         raise RangeNotSatisfiable(header)
-    return first, min(last, size - 1)
+    last = min(int(last_text), size - 1) if last_text else size - 1
+    return first, last
 
 
 def stream_track(storage: Minio, bucket: str, key: str, size: int, range_header: str | None,

@@ -177,3 +177,44 @@ def webhook() -> Iterator[WebhookReceiver]:
     receiver = WebhookReceiver()
     yield receiver
     receiver.close()
+
+
+@dataclass
+class RestService:
+    """A running REST service (``python -m uvicorn rest.app:app``) on loopback."""
+
+    service: devstack.Service
+    url: str
+    log_path: Path
+
+    @property
+    def host(self) -> str:
+        """``host:port``, as the lab's clients take it in ``REST``."""
+        return self.url.removeprefix("http://")
+
+    def logs(self) -> str:
+        return self.log_path.read_text(errors="replace")[-4000:]
+
+
+@pytest.fixture
+def start_rest(stack: Stack) -> Iterator[Callable[..., RestService]]:
+    """Start the REST service on the stack's Redis and S3, with env overrides (API_TOKEN...)."""
+    started: list[RestService] = []
+
+    def start(**overrides: str) -> RestService:
+        port = devstack.free_port()
+        log_path = stack.tmp / f"rest-{len(started)}.log"
+        service = devstack.start_rest({**stack.env, **overrides}, port, log_path)
+        rest = RestService(service, f"http://127.0.0.1:{port}", log_path)
+        started.append(rest)
+        return rest
+
+    yield start
+    for rest in started:
+        rest.service.stop()
+
+
+@pytest.fixture
+def rest(start_rest: Callable[..., RestService]) -> RestService:
+    """The REST service with the stack's settings and no API token."""
+    return start_rest()
