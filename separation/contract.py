@@ -78,6 +78,16 @@ class Keys:
         return f"job:{job_id}"
 
     @staticmethod
+    def chunks(parent_id: str) -> str:
+        """A long song's chunking record: total, the parent's payload, joined flag."""
+        return f"job:{parent_id}:chunks"
+
+    @staticmethod
+    def chunks_done(parent_id: str) -> str:
+        """The set of a long song's chunk indexes whose stems are stored."""
+        return f"job:{parent_id}:chunks-done"
+
+    @staticmethod
     def song(songhash: str, model: str) -> str:
         """The latest job of a song separated with a model."""
         return f"song:{songhash}:{model}"
@@ -119,8 +129,12 @@ class Job(BaseModel):
     model: str | None = None
     stems: tuple[Track, ...] | None = None
     callback: Callback | None = None
+    # set by workers only, for the chunks of a long song and their join (separation.long_songs)
+    chunk_of: str | None = None
+    chunk: int | None = None
+    join_of: str | None = None
 
-    @field_validator("id")
+    @field_validator("id", "chunk_of", "join_of")
     @classmethod
     def _id(cls, value: str | None) -> str | None:
         if value is not None and not JOB_ID_RE.match(value):
@@ -168,6 +182,12 @@ class Job(BaseModel):
 
     @model_validator(mode="after")
     def _source(self) -> Job:
+        if (self.chunk_of is None) != (self.chunk is None) or (self.chunk or 0) < 0:
+            raise ValueError("'chunk_of' and 'chunk' (>= 0) go together")
+        if self.join_of is not None:
+            if self.songhash or self.bucket or self.object or self.chunk_of:
+                raise ValueError("a join job names only 'join_of'")
+            return self
         by_object = self.bucket is not None or self.object is not None
         if by_object and (self.bucket is None or self.object is None):
             raise ValueError("'bucket' and 'object' go together")

@@ -26,7 +26,13 @@ This is the one place the protocol is written down. Key names come from
    A retryable failure moves the job back onto ``toWorkers`` (status ``queued``, the error kept)
    in one ``MULTI``; a permanent one (bad input, missing weights, attempts exhausted) moves it
    to the dead-letter list ``toWorkers:dead`` with its reason, in one ``MULTI``.
-7. **Stop.** On SIGTERM a worker stops taking jobs and finishes the current one within its
+7. **Long songs.** A song longer than ``CHUNK_OVER_S`` is cut into overlapping chunks, stored
+   in the input bucket under ``chunks/<job>/``, and pushed as chunk jobs that any worker takes
+   with the guarantees above. One Lua script counts each stored chunk in the set
+   ``job:<job>:chunks-done`` and, when the set is complete, pushes the join job to the taking
+   end, guarded by ``HSETNX joined`` in ``job:<job>:chunks``: a redelivered chunk never causes
+   a second join. The join is itself a queued job, so a killed joiner's join is redone.
+8. **Stop.** On SIGTERM a worker stops taking jobs and finishes the current one within its
    grace; past it, it kills Demucs and moves the job back onto ``toWorkers`` without counting
    the attempt.
 """
@@ -41,12 +47,26 @@ import redis
 
 from separation.contract import Keys
 
+# Record a chunk's stems as stored; the call that completes the set pushes the join, once.
+_COMPLETE_CHUNK = """
+redis.call('SADD', KEYS[1], ARGV[1])
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+local done = redis.call('SCARD', KEYS[1])
+local total = tonumber(redis.call('HGET', KEYS[2], 'total') or '-1')
+if done == total and redis.call('HSETNX', KEYS[2], 'joined', 1) == 1 then
+  redis.call('RPUSH', KEYS[3], ARGV[2])
+  return {done, 1}
+end
+return {done, 0}
+"""
+
 
 class JobQueue:
     """Redis operations of the protocol above, one method per step."""
 
     def __init__(self, client: redis.Redis) -> None:
         self.redis = client
+        self._complete_chunk = client.register_script(_COMPLETE_CHUNK)
 
     # 1. enqueue
     def enqueue(self, payload: str) -> None:
@@ -112,6 +132,15 @@ class JobQueue:
             pipe.lpush(Keys.DEAD_LETTER, entry)
             pipe.lrem(Keys.processing(worker_id), 1, raw)
             pipe.execute()
+
+    # 7. long songs
+    def complete_chunk(self, parent_id: str, index: int, join_payload: str, ttl_s: int
+                       ) -> tuple[int, bool]:
+        """Count a chunk as stored; return (chunks stored, whether this call pushed the join)."""
+        done, pushed = self._complete_chunk(
+            keys=[Keys.chunks_done(parent_id), Keys.chunks(parent_id), Keys.QUEUE],
+            args=[index, join_payload, ttl_s])
+        return int(done), bool(pushed)
 
     def dead_letters(self) -> list[dict[str, object]]:
         return [json.loads(e) for e in self.redis.lrange(Keys.DEAD_LETTER, 0, -1)]

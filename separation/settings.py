@@ -58,6 +58,9 @@ class Settings:
     job_timeout_s: float = 1800.0
     max_attempts: int = 3
     batch_max: int = 4
+    chunk_over_s: int = 300  # songs longer than this are split across workers; 0: never
+    chunk_s: int = 60
+    chunk_overlap_s: int = 10
     shutdown_grace_s: float = 60.0
     heartbeat_ttl_s: float = 30.0
     poll_s: float = 2.0
@@ -96,6 +99,8 @@ class Settings:
             raise ValueError("DEMUCS_DEVICE must be auto, cpu, cuda or cuda:N")
         if self.max_attempts < 1 or self.batch_max < 1:
             raise ValueError("MAX_ATTEMPTS and BATCH_MAX must be at least 1")
+        if self.chunk_overlap_s < 1 or self.chunk_s <= 2 * self.chunk_overlap_s:
+            raise ValueError("CHUNK_S must exceed twice CHUNK_OVERLAP_S, which must be >= 1")
         if self.poll_s >= 5:
             raise ValueError("POLL_S must stay under redis-py's 5 s socket timeout")
 

@@ -15,6 +15,10 @@ A job's lifecycle, one method each:
                       each job not yet separated runs alone so one bad file fails only itself.
 5. ``deliver_tracks`` mix the derived tracks from the WAV stems, encode each track to MP3 once,
                       ``fput_object`` each one.
+Long songs (``separation.long_songs``): ``split_long_song`` replaces steps 4-6 of a song longer
+than ``CHUNK_OVER_S`` by chunk jobs; ``finish_chunk`` stores a chunk's stems and counts it; the
+last one queues a join job, whose ``prepare_join`` stitches the stems and then runs steps 5-6 as
+its parent job.
 6. ``finish_job``     status ``done``, webhook, acknowledge (LREM).
    ``fail_job``       retry (back onto the queue) or fail for good (dead-letter list), webhook.
 
@@ -64,6 +68,7 @@ from separation.demucs_cli import (
     run_demucs,
 )
 from separation.logs import configure_logging
+from separation.long_songs import LongSongs, wav_duration_s
 from separation.observability import IN_FLIGHT, JOB_SECONDS, JOBS, QUEUE_DEPTH, STAGE_SECONDS, serve
 from separation.queue import JobQueue
 from separation.settings import Settings
@@ -85,6 +90,7 @@ class Task:
     songhash: str | None = None
     input_path: Path | None = None
     stem_dir: Path | None = None
+    join_of: str | None = None  # a join task runs as its parent job once prepared
     finished: bool = False
     timings: dict[str, float] = field(default_factory=dict)
 
@@ -104,6 +110,7 @@ class Worker:
         self.queue = JobQueue(client)
         self.status = StatusStore(client, settings.status_ttl_s)
         self.storage = storage
+        self.long_songs = LongSongs(settings, self.queue, self.status, storage)
         self.worker_id = f"{settings.host}-{id(self):x}-{int(time.time() * 1000) % 10**8}"
         self.stopping = threading.Event()
         self.abort = threading.Event()
@@ -151,20 +158,22 @@ class Worker:
             tasks = [t for i, raw in enumerate(raws)
                      if (t := self.start_job(raw, Path(tmp) / f"j{i}")) is not None]
             IN_FLIGHT.set(len(tasks))
-            for task in tasks:
+            for task in _live(tasks):
                 with self.job_outcome(task):
                     self.fetch_input(task)
             for model in dict.fromkeys(self._model(t) for t in tasks):
-                group = [t for t in tasks if not t.finished and self._model(t) == model]
+                group = [t for t in _live(tasks) if t.stem_dir is None and self._model(t) == model]
                 try:
                     failures = self.separate(group, model) if group else {}
                 except Exception as error:  # noqa: BLE001 - job_outcome below gives each its outcome
                     failures = {task.id: error for task in group}
                 for task in group:
-                    with self.job_outcome(task):
-                        if task.id in failures:
+                    if task.id in failures:
+                        with self.job_outcome(task):
                             raise failures[task.id]
-                        self.finish_job(task, self.deliver_tracks(task, model))
+            for task in _live(tasks):
+                with self.job_outcome(task):
+                    self.deliver(task)
             IN_FLIGHT.set(0)
 
     def fail_batch(self, raws: list[bytes], failure: errors.JobFailure) -> None:
@@ -203,6 +212,10 @@ class Worker:
                            stage="starting")
         log.info("job %s: attempt %d/%d started", task.id, task.attempt,
                  self.settings.max_attempts)
+        if job.chunk_of and self.long_songs.parent_failed(job.chunk_of):
+            self.status.failed(task.id, f"job {job.chunk_of}, whose chunk this is, failed")
+            self.queue.ack(self.worker_id, raw)
+            return None
         if task.attempt > self.settings.max_attempts:
             record = self.status.get(task.id) or {}
             last = record.get("error") or "the worker running it stopped or died"
@@ -213,6 +226,9 @@ class Worker:
 
     # -- 3. fetch --------------------------------------------------------------------------
     def fetch_input(self, task: Task) -> None:
+        """Download and check the input; a join stitches its chunks; a long song is split."""
+        if task.job.join_of:
+            return self.prepare_join(task)
         bucket = task.job.bucket or self.settings.queue_bucket
         key = task.job.object or input_key(task.songhash or "")
         where = f"s3://{bucket}/{key}"
@@ -223,14 +239,41 @@ class Worker:
                 raise errors.bad_input(f"input {where} is {size / 2**20:.1f} MB, over "
                                        f"MAX_INPUT_MB={self.settings.max_input_mb:g}")
             task.work_dir.mkdir(parents=True)
-            task.input_path = task.work_dir / f"{task.work_dir.name}.mp3"
+            suffix = ".wav" if task.job.chunk_of else ".mp3"
+            task.input_path = task.work_dir / f"{task.work_dir.name}{suffix}"
             self.storage.fget_object(bucket, key, str(task.input_path))
         with self._timed(task, "probe"):
-            duration_s = self._probe(task.input_path, where)
-            if task.songhash is None:
-                task.songhash = sha256_file(task.input_path)
-                self.status.link_song(task.id, task.songhash, self._model(task))
-        self.status.update(task.id, songhash=task.songhash, duration_s=round(duration_s, 3))
+            if task.job.chunk_of:  # a WAV this service cut
+                duration_s = wav_duration_s(task.input_path)
+            else:
+                duration_s = self._probe(task.input_path, where)
+                if task.songhash is None:
+                    task.songhash = sha256_file(task.input_path)
+                    self.status.link_song(task.id, task.songhash, self._model(task))
+        self.status.update(task.id, songhash=task.songhash or "", duration_s=round(duration_s, 3))
+        if self.long_songs.should_split(task.job, duration_s):
+            self.split_long_song(task, duration_s)
+        return None
+
+    def split_long_song(self, task: Task, duration_s: float) -> None:
+        assert task.input_path is not None and task.songhash is not None
+        self._stage(task, "splitting", 2)
+        with self._timed(task, "split"):
+            self.long_songs.split(task.job, task.songhash, self._model(task), task.input_path,
+                                  duration_s, task.work_dir)
+        self.queue.ack(self.worker_id, task.raw)  # its chunk jobs carry the work from here
+        task.finished = True
+
+    def prepare_join(self, task: Task) -> None:
+        """Stitch a long song's chunk stems; from here the task runs as its parent job."""
+        parent_id = task.job.join_of or ""
+        task.join_of = parent_id
+        task.job, task.songhash, _model, _overlap = self.long_songs.parent(parent_id)
+        task.work_dir.mkdir(parents=True)
+        self._stage(task, "joining", 90)
+        with self._timed(task, "join"):
+            task.stem_dir, task.input_path = self.long_songs.prepare_join(parent_id,
+                                                                          task.work_dir)
 
     def _stat_size(self, bucket: str, key: str, where: str) -> int:
         try:
@@ -321,6 +364,28 @@ class Worker:
         return errors.demucs_failed(f"Demucs exited with code {run.returncode}: {last[0]}")
 
     # -- 5. deliver ------------------------------------------------------------------------
+    def deliver(self, task: Task) -> None:
+        if task.job.chunk_of:
+            self.finish_chunk(task)
+            return
+        self.finish_job(task, self.deliver_tracks(task, self._model(task)))
+        if task.join_of:
+            self.long_songs.cleanup(task.join_of)
+
+    def finish_chunk(self, task: Task) -> None:
+        """Store a chunk's stems for the join, then count it (the last one queues the join)."""
+        assert task.stem_dir is not None
+        with self._timed(task, "upload"):
+            self.long_songs.store_stems(task.job, task.stem_dir)
+        self.status.done(task.id, {}, task.elapsed_s())
+        self.long_songs.complete(task.job)
+        if self.long_songs.parent_failed(task.job.chunk_of or ""):
+            self.long_songs.cleanup(task.job.chunk_of or "")  # stored after the parent failed
+        self.queue.ack(self.worker_id, task.raw)
+        task.finished = True
+        log.info("job %s: chunk %s of %s stored in %.1f s", task.id, task.job.chunk,
+                 task.job.chunk_of, task.elapsed_s())
+
     def deliver_tracks(self, task: Task, model: str) -> dict[str, str]:
         assert task.stem_dir is not None and task.input_path is not None and task.songhash
         self._stage(task, "encoding", 90)
@@ -345,7 +410,7 @@ class Worker:
     def finish_job(self, task: Task, tracks: dict[str, str]) -> None:
         self.status.done(task.id, tracks, task.elapsed_s())
         with self._timed(task, "webhook"):
-            self.notify(task, "done", tracks, None)
+            self.notify(task.job, task.songhash, "done", tracks, None)
         self.status.update(task.id, timings={k: round(v, 3) for k, v in task.timings.items()})
         self.queue.ack(self.worker_id, task.raw)
         task.finished = True
@@ -359,10 +424,14 @@ class Worker:
         if failure.permanent or task.attempt >= self.settings.max_attempts:
             self.status.failed(task.id, failure.reason, task.elapsed_s())
             self.queue.dead_letter(self.worker_id, task.raw, failure.reason, task.attempt)
-            self.notify(task, "failed", {}, failure.reason)
+            self.notify(task.job, task.songhash, "failed", {}, failure.reason)
             JOBS.labels("failed", failure.code).inc()
             log.error("job %s: failed for good after %.1f s (attempt %d): %s", task.id,
                       task.elapsed_s(), task.attempt, failure.reason)
+            if task.job.chunk_of:
+                self.fail_parent(task.job, failure.reason)
+            elif task.join_of:
+                self.long_songs.cleanup(task.join_of)
         else:
             self.status.requeued(task.id, failure.reason)
             self.queue.give_back(self.worker_id, task.raw)
@@ -372,6 +441,20 @@ class Worker:
                         task.attempt, pause_s, failure.reason)
             self.stopping.wait(pause_s)  # what failed (storage, GPU) gets time to come back
 
+    def fail_parent(self, chunk: Job, reason: str) -> None:
+        """A chunk that failed for good fails its long song, whose intermediates go."""
+        parent_id = chunk.chunk_of or ""
+        try:
+            parent, songhash, _model, _overlap = self.long_songs.parent(parent_id)
+        except LookupError:
+            parent, songhash = None, None
+        message = f"chunk {chunk.chunk} failed: {reason}"
+        self.status.failed(parent_id, message)
+        if parent is not None:
+            self.notify(parent, songhash, "failed", {}, message)
+        self.long_songs.cleanup(parent_id)
+        log.error("job %s: failed for good: %s", parent_id, message)
+
     def give_back(self, task: Task) -> None:
         task.finished = True
         self.status.uncount_attempt(task.id)
@@ -379,21 +462,19 @@ class Worker:
         self.queue.give_back(self.worker_id, task.raw)
         log.warning("job %s: worker stopping, job put back onto the queue", task.id)
 
-    def notify(self, task: Task, state: str, tracks: dict[str, str], error: str | None) -> None:
-        callback = task.job.callback
+    def notify(self, job: Job, songhash: str | None, state: str, tracks: dict[str, str],
+               error: str | None) -> None:
+        callback = job.callback
         if callback is None:
             return
-        payload = {"id": task.id, "songhash": task.songhash, "status": state, "tracks": tracks,
+        payload = {"id": job.id, "songhash": songhash, "status": state, "tracks": tracks,
                    "bucket": self.settings.output_bucket, "error": error, "data": callback.data}
         post_webhook(callback.url, payload, self.settings.webhook_secret,
                      self.settings.webhook_timeout_s)
 
     @contextmanager
     def job_outcome(self, task: Task) -> Iterator[None]:
-        """Run a step of a job unless it is finished; turn what it raises into an outcome."""
-        if task.finished:
-            yield
-            return
+        """Run a step of a job; turn what it raises into the job's outcome."""
         try:
             yield
         except errors.ShutdownRequested:
@@ -517,6 +598,10 @@ class _ProgressWriter:
         if now - self.last_write.get(index, 0.0) >= 1.0 or fraction >= 1.0:
             self.last_write[index] = now
             self.status.update(self.tasks[index].id, progress=round(5 + 85 * self.best[index], 1))
+
+
+def _live(tasks: list[Task]) -> list[Task]:
+    return [task for task in tasks if not task.finished]
 
 
 def main() -> int:

@@ -1,0 +1,142 @@
+"""Long songs across workers: split into chunk jobs, store each chunk's stems, join them once.
+
+1. ``split``         a song longer than ``CHUNK_OVER_S`` is cut losslessly into overlapping
+                     WAV chunks (``separation.chunking``), stored under ``chunks/<job>/`` in the
+                     input bucket, and pushed as chunk jobs; the parent's record shows
+                     ``chunks_done`` / ``chunks_total``.
+2. ``store_stems``   a worker that separated a chunk stores its four WAV stems next to it,
+   ``complete``      then counts it; the count that completes the set pushes the join job
+                     (``JobQueue.complete_chunk``: exactly one join, even with redeliveries).
+3. ``prepare_join``  the join stitches each stem with a crossfade over the overlaps; the worker
+                     then mixes, encodes and uploads the tracks as for any job, under the same
+                     keys an unchunked job uses, and ``cleanup`` deletes the intermediates.
+A chunk that fails for good fails its parent with the chunk's reason (``fail_parent``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import wave
+from pathlib import Path
+
+from minio import Minio
+
+from separation.chunking import cut_chunks, plan_chunks, stitch
+from separation.contract import DEMUCS_STEMS, Job, Keys, Status, input_key
+from separation.queue import JobQueue
+from separation.settings import Settings
+from separation.status import StatusStore
+
+log = logging.getLogger(__name__)
+
+
+def chunk_prefix(parent_id: str) -> str:
+    return f"chunks/{parent_id}/"
+
+
+def wav_duration_s(path: Path) -> float:
+    with wave.open(str(path), "rb") as reader:
+        return reader.getnframes() / reader.getframerate()
+
+
+class LongSongs:
+    """The chunk workflow's storage and Redis steps; the worker calls them at its stages."""
+
+    def __init__(self, settings: Settings, queue: JobQueue, status: StatusStore,
+                 storage: Minio) -> None:
+        self.settings = settings
+        self.queue = queue
+        self.status = status
+        self.storage = storage
+
+    def should_split(self, job: Job, duration_s: float) -> bool:
+        return (self.settings.chunk_over_s > 0 and duration_s > self.settings.chunk_over_s
+                and job.chunk_of is None and job.join_of is None)
+
+    def split(self, parent: Job, songhash: str, model: str, input_path: Path,
+              duration_s: float, work_dir: Path) -> int:
+        """Cut, store and enqueue the chunks of ``parent``; return how many."""
+        parent_id = parent.id or ""
+        chunks = plan_chunks(duration_s, self.settings.chunk_s, self.settings.chunk_overlap_s)
+        paths = cut_chunks(input_path, chunks, work_dir / "chunks")
+        bucket = self.settings.queue_bucket
+        for chunk, path in zip(chunks, paths, strict=True):
+            self.storage.fput_object(bucket, f"{chunk_prefix(parent_id)}c{chunk.index}.wav",
+                                     str(path), content_type="audio/wav")
+        record = {"total": len(chunks), "overlap_s": self.settings.chunk_overlap_s,
+                  "songhash": songhash, "model": model, "parent": parent.to_json()}
+        with self.queue.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(Keys.chunks(parent_id), mapping=record)
+            pipe.expire(Keys.chunks(parent_id), self.settings.status_ttl_s)
+            for chunk in chunks:
+                job = Job(id=f"{parent_id[:50]}-c{chunk.index}", bucket=bucket,
+                          object=f"{chunk_prefix(parent_id)}c{chunk.index}.wav", model=model,
+                          chunk_of=parent_id, chunk=chunk.index)
+                pipe.lpush(Keys.QUEUE, job.to_json())
+            pipe.execute()
+        self.status.update(parent_id, stage="separating chunks", progress=5,
+                           chunks_total=len(chunks), chunks_done=0)
+        log.info("job %s: %.0f s song split into %d chunks", parent_id, duration_s, len(chunks))
+        return len(chunks)
+
+    def parent_failed(self, parent_id: str) -> bool:
+        record = self.status.get(parent_id)
+        return record is not None and record["state"] == Status.FAILED.value
+
+    def store_stems(self, chunk: Job, stem_dir: Path) -> None:
+        for stem in DEMUCS_STEMS:
+            self.storage.fput_object(
+                self.settings.queue_bucket,
+                f"{chunk_prefix(chunk.chunk_of or '')}c{chunk.chunk}-{stem}.wav",
+                str(stem_dir / f"{stem}.wav"), content_type="audio/wav")
+
+    def complete(self, chunk: Job) -> bool:
+        """Count ``chunk`` as stored; return whether it was the last (the join is queued)."""
+        parent_id = chunk.chunk_of or ""
+        join = Job(id=f"{parent_id[:59]}-join", join_of=parent_id).to_json()
+        done, pushed = self.queue.complete_chunk(parent_id, chunk.chunk or 0, join,
+                                                 self.settings.status_ttl_s)
+        total = int(self.queue.redis.hget(Keys.chunks(parent_id), "total") or done)
+        self.status.update(parent_id, chunks_done=done, progress=round(5 + 85 * done / total, 1),
+                           stage="joining" if pushed else "separating chunks")
+        return pushed
+
+    def parent(self, parent_id: str) -> tuple[Job, str, str, int]:
+        """The parent job, its songhash, model and overlap, from its chunking record."""
+        record = {k.decode(): v.decode() for k, v in
+                  self.queue.redis.hgetall(Keys.chunks(parent_id)).items()}
+        if not record:
+            raise LookupError(f"no chunking record for job {parent_id} (expired?)")
+        return (Job.model_validate(json.loads(record["parent"])), record["songhash"],
+                record["model"], int(record["overlap_s"]))
+
+    def prepare_join(self, parent_id: str, work_dir: Path) -> tuple[Path, Path]:
+        """Stitch each stem of every chunk; fetch the original. Returns (stem dir, original)."""
+        parent, songhash, _model, overlap_s = self.parent(parent_id)
+        total = int(self.queue.redis.hget(Keys.chunks(parent_id), "total") or 0)
+        stem_dir, parts_dir = work_dir / "stems", work_dir / "parts"
+        stem_dir.mkdir(parents=True)
+        parts_dir.mkdir()
+        bucket = self.settings.queue_bucket
+        for stem in DEMUCS_STEMS:
+            parts = [parts_dir / f"c{i}-{stem}.wav" for i in range(total)]
+            for i, part in enumerate(parts):
+                self.storage.fget_object(bucket, f"{chunk_prefix(parent_id)}c{i}-{stem}.wav",
+                                         str(part))
+            frames = stitch(parts, overlap_s, stem_dir / f"{stem}.wav")
+            for part in parts:
+                part.unlink()
+        self.status.update(parent_id, samples=frames)
+        original = work_dir / "original.mp3"
+        self.storage.fget_object(parent.bucket or bucket,
+                                 parent.object or input_key(songhash), str(original))
+        return stem_dir, original
+
+    def cleanup(self, parent_id: str) -> None:
+        """Delete a long song's intermediates: chunk WAVs, their stems, the chunking record."""
+        bucket = self.settings.queue_bucket
+        for item in self.storage.list_objects(bucket, prefix=chunk_prefix(parent_id),
+                                              recursive=True):
+            self.storage.remove_object(bucket, item.object_name)
+        self.queue.redis.delete(Keys.chunks(parent_id), Keys.chunks_done(parent_id))
