@@ -24,6 +24,12 @@ setup: $(VENV)/.installed
 	  $$SUDO apt-get install -y -q redis-server >/dev/null 2>&1 || \
 	  { $$SUDO apt-get update -q >/dev/null && $$SUDO apt-get install -y -q redis-server >/dev/null; }; }
 	@command -v redis-server >/dev/null || { echo "redis-server is missing and could not be installed"; exit 1; }
+	@command -v chromium >/dev/null || { \
+	  echo "installing chromium (the page's browser test)"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get install -y -q chromium >/dev/null 2>&1 || \
+	  { $$SUDO apt-get update -q >/dev/null && $$SUDO apt-get install -y -q chromium >/dev/null; }; }
+	@command -v chromium >/dev/null || { echo "chromium is missing and could not be installed"; exit 1; }
 
 test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)
@@ -91,3 +97,14 @@ lint-deploy: $(VENV)/.installed
 .PHONY: test-reliability
 test-reliability: setup
 	RELIABILITY_TRIALS=20 $(PY) -m pytest tests/reliability $(PYTEST_ARGS)
+
+# --- the local demo (devstack/demo.py; README "Local demo") ---
+#   make demo [DEMUCS_MODEL=...] [DEMUCS_REPO=dir] [DEMO_SONG=song.mp3] [DEMO_EXIT=1]
+#   make stop                            stops a demo started in another terminal
+.PHONY: demo stop
+DEMO_EXIT ?=
+demo: setup
+	DEMO_EXIT=$(DEMO_EXIT) $(PY) -m devstack.demo
+
+stop:
+	@$(if $(wildcard $(PY)),$(PY),$(PYTHON)) -m devstack.demo stop

@@ -1,0 +1,253 @@
+"""``make demo``: the whole pipeline on loopback, then a sample request through it.
+
+Starts Redis, an S3 server (``minio`` when on PATH, else moto's), one worker and the REST
+service, runs ``sample-requests/short-sample-request.py``, prints where the tracks are and the
+page's URL, and keeps the stack running until Ctrl-C or ``make stop``.
+
+Environment: ``DEMUCS_MODEL`` (default ``htdemucs``; when its weights cannot be had, the
+built-in ``demucs_unittest`` model runs instead, as a pipeline check), ``DEMUCS_REPO`` (a
+local model folder), ``DEMO_SONG`` (default: the lab's short sample when ``../shared`` has
+it, else a synthetic song), ``DEMO_EXIT=1`` (stop once the sample request is done, for CI),
+``DEMO_STATE_DIR`` (default ``.run/demo``: logs, data, tracks and the pid file).
+
+``python -m devstack.demo stop`` stops a running demo (``make stop``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import devstack
+
+SAMPLE_SCRIPT = devstack.ROOT / "sample-requests" / "short-sample-request.py"
+SHARED_SONG = devstack.ROOT.parent / "shared" / "samples" / "short-hop.mp3"
+FALLBACK_MODEL = "demucs_unittest"
+PROBE_TIMEOUT_S = 900  # a first download of real weights takes a while
+STOP_TIMEOUT_S = 30
+
+
+class Stopped(Exception):
+    """Ctrl-C or SIGTERM (``make stop``)."""
+
+
+def state_dir() -> Path:
+    return Path(os.environ.get("DEMO_STATE_DIR") or devstack.ROOT / ".run" / "demo").resolve()
+
+
+def say(line: str) -> None:
+    print(f"[demo] {line}", flush=True)
+
+
+# -- the model ---------------------------------------------------------------------------
+def probe_model(model: str, repo: str | None, extra_env: dict[str, str]) -> bool:
+    """Whether Demucs can load ``model`` here, tried in a child process."""
+    code = ("import sys; from pathlib import Path; from demucs.pretrained import get_model; "
+            "get_model(sys.argv[1], Path(sys.argv[2]) if sys.argv[2] else None)")
+    try:
+        result = subprocess.run([sys.executable, "-c", code, model, repo or ""],
+                                env={**os.environ, **extra_env}, capture_output=True,
+                                timeout=PROBE_TIMEOUT_S, check=False)
+    except subprocess.TimeoutExpired:
+        return False
+    return result.returncode == 0
+
+
+def hub_resolves() -> bool:
+    try:
+        socket.getaddrinfo("huggingface.co", 443)
+    except OSError:
+        return False
+    return True
+
+
+def choose_model() -> tuple[str, dict[str, str]]:
+    """The model to run and the environment its weights load with; falls back when offline."""
+    model = os.environ.get("DEMUCS_MODEL") or "htdemucs"
+    repo = os.environ.get("DEMUCS_REPO") or None
+    if model == FALLBACK_MODEL:
+        return model, {}
+    say(f"checking that the weights of model {model} can be loaded"
+        + (f" from {repo}" if repo else " (a first run downloads them)"))
+    attempts: list[dict[str, str]] = [{"HF_HUB_OFFLINE": "1"}]  # the cache or the repo first
+    if repo is None and hub_resolves():
+        attempts.append({})
+    for extra_env in attempts:
+        if probe_model(model, repo, extra_env):
+            return model, extra_env
+    where = f"in DEMUCS_REPO={repo}" if repo else "(no network, and none cached)"
+    print(f"The weights of model {model} cannot be had {where}: using the built-in "
+          f"{FALLBACK_MODEL} model instead, so this run is a pipeline check, not a real "
+          "separation.", flush=True)
+    return FALLBACK_MODEL, {}
+
+
+# -- the stack ---------------------------------------------------------------------------
+class Demo:
+    """The services of one demo run, stopped in reverse order."""
+
+    def __init__(self, state: Path) -> None:
+        self.state = state
+        self.pid_file = state / "demo.pid"
+        self.services: list[tuple[str, subprocess.Popen]] = []
+        self.rest_url = ""
+
+    def start(self, model: str, model_env: dict[str, str]) -> None:
+        redis = devstack.start_redis(self.state / "redis")
+        self._keep("redis", redis.process)
+        s3 = devstack.start_s3(self.state / "s3")
+        self._keep("s3", s3.process)
+        passed = {k: v for k, v in os.environ.items() if k.startswith("DEMUCS_")}
+        (self.state / "work").mkdir(exist_ok=True)
+        env = devstack.service_env(redis.port, s3.port, **passed, **model_env,
+                                   DEMUCS_MODEL=model, METRICS_PORT=str(devstack.free_port()),
+                                   WORK_DIR=str(self.state / "work"))
+        self._keep("worker", devstack.start_worker(env, self.state / "worker.log"))
+        port = int(os.environ.get("REST_PORT") or 5000)
+        if not port_free(port):
+            port = devstack.free_port()
+        rest = devstack.start_rest(env, port, self.state / "rest.log")
+        self._keep("rest", rest.process)
+        self.rest_url = f"http://127.0.0.1:{port}"
+        say(f"Redis on 127.0.0.1:{redis.port}, S3 ({s3.extra['kind']}) on 127.0.0.1:{s3.port}, "
+            f"one worker (model {model}), REST on {self.rest_url}; logs in {self.state}")
+
+    def _keep(self, name: str, process: subprocess.Popen) -> None:
+        self.services.append((name, process))
+        self.write_pid_file()
+
+    def write_pid_file(self) -> None:
+        children = [{"name": name, "pid": p.pid} for name, p in self.services]
+        self.pid_file.write_text(json.dumps({"pid": os.getpid(), "children": children}))
+
+    def run_sample(self, out_dir: Path) -> int:
+        song = os.environ.get("DEMO_SONG") or (str(SHARED_SONG) if SHARED_SONG.exists() else "")
+        command = [sys.executable, str(SAMPLE_SCRIPT), "--host", self.rest_url.removeprefix(
+            "http://"), "--out", str(out_dir)] + (["--file", song] if song else [])
+        say("running " + " ".join(command[1:]))
+        return subprocess.run(command, check=False, cwd=devstack.ROOT).returncode
+
+    def dead_service(self) -> str | None:
+        return next((name for name, p in self.services if p.poll() is not None), None)
+
+    def stop(self) -> None:
+        for _, process in reversed(self.services):
+            devstack.stop(process)
+        self.services.clear()
+        self.pid_file.unlink(missing_ok=True)
+
+
+def port_free(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _raise_stopped(signum: int, _frame: object) -> None:
+    raise Stopped(signum)
+
+
+def run() -> int:
+    state = state_dir()
+    running = demo_pid(state / "demo.pid")
+    if running:
+        say(f"a demo is already running (pid {running}): `make stop` stops it")
+        return 1
+    shutil.rmtree(state, ignore_errors=True)
+    state.mkdir(parents=True)
+    signal.signal(signal.SIGTERM, _raise_stopped)
+    signal.signal(signal.SIGINT, _raise_stopped)
+    demo = Demo(state)
+    demo.write_pid_file()
+    try:
+        model, model_env = choose_model()
+        demo.start(model, model_env)
+        code = demo.run_sample(state / "tracks")
+        if code != 0:
+            say(f"the sample request failed (exit {code}); the logs are in {state}")
+            return code
+        if model == FALLBACK_MODEL:
+            say(f"these tracks come from {FALLBACK_MODEL}: a pipeline check, not a real "
+                "separation")
+        say(f"open {demo.rest_url}/ in a browser to separate and play songs; "
+            f"API docs at {demo.rest_url}/docs")
+        if os.environ.get("DEMO_EXIT", "") not in ("", "0"):
+            say("DEMO_EXIT is set: stopping the stack")
+            return 0
+        say("the stack keeps running: Ctrl-C or `make stop` stops it")
+        while (dead := demo.dead_service()) is None:
+            time.sleep(1)
+        say(f"the {dead} process exited; stopping the demo (logs in {state})")
+        return 1
+    except Stopped:
+        say("stopping")
+        return 0
+    finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):  # a second Ctrl-C must not cut the stop
+            signal.signal(signum, signal.SIG_IGN)
+        demo.stop()
+
+
+# -- make stop ---------------------------------------------------------------------------
+def demo_pid(pid_file: Path) -> int | None:
+    """The pid of the running demo, if its pid file names a live demo process."""
+    try:
+        pid = int(json.loads(pid_file.read_text())["pid"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return pid if process_matches(pid, "devstack.demo") else None
+
+
+def process_matches(pid: int, text: str) -> bool:
+    """Whether ``pid`` is alive and its command line contains ``text`` (not a reused pid)."""
+    try:
+        return text in Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return False
+
+
+def stop_demo() -> int:
+    pid_file = state_dir() / "demo.pid"
+    if not pid_file.exists():
+        say("no demo is running")
+        return 0
+    record = json.loads(pid_file.read_text())
+    pid = demo_pid(pid_file)
+    if pid is not None:
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + STOP_TIMEOUT_S
+        while process_matches(pid, "devstack.demo") and time.monotonic() < deadline:
+            time.sleep(0.2)
+    # services left behind by a demo that was killed: only those it recorded, if still theirs
+    marks = {"redis": ("redis-server",), "s3": ("minio", "moto.server"),
+             "worker": ("worker.py",), "rest": ("rest.app",)}
+    for child in record.get("children", []):
+        if any(process_matches(child["pid"], mark) for mark in marks.get(child["name"], ())):
+            os.kill(child["pid"], signal.SIGTERM)
+    pid_file.unlink(missing_ok=True)
+    say("demo stopped")
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    if argv[1:] == ["stop"]:
+        return stop_demo()
+    if argv[1:]:
+        print("usage: python -m devstack.demo [stop]", file=sys.stderr)
+        return 2
+    return run()
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

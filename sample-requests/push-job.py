@@ -1,0 +1,77 @@
+#!/usr/bin/env python3
+"""Queue a song without the REST service: upload it to the input bucket, push the raw job.
+
+    python sample-requests/push-job.py --file song.mp3 [--model htdemucs] [--stems vocals bass]
+
+For users who talk to Redis and MinIO directly. It does what ``POST /apiv1/separate`` does:
+stores the MP3 as ``<songhash>.mp3`` in ``QUEUE_BUCKET``, records the job as queued, then
+``LPUSH``es its JSON onto ``toWorkers``. Connection settings come from the same environment
+as the worker's (``REDIS_HOST``, ``REDIS_PORT``, ``MINIO_ENDPOINT``, ``MINIO_ACCESS_KEY``, ...).
+It prints the job and the ``redis-cli`` line that pushes the same job by hand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import tempfile
+import uuid
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository's packages
+from minio.error import S3Error
+from redis import RedisError
+from urllib3.exceptions import HTTPError
+
+from devstack.synth import write_song
+from separation.connections import connect_minio, connect_redis, ensure_bucket
+from separation.contract import InvalidJob, Keys, input_key, parse_job, sha256_file
+from separation.queue import JobQueue
+from separation.settings import Settings
+from separation.status import StatusStore
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--file", type=Path, help="the MP3 (default: a synthetic song)")
+    parser.add_argument("--model", help="Demucs model (default: the worker's DEMUCS_MODEL)")
+    parser.add_argument("--stems", nargs="+", help="tracks to make (default: all)")
+    parser.add_argument("--callback", help="webhook URL for the job's outcome")
+    args = parser.parse_args()
+
+    if args.file is not None and not args.file.is_file():
+        print(f"no such file: {args.file}", file=sys.stderr)
+        return 2
+    settings = Settings.from_env()
+    song = args.file or write_song(Path(tempfile.mkdtemp(prefix="push-job-")) / "synthetic.mp3")
+    songhash = sha256_file(song)
+    fields = {"id": uuid.uuid4().hex, "songhash": songhash, "model": args.model,
+              "stems": args.stems, "callback": {"url": args.callback} if args.callback else None}
+    try:
+        job = parse_job(json.dumps({k: v for k, v in fields.items() if v is not None}))
+    except InvalidJob as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    try:
+        storage = connect_minio(settings)
+        ensure_bucket(storage, settings.queue_bucket)
+        storage.fput_object(settings.queue_bucket, input_key(songhash), str(song),
+                            content_type="audio/mpeg")
+        client = connect_redis(settings)
+        StatusStore(client, settings.status_ttl_s).queued(
+            job.id or "", songhash, job.model or settings.demucs_model)
+        JobQueue(client).enqueue(job.to_json())
+    except (S3Error, HTTPError, RedisError) as error:
+        print(f"error: could not queue the job: {error}", file=sys.stderr)
+        return 2
+    print(f"uploaded {song} as s3://{settings.queue_bucket}/{input_key(songhash)}")
+    print(f"queued job {job.id}: {job.to_json()}")
+    print(f"the same by hand: redis-cli LPUSH {Keys.QUEUE} {shlex.quote(job.to_json())}")
+    print(f"its status: redis-cli HGETALL {Keys.job(job.id or '')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

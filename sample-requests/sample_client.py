@@ -1,0 +1,161 @@
+"""What the sample request scripts share: talking to the REST service with ``requests`` only.
+
+The service is ``REST`` (``host:port``, as the lab's scripts take it) or ``--host``; with
+``API_TOKEN`` set, every request carries it. Errors a person can act on are raised as
+``ClientError`` with one plain sentence.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # run as a script: make devstack (the synthetic song) importable
+    sys.path.insert(0, str(ROOT))
+
+REQUEST_TIMEOUT_S = 60
+POLL_S = 1.0
+
+
+class ClientError(Exception):
+    """The service is unreachable or refused a request; the message says which and why."""
+
+
+def default_host() -> str:
+    return os.getenv("REST") or "localhost:5000"
+
+
+def base_url(host: str) -> str:
+    host = host.rstrip("/")
+    return host if host.startswith(("http://", "https://")) else f"http://{host}"
+
+
+def call(method: str, url: str, **kwargs: Any) -> requests.Response:
+    """One request; a dead service or an error answer becomes a ClientError."""
+    headers = kwargs.pop("headers", {})
+    if token := os.getenv("API_TOKEN"):
+        headers["Authorization"] = f"Bearer {token}"
+    try:
+        response = requests.request(method, url, headers=headers,
+                                    timeout=kwargs.pop("timeout", REQUEST_TIMEOUT_S), **kwargs)
+    except requests.ConnectionError:
+        raise ClientError(f"cannot reach the REST service at {url.split('/apiv1')[0]}: is it "
+                          "running? Set REST=host:port or pass --host.") from None
+    except requests.Timeout:
+        raise ClientError(f"the REST service did not answer {url} in time") from None
+    if response.status_code != 200:
+        try:
+            reason = response.json().get("error") or response.text
+        except ValueError:
+            reason = response.text[:200]
+        raise ClientError(f"{method} {url} answered HTTP {response.status_code}: {reason}")
+    return response
+
+
+def synthetic_song(folder: Path | None = None, seconds: float = 6.0, seed: int = 0) -> Path:
+    """A few seconds of a generated song (the project ships no third-party music)."""
+    from devstack.synth import write_song
+
+    folder = folder or Path(tempfile.mkdtemp(prefix="sample-song-"))
+    return write_song(folder / f"synthetic-{seed}.mp3", seconds=seconds, seed=seed)
+
+
+def submit(base: str, song: Path, callback_url: str | None, model: str | None = None,
+           stems: Sequence[str] | None = None) -> dict[str, Any]:
+    """POST the song as the lab's clients do (JSON, base64) and return the answer."""
+    body: dict[str, Any] = {"mp3": base64.b64encode(song.read_bytes()).decode("ascii")}
+    if callback_url:
+        body["callback"] = {"url": callback_url,
+                            "data": {"mp3": song.name, "data": "to be returned"}}
+    if model:
+        body["model"] = model
+    if stems:
+        body["stems"] = list(stems)
+    return call("POST", f"{base}/apiv1/separate", json=body).json()
+
+
+def status(base: str, job_id: str) -> dict[str, Any]:
+    return call("GET", f"{base}/apiv1/status/{job_id}").json()
+
+
+def wait(base: str, job_ids: Sequence[str], timeout_s: float) -> dict[str, dict[str, Any]]:
+    """Poll every job until it is done or failed, showing the progress on stderr."""
+    deadline = time.monotonic() + timeout_s
+    records: dict[str, dict[str, Any]] = {}
+    progress = Progress()
+    while True:
+        for job_id in job_ids:
+            if records.get(job_id, {}).get("state") not in ("done", "failed"):
+                records[job_id] = status(base, job_id)
+        progress.show(list(records.values()))
+        if all(r["state"] in ("done", "failed") for r in records.values()):
+            progress.close()
+            return records
+        if time.monotonic() > deadline:
+            progress.close()
+            raise ClientError(f"not finished after {timeout_s:.0f} s; the jobs go on: "
+                              f"GET {base}/apiv1/status/<id> to follow them")
+        time.sleep(POLL_S)
+
+
+class Progress:
+    """A progress bar redrawn in place on a terminal; a line per change in a log."""
+
+    def __init__(self, width: int = 30) -> None:
+        self.width = width
+        self.live = sys.stderr.isatty()
+        self.last = ""
+
+    def show(self, records: list[dict[str, Any]]) -> None:
+        done = sum(1 for r in records if r["state"] in ("done", "failed"))
+        percent = sum(float(r.get("progress") or 0) for r in records) / max(1, len(records))
+        filled = int(self.width * percent / 100)
+        stages = ", ".join(sorted({f"{r['state']}/{r.get('stage') or ''}".rstrip("/")
+                                   for r in records if r["state"] not in ("done", "failed")}))
+        line = f"[{'#' * filled}{'-' * (self.width - filled)}] {percent:5.1f}%  " \
+               f"{done}/{len(records)} finished  {stages}"
+        if self.live:
+            sys.stderr.write(f"\r{line:<100}")
+        elif line != self.last:
+            sys.stderr.write(line + "\n")
+        sys.stderr.flush()
+        self.last = line
+
+    def close(self) -> None:
+        if self.live:
+            sys.stderr.write("\n")
+
+
+def download(base: str, record: dict[str, Any], folder: Path) -> list[Path]:
+    """Fetch every track of a done job into ``folder``; return the files."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for track, path in sorted(record.get("urls", {}).items()):
+        target = folder / f"{track}.mp3"
+        response = call("GET", f"{base}{path}", stream=True)
+        with target.open("wb") as handle:
+            for chunk in response.iter_content(chunk_size=1 << 16):
+                handle.write(chunk)
+        paths.append(target)
+    return paths
+
+
+def report(song: Path, record: dict[str, Any], paths: list[Path]) -> None:
+    if record["state"] != "done":
+        print(f"{song.name}: separation failed: {record.get('error')}")
+        return
+    note = " (demucs_unittest: a pipeline check, not a real separation)" \
+        if record.get("model") == "demucs_unittest" else ""
+    print(f"{song.name}: {len(paths)} tracks by model {record.get('model')}{note} "
+          f"in {paths[0].parent if paths else '-'}")
+    for path in paths:
+        print(f"  {path}")
