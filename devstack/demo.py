@@ -106,9 +106,10 @@ class Demo:
         self._keep("s3", s3.process)
         passed = {k: v for k, v in os.environ.items() if k.startswith("DEMUCS_")}
         (self.state / "work").mkdir(exist_ok=True)
-        env = devstack.service_env(redis.port, s3.port, **passed, **model_env,
-                                   DEMUCS_MODEL=model, METRICS_PORT=str(devstack.free_port()),
-                                   WORK_DIR=str(self.state / "work"))
+        overrides = {**passed, **model_env, "DEMUCS_MODEL": model,
+                     "METRICS_PORT": str(devstack.free_port()),
+                     "WORK_DIR": str(self.state / "work")}
+        env = devstack.service_env(redis.port, s3.port, **overrides)
         self._keep("worker", devstack.start_worker(env, self.state / "worker.log"))
         port = int(os.environ.get("REST_PORT") or 5000)
         if not port_free(port):
@@ -193,6 +194,9 @@ def run() -> int:
     except Stopped:
         say("stopping")
         return 0
+    except (RuntimeError, TimeoutError, OSError) as error:  # a service that would not start
+        say(f"could not start the stack: {error}; the logs are in {state}")
+        return 1
     finally:
         for signum in (signal.SIGINT, signal.SIGTERM):  # a second Ctrl-C must not cut the stop
             signal.signal(signum, signal.SIG_IGN)

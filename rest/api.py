@@ -175,15 +175,25 @@ def notify_done(backend: Backend, job: Job, record: dict[str, Any]) -> None:
 
 @router.get("/queue", response_model=QueueResponse)
 def queue(backend: BackendDep) -> dict[str, list[str]]:
-    """Songhashes of the waiting jobs, in the order they will run."""
+    """Songhashes of the waiting jobs, in the order they will run.
+
+    A long song's waiting chunks (and its join) count once, as their song.
+    """
     hashes = []
+    parents_seen: set[str] = set()
     for raw in backend.queue.waiting():
         try:
             job = parse_job(raw)
         except InvalidJob:
             continue
-        if job.songhash:
-            hashes.append(job.songhash)
+        songhash = job.songhash
+        if parent := job.chunk_of or job.join_of:
+            if parent in parents_seen:
+                continue
+            parents_seen.add(parent)
+            songhash = (backend.status.get(parent) or {}).get("songhash")
+        if songhash:
+            hashes.append(songhash)
     return {"queue": hashes}
 
 

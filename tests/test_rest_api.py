@@ -17,6 +17,7 @@ from mutagen.mp3 import MP3
 
 import devstack
 from separation.contract import TRACKS, Keys
+from separation.status import StatusStore
 from separation.webhook import SIGNATURE_HEADER, sign
 
 TIMEOUT_S = 30
@@ -159,8 +160,14 @@ def test_queue_lists_songs_in_the_order_they_will_run(stack, rest, make_song):
         ids.append(response.json()["id"])
     hashes = [hashlib.sha256(s.read_bytes()).hexdigest() for s in songs]
     stack.push("not json")  # someone else's broken job is skipped, not an error
+    long_song = "ab" * 32  # a long song's chunks and join are its song, once
+    StatusStore(stack.redis, 3600).queued("long", long_song, "demucs_unittest")
+    for index in range(2):
+        stack.push({"id": f"long-c{index}", "bucket": stack.queue_bucket, "chunk": index,
+                    "object": f"chunks/long/c{index}.wav", "chunk_of": "long"})
+    stack.push({"id": "long-join", "join_of": "long"})
     queue = requests.get(f"{rest.url}/apiv1/queue", timeout=TIMEOUT_S)
-    assert queue.status_code == 200 and queue.json() == {"queue": hashes}
+    assert queue.status_code == 200 and queue.json() == {"queue": [*hashes, long_song]}
     for position, job_id in enumerate(ids, start=1):
         record = requests.get(f"{rest.url}/apiv1/status/{job_id}", timeout=TIMEOUT_S).json()
         assert record["state"] == "queued" and record["position"] == position

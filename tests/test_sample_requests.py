@@ -1,0 +1,77 @@
+"""The scripts in sample-requests/, run as a user runs them, against the real service."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import devstack
+from separation.contract import TRACKS, Keys
+
+SCRIPTS = devstack.ROOT / "sample-requests"
+
+
+def run_script(name: str, *args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(SCRIPTS / name), *args], env=env,
+                          capture_output=True, text=True, timeout=300, check=False)
+
+
+def test_short_sample_request_makes_a_song_and_downloads_its_tracks(stack, rest, tmp_path):
+    stack.start_worker()
+    out = tmp_path / "tracks"
+    result = run_script("short-sample-request.py", "--out", str(out),
+                        env={**stack.env, "REST": rest.host})
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "no --file given: made a synthetic song" in result.stdout
+    answer = json.loads(result.stdout[result.stdout.index("{"):result.stdout.index("}") + 1])
+    assert answer["reason"] == "Song enqueued for separation"
+    folder = next(out.iterdir())
+    assert sorted(p.stem for p in folder.iterdir()) == sorted(TRACKS)
+    assert all(p.stat().st_size > 1000 for p in folder.iterdir())
+    assert str(folder / "vocals.mp3") in result.stdout
+    assert f"{rest.url}/#{answer['id']}" in result.stdout
+    assert "100.0%" in result.stderr  # the progress, a line per change when not a terminal
+
+
+def test_sample_requests_separates_every_song_of_a_folder(stack, rest, make_song, tmp_path):
+    songs = tmp_path / "songs"
+    songs.mkdir()
+    for seed in range(2):
+        make_song(seconds=2, seed=seed, name=f"songs/song{seed}.mp3")
+    stack.start_worker()
+    out = tmp_path / "tracks"
+    result = run_script("sample-requests.py", "--host", rest.host, "--dir", str(songs),
+                        "--out", str(out), "--stems", "vocals", "base",
+                        env=stack.env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    folders = sorted(p.name.split("-")[0] for p in out.iterdir())
+    assert folders == ["song0", "song1"]
+    for folder in out.iterdir():
+        assert sorted(p.name for p in folder.iterdir()) == ["bass.mp3", "vocals.mp3"]
+
+
+def test_scripts_say_plainly_when_the_service_is_unreachable(stack, tmp_path):
+    dead = f"127.0.0.1:{devstack.free_port()}"
+    for name in ("short-sample-request.py", "sample-requests.py"):
+        result = run_script(name, "--out", str(tmp_path), env={**stack.env, "REST": dead})
+        assert result.returncode == 2, result.stderr
+        assert f"cannot reach the REST service at http://{dead}: is it running?" \
+            in result.stderr
+        assert "Traceback" not in result.stderr
+
+
+def test_push_job_uploads_and_queues_the_raw_job(stack, make_song):
+    song = make_song(seconds=1)
+    result = run_script("push-job.py", "--file", str(song), "--stems", "vocals",
+                        env=stack.env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    job = json.loads(stack.redis.lindex(Keys.QUEUE, 0))
+    assert job["stems"] == ["vocals"] and len(job["songhash"]) == 64
+    assert f"redis-cli LPUSH toWorkers '{json.dumps(job, separators=(',', ':'))}'" \
+        in result.stdout
+    stored = stack.minio.get_object(stack.queue_bucket, f"{job['songhash']}.mp3").read()
+    assert stored == song.read_bytes()
+    assert stack.status(job["id"])["state"] == "queued"
+    stack.start_worker()
+    assert stack.wait_for(job["id"])["state"] == "done"
