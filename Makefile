@@ -41,7 +41,7 @@ clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
 
 # --- benchmarks (bench/run.py; figures in README "Benchmarks") ---
-.PHONY: bench bench-quick
+.PHONY: bench bench-quick bench-long
 bench: setup
 	$(PY) -m bench.run $(BENCH_ARGS)
 
@@ -108,3 +108,6 @@ demo: setup
 
 stop:
 	@$(if $(wildcard $(PY)),$(PY),$(PYTHON)) -m devstack.demo stop
+
+bench-long: setup
+	$(PY) -m bench.long_songs $(BENCH_ARGS)

@@ -100,11 +100,11 @@ class Bench:
         self.s3_service.stop()
 
     def env(self, model: str, repo: str | None, **overrides: str) -> dict[str, str]:
-        env = devstack.service_env(self.redis_service.port, self.s3_service.port,
-                                   DEMUCS_MODEL=model, DEMUCS_THREADS=str(self.threads),
-                                   DEMUCS_DEVICE=os.environ.get("BENCH_DEVICE", "cpu"),
-                                   METRICS_PORT="0", POLL_S="0.1", TMPDIR=str(self.root),
-                                   MAX_DURATION_S="7200", JOB_TIMEOUT_S="7200", **overrides)
+        settings = {"DEMUCS_MODEL": model, "DEMUCS_THREADS": str(self.threads),
+                    "DEMUCS_DEVICE": os.environ.get("BENCH_DEVICE", "cpu"), "METRICS_PORT": "0",
+                    "POLL_S": "0.1", "TMPDIR": str(self.root), "MAX_DURATION_S": "7200",
+                    "JOB_TIMEOUT_S": "7200", **overrides}
+        env = devstack.service_env(self.redis_service.port, self.s3_service.port, **settings)
         if repo:
             env["DEMUCS_REPO"] = repo
         return env
