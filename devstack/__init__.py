@@ -12,7 +12,7 @@ import os
 import shutil
 import signal
 import socket
-import subprocess
+import subprocess  # local test services, argument lists only  # nosec B404
 import sys
 import threading
 import time
@@ -73,8 +73,9 @@ def _spawn(command: list[str], log_path: Path, env: Mapping[str, str] | None = N
            cwd: Path | None = None) -> subprocess.Popen:
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("ab") as log:
-        return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, env=dict(env or os.environ), cwd=cwd)
+        return subprocess.Popen(command, stdout=log,  # fixed argument lists  # nosec B603
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                env=dict(env or os.environ), cwd=cwd)
 
 
 def start_redis(state_dir: Path, port: int | None = None, aof: bool = False) -> Service:
@@ -135,8 +136,7 @@ def start_worker(env: Mapping[str, str], log_path: Path, cwd: Path | None = None
 def start_rest(env: Mapping[str, str], port: int, log_path: Path) -> Service:
     command = [sys.executable, "-m", "uvicorn", "rest.app:app", "--host", "127.0.0.1",
                "--port", str(port), "--no-access-log"]
-    process = subprocess.Popen(command, stdout=log_path.open("ab"), stderr=subprocess.STDOUT,
-                               stdin=subprocess.DEVNULL, env=dict(env), cwd=ROOT)
+    process = _spawn(command, log_path, env, cwd=ROOT)
     wait_for_port(port, timeout_s=30, process=process)
     return Service(process, port, log_path)
 

@@ -11,7 +11,7 @@ import logging
 import os
 import re
 import signal
-import subprocess
+import subprocess  # argument lists only, never a shell  # nosec B404
 import sys
 import threading
 import time
@@ -147,7 +147,8 @@ def run_demucs(options: DemucsOptions, out_dir: Path, inputs: Sequence[Path], ti
     command = build_command(options, out_dir, inputs)
     log.info("running %s", " ".join(command))
     started = time.monotonic()
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    process = subprocess.Popen(command,  # a list built by build_command  # nosec B603
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                stdin=subprocess.DEVNULL, env=child_env(options),
                                start_new_session=True, preexec_fn=_die_with_parent)
     reader = _OutputReader(process.stdout, inputs, on_progress)

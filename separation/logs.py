@@ -32,7 +32,7 @@ class RedisListHandler(logging.Handler):
                 pipe.lpush(Keys.LOGGING, line)
                 pipe.ltrim(Keys.LOGGING, 0, self.max_entries - 1)
                 pipe.execute()
-        except Exception:  # noqa: BLE001, S110 - logging must not raise into the service
+        except Exception:  # noqa: BLE001, S110  # logging must not raise into the service  # nosec B110
             pass
 
 

@@ -48,6 +48,6 @@ def serve(port: int, check: HealthCheck) -> ThreadingHTTPServer:
         def log_message(self, format: str, *args: object) -> None:
             log.debug("health endpoint: " + format, *args)
 
-    server = ThreadingHTTPServer(("0.0.0.0", port), Handler)  # noqa: S104 - probes come from the kubelet
+    server = ThreadingHTTPServer(("0.0.0.0", port), Handler)  # noqa: S104  # the kubelet probes it  # nosec B104
     threading.Thread(target=server.serve_forever, name="health", daemon=True).start()
     return server

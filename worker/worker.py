@@ -256,7 +256,8 @@ class Worker:
         return None
 
     def split_long_song(self, task: Task, duration_s: float) -> None:
-        assert task.input_path is not None and task.songhash is not None
+        if task.input_path is None or task.songhash is None:
+            raise RuntimeError("a song is split only after its input was fetched")
         self._stage(task, "splitting", 2)
         with self._timed(task, "split"):
             self.long_songs.split(task.job, task.songhash, self._model(task), task.input_path,
@@ -374,7 +375,8 @@ class Worker:
 
     def finish_chunk(self, task: Task) -> None:
         """Store a chunk's stems for the join, then count it (the last one queues the join)."""
-        assert task.stem_dir is not None
+        if task.stem_dir is None:
+            raise RuntimeError(f"chunk {task.id} has no stems")
         with self._timed(task, "upload"):
             self.long_songs.store_stems(task.job, task.stem_dir)
         self.status.done(task.id, {}, task.elapsed_s())
@@ -387,7 +389,8 @@ class Worker:
                  task.job.chunk_of, task.elapsed_s())
 
     def deliver_tracks(self, task: Task, model: str) -> dict[str, str]:
-        assert task.stem_dir is not None and task.input_path is not None and task.songhash
+        if task.stem_dir is None or task.input_path is None or not task.songhash:
+            raise RuntimeError(f"job {task.id} reached delivery without stems or input")
         self._stage(task, "encoding", 90)
         with self._timed(task, "encode"):
             files = mix_and_encode(task.stem_dir, task.job.tracks(), task.work_dir / "tracks",
