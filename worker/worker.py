@@ -15,12 +15,13 @@ A job's lifecycle, one method each:
                       each job not yet separated runs alone so one bad file fails only itself.
 5. ``deliver_tracks`` mix the derived tracks from the WAV stems, encode each track to MP3 once,
                       ``fput_object`` each one.
+6. ``finish_job``     status ``done``, webhook, acknowledge (LREM).
+   ``fail_job``       retry (back onto the queue) or fail for good (dead-letter list), webhook.
+
 Long songs (``separation.long_songs``): ``split_long_song`` replaces steps 4-6 of a song longer
 than ``CHUNK_OVER_S`` by chunk jobs; ``finish_chunk`` stores a chunk's stems and counts it; the
 last one queues a join job, whose ``prepare_join`` stitches the stems and then runs steps 5-6 as
 its parent job.
-6. ``finish_job``     status ``done``, webhook, acknowledge (LREM).
-   ``fail_job``       retry (back onto the queue) or fail for good (dead-letter list), webhook.
 
 ``job_outcome`` is the one place where exceptions become job outcomes. SIGTERM stops taking
 jobs; the current batch finishes within ``SHUTDOWN_GRACE_S`` or goes back onto the queue.
