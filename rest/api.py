@@ -30,6 +30,7 @@ from rest.uploads import (
     body_too_large,
     check_declared_length,
     json_body_limit,
+    normalize_stems,
     parse_form,
     parse_json_request,
     read_body,
@@ -119,7 +120,7 @@ def submit(backend: Backend, upload: Upload, background: BackgroundTasks) -> dic
     settings = backend.settings
     try:
         job = parse_job(json.dumps({"id": uuid.uuid4().hex, "songhash": upload.songhash,
-                                    **upload.fields}))
+                                    **normalize_stems(upload.fields)}))
     except InvalidJob as error:
         raise HTTPException(400, str(error).removeprefix("invalid job: ")) from None
     model = job.model or settings.demucs_model

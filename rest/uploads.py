@@ -154,8 +154,10 @@ def parse_form(form: FormData) -> tuple[UploadFile | bytes, dict[str, Any]]:
 
 def store_upload(source: UploadFile | bytes, fields: dict[str, Any], settings: Settings
                  ) -> Upload:
-    """Write the MP3 to a temp file while hashing it; check its size, that it is audio, and
-    normalize its track names. Blocking: run it in a thread."""
+    """Write the MP3 to a temp file while hashing it; check its size and that it is audio.
+
+    Blocking: run it in a thread.
+    """
     handle = tempfile.NamedTemporaryFile(prefix="rest-upload-", suffix=".mp3",  # noqa: SIM115
                                          dir=settings.work_dir, delete=False)
     path = Path(handle.name)
@@ -165,8 +167,6 @@ def store_upload(source: UploadFile | bytes, fields: dict[str, Any], settings: S
         if size > settings.max_input_bytes:
             raise too_large(size, settings)
         duration_s = _probe(path, settings)
-        if "stems" in fields:
-            fields = {**fields, "stems": _tracks(fields["stems"])}
     except BaseException:
         path.unlink(missing_ok=True)
         raise
@@ -202,9 +202,12 @@ def _probe(path: Path, settings: Settings) -> float:
     return duration_s
 
 
-def _tracks(stems: list[str]) -> list[str]:
+def normalize_stems(fields: dict[str, Any]) -> dict[str, Any]:
+    """The request's fields with its stems named as the contract names tracks."""
+    if "stems" not in fields:
+        return fields
     try:
-        return [normalize_track(str(stem)) for stem in stems]
+        return {**fields, "stems": [normalize_track(str(stem)) for stem in fields["stems"]]}
     except ValueError as error:
         raise HTTPException(400, f"stems: {error}") from None
 
