@@ -20,7 +20,7 @@ import os
 import shutil
 import signal
 import socket
-import subprocess
+import subprocess  # argument lists only  # nosec B404
 import sys
 import time
 from pathlib import Path
@@ -52,7 +52,7 @@ def probe_model(model: str, repo: str | None, extra_env: dict[str, str]) -> bool
     code = ("import sys; from pathlib import Path; from demucs.pretrained import get_model; "
             "get_model(sys.argv[1], Path(sys.argv[2]) if sys.argv[2] else None)")
     try:
-        result = subprocess.run([sys.executable, "-c", code, model, repo or ""],
+        result = subprocess.run([sys.executable, "-c", code, model, repo or ""],  # nosec B603
                                 env={**os.environ, **extra_env}, capture_output=True,
                                 timeout=PROBE_TIMEOUT_S, check=False)
     except subprocess.TimeoutExpired:
@@ -133,7 +133,7 @@ class Demo:
         command = [sys.executable, str(SAMPLE_SCRIPT), "--host", self.rest_url.removeprefix(
             "http://"), "--out", str(out_dir)] + (["--file", song] if song else [])
         say("running " + " ".join(command[1:]))
-        return subprocess.run(command, check=False, cwd=devstack.ROOT).returncode
+        return subprocess.run(command, check=False, cwd=devstack.ROOT).returncode  # nosec B603
 
     def dead_service(self) -> str | None:
         return next((name for name, p in self.services if p.poll() is not None), None)

@@ -48,7 +48,7 @@ from separation.contract import (
     output_key,
     parse_job,
 )
-from separation.webhook import post_webhook
+from separation.webhook import send_outcome
 
 log = logging.getLogger("rest")
 MISSING_OBJECT = ("NoSuchKey", "NoSuchObject", "NoSuchBucket")
@@ -165,13 +165,9 @@ def find_separated(backend: Backend, job: Job, model: str) -> dict[str, Any] | N
 
 def notify_done(backend: Backend, job: Job, record: dict[str, Any]) -> None:
     """Tell a deduplicated request's callback its tracks are ready, as the worker would."""
-    assert job.callback is not None
     tracks = {t: record["tracks"][t] for t in job.tracks()}
-    payload = {"id": record["id"], "songhash": job.songhash, "status": Status.DONE.value,
-               "tracks": tracks, "bucket": backend.settings.output_bucket, "error": None,
-               "data": job.callback.data}  # the fields of the worker's webhook
-    post_webhook(job.callback.url, payload, backend.settings.webhook_secret,
-                 backend.settings.webhook_timeout_s)
+    send_outcome(job.model_copy(update={"id": record["id"]}), job.songhash, Status.DONE.value,
+                 tracks, None, backend.settings)
 
 
 @router.get("/queue", response_model=QueueResponse)

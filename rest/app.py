@@ -22,8 +22,6 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from minio.error import MinioException
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from urllib3.exceptions import HTTPError
 
@@ -63,8 +61,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     backend: Backend = app.state.backend
     settings = backend.settings
-    log_client = connect_redis(settings)
-    log_client.set_retry(Retry(NoBackoff(), 0))  # a log line must not wait out Redis' retries
+    log_client = connect_redis(settings, for_logging=True)
     configure_logging(log_client, settings.host, "rest", settings.log_list_max)
     try:
         await run_in_threadpool(backend.ensure_buckets)
@@ -141,11 +138,13 @@ def _error(status: int, message: str, headers: dict[str, str] | None = None) -> 
 
 def _add_error_handlers(app: FastAPI) -> None:
     async def http_error(_: Request, error: Exception) -> JSONResponse:
-        assert isinstance(error, StarletteHTTPException)
+        if not isinstance(error, StarletteHTTPException):  # registered for that type only
+            raise error
         return _error(error.status_code, str(error.detail), getattr(error, "headers", None))
 
     async def invalid_request(_: Request, error: Exception) -> JSONResponse:
-        assert isinstance(error, RequestValidationError)
+        if not isinstance(error, RequestValidationError):  # registered for that type only
+            raise error
         first = error.errors()[0] if error.errors() else {"loc": (), "msg": "invalid request"}
         where = ".".join(str(part) for part in first["loc"])
         return _error(400, f"{where}: {first['msg']}" if where else str(first["msg"]))

@@ -15,7 +15,7 @@ REQUEST_SECONDS = Histogram("demucs_rest_request_duration_seconds",
                             buckets=(0.005, 0.02, 0.1, 0.5, 1, 2.5, 5, 15, 60))
 SONGS = Counter("demucs_rest_songs_total", "Separation requests accepted, by outcome",
                 ["outcome"])
-QUEUE_DEPTH = Gauge("demucs_queue_depth", "Jobs waiting in toWorkers")
+QUEUE_DEPTH = Gauge("demucs_rest_queue_depth", "Jobs waiting in toWorkers, seen by REST")
 
 
 async def count_requests(request: Request,

@@ -6,12 +6,22 @@ import redis
 import urllib3
 from minio import Minio
 from minio.error import S3Error
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from separation.settings import Settings
 
 
-def connect_redis(settings: Settings) -> redis.Redis:
-    """A Redis client whose socket timeout outlasts the queue's blocking poll."""
+def connect_redis(settings: Settings, for_logging: bool = False) -> redis.Redis:
+    """A Redis client whose socket timeout outlasts the queue's blocking poll.
+
+    ``for_logging``: one try, short timeouts, so a log line never waits on a Redis outage
+    (redis-py 8 otherwise retries each command 10 times).
+    """
+    if for_logging:
+        return redis.Redis(host=settings.redis_host, port=settings.redis_port,
+                           password=settings.redis_password, socket_timeout=1,
+                           socket_connect_timeout=1, retry=Retry(NoBackoff(), 0))
     return redis.Redis(
         host=settings.redis_host, port=settings.redis_port, password=settings.redis_password,
         socket_timeout=settings.poll_s + 5, socket_connect_timeout=5, health_check_interval=30,

@@ -15,7 +15,8 @@ from typing import Any
 
 import requests
 
-from separation.contract import check_callback_url
+from separation.contract import Job, check_callback_url
+from separation.settings import Settings
 
 SIGNATURE_HEADER = "X-Signature-SHA256"
 log = logging.getLogger(__name__)
@@ -27,6 +28,17 @@ def sign(body: bytes, secret: str) -> str:
 
 def verify_signature(body: bytes, header: str | None, secret: str) -> bool:
     return header is not None and hmac.compare_digest(sign(body, secret), header)
+
+
+def send_outcome(job: Job, songhash: str | None, state: str, tracks: dict[str, str],
+                 error: str | None, settings: Settings) -> bool:
+    """POST a job's outcome to its callback, if it has one: the one payload of the service."""
+    if job.callback is None:
+        return False
+    payload = {"id": job.id, "songhash": songhash, "status": state, "tracks": tracks,
+               "bucket": settings.output_bucket, "error": error, "data": job.callback.data}
+    return post_webhook(job.callback.url, payload, settings.webhook_secret,
+                        settings.webhook_timeout_s)
 
 
 def post_webhook(url: str, payload: dict[str, Any], secret: str | None, timeout_s: float) -> bool:

@@ -329,7 +329,7 @@ def test_health_metrics_and_outages_answer_json(stack, rest, start_rest):
     metrics = requests.get(f"{rest.url}/metrics", timeout=TIMEOUT_S).text
     assert 'demucs_rest_requests_total{method="GET",route="/apiv1/queue",status="200"} 1.0' \
         in metrics
-    assert "demucs_queue_depth 0.0" in metrics
+    assert "demucs_rest_queue_depth 0.0" in metrics
 
     # Redis and MinIO gone: every answer is still JSON, with no traceback
     down = start_rest(REDIS_PORT=str(_closed_port()), MINIO_ENDPOINT=f"127.0.0.1:{_closed_port()}")

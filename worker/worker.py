@@ -74,7 +74,7 @@ from separation.observability import IN_FLIGHT, JOB_SECONDS, JOBS, QUEUE_DEPTH, 
 from separation.queue import JobQueue
 from separation.settings import Settings
 from separation.status import StatusStore
-from separation.webhook import post_webhook
+from separation.webhook import send_outcome
 
 log = logging.getLogger("worker")
 
@@ -468,13 +468,7 @@ class Worker:
 
     def notify(self, job: Job, songhash: str | None, state: str, tracks: dict[str, str],
                error: str | None) -> None:
-        callback = job.callback
-        if callback is None:
-            return
-        payload = {"id": job.id, "songhash": songhash, "status": state, "tracks": tracks,
-                   "bucket": self.settings.output_bucket, "error": error, "data": callback.data}
-        post_webhook(callback.url, payload, self.settings.webhook_secret,
-                     self.settings.webhook_timeout_s)
+        send_outcome(job, songhash, state, tracks, error, self.settings)
 
     @contextmanager
     def job_outcome(self, task: Task) -> Iterator[None]:
@@ -610,7 +604,7 @@ def _live(tasks: list[Task]) -> list[Task]:
 
 def main() -> int:
     settings = Settings.from_env()
-    log_client = connect_redis(settings)
+    log_client = connect_redis(settings, for_logging=True)
     configure_logging(log_client, settings.host, "worker", settings.log_list_max)
     worker = Worker(settings, connect_redis(settings), connect_minio(settings))
     signal.signal(signal.SIGTERM, worker.request_stop)
