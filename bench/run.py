@@ -46,7 +46,10 @@ TINY = "demucs_unittest"
 
 
 class PeakRss:
-    """Samples the summed RSS of a process and its descendants every 50 ms."""
+    """Samples the summed RSS of a process and its descendants every 200 ms.
+
+    Sparse enough to cost ~1% of a core: the benchmark must not slow what it measures.
+    """
 
     def __init__(self, pid: int) -> None:
         self.process = psutil.Process(pid)
@@ -63,7 +66,7 @@ class PeakRss:
         self._thread.join()
 
     def _sample(self) -> None:
-        while not self._stop.wait(0.05):
+        while not self._stop.wait(0.2):
             try:
                 tree = [self.process, *self.process.children(recursive=True)]
                 total = 0
@@ -161,7 +164,7 @@ class Bench:
                     records[job_id] = record
             if worker.poll() is not None:
                 raise RuntimeError("the worker exited during the benchmark")
-            time.sleep(0.05)
+            time.sleep(0.25)
         wall_s = time.monotonic() - started
         for record in records.values():
             record["queue_wait_s"] = (record["started_at"] or pushed_at) - pushed_at
@@ -170,7 +173,7 @@ class Bench:
 
 def bench_overhead(bench: Bench, songs: dict[str, Path]) -> dict[str, Any]:
     results: dict[str, Any] = {}
-    worker = bench.start_worker(bench.model, bench.repo, BATCH_MAX="1")
+    worker = bench.start_worker(bench.model, bench.repo, BATCH_MAX="1", CHUNK_OVER_S="0")
     try:
         for label, song in songs.items():
             raw = bench.raw_cli(song, bench.model, bench.repo)
@@ -209,8 +212,9 @@ def bench_batch(bench: Bench, clips: list[Path], model: str, repo: str | None,
 
 
 def bench_memory(bench: Bench, songs: dict[str, Path]) -> dict[str, Any]:
+    """Whole songs in one Demucs run (chunking off: bench/long_songs.py measures it)."""
     results: dict[str, Any] = {}
-    worker = bench.start_worker(bench.model, bench.repo, BATCH_MAX="1")
+    worker = bench.start_worker(bench.model, bench.repo, BATCH_MAX="1", CHUNK_OVER_S="0")
     try:
         for label, song in songs.items():
             with PeakRss(worker.pid) as rss:
