@@ -32,7 +32,7 @@ import numpy as np
 
 import devstack
 from bench.model import NAME, build_real_size_model
-from bench.run import RESULTS, TINY, Bench, PeakRss
+from bench.run import RESULTS, TINY, Bench, PeakRss, write_results
 from devstack.synth import write_song
 from separation.chunking import cut_chunks, plan_chunks, stitch
 from separation.contract import DEMUCS_STEMS
@@ -184,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
             bench.close()
     RESULTS.mkdir(exist_ok=True)
     target = RESULTS / ("long-songs-quick.json" if args.quick else "long-songs.json")
-    target.write_text(json.dumps(report, indent=2) + "\n")
+    write_results(target, report)
     print(json.dumps(report, indent=2))
     print(f"written to {target}")
     return 0

@@ -263,6 +263,13 @@ def bench_ingest(bench: Bench, uploads: int, size_mb: float) -> dict[str, Any]:
     return result
 
 
+def write_results(path: Path, report: dict[str, Any]) -> None:
+    """Merge this run's figures into ``path``: a run of some parts keeps the others'."""
+    merged = json.loads(path.read_text()) if path.exists() else {}
+    merged.update(report)
+    path.write_text(json.dumps(merged, indent=2) + "\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes: a smoke test")
@@ -307,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
             bench.close()
     RESULTS.mkdir(exist_ok=True)
     name = "quick.json" if args.quick else "latest.json"
-    (RESULTS / name).write_text(json.dumps(report, indent=2) + "\n")
+    write_results(RESULTS / name, report)
     print(json.dumps(report, indent=2))
     print(f"written to {RESULTS / name}")
     return 0
