@@ -31,8 +31,7 @@ from typing import Any
 import numpy as np
 
 import devstack
-from bench.model import NAME, build_real_size_model
-from bench.run import RESULTS, TINY, Bench, PeakRss, write_results
+from bench.run import RESULTS, TINY, Bench, PeakRss, bench_model, write_results
 from devstack.synth import write_song
 from separation.chunking import cut_chunks, plan_chunks, stitch
 from separation.contract import DEMUCS_STEMS
@@ -150,10 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--unchunked-20", action="store_true")
     args = parser.parse_args(argv)
     parts = set(args.only.split(","))
-    model = os.environ.get("BENCH_MODEL") or (TINY if args.quick else NAME)
-    repo = os.environ.get("DEMUCS_REPO") or (
-        None if model == TINY else str(build_real_size_model()))
-    threads = int(os.environ.get("DEMUCS_THREADS") or available_cpus())
+    model, repo, threads = bench_model(args.quick)
     report: dict[str, Any] = {"model": model, "cpus": threads, "quick": args.quick,
                               "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     with tempfile.TemporaryDirectory(prefix="demucs-bench-long-") as tmp:

@@ -263,6 +263,15 @@ def bench_ingest(bench: Bench, uploads: int, size_mb: float) -> dict[str, Any]:
     return result
 
 
+def bench_model(quick: bool) -> tuple[str, str | None, int]:
+    """(model, repo, CPU threads): BENCH_MODEL/DEMUCS_REPO, else the real-size random model
+    (the tiny one with ``quick``)."""
+    model = os.environ.get("BENCH_MODEL") or (TINY if quick else NAME)
+    repo = os.environ.get("DEMUCS_REPO") or (
+        None if model == TINY else str(build_real_size_model()))
+    return model, repo, int(os.environ.get("DEMUCS_THREADS") or available_cpus())
+
+
 def write_results(path: Path, report: dict[str, Any]) -> None:
     """Merge this run's figures into ``path``: a run of some parts keeps the others'."""
     merged = json.loads(path.read_text()) if path.exists() else {}
@@ -276,10 +285,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", default="overhead,batch,memory,ingest")
     args = parser.parse_args(argv)
     parts = set(args.only.split(","))
-    model = os.environ.get("BENCH_MODEL") or (TINY if args.quick else NAME)
-    repo = os.environ.get("DEMUCS_REPO") or (
-        None if model == TINY else str(build_real_size_model()))
-    threads = int(os.environ.get("DEMUCS_THREADS") or available_cpus())
+    model, repo, threads = bench_model(args.quick)
     report: dict[str, Any] = {
         "machine": {"cpus": threads, "cpu_model": platform.processor() or platform.machine(),
                     "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
