@@ -7,8 +7,9 @@
             per-chunk times that project the speed-up on a cluster.
 3. seams    with ``--shifts 0``, the chunked stems against the unchunked stems of the same
             model and song (Demucs CLI on the whole file vs on the cut chunks, stitched by the
-            worker's own ``cut_chunks``/``stitch``): SNR per stem over the whole song and over
-            the overlap regions alone, for several ``CHUNK_OVERLAP_S``.
+            worker's own ``plan_chunks``/``cut_chunks``/``stitch``): SNR per stem over the whole
+            song and over the overlap regions alone, for ``CHUNK_OVERLAP_S`` 10 and 20, with the
+            chunks on the model's segment grid (the default) and off it (``MODEL_SEGMENT_S=0``).
 
 The real-size random-weight model (bench/model.py) unless ``BENCH_MODEL`` names another;
 ``--quick`` shrinks everything to a smoke test. JSON goes to ``bench/results/long-songs.json``.
@@ -33,9 +34,9 @@ import numpy as np
 import devstack
 from bench.run import RESULTS, TINY, Bench, PeakRss, bench_model, write_results
 from devstack.synth import write_song
-from separation.chunking import cut_chunks, plan_chunks, stitch
+from separation.chunking import cut_chunks, frames, plan_chunks, stitch
 from separation.contract import DEMUCS_STEMS
-from separation.settings import available_cpus
+from separation.settings import Settings, available_cpus
 
 
 def _read(path: Path) -> np.ndarray:
@@ -61,26 +62,32 @@ def _demucs(model: str, repo: str | None, inputs: list[Path], out: Path, threads
 
 
 def bench_seams(root: Path, song: Path, model: str, repo: str | None, chunk_s: int,
-                overlaps: list[int], threads: int) -> dict[str, Any]:
+                configs: list[tuple[int, float]], threads: int) -> dict[str, Any]:
+    """SNR of chunked against whole-song stems, for each (CHUNK_OVERLAP_S, segment grid)."""
     whole_dir = _demucs(model, repo, [song], root / "whole", threads) / song.stem
-    duration_s = _read(whole_dir / "vocals.wav").shape[0] / 44100
+    length = _read(whole_dir / "vocals.wav").shape[0]
+    duration_s = length / 44100
     results: dict[str, Any] = {}
-    for overlap_s in overlaps:
-        chunks = plan_chunks(duration_s, chunk_s, overlap_s)
-        parts = cut_chunks(song, chunks, root / f"cut-{overlap_s}")
-        out = _demucs(model, repo, parts, root / f"chunked-{overlap_s}", threads)
+    for overlap_s, segment_s in configs:
+        plan = plan_chunks(duration_s, chunk_s, overlap_s, segment_s)
+        label = f"overlap_{overlap_s}s_" + (f"grid_{segment_s:g}s" if segment_s else "plain")
+        parts = cut_chunks(song, plan.chunks, root / f"cut-{label}")
+        out = _demucs(model, repo, parts, root / f"chunked-{label}", threads)
+        mask = np.zeros(length, dtype=bool)
+        for chunk in plan.chunks[1:]:
+            start = frames(chunk.start_ms, 44100)
+            mask[start:start + frames(plan.overlap_ms, 44100)] = True
         per_stem: dict[str, Any] = {}
         for stem in DEMUCS_STEMS:
-            joined = root / f"joined-{overlap_s}-{stem}.wav"
-            stitch([out / p.stem / f"{stem}.wav" for p in parts], overlap_s, joined)
+            joined = root / f"joined-{label}-{stem}.wav"
+            stitch([out / p.stem / f"{stem}.wav" for p in parts], plan.overlap_ms, joined,
+                   plan.fade_margin_ms)
             reference, estimate = _read(whole_dir / f"{stem}.wav"), _read(joined)
-            mask = np.zeros(reference.shape[0], dtype=bool)
-            for chunk in chunks[1:]:
-                mask[chunk.start_s * 44100:(chunk.start_s + overlap_s) * 44100] = True
             per_stem[stem] = {"snr_db": round(_snr_db(reference, estimate), 1),
                               "overlap_snr_db": round(_snr_db(reference[mask], estimate[mask]), 1)}
-        results[f"overlap_{overlap_s}s"] = {"chunks": len(chunks), "stems": per_stem}
-        print(f"  seams overlap {overlap_s} s: " + ", ".join(
+        results[label] = {"chunks": len(plan.chunks), "overlap_ms": plan.overlap_ms,
+                          "fade_margin_ms": plan.fade_margin_ms, "stems": per_stem}
+        print(f"  seams {label} ({plan.overlap_ms / 1000:g} s overlap): " + ", ".join(
             f"{s} {v['snr_db']}/{v['overlap_snr_db']} dB" for s, v in per_stem.items()),
             flush=True)
     return {"song_s": round(duration_s, 1), "chunk_s": chunk_s, **results}
@@ -159,9 +166,10 @@ def main(argv: list[str] | None = None) -> int:
             return write_song(root / f"song-{minutes:g}min.mp3", seconds=minutes * 60, seed=seed)
 
         if "seams" in parts:
-            report["seams"] = bench_seams(root, song(0.5 if args.quick else 2, 7), model, repo,
-                                          12 if args.quick else 60,
-                                          [2, 5] if args.quick else [5, 10, 20], threads)
+            grid = Settings.from_env().chunk_segment_s  # MODEL_SEGMENT_S, 7.8 s by default
+            configs = [(o, g) for o in ((2,) if args.quick else (10, 20)) for g in (grid, 0.0)]
+            report["seams"] = bench_seams(root, song(0.75 if args.quick else 2, 7), model, repo,
+                                          20 if args.quick else 60, configs, threads)
         bench = Bench(root, model, repo, threads)
         try:
             if "memory" in parts:

@@ -1,11 +1,19 @@
 """Long songs in overlapping chunks: plan them, cut the input, and stitch the stems back.
 
-Chunk ``i`` starts at ``i * (chunk_s - overlap_s)`` seconds and lasts ``chunk_s`` (the last one
-runs to the end, and always lasts more than ``overlap_s``). Starts fall on whole seconds, so
-decoding each chunk after one second of pre-roll gives exactly the samples of a whole-file
-decode: cutting is lossless and sample-exact. Stitching crossfades linearly over each overlap
-(both sides estimate the same signal, so a linear fade keeps its level), streaming block by
-block so memory does not grow with the song.
+Demucs itself separates a song in segments (7.8 s for the htdemucs models) that start every
+``segment * (1 - 0.25)`` seconds (its default ``--overlap``) and blends them with triangular
+weights. A chunk that starts on that grid, and whose overlap with the next chunk is one segment
+plus whole grid steps (as many as ``CHUNK_OVERLAP_S`` holds), is separated from exactly the
+segments the whole song would be, except within ``segment * 0.25`` (1.95 s) of each cut: there
+one segment is missing or zero-padded. The crossfade therefore runs over the middle of each
+overlap, skipping that margin at both ends, and the stitched stems match an unchunked run
+(``bench/long_songs.py`` measures it). ``MODEL_SEGMENT_S`` must be the model's segment for
+this to hold; with ``MODEL_SEGMENT_S=0`` the plan is plain ``CHUNK_S``/``CHUNK_OVERLAP_S`` and
+the crossfade spans the whole overlap.
+
+Times are integer milliseconds. Cutting decodes from a whole second with at least one second of
+pre-roll and drops the pre-roll exactly, so chunks hold the very samples of a whole-file decode
+(lossless, sample-exact). Stitching streams block by block: memory does not grow with the song.
 """
 
 from __future__ import annotations
@@ -20,22 +28,60 @@ import numpy as np
 
 PREROLL_S = 1  # the decoder settles within this after a seek
 BLOCK_FRAMES = 10 * 44100
+DEMUCS_OVERLAP = 0.25  # Demucs' default --overlap between its segments; the worker keeps it
 
 
 @dataclass(frozen=True)
 class Chunk:
     index: int
-    start_s: int
-    duration_s: float  # math.inf for the last chunk: to the end
+    start_ms: int
+    duration_ms: int | None  # None for the last chunk: to the end
 
 
-def plan_chunks(duration_s: float, chunk_s: int, overlap_s: int) -> list[Chunk]:
+@dataclass(frozen=True)
+class ChunkPlan:
+    """Where the chunks lie, how much consecutive ones overlap, and where the crossfade runs."""
+
+    chunks: list[Chunk]
+    overlap_ms: int
+    fade_margin_ms: int  # the crossfade skips this much at both ends of each overlap
+
+
+def frames(ms: int, rate: int) -> int:
+    return round(ms * rate / 1000)
+
+
+def geometry(chunk_s: float, overlap_s: float, segment_s: float) -> tuple[int, int, int]:
+    """(hop, overlap, fade margin) in ms; chunks (hop + overlap) never exceed ``chunk_s``.
+
+    With ``segment_s`` the hop is whole grid steps and the overlap one segment plus as many
+    whole grid steps as ``overlap_s`` holds. Raises ValueError when no chunk fits in ``chunk_s``.
+    """
+    chunk_ms, overlap_ms = round(chunk_s * 1000), round(overlap_s * 1000)
+    if segment_s <= 0:
+        hop_ms, margin_ms = chunk_ms - overlap_ms, 0
+    else:
+        segment_ms = round(segment_s * 1000)
+        grid_ms = round(segment_ms * (1 - DEMUCS_OVERLAP))
+        margin_ms = segment_ms - grid_ms
+        overlap_ms = segment_ms + grid_ms * (max(0, overlap_ms - segment_ms) // grid_ms)
+        hop_ms = grid_ms * ((chunk_ms - overlap_ms) // grid_ms)
+    if overlap_ms < 1 or hop_ms <= overlap_ms:
+        raise ValueError(
+            f"CHUNK_S {chunk_s:g} s is too short: a chunk must hold more than twice its overlap "
+            f"({overlap_ms / 1000:g} s" + (f" on the {segment_s:g} s segment grid)" if segment_s
+                                           > 0 else ")"))
+    return hop_ms, overlap_ms, margin_ms
+
+
+def plan_chunks(duration_s: float, chunk_s: float, overlap_s: float,
+                segment_s: float = 0.0) -> ChunkPlan:
     """The chunks covering ``duration_s``; one chunk when the song is not longer than one."""
-    hop_s = chunk_s - overlap_s
-    if hop_s <= overlap_s:
-        raise ValueError("a chunk must be longer than twice the overlap")
-    count = max(1, math.ceil((duration_s - overlap_s) / hop_s))
-    return [Chunk(i, i * hop_s, chunk_s if i < count - 1 else math.inf) for i in range(count)]
+    hop_ms, overlap_ms, margin_ms = geometry(chunk_s, overlap_s, segment_s)
+    count = max(1, math.ceil((duration_s * 1000 - overlap_ms) / hop_ms))
+    chunks = [Chunk(i, i * hop_ms, hop_ms + overlap_ms if i < count - 1 else None)
+              for i in range(count)]
+    return ChunkPlan(chunks, overlap_ms, margin_ms)
 
 
 def cut_chunks(mp3_path: Path, chunks: list[Chunk], out_dir: Path) -> list[Path]:
@@ -47,10 +93,13 @@ def cut_chunks(mp3_path: Path, chunks: list[Chunk], out_dir: Path) -> list[Path]
     for chunk in chunks:
         reader = sphn.FileReader(str(mp3_path))
         rate = int(reader.sample_rate)
-        preroll_s = min(PREROLL_S, chunk.start_s)
-        length_s = reader.duration_sec + 1 if math.isinf(chunk.duration_s) else chunk.duration_s
-        pcm = reader.decode(float(chunk.start_s - preroll_s), float(length_s + preroll_s))
-        pcm = pcm[:, preroll_s * rate:]
+        from_s = max(0, chunk.start_ms // 1000 - PREROLL_S)  # a whole second, before a pre-roll
+        skip = frames(chunk.start_ms, rate) - from_s * rate
+        if chunk.duration_ms is None:
+            pcm = reader.decode(float(from_s), reader.duration_sec + 1 - from_s)[:, skip:]
+        else:
+            count = frames(chunk.duration_ms, rate)
+            pcm = reader.decode(float(from_s), (skip + count) / rate + 1)[:, skip:skip + count]
         path = out_dir / f"c{chunk.index}.wav"
         write_wav(path, pcm.T, rate)
         paths.append(path)
@@ -77,10 +126,12 @@ def _blocks(reader: wave.Wave_read, frames: int) -> Iterator[np.ndarray]:
         yield data.reshape(-1, channels)
 
 
-def stitch(parts: list[Path], overlap_s: int, out_path: Path) -> int:
-    """Join chunk WAVs that overlap by ``overlap_s``, crossfading linearly; return frames.
+def stitch(parts: list[Path], overlap_ms: int, out_path: Path, fade_margin_ms: int = 0) -> int:
+    """Join chunk WAVs that overlap by ``overlap_ms``; return the frames written.
 
-    Holds one overlap in memory, whatever the song's length.
+    Over each overlap the previous chunk holds for ``fade_margin_ms``, a linear crossfade runs
+    (both sides estimate the same signal, so a linear fade keeps its level), and the next chunk
+    holds for the last ``fade_margin_ms``. Holds one overlap in memory, whatever the length.
     """
     held: np.ndarray | None = None  # the previous part's last overlap, not yet written
     total = 0
@@ -92,25 +143,33 @@ def stitch(parts: list[Path], overlap_s: int, out_path: Path) -> int:
                     out.setnchannels(channels)
                     out.setsampwidth(2)
                     out.setframerate(rate)
-                overlap = overlap_s * rate
-                frames = reader.getnframes()
+                overlap = frames(overlap_ms, rate)
+                count = reader.getnframes()
                 if held is not None:
                     head = np.frombuffer(reader.readframes(overlap), dtype="<i2")
                     head = head.reshape(-1, channels)
                     if head.shape != held.shape:
                         raise ValueError(f"chunk {index} is shorter than the overlap")
-                    fade = (np.arange(overlap) + 0.5)[:, None] / overlap
+                    fade = _fade(overlap, frames(fade_margin_ms, rate))
                     mixed = held * (1 - fade) + head * fade
                     out.writeframes(np.round(mixed).astype("<i2").tobytes())
                     total += overlap
-                    frames -= overlap
+                    count -= overlap
                 last = index == len(parts) - 1
                 keep = 0 if last else overlap
-                if frames < keep:
+                if count < keep:
                     raise ValueError(f"chunk {index} is shorter than the overlap")
-                for block in _blocks(reader, frames - keep):
+                for block in _blocks(reader, count - keep):
                     out.writeframes(block.tobytes())
                     total += block.shape[0]
                 held = None if last else np.frombuffer(
                     reader.readframes(keep), dtype="<i2").reshape(-1, channels).astype(np.float64)
     return total
+
+
+def _fade(overlap: int, margin: int) -> np.ndarray:
+    """The next chunk's weight over an overlap: 0 for ``margin``, a linear ramp, then 1."""
+    if 2 * margin >= overlap:
+        raise ValueError("the crossfade margins leave no room for a fade")
+    ramp = (np.arange(overlap) + 0.5 - margin) / (overlap - 2 * margin)
+    return np.clip(ramp, 0.0, 1.0)[:, None]

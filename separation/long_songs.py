@@ -58,14 +58,17 @@ class LongSongs:
               duration_s: float, work_dir: Path) -> int:
         """Cut, store and enqueue the chunks of ``parent``; return how many."""
         parent_id = parent.id or ""
-        chunks = plan_chunks(duration_s, self.settings.chunk_s, self.settings.chunk_overlap_s)
+        plan = plan_chunks(duration_s, self.settings.chunk_s, self.settings.chunk_overlap_s,
+                           self.settings.chunk_segment_s)
+        chunks = plan.chunks
         paths = cut_chunks(input_path, chunks, work_dir / "chunks")
         bucket = self.settings.queue_bucket
         for chunk, path in zip(chunks, paths, strict=True):
             self.storage.fput_object(bucket, f"{chunk_prefix(parent_id)}c{chunk.index}.wav",
                                      str(path), content_type="audio/wav")
-        record = {"total": len(chunks), "overlap_s": self.settings.chunk_overlap_s,
-                  "songhash": songhash, "model": model, "parent": parent.to_json()}
+        record = {"total": len(chunks), "overlap_ms": plan.overlap_ms,
+                  "fade_margin_ms": plan.fade_margin_ms,
+                  "songhash": songhash, "parent": parent.to_json()}
         with self.queue.redis.pipeline(transaction=True) as pipe:
             pipe.hset(Keys.chunks(parent_id), mapping=record)
             pipe.expire(Keys.chunks(parent_id), self.settings.status_ttl_s)
@@ -102,18 +105,23 @@ class LongSongs:
                            stage="joining" if pushed else "separating chunks")
         return pushed
 
-    def parent(self, parent_id: str) -> tuple[Job, str, str, int]:
-        """The parent job, its songhash, model and overlap, from its chunking record."""
+    def _record(self, parent_id: str) -> dict[str, str]:
         record = {k.decode(): v.decode() for k, v in
                   self.queue.redis.hgetall(Keys.chunks(parent_id)).items()}
         if not record:
             raise LookupError(f"no chunking record for job {parent_id} (expired?)")
-        return (Job.model_validate(json.loads(record["parent"])), record["songhash"],
-                record["model"], int(record["overlap_s"]))
+        return record
+
+    def parent(self, parent_id: str) -> tuple[Job, str]:
+        """The parent job and its songhash, from its chunking record."""
+        record = self._record(parent_id)
+        return Job.model_validate(json.loads(record["parent"])), record["songhash"]
 
     def prepare_join(self, parent_id: str, work_dir: Path) -> tuple[Path, Path]:
         """Stitch each stem of every chunk; fetch the original. Returns (stem dir, original)."""
-        parent, songhash, _model, overlap_s = self.parent(parent_id)
+        parent, songhash = self.parent(parent_id)
+        record = self._record(parent_id)
+        overlap_ms, margin_ms = int(record["overlap_ms"]), int(record["fade_margin_ms"])
         total = int(self.queue.redis.hget(Keys.chunks(parent_id), "total") or 0)
         stem_dir, parts_dir = work_dir / "stems", work_dir / "parts"
         stem_dir.mkdir(parents=True)
@@ -124,7 +132,7 @@ class LongSongs:
             for i, part in enumerate(parts):
                 self.storage.fget_object(bucket, f"{chunk_prefix(parent_id)}c{i}-{stem}.wav",
                                          str(part))
-            frames = stitch(parts, overlap_s, stem_dir / f"{stem}.wav")
+            frames = stitch(parts, overlap_ms, stem_dir / f"{stem}.wav", margin_ms)
             for part in parts:
                 part.unlink()
         self.status.update(parent_id, samples=frames)

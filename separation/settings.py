@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+from separation.chunking import geometry
 from separation.contract import MODEL_RE, check_output_key_pattern
 
 LOCAL_DEV_MINIO_USER = "minioadmin"  # MinIO's documented default, for a laptop only
@@ -61,6 +62,7 @@ class Settings:
     chunk_over_s: int = 300  # songs longer than this are split across workers; 0: never
     chunk_s: int = 60
     chunk_overlap_s: int = 10
+    model_segment_s: float = 7.8  # the model's Demucs segment (htdemucs*); 0: chunks off-grid
     shutdown_grace_s: float = 60.0
     heartbeat_ttl_s: float = 30.0
     poll_s: float = 2.0
@@ -99,10 +101,16 @@ class Settings:
             raise ValueError("DEMUCS_DEVICE must be auto, cpu, cuda or cuda:N")
         if self.max_attempts < 1 or self.batch_max < 1:
             raise ValueError("MAX_ATTEMPTS and BATCH_MAX must be at least 1")
-        if self.chunk_overlap_s < 1 or self.chunk_s <= 2 * self.chunk_overlap_s:
-            raise ValueError("CHUNK_S must exceed twice CHUNK_OVERLAP_S, which must be >= 1")
+        if self.chunk_overlap_s < 1 or self.model_segment_s < 0:
+            raise ValueError("CHUNK_OVERLAP_S must be >= 1 and MODEL_SEGMENT_S >= 0")
+        geometry(self.chunk_s, self.chunk_overlap_s, self.chunk_segment_s)  # ValueError if no fit
         if self.poll_s >= 5:
             raise ValueError("POLL_S must stay under redis-py's 5 s socket timeout")
+
+    @property
+    def chunk_segment_s(self) -> float:
+        """The segment Demucs separates in, whose grid long-song chunks follow."""
+        return float(self.demucs_segment or self.model_segment_s)
 
     @property
     def threads(self) -> int:

@@ -91,6 +91,14 @@ class Stack:
     def status(self, job_id: str) -> dict[str, Any] | None:
         return StatusStore(self.redis, 3600).get(job_id)
 
+    def processing(self) -> int:
+        """Jobs taken by workers and not yet finished or given back (their processing lists)."""
+        return sum(self.redis.llen(k) for k in self.redis.scan_iter(Keys.PROCESSING_PREFIX + "*"))
+
+    def held_jobs(self) -> int:
+        """Jobs anywhere in the queue protocol: waiting on ``toWorkers`` or being processed."""
+        return self.processing() + self.redis.llen(Keys.QUEUE)
+
     def wait_for(self, job_id: str, states: tuple[str, ...] = ("done", "failed"),
                  timeout_s: float = 120.0) -> dict[str, Any]:
         deadline = time.monotonic() + timeout_s

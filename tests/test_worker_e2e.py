@@ -57,9 +57,7 @@ def test_job_runs_end_to_end(stack, song, webhook, tmp_path):
     # logs: in the Redis list, in the documented format; nothing left in flight
     lines = [line.decode() for line in stack.redis.lrange(Keys.LOGGING, 0, -1)]
     assert any(".worker.info:job e2e-1: done" in line for line in lines), lines[:5]
-    assert stack.redis.llen(Keys.QUEUE) == 0
-    assert not list(stack.redis.scan_iter(match=Keys.PROCESSING_PREFIX + "*")) or all(
-        stack.redis.llen(k) == 0 for k in stack.redis.scan_iter(Keys.PROCESSING_PREFIX + "*"))
+    assert stack.held_jobs() == 0
 
     # health and metrics endpoints
     health = requests.get(f"http://127.0.0.1:{worker.metrics_port}/healthz", timeout=5)
@@ -111,10 +109,6 @@ def test_model_without_weights_fails_at_once(stack, make_song, tmp_path):
     assert len(dead) == 1 and "htdemucs" in dead[0]["error"]
 
 
-def _processing_jobs(stack) -> int:
-    return sum(stack.redis.llen(k) for k in stack.redis.scan_iter(Keys.PROCESSING_PREFIX + "*"))
-
-
 def test_killed_worker_job_is_finished_by_another(stack, song):
     songhash = stack.upload_song(song)
     first = stack.start_worker()
@@ -129,12 +123,12 @@ def test_killed_worker_job_is_finished_by_another(stack, song):
         pytest.fail(f"job never reached separation: {stack.worker_logs()}")
     first.send_signal(signal.SIGKILL)
     first.wait()
-    assert _processing_jobs(stack) == 1  # still held by the dead worker, not lost
+    assert stack.processing() == 1  # still held by the dead worker, not lost
     stack.start_worker()
     record = stack.wait_for("killed")
     assert record["state"] == "done", record
     assert record["attempts"] == 2
-    assert _processing_jobs(stack) == 0 and stack.redis.llen(Keys.QUEUE) == 0
+    assert stack.held_jobs() == 0
 
 
 def test_sigterm_during_a_job_finishes_it_and_exits_0(stack, song):
@@ -149,7 +143,7 @@ def test_sigterm_during_a_job_finishes_it_and_exits_0(stack, song):
     assert worker.wait(timeout=60) == 0
     record = stack.status("term")
     assert record["state"] == "done", record
-    assert _processing_jobs(stack) == 0
+    assert stack.processing() == 0
 
 
 def test_sigterm_past_the_grace_requeues_the_job(stack, song):
@@ -164,7 +158,7 @@ def test_sigterm_past_the_grace_requeues_the_job(stack, song):
     assert worker.wait(timeout=30) == 0
     record = stack.status("requeued")
     assert record["state"] == "queued" and record["attempts"] == 0, record
-    assert stack.redis.llen(Keys.QUEUE) == 1 and _processing_jobs(stack) == 0
+    assert stack.redis.llen(Keys.QUEUE) == 1 and stack.processing() == 0
     stack.start_worker()
     assert stack.wait_for("requeued")["state"] == "done"
 

@@ -270,7 +270,7 @@ class Worker:
         """Stitch a long song's chunk stems; from here the task runs as its parent job."""
         parent_id = task.job.join_of or ""
         task.join_of = parent_id
-        task.job, task.songhash, _model, _overlap = self.long_songs.parent(parent_id)
+        task.job, task.songhash = self.long_songs.parent(parent_id)
         task.work_dir.mkdir(parents=True)
         self._stage(task, "joining", 90)
         with self._timed(task, "join"):
@@ -449,7 +449,7 @@ class Worker:
         """A chunk that failed for good fails its long song, whose intermediates go."""
         parent_id = chunk.chunk_of or ""
         try:
-            parent, songhash, _model, _overlap = self.long_songs.parent(parent_id)
+            parent, songhash = self.long_songs.parent(parent_id)
         except LookupError:
             parent, songhash = None, None
         message = f"chunk {chunk.chunk} failed: {reason}"

@@ -19,16 +19,10 @@ import pytest
 import redis as redis_lib
 
 import devstack
-from separation.contract import Keys
 from tests.reliability.accounting import TRIALS, FaultRow
 
 STEMS = ["vocals", "drums"]
 SEED = int(os.environ.get("RELIABILITY_SEED", str(int(time.time()))))
-
-
-def _held(stack) -> int:
-    held = sum(stack.redis.llen(k) for k in stack.redis.scan_iter(Keys.PROCESSING_PREFIX + "*"))
-    return held + stack.redis.llen(Keys.QUEUE)
 
 
 def account(stack, fault: str, trials: int, ids: list[str], webhook=None) -> FaultRow:
@@ -48,7 +42,7 @@ def account(stack, fault: str, trials: int, ids: list[str], webhook=None) -> Fau
             failed += 1
         else:
             stuck += 1
-    stuck += _held(stack)
+    stuck += stack.held_jobs()
     duplicated = 0
     if webhook is not None:
         per_job: dict[str, int] = {}
