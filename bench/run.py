@@ -40,7 +40,7 @@ import devstack
 from bench.model import NAME, build_real_size_model
 from devstack.synth import write_song
 from separation.contract import Keys, input_key, sha256_file
-from separation.settings import available_cpus
+from separation.settings import Settings, available_cpus
 from separation.status import StatusStore
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -127,6 +127,7 @@ class Bench:
         out = Path(tempfile.mkdtemp(dir=self.root))
         command = [sys.executable, "-m", "demucs", "-n", model, "-d",
                    os.environ.get("BENCH_DEVICE", "cpu"), "--mp3", "--mp3-bitrate", "320",
+                   "--shifts", str(Settings.from_env().demucs_shifts),  # the worker's
                    "-o", str(out), str(song)]
         if repo:
             command += ["--repo", repo]

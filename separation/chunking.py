@@ -23,6 +23,7 @@ import wave
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -106,10 +107,10 @@ def cut_chunks(mp3_path: Path, chunks: list[Chunk], out_dir: Path) -> list[Path]
     return paths
 
 
-def write_wav(path: Path, samples: np.ndarray, rate: int) -> None:
+def write_wav(target: Path | BinaryIO, samples: np.ndarray, rate: int) -> None:
     """Write float samples in [-1, 1], shape (frames, channels), as 16-bit PCM."""
     pcm = np.clip(np.round(samples * 32768), -32768, 32767).astype("<i2")
-    with wave.open(str(path), "wb") as out:
+    with wave.open(str(target) if isinstance(target, Path) else target, "wb") as out:
         out.setnchannels(pcm.shape[1])
         out.setsampwidth(2)
         out.setframerate(rate)

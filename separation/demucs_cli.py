@@ -48,7 +48,7 @@ class DemucsOptions:
     model: str
     device: str
     threads: int
-    shifts: int = 1
+    shifts: int = 0
     segment: int | None = None
     repo: str | None = None
 

@@ -51,7 +51,7 @@ class Settings:
     demucs_repo: str | None = None
     demucs_device: str = "auto"
     demucs_threads: int = 0  # 0: every CPU the process may use
-    demucs_shifts: int = 1
+    demucs_shifts: int = 0  # Demucs CLI: 1, one random offset that averages nothing
     demucs_segment: int | None = None
     mp3_bitrate_kbps: int = 320
     max_input_mb: float = 100.0

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import wave
 from pathlib import Path
 
 import numpy as np
@@ -11,17 +10,14 @@ import sphn
 
 from devstack.synth import write_song
 from separation.audio import NotAudio, mix_and_encode, probe_mp3
+from separation.chunking import write_wav
 from separation.contract import TRACKS
 
 RATE = 44100
 
 
 def _write_wav(path: Path, samples: np.ndarray) -> None:
-    with wave.open(str(path), "wb") as out:
-        out.setnchannels(2)
-        out.setsampwidth(2)
-        out.setframerate(RATE)
-        out.writeframes(samples.astype(np.int16).tobytes())
+    write_wav(path, samples / 32768, RATE)  # samples on the 16-bit scale
 
 
 def _tone(freq: float, seconds: float, amplitude: float) -> np.ndarray:

@@ -6,26 +6,22 @@ Demucs run. Each row: how the job is made, and a phrase its recorded reason must
 
 from __future__ import annotations
 
+import io
 import json
 import os
 
 import numpy as np
 
 from devstack.synth import encode_mp3, synth_song
+from separation.chunking import write_wav
 from separation.contract import Keys, claimed_job_id
 
 GOOD = "f" * 64  # replaced by the real songhash of an uploaded file where needed
 
 
 def _wav_bytes() -> bytes:
-    import io
-    import wave
     buffer = io.BytesIO()
-    with wave.open(buffer, "wb") as out:
-        out.setnchannels(2)
-        out.setsampwidth(2)
-        out.setframerate(44100)
-        out.writeframes(np.zeros(22050 * 2, dtype=np.int16).tobytes())
+    write_wav(buffer, np.zeros((22050, 2)), 44100)
     return buffer.getvalue()
 
 

@@ -11,11 +11,12 @@ import base64
 import io
 import json
 import os
-import wave
 
+import numpy as np
 import requests
 
 from devstack.synth import encode_mp3, synth_song
+from separation.chunking import write_wav
 from separation.contract import Keys
 
 TOKEN = "test-token-123"
@@ -23,11 +24,7 @@ TOKEN = "test-token-123"
 
 def _wav() -> bytes:
     buffer = io.BytesIO()
-    with wave.open(buffer, "wb") as out:
-        out.setnchannels(1)
-        out.setsampwidth(2)
-        out.setframerate(8000)
-        out.writeframes(b"\0\0" * 8000)
+    write_wav(buffer, np.zeros((8000, 1)), 8000)
     return buffer.getvalue()
 
 
