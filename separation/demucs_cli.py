@@ -20,6 +20,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from separation import errors
+
 log = logging.getLogger(__name__)
 
 _TQDM_RE = re.compile(r"(\d+(?:\.\d+)?)/(\d+(?:\.\d+)?) \[")
@@ -186,8 +188,27 @@ def looks_offline(output_tail: str) -> bool:
     return any(hint in output_tail for hint in _OFFLINE_HINTS)
 
 
-def looks_like_cuda_failure(output_tail: str) -> bool:
-    return any(hint in output_tail for hint in _CUDA_HINTS)
+def failure_of(run: DemucsRun, options: DemucsOptions, timeout_s: float) -> errors.JobFailure:
+    """Why a CLI call gave an input no stems, as a reason a person can act on."""
+    last = run.output_tail.strip().splitlines()[-1:] or ["no output"]
+    if run.timed_out:
+        return errors.demucs_timeout(
+            f"Demucs ran past JOB_TIMEOUT_S={timeout_s:g} s and was killed")
+    decode_errors = [line for line in run.output_tail.splitlines() if "LoadAudioError" in line]
+    if decode_errors:
+        return errors.bad_input(f"Demucs could not decode the input: {decode_errors[-1]}")
+    if looks_offline(run.output_tail):
+        where = f"repo {options.repo}" if options.repo else "the model hub (no network?)"
+        return errors.model_unavailable(
+            f"weights of model '{options.model}' could not be had from {where}: {last[0]}")
+    if options.device != "cpu" and any(hint in run.output_tail for hint in _CUDA_HINTS):
+        return errors.JobFailure(f"Demucs failed on {options.device}: {last[0]}", "cuda", False)
+    if run.returncode is not None and run.returncode < 0:
+        name = signal.Signals(-run.returncode).name
+        hint = " (out of memory? raise the memory limit or lower MAX_DURATION_S)" \
+            if name == "SIGKILL" else ""
+        return errors.demucs_failed(f"Demucs was killed by {name}{hint}")
+    return errors.demucs_failed(f"Demucs exited with code {run.returncode}: {last[0]}")
 
 
 def cuda_present() -> bool:

@@ -7,8 +7,10 @@ from pathlib import Path
 
 from separation.demucs_cli import (
     DemucsOptions,
+    DemucsRun,
     build_command,
     child_env,
+    failure_of,
     looks_offline,
     parse_progress,
     parse_track,
@@ -47,3 +49,25 @@ def test_offline_detection():
     assert looks_offline("urllib.error.URLError: <urlopen error [Errno -2] Name or service "
                          "not known>")
     assert not looks_offline("RuntimeError: shape mismatch")
+
+
+def test_failure_reasons_name_what_to_do():
+    cpu = DemucsOptions(model="htdemucs", device="cpu", threads=2, repo="/models")
+    gpu = DemucsOptions(model="htdemucs", device="cuda", threads=2)
+
+    def run(tail: str = "", code: int | None = 1, timed_out: bool = False) -> DemucsRun:
+        return DemucsRun(returncode=code, output_tail=tail, elapsed_s=1.0, timed_out=timed_out)
+
+    timeout = failure_of(run(code=None, timed_out=True), cpu, 90)
+    assert timeout.code == "timeout" and "JOB_TIMEOUT_S=90" in timeout.reason
+    decode = failure_of(run("x\ndemucs.audio.LoadAudioError: bad header\n"), cpu, 90)
+    assert decode.code == "bad_input" and decode.permanent and "bad header" in decode.reason
+    offline = failure_of(run("FileNotFoundError: No such file or directory: '/models/a.th'"),
+                         cpu, 90)
+    assert offline.code == "model_unavailable" and "repo /models" in offline.reason
+    cuda = "RuntimeError: CUDA out of memory"
+    assert failure_of(run(cuda), gpu, 90).code == "cuda"
+    assert failure_of(run(cuda), cpu, 90).code == "demucs_failed"  # no GPU to blame on the CPU
+    killed = failure_of(run(code=-9), cpu, 90)
+    assert "SIGKILL" in killed.reason and "out of memory?" in killed.reason
+    assert failure_of(run("boom\n", code=3), cpu, 90).reason == "Demucs exited with code 3: boom"

@@ -60,14 +60,7 @@ from separation.contract import (
     parse_job,
     sha256_file,
 )
-from separation.demucs_cli import (
-    DemucsOptions,
-    DemucsRun,
-    cuda_present,
-    looks_like_cuda_failure,
-    looks_offline,
-    run_demucs,
-)
+from separation.demucs_cli import DemucsOptions, cuda_present, failure_of, run_demucs
 from separation.logs import configure_logging
 from separation.long_songs import LongSongs, wav_duration_s
 from separation.observability import IN_FLIGHT, JOB_SECONDS, JOBS, QUEUE_DEPTH, STAGE_SECONDS, serve
@@ -340,30 +333,8 @@ class Worker:
             if stems is not None and complete:
                 task.stem_dir = stems
             else:
-                failures[task.id] = self._cli_failure(run, model, device)
+                failures[task.id] = failure_of(run, options, self.settings.job_timeout_s)
         return failures
-
-    def _cli_failure(self, run: DemucsRun, model: str, device: str) -> errors.JobFailure:
-        last = run.output_tail.strip().splitlines()[-1:] or ["no output"]
-        if run.timed_out:
-            return errors.demucs_timeout(
-                f"Demucs ran past JOB_TIMEOUT_S={self.settings.job_timeout_s:g} s and was killed")
-        decode_errors = [line for line in run.output_tail.splitlines() if "LoadAudioError" in line]
-        if decode_errors:
-            return errors.bad_input(f"Demucs could not decode the input: {decode_errors[-1]}")
-        if looks_offline(run.output_tail):
-            where = f"repo {self.settings.demucs_repo}" if self.settings.demucs_repo else \
-                "the model hub (no network?)"
-            return errors.model_unavailable(
-                f"weights of model '{model}' could not be had from {where}: {last[0]}")
-        if device != "cpu" and looks_like_cuda_failure(run.output_tail):
-            return errors.JobFailure(f"Demucs failed on {device}: {last[0]}", "cuda", False)
-        if run.returncode is not None and run.returncode < 0:
-            name = signal.Signals(-run.returncode).name
-            hint = " (out of memory? raise the memory limit or lower MAX_DURATION_S)" \
-                if name == "SIGKILL" else ""
-            return errors.demucs_failed(f"Demucs was killed by {name}{hint}")
-        return errors.demucs_failed(f"Demucs exited with code {run.returncode}: {last[0]}")
 
     # -- 5. deliver ------------------------------------------------------------------------
     def deliver(self, task: Task) -> None:
