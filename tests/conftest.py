@@ -110,6 +110,14 @@ class Stack:
         raise AssertionError(f"job {job_id} not in {states} after {timeout_s} s: "
                              f"{self.status(job_id)}\n{self.worker_logs()}")
 
+    def wait_for_stage(self, job_id: str, *stages: str, timeout_s: float = 60.0) -> None:
+        """Wait until ``job_id`` is in one of ``stages`` (``separating``: a worker holds it)."""
+        deadline = time.monotonic() + timeout_s
+        while (self.status(job_id) or {}).get("stage") not in stages:
+            if time.monotonic() > deadline:
+                pytest.fail(f"{job_id} never reached {stages}: {self.worker_logs()}")
+            time.sleep(0.01)
+
     def worker_logs(self) -> str:
         return "\n".join(p.log_path.read_text(errors="replace")[-4000:]  # type: ignore[attr-defined]
                          for p in self.workers)

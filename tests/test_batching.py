@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import signal
-import time
-
-import pytest
 
 from devstack.synth import encode_mp3, synth_song
 
@@ -60,11 +57,7 @@ def test_a_killed_batch_is_redelivered_whole(stack, make_song):
     for i, songhash in enumerate(hashes):
         stack.push({"songhash": songhash, "id": f"kill-{i}", "stems": ["bass"]})
     first = stack.start_worker(BATCH_MAX="4")
-    deadline = time.monotonic() + 60
-    while (stack.status("kill-0") or {}).get("stage") != "separating":
-        if time.monotonic() > deadline:
-            pytest.fail(stack.worker_logs())
-        time.sleep(0.02)
+    stack.wait_for_stage("kill-0", "separating")
     first.send_signal(signal.SIGKILL)
     first.wait()
     stack.start_worker(BATCH_MAX="4")

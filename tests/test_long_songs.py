@@ -6,7 +6,6 @@ import json
 import signal
 import time
 
-import pytest
 import sphn
 from mutagen.mp3 import MP3
 
@@ -58,11 +57,7 @@ def test_a_killed_chunk_holder_is_redone_and_the_join_happens_once(stack, make_s
     songhash = stack.upload_song(make_song(seconds=13.0, seed=22))
     victim = stack.start_worker(**CHUNKING)
     stack.push({"songhash": songhash, "id": "long-kill", "callback": {"url": webhook.url}})
-    deadline = time.monotonic() + 90
-    while (stack.status("long-kill-c0") or {}).get("stage") != "separating":
-        if time.monotonic() > deadline:
-            pytest.fail(stack.worker_logs())
-        time.sleep(0.02)
+    stack.wait_for_stage("long-kill-c0", "separating", timeout_s=90)
     victim.send_signal(signal.SIGKILL)
     victim.wait()
     stack.start_worker(**CHUNKING)

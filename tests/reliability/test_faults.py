@@ -15,7 +15,6 @@ import subprocess
 import time
 
 import psutil
-import pytest
 import redis as redis_lib
 
 import devstack
@@ -52,14 +51,6 @@ def account(stack, fault: str, trials: int, ids: list[str], webhook=None) -> Fau
                 per_job[payload["id"]] = per_job.get(payload["id"], 0) + 1
         duplicated = sum(1 for n in per_job.values() if n > 1)
     return FaultRow(fault, trials, len(ids), done, failed, lost, duplicated, stuck)
-
-
-def _wait_stage(stack, job_id: str, stages: tuple[str, ...], timeout_s: float = 60) -> None:
-    deadline = time.monotonic() + timeout_s
-    while (stack.status(job_id) or {}).get("stage") not in stages:
-        if time.monotonic() > deadline:
-            pytest.fail(f"{job_id} never reached {stages}: {stack.worker_logs()}")
-        time.sleep(0.01)
 
 
 def _demucs_child(worker: subprocess.Popen, timeout_s: float = 30) -> psutil.Process:
@@ -101,7 +92,7 @@ def test_sigterm_mid_job(stack, song, report):
         ids.append(job_id)
         worker = stack.start_worker(SHUTDOWN_GRACE_S=str(rng.choice([0.5, 30])))
         stack.push({"id": job_id, "songhash": songhash, "stems": STEMS})
-        _wait_stage(stack, job_id, ("downloading", "separating", "encoding", "uploading"))
+        stack.wait_for_stage(job_id, "downloading", "separating", "encoding", "uploading")
         time.sleep(rng.uniform(0, 1.5))
         worker.send_signal(signal.SIGTERM)
         assert worker.wait(timeout=60) == 0, stack.worker_logs()
@@ -126,7 +117,7 @@ def test_redis_killed_and_restarted_with_aof(stack, make_song, tmp_path, report)
     for job_id, songhash in zip(ids, hashes, strict=True):
         stack.push({"id": job_id, "songhash": songhash, "stems": STEMS})
     stack.start_worker(BATCH_MAX="1")
-    _wait_stage(stack, ids[0], ("separating",))
+    stack.wait_for_stage(ids[0], "separating")
     own.process.send_signal(signal.SIGKILL)
     own.process.wait()
     time.sleep(3)
@@ -150,7 +141,7 @@ def test_s3_outage_during_uploads(stack, song, report, services):
         job_id = f"s3-{trial}"
         ids.append(job_id)
         stack.push({"id": job_id, "songhash": songhash})
-        _wait_stage(stack, job_id, ("encoding", "uploading"))
+        stack.wait_for_stage(job_id, "encoding", "uploading")
         proxy.cut()
         time.sleep(10)
         proxy.restore()
