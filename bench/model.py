@@ -22,7 +22,13 @@ def cache_dir() -> Path:
 
 def build_real_size_model(repo: Path | None = None, name: str = NAME) -> Path:
     """Write ``<repo>/<name>.th`` unless present; return the repo folder."""
-    repo = repo or cache_dir() / "models"
+    return build_htdemucs(repo or cache_dir() / "models", name, bottom_channels=512)
+
+
+def build_htdemucs(repo: Path, name: str, **size: int) -> Path:
+    """Write ``<repo>/<name>.th``, an htdemucs of ``size`` (HTDemucs' keyword arguments, e.g.
+    ``channels``) with random weights and the pretrained one's sources, rate and 7.8 s
+    segment, unless present; return the repo folder. Small sizes make fast test models."""
     target = repo / f"{name}.th"
     if target.exists():
         return repo
@@ -31,7 +37,7 @@ def build_real_size_model(repo: Path | None = None, name: str = NAME) -> Path:
 
     torch.manual_seed(0)
     model = HTDemucs(sources=["drums", "bass", "other", "vocals"], samplerate=44100,
-                     segment=Fraction(39, 5), bottom_channels=512)
+                     segment=Fraction(39, 5), **size)
     args, kwargs = model._init_args_kwargs  # recorded by Demucs' @capture_init
     package = {"klass": HTDemucs, "args": args, "kwargs": kwargs,
                "state": {k: v.half() for k, v in model.state_dict().items()}}
