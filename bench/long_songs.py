@@ -2,7 +2,8 @@
 
 1. memory   peak RSS of one worker's process tree, chunked (CHUNK_S=60, overlap 10) for 1-,
             5- and 20-minute songs, against unchunked runs of the same songs (20 minutes
-            unchunked only with ``--unchunked-20``: it takes as long as the song on 2 cores).
+            unchunked only with ``--unchunked-20``: it takes as long as the song on 2 cores;
+            ``--only memory-unchunked --minutes 20 --unchunked-20`` runs just that).
 2. latency  a 10-minute song with 1, 2 and 4 worker processes on this machine, and the
             per-chunk times that project the speed-up on a cluster.
 3. seams    with ``--shifts 0``, the chunked stems against the unchunked stems of the same
@@ -152,8 +153,11 @@ def bench_latency(bench: Bench, song: Path, model: str, repo: str | None,
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--only", default="seams,memory,latency")
-    parser.add_argument("--unchunked-20", action="store_true")
+    parser.add_argument("--only", default="seams,memory,latency",
+                        help="parts to run; memory-chunked and memory-unchunked split memory")
+    parser.add_argument("--minutes", default="1,5,20", help="song lengths for memory")
+    parser.add_argument("--unchunked-20", action="store_true",
+                        help="also run songs over 5 minutes unchunked (slow, ~6 GB)")
     args = parser.parse_args(argv)
     parts = set(args.only.split(","))
     model, repo, threads = bench_model(args.quick)
@@ -172,13 +176,14 @@ def main(argv: list[str] | None = None) -> int:
                                           20 if args.quick else 60, configs, threads)
         bench = Bench(root, model, repo, threads)
         try:
-            if "memory" in parts:
-                minutes = [0.75, 1.5] if args.quick else [1, 5, 20]
+            minutes = [0.75, 1.5] if args.quick else [float(m) for m in args.minutes.split(",")]
+            if parts & {"memory", "memory-chunked"}:
                 songs = {f"{m:g}min": song(m, 8) for m in minutes}
                 report["memory_chunked"] = bench_memory(bench, songs, chunked=True)
-                unchunked = {k: v for k, v in songs.items()
-                             if args.quick or args.unchunked_20 or k != "20min"}
-                report["memory_unchunked"] = bench_memory(bench, unchunked, chunked=False)
+            if parts & {"memory", "memory-unchunked"}:
+                songs = {f"{m:g}min": song(m, 8) for m in minutes
+                         if args.quick or args.unchunked_20 or m <= 5}
+                report["memory_unchunked"] = bench_memory(bench, songs, chunked=False)
             if "latency" in parts:
                 latency_model = TINY if args.quick else os.environ.get("LATENCY_MODEL", model)
                 report["latency"] = bench_latency(

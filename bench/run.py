@@ -300,7 +300,11 @@ def bench_model(quick: bool) -> tuple[str, str | None, int]:
 def write_results(path: Path, report: dict[str, Any]) -> None:
     """Merge this run's figures into ``path``: a run of some parts keeps the others'."""
     merged = json.loads(path.read_text()) if path.exists() else {}
-    merged.update(report)
+    for key, value in report.items():  # two levels: a run of some sizes keeps the others
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key].update(value)
+        else:
+            merged[key] = value
     path.write_text(json.dumps(merged, indent=2) + "\n")
 
 
