@@ -114,15 +114,14 @@ class LongSongs:
 
     def parent(self, parent_id: str) -> tuple[Job, str]:
         """The parent job and its songhash, from its chunking record."""
-        record = self._record(parent_id)
-        return Job.model_validate(json.loads(record["parent"])), record["songhash"]
+        return _parent_of(self._record(parent_id))
 
     def prepare_join(self, parent_id: str, work_dir: Path) -> tuple[Path, Path]:
         """Stitch each stem of every chunk; fetch the original. Returns (stem dir, original)."""
-        parent, songhash = self.parent(parent_id)
         record = self._record(parent_id)
+        parent, songhash = _parent_of(record)
         overlap_ms, margin_ms = int(record["overlap_ms"]), int(record["fade_margin_ms"])
-        total = int(self.queue.redis.hget(Keys.chunks(parent_id), "total") or 0)
+        total = int(record["total"])
         stem_dir, parts_dir = work_dir / "stems", work_dir / "parts"
         stem_dir.mkdir(parents=True)
         parts_dir.mkdir()
@@ -148,3 +147,7 @@ class LongSongs:
                                               recursive=True):
             self.storage.remove_object(bucket, item.object_name)
         self.queue.redis.delete(Keys.chunks(parent_id), Keys.chunks_done(parent_id))
+
+
+def _parent_of(record: dict[str, str]) -> tuple[Job, str]:
+    return Job.model_validate(json.loads(record["parent"])), record["songhash"]
