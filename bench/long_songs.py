@@ -26,7 +26,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import wave
 from pathlib import Path
 from typing import Any
 
@@ -35,18 +34,17 @@ import numpy as np
 import devstack
 from bench.run import RESULTS, TINY, Bench, PeakRss, bench_model, write_results
 from devstack.synth import write_song
-from separation.chunking import cut_chunks, frames, plan_chunks, stitch
+from separation.chunking import cut_chunks, frames, plan_chunks, read_wav, stitch
 from separation.contract import DEMUCS_STEMS
 from separation.settings import Settings, available_cpus
 
 
 def _read(path: Path) -> np.ndarray:
-    with wave.open(str(path), "rb") as reader:
-        data = np.frombuffer(reader.readframes(reader.getnframes()), dtype="<i2")
-        return data.reshape(-1, reader.getnchannels()).astype(np.float64)
+    return read_wav(path).astype(np.float64)
 
 
-def _snr_db(reference: np.ndarray, estimate: np.ndarray) -> float:
+def snr_db(reference: np.ndarray, estimate: np.ndarray) -> float:
+    """10·log10 of the reference's energy over the difference's (inf when they are equal)."""
     noise = float(np.sum((reference - estimate) ** 2))
     return math.inf if noise == 0 else 10 * math.log10(float(np.sum(reference ** 2)) / noise)
 
@@ -84,8 +82,8 @@ def bench_seams(root: Path, song: Path, model: str, repo: str | None, chunk_s: i
             stitch([out / p.stem / f"{stem}.wav" for p in parts], plan.overlap_ms, joined,
                    plan.fade_margin_ms)
             reference, estimate = _read(whole_dir / f"{stem}.wav"), _read(joined)
-            per_stem[stem] = {"snr_db": round(_snr_db(reference, estimate), 1),
-                              "overlap_snr_db": round(_snr_db(reference[mask], estimate[mask]), 1)}
+            per_stem[stem] = {"snr_db": round(snr_db(reference, estimate), 1),
+                              "overlap_snr_db": round(snr_db(reference[mask], estimate[mask]), 1)}
         results[label] = {"chunks": len(plan.chunks), "overlap_ms": plan.overlap_ms,
                           "fade_margin_ms": plan.fade_margin_ms, "stems": per_stem}
         print(f"  seams {label} ({plan.overlap_ms / 1000:g} s overlap): " + ", ".join(

@@ -117,6 +117,13 @@ def write_wav(target: Path | BinaryIO, samples: np.ndarray, rate: int) -> None:
         out.writeframes(pcm.tobytes())
 
 
+def read_wav(path: Path) -> np.ndarray:
+    """A whole 16-bit WAV file as int16 samples, shape (frames, channels)."""
+    with wave.open(str(path), "rb") as reader:
+        data = np.frombuffer(reader.readframes(reader.getnframes()), dtype="<i2")
+        return data.reshape(-1, reader.getnchannels())
+
+
 def _blocks(reader: wave.Wave_read, frames: int) -> Iterator[np.ndarray]:
     channels = reader.getnchannels()
     while frames > 0:

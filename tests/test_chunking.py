@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import wave
 from fractions import Fraction
 
 import numpy as np
@@ -10,15 +9,17 @@ import pytest
 import sphn
 
 from devstack.synth import write_song
-from separation.chunking import cut_chunks, frames, geometry, plan_chunks, stitch, write_wav
+from separation.chunking import (
+    cut_chunks,
+    frames,
+    geometry,
+    plan_chunks,
+    read_wav,
+    stitch,
+    write_wav,
+)
 
 RATE = 44100
-
-
-def _read(path) -> np.ndarray:
-    with wave.open(str(path), "rb") as reader:
-        data = np.frombuffer(reader.readframes(reader.getnframes()), dtype="<i2")
-        return data.reshape(-1, reader.getnchannels())
 
 
 def test_plan_covers_the_song_with_overlaps():
@@ -67,7 +68,7 @@ def test_a_pure_tone_cut_and_stitched_is_reconstructed(tmp_path):
             write_wav(parts[-1], stereo[start:end], RATE)
         count = stitch(parts[-len(plan.chunks):], plan.overlap_ms, tmp_path / "joined.wav",
                        plan.fade_margin_ms)
-        joined = _read(tmp_path / "joined.wav") / 32768
+        joined = read_wav(tmp_path / "joined.wav") / 32768
         assert count == len(t) == joined.shape[0]
         assert np.abs(joined - stereo).max() < 1e-4
 
@@ -77,14 +78,14 @@ def test_crossfade_blends_two_different_estimates(tmp_path):
     write_wav(tmp_path / "a.wav", ones, RATE)
     write_wav(tmp_path / "b.wav", -ones, RATE)
     stitch([tmp_path / "a.wav", tmp_path / "b.wav"], 1000, tmp_path / "ab.wav")
-    joined = _read(tmp_path / "ab.wav")[:, 0] / 32768
+    joined = read_wav(tmp_path / "ab.wav")[:, 0] / 32768
     assert joined.shape[0] == 5 * RATE
     fade = joined[2 * RATE:3 * RATE]
     assert fade[0] > 0.24 and fade[-1] < -0.24 and abs(fade[RATE // 2]) < 1e-3
     assert np.all(np.diff(fade) <= 1e-9)  # a monotonic ramp, no seam
     # with margins, each side holds alone at both ends of the overlap, the ramp runs between
     stitch([tmp_path / "a.wav", tmp_path / "b.wav"], 1000, tmp_path / "ab2.wav", 250)
-    fade = _read(tmp_path / "ab2.wav")[2 * RATE:3 * RATE, 0] / 32768
+    fade = read_wav(tmp_path / "ab2.wav")[2 * RATE:3 * RATE, 0] / 32768
     quarter = RATE // 4
     assert np.allclose(fade[:quarter], 0.25, atol=1e-4)
     assert np.allclose(fade[-quarter:], -0.25, atol=1e-4)
@@ -100,12 +101,12 @@ def test_cutting_an_mp3_is_sample_exact(tmp_path):
     whole = sphn.FileReader(str(song)).decode_all().T
     whole16 = np.clip(np.round(whole * 32768), -32768, 32767).astype("<i2")
     for chunk, part in zip(chunks, parts, strict=True):
-        data = _read(part)
+        data = read_wav(part)
         start = frames(chunk.start_ms, RATE)
         if chunk.duration_ms is not None:
             assert data.shape[0] == frames(chunk.duration_ms, RATE)
         assert np.array_equal(data, whole16[start:start + data.shape[0]]), chunk
     stitch(parts, plan.overlap_ms, tmp_path / "joined.wav", plan.fade_margin_ms)
-    joined = _read(tmp_path / "joined.wav")
+    joined = read_wav(tmp_path / "joined.wav")
     assert joined.shape == whole16.shape
     assert np.abs(joined.astype(int) - whole16).max() <= 1

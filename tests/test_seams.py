@@ -11,26 +11,16 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import wave
 
 import numpy as np
 
+from bench.long_songs import snr_db
 from bench.model import build_htdemucs
 from devstack.synth import write_song
-from separation.chunking import cut_chunks, plan_chunks, stitch
+from separation.chunking import cut_chunks, plan_chunks, read_wav, stitch
 from separation.contract import DEMUCS_STEMS
 
 SONG_S = 22.0
-
-
-def _read(path) -> np.ndarray:
-    with wave.open(str(path), "rb") as reader:
-        data = np.frombuffer(reader.readframes(reader.getnframes()), dtype="<i2")
-        return data.reshape(-1, reader.getnchannels()).astype(np.float64)
-
-
-def _snr_db(reference: np.ndarray, estimate: np.ndarray) -> float:
-    return float(10 * np.log10(np.sum(reference ** 2) / np.sum((reference - estimate) ** 2)))
 
 
 def test_chunks_on_the_segment_grid_match_the_whole_song(tmp_path):
@@ -56,9 +46,9 @@ def test_chunks_on_the_segment_grid_match_the_whole_song(tmp_path):
             joined = tmp_path / f"{name}-{stem}.wav"
             stitch([out / p.stem / f"{stem}.wav" for p in parts[name]], plan.overlap_ms, joined,
                    plan.fade_margin_ms)
-            whole = _read(out / "song" / f"{stem}.wav")
-            estimate = _read(joined)
+            whole = read_wav(out / "song" / f"{stem}.wav").astype(np.float64)
+            estimate = read_wav(joined).astype(np.float64)
             assert estimate.shape == whole.shape  # the input's exact length
-            snr.setdefault(name, []).append(_snr_db(whole, estimate))
+            snr.setdefault(name, []).append(snr_db(whole, estimate))
     assert min(snr["grid"]) >= 48, snr  # measured 52-65 dB (44 dB if the fade ignored margins)
     assert max(snr["plain"]) < 30, snr  # measured 7-17 dB
