@@ -10,9 +10,12 @@ PYTEST_ARGS ?=
 
 .PHONY: setup test lint clean
 
+# torch is installed first and alone, pinned: 2.13.0 is the CPU-only build, which pip takes from
+# the local package index where one is configured; any other version, or torch pulled in by
+# Demucs, would download a CUDA build of several GB (README "Setup").
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	# torch first and alone: 2.13.0 is the CPU build on this machine's disk (see README)
+	@echo "installing torch 2.13.0 (CPU build), then Demucs and the project's tools into $(VENV)"
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[demucs,rest,test,deploy]'
 	@touch $@

@@ -181,11 +181,11 @@ def run() -> int:
         if model == FALLBACK_MODEL:
             say(f"these tracks come from {FALLBACK_MODEL}: a pipeline check, not a real "
                 "separation")
+        if os.environ.get("DEMO_EXIT", "") not in ("", "0"):
+            say("DEMO_EXIT is set: the pipeline works; stopping the stack")
+            return 0
         say(f"open {demo.rest_url}/ in a browser to separate and play songs; "
             f"API docs at {demo.rest_url}/docs")
-        if os.environ.get("DEMO_EXIT", "") not in ("", "0"):
-            say("DEMO_EXIT is set: stopping the stack")
-            return 0
         say("the stack keeps running: Ctrl-C or `make stop` stops it")
         while (dead := demo.dead_service()) is None:
             time.sleep(1)

@@ -136,7 +136,7 @@ def submit(backend: Backend, upload: Upload, background: BackgroundTasks) -> dic
     backend.ensure_buckets()
     backend.storage.fput_object(settings.queue_bucket, input_key(upload.songhash),
                                 str(upload.path), content_type="audio/mpeg")
-    backend.status.queued(job.id or "", upload.songhash, model)
+    backend.status.queued(job.id or "", upload.songhash, model, upload.name)
     backend.queue.enqueue(job.to_json())
     SONGS.labels("enqueued").inc()
     log.info("job %s: song %s (%.1f s, %d bytes) enqueued, model %s", job.id, upload.songhash,

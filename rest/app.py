@@ -51,6 +51,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     _add_error_handlers(app)
     app.include_router(api.router)
     app.add_api_route("/", root, methods=["GET", "HEAD"], include_in_schema=False)
+    for path in ("/favicon.svg", "/favicon.ico"):
+        app.add_api_route(path, favicon, methods=["GET", "HEAD"], include_in_schema=False)
     app.add_api_route("/", callback, methods=["POST"], summary="Receive a job-outcome webhook")
     app.add_api_route("/healthz", healthz, methods=["GET"], summary="Redis and MinIO reachable")
     app.add_api_route("/metrics", metrics, methods=["GET"], summary="Prometheus metrics")
@@ -79,6 +81,19 @@ def root(request: Request) -> Response:
         return HTMLResponse(request.app.state.page)
     return JSONResponse({"service": "music source separation", "status": "ok",
                          "api": "/apiv1", "docs": "/docs"})
+
+
+FAVICON = ('<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 16 16">'
+           '<rect x="1" y="6" width="2" height="4" fill="#3b5bdb"/>'
+           '<rect x="5" y="3" width="2" height="10" fill="#3b5bdb"/>'
+           '<rect x="9" y="1" width="2" height="14" fill="#3b5bdb"/>'
+           '<rect x="13" y="5" width="2" height="6" fill="#3b5bdb"/></svg>')
+
+
+def favicon() -> Response:
+    """The page's icon (four stems), so a browser's own request for it is not a 404."""
+    return Response(FAVICON, media_type="image/svg+xml",
+                    headers={"Cache-Control": "public, max-age=86400"})
 
 
 async def callback(request: Request) -> dict[str, Any]:

@@ -52,6 +52,8 @@ class Upload:
     size_bytes: int
     duration_s: float
     fields: dict[str, Any] = field(default_factory=dict)
+    name: str = ""
+    """The uploaded file's name, as a label for people (never a path or a key)."""
 
     def discard(self) -> None:
         self.path.unlink(missing_ok=True)
@@ -170,7 +172,17 @@ def store_upload(source: UploadFile | bytes, fields: dict[str, Any], settings: S
     except BaseException:
         path.unlink(missing_ok=True)
         raise
-    return Upload(path, songhash, size, duration_s, fields)
+    name = song_name(source.filename) if isinstance(source, UploadFile) else ""
+    return Upload(path, songhash, size, duration_s, fields, name)
+
+
+SONG_NAME_MAX = 200
+
+
+def song_name(filename: str | None) -> str:
+    """A client's file name made safe to show: no folders, no control characters, capped."""
+    base = (filename or "").replace("\\", "/").rsplit("/", 1)[-1]
+    return "".join(ch for ch in base if ch.isprintable())[:SONG_NAME_MAX].strip()
 
 
 def _copy_hashing(source: UploadFile | bytes, out: BinaryIO, settings: Settings

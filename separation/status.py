@@ -1,6 +1,6 @@
 """Job status records in Redis: one hash per job, written by the worker, read by REST.
 
-A record holds ``id state songhash model stage progress attempts worker error tracks
+A record holds ``id state songhash name model stage progress attempts worker error tracks
 created_at started_at finished_at updated_at elapsed_s``; ``tracks`` is a JSON object
 ``{track: object key}``. Every write refreshes the record's TTL (``STATUS_TTL_S``). Two index
 keys, ``song:<songhash>`` and ``song:<songhash>:<model>``, point at a song's latest job.
@@ -50,12 +50,12 @@ class StatusStore:
             pipe.expire(Keys.job(job_id), self.ttl_s)
             pipe.execute()
 
-    def queued(self, job_id: str, songhash: str | None, model: str) -> None:
-        """A producer's record of a job it has just pushed."""
+    def queued(self, job_id: str, songhash: str | None, model: str, name: str = "") -> None:
+        """A producer's record of a job it has just pushed; ``name``: the song's file name."""
         now = time.time()
         self._write(job_id, id=job_id, state=Status.QUEUED.value, songhash=songhash or "",
-                    model=model, stage="queued", progress=0, attempts=0, error="", tracks={},
-                    created_at=now, started_at="", finished_at="")
+                    name=name, model=model, stage="queued", progress=0, attempts=0, error="",
+                    tracks={}, created_at=now, started_at="", finished_at="")
         if songhash:
             self.link_song(job_id, songhash, model)
 
