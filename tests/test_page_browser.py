@@ -34,7 +34,10 @@ def browser_page(tmp_path_factory):
 def audio_states(page) -> list[dict]:
     return page.eval_on_selector_all(".track audio", """els => els.map(a => ({
         track: a.parentElement.dataset.track, time: a.currentTime, duration: a.duration,
-        paused: a.paused, muted: a.muted, volume: a.volume, ready: a.readyState}))""")
+        paused: a.paused, muted: a.muted, volume: a.volume, ready: a.readyState,
+        seeking: a.seeking, network: a.networkState, error: a.error && a.error.message,
+        buffered: [...Array(a.buffered.length).keys()].map(
+            i => [a.buffered.start(i), a.buffered.end(i)])}))""")
 
 
 SYNC_TOLERANCE_S = 0.05
