@@ -26,20 +26,19 @@ import time
 from pathlib import Path
 
 import devstack
+from devstack import demo_env
+from devstack.demo_env import demo_pid, process_matches, state_dir
 
 SAMPLE_SCRIPT = devstack.ROOT / "sample-requests" / "short-sample-request.py"
 SHARED_SONG = devstack.ROOT.parent / "shared" / "samples" / "short-hop.mp3"
 FALLBACK_MODEL = "demucs_unittest"
 PROBE_TIMEOUT_S = 900  # a first download of real weights takes a while
 STOP_TIMEOUT_S = 30
+REDIS_PORT, S3_PORT, REST_PORT = 6379, 9000, 5000  # the settings' defaults: no copying needed
 
 
 class Stopped(Exception):
     """Ctrl-C or SIGTERM (``make stop``)."""
-
-
-def state_dir() -> Path:
-    return Path(os.environ.get("DEMO_STATE_DIR") or devstack.ROOT / ".run" / "demo").resolve()
 
 
 def say(line: str) -> None:
@@ -100,9 +99,9 @@ class Demo:
         self.rest_url = ""
 
     def start(self, model: str, model_env: dict[str, str]) -> None:
-        redis = devstack.start_redis(self.state / "redis")
+        redis = devstack.start_redis(self.state / "redis", port=default_or_free(REDIS_PORT))
         self._keep("redis", redis.process)
-        s3 = devstack.start_s3(self.state / "s3")
+        s3 = devstack.start_s3(self.state / "s3", port=default_or_free(S3_PORT))
         self._keep("s3", s3.process)
         passed = {k: v for k, v in os.environ.items() if k.startswith("DEMUCS_")}
         (self.state / "work").mkdir(exist_ok=True)
@@ -111,14 +110,15 @@ class Demo:
                      "WORK_DIR": str(self.state / "work")}
         env = devstack.service_env(redis.port, s3.port, **overrides)
         self._keep("worker", devstack.start_worker(env, self.state / "worker.log"))
-        port = int(os.environ.get("REST_PORT") or 5000)
-        if not port_free(port):
-            port = devstack.free_port()
+        port = default_or_free(int(os.environ.get("REST_PORT") or REST_PORT))
         rest = devstack.start_rest(env, port, self.state / "rest.log")
         self._keep("rest", rest.process)
         self.rest_url = f"http://127.0.0.1:{port}"
         say(f"Redis on 127.0.0.1:{redis.port}, S3 ({s3.extra['kind']}) on 127.0.0.1:{s3.port}, "
             f"one worker (model {model}), REST on {self.rest_url}; logs in {self.state}")
+        settings = demo_env.write(self.state, {**env, "REST": f"127.0.0.1:{port}"})
+        say(f"its settings are in {settings}: the sample scripts read them while the demo "
+            f"runs; a shell takes them with `set -a; . {settings}; set +a`")
 
     def _keep(self, name: str, process: subprocess.Popen) -> None:
         self.services.append((name, process))
@@ -142,7 +142,13 @@ class Demo:
         for _, process in reversed(self.services):
             devstack.stop(process)
         self.services.clear()
+        demo_env.env_file(self.state).unlink(missing_ok=True)
         self.pid_file.unlink(missing_ok=True)
+
+
+def default_or_free(port: int) -> int:
+    """The documented default port when it is free here, else any free one."""
+    return port if port_free(port) else devstack.free_port()
 
 
 def port_free(port: int) -> bool:
@@ -204,23 +210,6 @@ def run() -> int:
 
 
 # -- make stop ---------------------------------------------------------------------------
-def demo_pid(pid_file: Path) -> int | None:
-    """The pid of the running demo, if its pid file names a live demo process."""
-    try:
-        pid = int(json.loads(pid_file.read_text())["pid"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    return pid if process_matches(pid, "devstack.demo") else None
-
-
-def process_matches(pid: int, text: str) -> bool:
-    """Whether ``pid`` is alive and its command line contains ``text`` (not a reused pid)."""
-    try:
-        return text in Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-    except OSError:
-        return False
-
-
 def stop_demo() -> int:
     pid_file = state_dir() / "demo.pid"
     if not pid_file.exists():
@@ -239,6 +228,7 @@ def stop_demo() -> int:
     for child in record.get("children", []):
         if any(process_matches(child["pid"], mark) for mark in marks.get(child["name"], ())):
             os.kill(child["pid"], signal.SIGTERM)
+    demo_env.env_file().unlink(missing_ok=True)
     pid_file.unlink(missing_ok=True)
     say("demo stopped")
     return 0

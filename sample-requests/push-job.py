@@ -20,17 +20,25 @@ import tempfile
 import uuid
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository's packages
-from minio.error import S3Error
-from redis import RedisError
-from urllib3.exceptions import HTTPError
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from sample_client import missing_module  # after the path above; reads a running demo's settings
 
-from devstack.synth import write_song
-from separation.connections import connect_minio, connect_redis, ensure_bucket
-from separation.contract import InvalidJob, Keys, input_key, parse_job, sha256_file
-from separation.queue import JobQueue
-from separation.settings import Settings
-from separation.status import StatusStore
+try:
+    from minio.error import S3Error
+    from redis import RedisError
+    from urllib3.exceptions import HTTPError
+
+    from devstack.synth import write_song
+    from separation.connections import connect_minio, connect_redis, ensure_bucket
+    from separation.contract import InvalidJob, Keys, input_key, parse_job, sha256_file
+    from separation.queue import JobQueue
+    from separation.settings import Settings
+    from separation.status import StatusStore
+except ImportError as import_error:
+    missing_module(import_error)
+
+
+DEFAULT_REDIS_PORT = 6379
 
 
 def main() -> int:
@@ -45,7 +53,13 @@ def main() -> int:
         print(f"no such file: {args.file}", file=sys.stderr)
         return 2
     settings = Settings.from_env()
-    song = args.file or write_song(Path(tempfile.mkdtemp(prefix="push-job-")) / "synthetic.mp3")
+    if args.file is not None:
+        return push(args, settings, args.file)
+    with tempfile.TemporaryDirectory(prefix="push-job-") as folder:
+        return push(args, settings, write_song(Path(folder) / "synthetic.mp3"))
+
+
+def push(args: argparse.Namespace, settings: Settings, song: Path) -> int:
     songhash = sha256_file(song)
     fields = {"id": uuid.uuid4().hex, "songhash": songhash, "model": args.model,
               "stems": args.stems, "callback": {"url": args.callback} if args.callback else None}
@@ -68,9 +82,22 @@ def main() -> int:
         return 2
     print(f"uploaded {song} as s3://{settings.queue_bucket}/{input_key(songhash)}")
     print(f"queued job {job.id}: {job.to_json()}")
-    print(f"the same by hand: redis-cli LPUSH {Keys.QUEUE} {shlex.quote(job.to_json())}")
-    print(f"its status: redis-cli HGETALL {Keys.job(job.id or '')}")
+    cli = redis_cli(settings)
+    print(f"the same by hand: {cli} LPUSH {Keys.QUEUE} {shlex.quote(job.to_json())}")
+    print(f"its status: {cli} HGETALL {Keys.job(job.id or '')}")
     return 0
+
+
+def redis_cli(settings: Settings) -> str:
+    """``redis-cli`` with the options that reach this Redis (none for the defaults)."""
+    words = ["redis-cli"]
+    if settings.redis_host not in ("localhost", "127.0.0.1"):
+        words += ["-h", settings.redis_host]
+    if settings.redis_port != DEFAULT_REDIS_PORT:
+        words += ["-p", str(settings.redis_port)]
+    if settings.redis_password:
+        words.append("--askpass")
+    return " ".join(shlex.quote(word) for word in words)
 
 
 if __name__ == "__main__":

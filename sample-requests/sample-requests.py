@@ -44,16 +44,20 @@ def main() -> int:
     parser.add_argument("--timeout-s", type=float, default=1800, help="give up waiting after")
     args = parser.parse_args()
 
-    base = base_url(args.host)
-    if args.dir is None:
-        folder = Path(tempfile.mkdtemp(prefix="sample-songs-"))
-        songs = [synthetic_song(folder, seconds=4 + i, seed=i) for i in range(3)]
-        print(f"no --dir given: made {len(songs)} synthetic songs in {folder}")
-    else:
+    if args.dir is not None:
         songs = sorted(args.dir.glob("*.mp3"))
         if not songs:
             print(f"no .mp3 files in {args.dir}", file=sys.stderr)
             return 2
+        return separate(args, songs)
+    with tempfile.TemporaryDirectory(prefix="sample-songs-") as folder:
+        songs = [synthetic_song(Path(folder), seconds=4 + i, seed=i) for i in range(3)]
+        print(f"no --dir given: made {len(songs)} synthetic songs (removed afterwards)")
+        return separate(args, songs)
+
+
+def separate(args: argparse.Namespace, songs: list[Path]) -> int:
+    base = base_url(args.host)
     callback = None if args.no_callback else (args.callback or f"{base}/")
     try:
         answers = {song: submit(base, song, callback, args.model, args.stems) for song in songs}

@@ -1,8 +1,10 @@
-"""What the sample request scripts share: talking to the REST service with ``requests`` only.
+"""What the sample request scripts share: talking to the REST service with ``requests``.
 
-The service is ``REST`` (``host:port``, as the lab's scripts take it) or ``--host``; with
-``API_TOKEN`` set, every request carries it. Errors a person can act on are raised as
-``ClientError`` with one plain sentence.
+The service is ``REST`` (``host:port``, as the lab's scripts take it) or ``--host``; while
+``make demo`` runs, its address is read from ``.run/demo/demo.env``. With ``API_TOKEN`` set,
+every request carries it. Errors a person can act on are raised as ``ClientError`` with one
+plain sentence. The scripts run in the project's environment (``source .venv/bin/activate``):
+without it they say so in one line.
 """
 
 from __future__ import annotations
@@ -10,17 +12,32 @@ from __future__ import annotations
 import base64
 import os
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
-
-import requests
+from typing import Any, NoReturn
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as a script: make devstack (the synthetic song) importable
     sys.path.insert(0, str(ROOT))
+
+
+def missing_module(error: ImportError) -> NoReturn:
+    """Exit 2 with one line when a script runs outside the project's environment."""
+    print(f"error: the Python module {error.name!r} is missing: run the script in the "
+          "project's environment (`make setup`, then `source .venv/bin/activate`)",
+          file=sys.stderr)
+    sys.exit(2)
+
+
+try:
+    import requests
+except ImportError as import_error:
+    missing_module(import_error)
+
+from devstack import demo_env  # noqa: E402  (after the path above)
+
+demo_env.apply_defaults()
 
 REQUEST_TIMEOUT_S = 60
 POLL_S = 1.0
@@ -61,11 +78,12 @@ def call(method: str, url: str, **kwargs: Any) -> requests.Response:
     return response
 
 
-def synthetic_song(folder: Path | None = None, seconds: float = 6.0, seed: int = 0) -> Path:
+def synthetic_song(folder: Path, seconds: float = 6.0, seed: int = 0) -> Path:
     """A few seconds of a generated song (the project ships no third-party music)."""
-    from devstack.synth import write_song
-
-    folder = folder or Path(tempfile.mkdtemp(prefix="sample-song-"))
+    try:
+        from devstack.synth import write_song
+    except ImportError as error:
+        missing_module(error)
     return write_song(folder / f"synthetic-{seed}.mp3", seconds=seconds, seed=seed)
 
 

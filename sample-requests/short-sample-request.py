@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -45,13 +46,19 @@ def main() -> int:
     parser.add_argument("--timeout-s", type=float, default=900, help="give up waiting after")
     args = parser.parse_args()
 
+    if args.file is not None:
+        if not args.file.is_file():
+            print(f"no such file: {args.file}", file=sys.stderr)
+            return 2
+        return separate(args, args.file)
+    with tempfile.TemporaryDirectory(prefix="sample-song-") as folder:
+        song = synthetic_song(Path(folder))
+        print(f"no --file given: made a synthetic song, {song.name} (removed afterwards)")
+        return separate(args, song)
+
+
+def separate(args: argparse.Namespace, song: Path) -> int:
     base = base_url(args.host)
-    song = args.file or synthetic_song()
-    if args.file is None:
-        print(f"no --file given: made a synthetic song, {song}")
-    elif not song.is_file():
-        print(f"no such file: {song}", file=sys.stderr)
-        return 2
     callback = None if args.no_callback else (args.callback or f"{base}/")
     try:
         answer = submit(base, song, callback, args.model, args.stems)

@@ -69,6 +69,25 @@ def test_make_stop_stops_a_running_demo(tmp_path, make_song):
         output = log_path.read_text()
         assert re.search(r"\[demo\] open http://127\.0\.0\.1:\d+/ in a browser", output)
         assert all(listening(port) for port in ports_of(output))
+
+        # the README's later commands reach the demo as written: no setting copied by hand
+        settings = tmp_path / "demo" / "demo.env"
+        assert f"REST=127.0.0.1:{ports_of(output)[-1]}" in settings.read_text()
+        plain = {k: v for k, v in env.items()
+                 if not k.startswith(("REDIS_", "MINIO_", "REST", "QUEUE_", "OUTPUT_"))}
+        pushed = subprocess.run([sys.executable, "sample-requests/push-job.py", "--file",
+                                 str(song)], cwd=devstack.ROOT, env=plain, capture_output=True,
+                                text=True, timeout=120, check=False)
+        assert pushed.returncode == 0, pushed.stdout + pushed.stderr
+        redis_port = ports_of(output)[0]
+        cli = "redis-cli" if redis_port == 6379 else f"redis-cli -p {redis_port}"
+        assert f"the same by hand: {cli} LPUSH toWorkers" in pushed.stdout
+        sample = subprocess.run([sys.executable, "sample-requests/short-sample-request.py",
+                                 "--file", str(song), "--out", str(tmp_path / "out")],
+                                cwd=devstack.ROOT, env=plain, capture_output=True, text=True,
+                                timeout=180, check=False)
+        assert sample.returncode == 0, sample.stdout + sample.stderr
+
         again = subprocess.run([sys.executable, "-m", "devstack.demo"], cwd=devstack.ROOT,
                                env=env, capture_output=True, text=True, timeout=60, check=False)
         assert again.returncode == 1 and "already running" in again.stdout
@@ -79,5 +98,6 @@ def test_make_stop_stops_a_running_demo(tmp_path, make_song):
         assert demo.wait(timeout=30) == 0
         assert not any(listening(port) for port in ports_of(output))
         assert not (tmp_path / "demo" / "demo.pid").exists()
+        assert not settings.exists()
     finally:
         devstack.stop(demo)

@@ -68,10 +68,34 @@ def test_push_job_uploads_and_queues_the_raw_job(stack, make_song):
     assert result.returncode == 0, result.stdout + result.stderr
     job = json.loads(stack.redis.lindex(Keys.QUEUE, 0))
     assert job["stems"] == ["vocals"] and len(job["songhash"]) == 64
-    assert f"redis-cli LPUSH toWorkers '{json.dumps(job, separators=(',', ':'))}'" \
+    port = stack.env["REDIS_PORT"]
+    assert f"redis-cli -p {port} LPUSH toWorkers '{json.dumps(job, separators=(',', ':'))}'" \
         in result.stdout
     stored = stack.minio.get_object(stack.queue_bucket, f"{job['songhash']}.mp3").read()
     assert stored == song.read_bytes()
     assert stack.status(job["id"])["state"] == "queued"
     stack.start_worker()
     assert stack.wait_for(job["id"])["state"] == "done"
+
+
+def test_scripts_outside_the_project_environment_say_so_in_one_line(tmp_path):
+    """Without the project's packages (``python -S``: no site-packages), one line, exit 2."""
+    for name in ("short-sample-request.py", "sample-requests.py", "push-job.py"):
+        result = subprocess.run([sys.executable, "-S", str(SCRIPTS / name)], cwd=tmp_path,
+                                capture_output=True, text=True, timeout=60, check=False)
+        assert result.returncode == 2, (name, result.stderr)
+        assert "Traceback" not in result.stderr, result.stderr
+        assert "source .venv/bin/activate" in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_scripts_leave_no_synthetic_song_behind(stack, rest, tmp_path):
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    stack.start_worker()
+    result = run_script("short-sample-request.py", "--out", str(tmp_path / "out"),
+                        env={**stack.env, "REST": rest.host, "TMPDIR": str(scratch)})
+    assert result.returncode == 0, result.stdout + result.stderr
+    result = run_script("push-job.py", env={**stack.env, "TMPDIR": str(scratch)})
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert list(scratch.iterdir()) == []
