@@ -268,6 +268,7 @@ def remove(songhash: str, track: str, backend: BackendDep
             raise
         backend.storage.remove_object(bucket, key)
         removed.append(name)
+    backend.status.drop_tracks(songhash, removed)
     if not removed:
         raise HTTPException(404, f"song {songhash} has no track {track!r} to remove")
     log.info("song %s: removed %s", songhash, ", ".join(removed))

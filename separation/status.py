@@ -89,6 +89,15 @@ class StatusStore:
     def requeued(self, job_id: str, reason: str) -> None:
         self._write(job_id, state=Status.QUEUED.value, stage="queued", progress=0, error=reason)
 
+    def drop_tracks(self, songhash: str, names: list[str]) -> None:
+        """Tracks of a song removed from storage: its latest job no longer lists them."""
+        record = self.get(songhash)
+        if record is None or not record["tracks"]:
+            return
+        kept = {t: key for t, key in record["tracks"].items() if t not in names}
+        if kept != record["tracks"]:
+            self._write(record["id"], tracks=kept)
+
     def job_for_song(self, songhash: str, model: str | None = None) -> str | None:
         key = Keys.song(songhash, model) if model else Keys.song_latest(songhash)
         job_id = self.redis.get(key)

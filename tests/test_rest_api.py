@@ -104,6 +104,9 @@ def test_separate_then_status_tracks_dedup_and_remove(stack, rest, song, webhook
     removed = requests.delete(f"{rest.url}/apiv1/remove/{songhash}/vocals.mp3",
                               timeout=TIMEOUT_S).json()
     assert removed["removed"] == ["vocals"], removed
+    after = requests.get(f"{rest.url}/apiv1/status/{songhash}", timeout=TIMEOUT_S).json()
+    assert "vocals" not in after["tracks"] and "vocals" not in after["urls"], after
+    assert "drums" in after["urls"]
     assert_error(requests.get(f"{rest.url}/apiv1/track/{songhash}/vocals", timeout=TIMEOUT_S),
                  404, "does not exist")
     assert_error(requests.delete(f"{rest.url}/apiv1/remove/{songhash}/vocals",
@@ -114,6 +117,8 @@ def test_separate_then_status_tracks_dedup_and_remove(stack, rest, song, webhook
     assert wait_done(rest, rerun["id"])["state"] == "done"
     everything = requests.get(f"{rest.url}/apiv1/remove/{songhash}/all", timeout=TIMEOUT_S)
     assert sorted(everything.json()["removed"]) == sorted(TRACKS)
+    after = requests.get(f"{rest.url}/apiv1/status/{songhash}", timeout=TIMEOUT_S).json()
+    assert after["tracks"] == {} and after["urls"] == {}, after
     assert not list(stack.minio.list_objects(stack.output_bucket))
     lines = [line.decode() for line in stack.redis.lrange(Keys.LOGGING, 0, -1)]
     assert any(re.search(rf"\.rest\.info:job {body['id']}: song {songhash}", x) for x in lines)
