@@ -87,6 +87,10 @@ class JobQueue:
     def take_waiting(self, worker_id: str) -> bytes | None:
         return self.redis.lmove(Keys.QUEUE, Keys.processing(worker_id), "RIGHT", "LEFT")
 
+    def ping(self) -> None:
+        """Raise ``redis.RedisError`` unless Redis answers."""
+        self.redis.ping()
+
     # 3. heartbeat
     def beat(self, worker_id: str, ttl_s: float) -> None:
         self.redis.set(Keys.heartbeat(worker_id), str(time.time()), px=int(ttl_s * 1000))

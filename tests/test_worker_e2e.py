@@ -10,6 +10,7 @@ from pathlib import Path
 import requests
 from mutagen.mp3 import MP3
 
+import devstack
 from separation.contract import TRACKS, Keys
 from separation.webhook import SIGNATURE_HEADER, verify_signature
 
@@ -157,3 +158,17 @@ def test_cuda_failure_retries_once_on_the_cpu(stack, make_song):
     record = stack.wait_for("cuda")
     assert record["state"] == "done" and record["attempts"] == 1, record
     assert "retrying once on the CPU" in stack.worker_logs()
+
+
+def test_sigterm_while_redis_and_minio_are_down_exits_0_without_a_traceback(stack):
+    dead_redis, dead_s3 = devstack.free_port(), devstack.free_port()
+    worker = stack.start_worker(REDIS_PORT=str(dead_redis),
+                                MINIO_ENDPOINT=f"127.0.0.1:{dead_s3}")
+    deadline = time.monotonic() + 60
+    while "MinIO unreachable" not in worker.log_path.read_text():
+        assert worker.poll() is None and time.monotonic() < deadline, worker.log_path.read_text()
+        time.sleep(0.1)
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(timeout=60) == 0
+    log = worker.log_path.read_text()
+    assert "Traceback" not in log and "stopped before it started" in log, log

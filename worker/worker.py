@@ -117,6 +117,10 @@ class Worker:
     def run(self) -> int:
         """check stop → take jobs → run them → record outcomes; exit 0 after a clean stop."""
         self.ensure_buckets()
+        self.wait_for_redis()
+        if self.stopping.is_set():  # told to stop before Redis or MinIO ever answered
+            log.info("worker %s stopped before it started", self.worker_id)
+            return 0
         self.start_heartbeat()
         if self.settings.metrics_port:
             serve(self.settings.metrics_port, self.health)
@@ -484,7 +488,7 @@ class Worker:
         if age_s > self.settings.heartbeat_ttl_s:
             return False, f"last heartbeat {age_s:.0f} s ago"
         try:
-            self.queue.redis.ping()
+            self.queue.ping()
         except redis.RedisError as error:
             return False, f"Redis unreachable: {error}"
         return True, "ok"
@@ -525,6 +529,17 @@ class Worker:
                 return
             except (S3Error, HTTPError, OSError) as error:
                 log.warning("MinIO unreachable (%s); retrying in %.1f s", error, delay_s)
+                self.stopping.wait(delay_s)
+                delay_s = min(delay_s * 2, 30)
+
+    def wait_for_redis(self) -> None:
+        delay_s = 0.5
+        while not self.stopping.is_set():
+            try:
+                self.queue.ping()
+                return
+            except redis.RedisError as error:
+                log.warning("Redis unreachable (%s); retrying in %.1f s", error, delay_s)
                 self.stopping.wait(delay_s)
                 delay_s = min(delay_s * 2, 30)
 
