@@ -28,11 +28,12 @@ setup: $(VENV)/.installed
 	  { $$SUDO apt-get update -q >/dev/null && $$SUDO apt-get install -y -q redis-server >/dev/null; }; }
 	@command -v redis-server >/dev/null || { echo "redis-server is missing and could not be installed"; exit 1; }
 	@command -v chromium >/dev/null || { \
-	  echo "installing chromium (the page's browser test)"; \
+	  echo "installing chromium (only the page's browser test uses it)"; \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
 	  $$SUDO apt-get install -y -q chromium >/dev/null 2>&1 || \
-	  { $$SUDO apt-get update -q >/dev/null && $$SUDO apt-get install -y -q chromium >/dev/null; }; }
-	@command -v chromium >/dev/null || { echo "chromium is missing and could not be installed"; exit 1; }
+	  { $$SUDO apt-get update -q >/dev/null 2>&1 && $$SUDO apt-get install -y -q chromium >/dev/null 2>&1; }; } || true
+	@command -v chromium >/dev/null || echo "note: chromium could not be installed (apt-get with" \
+	  "root or sudo is needed): tests/test_page_browser.py will skip; everything else works"
 
 test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)
@@ -86,12 +87,7 @@ undeploy:
 	$(APPLY) --delete $(OVERLAY)
 
 port-forward:
-	@echo "REST http://localhost:5000  MinIO console http://localhost:9001  (Ctrl-C stops)"
-	@trap 'kill $$(jobs -p) 2>/dev/null' EXIT; \
-	$(KUBECTL) -n demucs port-forward svc/rest 5000:5000 & \
-	$(KUBECTL) -n demucs port-forward svc/minio 9000:9000 9001:9001 & \
-	$(KUBECTL) -n demucs port-forward svc/redis 6379:6379 & \
-	wait
+	@KUBECTL=$(KUBECTL) deploy/port-forward.sh
 
 lint-deploy: $(VENV)/.installed
 	deploy/lint.sh

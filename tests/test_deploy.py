@@ -614,6 +614,17 @@ def test_local_dev_fails_clearly_without_a_context(kubectl: str, tmp_path: Path)
     assert "no current kube context" in result.stderr
 
 
+def test_port_forward_refuses_clearly_without_a_cluster(kubectl: str, tmp_path: Path) -> None:
+    (tmp_path / "config").write_text("apiVersion: v1\nkind: Config\n")
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "KUBECTL": kubectl,
+           "KUBECONFIG": str(tmp_path / "config")}
+    result = subprocess.run(["make", "-s", "port-forward", f"KUBECTL={kubectl}"], cwd=ROOT,
+                            env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode != 0
+    assert "port-forward.sh: error: no current kube context" in result.stderr
+    assert "Traceback" not in result.stderr and result.stdout == ""
+
+
 def test_apply_dry_run_sets_images_and_keda(kubectl: str, tmp_path: Path) -> None:
     env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "KUBECTL": kubectl, "KEDA": "1",
            "WORKER_IMAGE": "registry.test:5000/team/demucs-worker:abc1",

@@ -1,0 +1,120 @@
+"""The README's figures are the ones the suite and the bench wrote to ``bench/results/``.
+
+Each table row of the README's reliability and benchmark sections is read back and compared
+with the JSON the runs left, so a figure cannot be edited by hand or left stale by a rerun.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+README = (ROOT / "README.md").read_text(encoding="utf-8")
+README_TEXT = " ".join(README.split())  # prose as one line: figures wrap anywhere
+RESULTS = ROOT / "bench" / "results"
+
+
+def table(header_start: str) -> list[list[str]]:
+    """The body rows of the README table whose header row starts with ``header_start``."""
+    lines = README.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(header_start))
+    rows = []
+    for line in lines[start + 2:]:
+        if not line.startswith("|"):
+            break
+        rows.append([cell.strip() for cell in line.strip().strip("|").split("|")])
+    return rows
+
+
+def numbers(text: str) -> list[str]:
+    return re.findall(r"-?\d+(?:\.\d+)?", text.replace("\u2212", "-").replace(",", ""))
+
+
+def load(name: str) -> Any:
+    return json.loads((RESULTS / name).read_text())
+
+
+def test_reliability_table_is_the_suites_last_run():
+    rows = table("| fault | trials |")
+    runs = load("reliability.json")
+    assert len(rows) == len(runs), "one README row per fault the suite ran"
+    for row, run in zip(rows, runs, strict=True):
+        figures = [int(cell) for cell in row[1:]]
+        expected = [run[k] for k in ("trials", "jobs", "done", "failed_with_reason", "lost",
+                                     "duplicated", "stuck")]
+        assert figures == expected, (row[0], run["fault"])
+
+
+def _f(value: float, places: int) -> str:
+    return f"{value:.{places}f}"
+
+
+def benchmark_expectations() -> list[list[str]]:
+    latest = load("latest.json")
+    short, long_ = latest["overhead"]["10s"], latest["overhead"]["180s"]
+    tiny, real = latest["batch"]["demucs_unittest"], latest["batch"]["bench_htdemucs"]
+    ingest = latest["ingest"]
+    return [
+        [_f(short["raw_cli_s"], 2), _f(short["pipeline_s"], 2), _f(short["ratio"], 3)],
+        [_f(long_["raw_cli_s"], 1), _f(long_["pipeline_s"], 1), _f(long_["ratio"], 3)],
+        [_f(tiny["songs_per_min"]["one_cli_per_job"], 1), _f(tiny["songs_per_min"]["batched"], 1),
+         _f(tiny["gain"], 2), str(tiny["batch_max"])],
+        [_f(real["songs_per_min"]["one_cli_per_job"], 1), _f(real["songs_per_min"]["batched"], 1),
+         _f(real["gain"], 2)],
+        [str(ingest["uploads"]), _f(ingest["size_mb"], 0), _f(ingest["one_upload_alone_s"], 2),
+         _f(ingest["raw_s3_put_s"], 2), _f(ingest["p50_s"], 2), _f(ingest["p95_s"], 2),
+         str(ingest["errors"]), _f(ingest["p50_ratio_to_alone"], 0)],
+    ]
+
+
+def test_benchmark_table_is_the_benchs_last_run():
+    rows = table("| figure | baseline |")
+    expected = benchmark_expectations()
+    assert len(rows) == len(expected)
+    for row, wanted in zip(rows, expected, strict=True):
+        shown = numbers(" ".join(row))
+        missing = [figure for figure in wanted if figure not in shown]
+        assert not missing, (row[0], missing, shown)
+
+
+SEAMS_ROWS = ["overlap_10s_grid_7.8s", "overlap_20s_grid_7.8s", "overlap_10s_plain",
+              "overlap_20s_plain"]
+
+
+def test_seams_table_is_the_benchs_last_run():
+    rows = table("| chunks | overlap |")
+    seams = load("long-songs.json")["seams"]
+    assert len(rows) == len(SEAMS_ROWS)
+    for row, key in zip(rows, SEAMS_ROWS, strict=True):
+        for cell, stem in zip(row[2:], ("drums", "bass", "other", "vocals"), strict=True):
+            figures = seams[key]["stems"][stem]
+            assert numbers(cell)[:2] == [_f(figures["snr_db"], 1),
+                                         _f(figures["overlap_snr_db"], 1)], (key, stem, cell)
+
+
+@pytest.mark.parametrize(("size", "section"), [("1min", "memory"), ("3min", "memory"),
+                                               ("5min", "memory")])
+def test_memory_figures_are_the_benchs_last_run(size, section):
+    figure = load("latest.json")[section][size]["peak_rss_mb"]
+    assert f"{figure} MB ({size.replace('min', ' min')})" in README_TEXT
+
+
+def test_memory_slope_is_the_benchs_last_run():
+    slope = load("latest.json")["memory"]["slope_mb_per_min"]
+    assert f"+{slope:.0f} MB per minute" in README_TEXT
+
+
+def test_long_song_memory_figures_are_the_benchs_last_run():
+    runs = load("long-songs.json")
+    chunked, whole = runs["memory_chunked"], runs["memory_unchunked"]
+    for size, run in chunked.items():
+        minutes = size.removesuffix("min")
+        assert f"{run['peak_rss_mb']} MB ({minutes} min, {run['chunks']} chunks)" \
+            in README_TEXT
+    for size, run in whole.items():
+        assert f"{run['peak_rss_mb']} MB" in README_TEXT, size
