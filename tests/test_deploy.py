@@ -385,6 +385,54 @@ def test_worker_disruption_budget_selects_the_workers(rendered: dict) -> None:
     assert budget["spec"]["maxUnavailable"] >= 1  # a drain works with a single worker
 
 
+def pod_labels(docs: list[dict], name: str) -> dict[str, str]:
+    workload = next(d for d in workloads(docs) if d["metadata"]["name"] == name)
+    return workload["spec"]["template"]["metadata"]["labels"]
+
+
+def selects(selector: dict, labels: dict[str, str]) -> bool:
+    return selector.get("matchLabels", {}).items() <= labels.items()
+
+
+@pytest.mark.parametrize("variant", ["local", "gpu"])
+def test_network_policies_let_only_the_service_reach_redis_and_minio(rendered: dict,
+                                                                     variant: str) -> None:
+    docs = rendered[variant]
+    worker, rest = pod_labels(docs, "worker"), pod_labels(docs, "rest")
+    for store, port in (("redis", 6379), ("minio", 9000)):
+        policy = get(docs, "NetworkPolicy", store)
+        assert selects(policy["spec"]["podSelector"], pod_labels(docs, store))
+        assert policy["spec"]["policyTypes"] == ["Ingress"]
+        (rule,) = policy["spec"]["ingress"]
+        assert [p["port"] for p in rule["ports"]] == [port]
+        pod_peers = [peer["podSelector"] for peer in rule["from"] if "podSelector" in peer]
+        assert len(pod_peers) == 2
+        assert any(selects(peer, worker) for peer in pod_peers)
+        assert any(selects(peer, rest) for peer in pod_peers)
+        others = [peer for peer in rule["from"] if "podSelector" not in peer]
+        assert all(peer["namespaceSelector"]["matchLabels"] ==
+                   {"kubernetes.io/metadata.name": "keda"} for peer in others)
+
+
+@pytest.mark.parametrize("name", ["worker", "rest"])
+def test_network_policies_keep_callbacks_out_of_private_networks(rendered: dict,
+                                                                 name: str) -> None:
+    docs = rendered["local"]
+    policy = next(p for p in objects(docs, "NetworkPolicy")
+                  if selects(p["spec"]["podSelector"], pod_labels(docs, name)))
+    assert "Egress" in policy["spec"]["policyTypes"]
+    blocks = [peer["ipBlock"] for rule in policy["spec"]["egress"] for peer in rule["to"]
+              if "ipBlock" in peer]
+    assert {b["cidr"] for b in blocks} == {"0.0.0.0/0", "::/0"}
+    refused = {cidr for b in blocks for cidr in b["except"]}
+    assert {"10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/16",
+            "127.0.0.0/8", "fc00::/7", "fe80::/10"} <= refused
+    in_cluster = [peer["podSelector"] for rule in policy["spec"]["egress"] for peer in rule["to"]
+                  if "podSelector" in peer and "namespaceSelector" not in peer]
+    assert {tuple(sorted(p["matchLabels"].items())) for p in in_cluster} == \
+        {(("app.kubernetes.io/name", n),) for n in ("redis", "minio", "demucs-rest")}
+
+
 # -- GPU and KEDA ---------------------------------------------------------------------------
 def test_gpu_overlay_schedules_the_worker_on_a_gpu(rendered: dict) -> None:
     workload, container = our_container(rendered["gpu"], "demucs-worker")
