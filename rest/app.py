@@ -27,6 +27,7 @@ from urllib3.exceptions import HTTPError
 
 from rest import api
 from rest.backend import Backend, BackendDep, get_backend
+from rest.csrf import refuse_cross_site
 from rest.observability import QUEUE_DEPTH, count_requests
 from rest.uploads import read_body
 from separation.connections import connect_redis
@@ -47,6 +48,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                   lifespan=_lifespan)
     app.state.backend = Backend.connect(settings)
     app.state.page = PAGE_PATH.read_text(encoding="utf-8")
+    app.middleware("http")(refuse_cross_site)
     app.middleware("http")(count_requests)
     _add_error_handlers(app)
     app.include_router(api.router)
