@@ -52,7 +52,6 @@ from separation.webhook import send_outcome
 
 log = logging.getLogger("rest")
 MISSING_OBJECT = ("NoSuchKey", "NoSuchObject", "NoSuchBucket")
-PRESIGNED_TTL = timedelta(hours=1)
 ENQUEUED = "Song enqueued for separation"
 
 
@@ -241,7 +240,8 @@ def track(songhash: str, track: str, request: Request, backend: BackendDep,
             raise HTTPException(404, absent_reason(backend, songhash, name)) from None
         raise
     if redirect:
-        url = backend.storage.presigned_get_object(bucket, key, expires=PRESIGNED_TTL)
+        url = backend.storage.presigned_get_object(
+            bucket, key, expires=timedelta(seconds=backend.settings.presign_ttl_s))
         return RedirectResponse(url, status_code=307)
     disposition = "attachment" if download else "inline"
     headers = {"ETag": f'"{stat.etag}"',

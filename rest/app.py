@@ -16,9 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import redis
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from minio.error import MinioException
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -26,7 +27,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from urllib3.exceptions import HTTPError
 
 from rest import api
-from rest.backend import Backend, BackendDep, get_backend
+from rest.backend import Backend, BackendDep, get_backend, require_token
 from rest.csrf import refuse_cross_site
 from rest.observability import QUEUE_DEPTH, count_requests
 from rest.uploads import read_body
@@ -43,9 +44,16 @@ STORAGE_ERRORS = (MinioException, HTTPError)
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings.from_env()
+    # With API_TOKEN set, the API's description is the token holders' business too.
+    guarded = [Depends(require_token)] if settings.api_token else []
     app = FastAPI(title="Music source separation", version="1.0",
                   description="Split songs into stems with Demucs. The lab's `apiv1` API.",
-                  lifespan=_lifespan)
+                  lifespan=_lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.add_api_route("/openapi.json", lambda: app.openapi(), include_in_schema=False,
+                      dependencies=guarded)
+    app.add_api_route("/docs", lambda: get_swagger_ui_html(
+        openapi_url="/openapi.json", title="Music source separation - docs"),
+        include_in_schema=False, dependencies=guarded)
     app.state.backend = Backend.connect(settings)
     app.state.page = PAGE_PATH.read_text(encoding="utf-8")
     app.middleware("http")(refuse_cross_site)

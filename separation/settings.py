@@ -74,6 +74,7 @@ class Settings:
     work_dir: str | None = None  # parent of per-job temp dirs; None: the system's
     host: str = socket.gethostname()
     api_token: str | None = None
+    presign_ttl_s: int = 3600  # lifetime of a ?redirect=1 presigned track URL
     rest_port: int = 5000
 
     @classmethod
@@ -104,6 +105,8 @@ class Settings:
         if self.chunk_overlap_s < 1 or self.model_segment_s < 0:
             raise ValueError("CHUNK_OVERLAP_S must be >= 1 and MODEL_SEGMENT_S >= 0")
         geometry(self.chunk_s, self.chunk_overlap_s, self.chunk_segment_s)  # ValueError if no fit
+        if not 1 <= self.presign_ttl_s <= 7 * 24 * 3600:
+            raise ValueError("PRESIGN_TTL_S must be between 1 s and 7 days (S3's limit)")
         if self.poll_s >= 5:
             raise ValueError("POLL_S must stay under redis-py's 5 s socket timeout")
 

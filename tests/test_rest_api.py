@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import http.client
+import io
 import json
 import re
 import time
@@ -146,6 +147,7 @@ def check_redirect(url: str, songhash: str, whole: bytes) -> None:
     redirect = requests.get(f"{url}/apiv1/track/{songhash}/drums?redirect=1",
                             allow_redirects=False, timeout=TIMEOUT_S)
     assert redirect.status_code == 307
+    assert "X-Amz-Expires=3600&" in redirect.headers["location"]  # PRESIGN_TTL_S's default
     assert requests.get(redirect.headers["location"], timeout=TIMEOUT_S).content == whole
 
 
@@ -293,6 +295,24 @@ def test_api_token_guards_every_apiv1_route(stack, start_rest, make_song):
     assert requests.get(queue_url + "?access_token=test-token-123", timeout=TIMEOUT_S).ok
     for method, path in (("GET", "/"), ("POST", "/"), ("GET", "/healthz"), ("GET", "/metrics")):
         assert requests.request(method, rest.url + path, json={}, timeout=TIMEOUT_S).ok, path
+    for path in ("/docs", "/openapi.json"):  # the API's description is the holders' business
+        assert requests.get(rest.url + path, timeout=TIMEOUT_S).status_code == 401, path
+        assert requests.get(rest.url + path, headers=good, timeout=TIMEOUT_S).ok, path
+
+
+def test_docs_are_open_without_a_token_and_presigned_urls_last_presign_ttl_s(stack, start_rest):
+    rest = start_rest(PRESIGN_TTL_S="120")
+    assert "swagger" in requests.get(f"{rest.url}/docs", timeout=TIMEOUT_S).text.lower()
+    assert "/apiv1/separate" in requests.get(f"{rest.url}/openapi.json",
+                                             timeout=TIMEOUT_S).json()["paths"]
+    songhash = "cd" * 32
+    if not stack.minio.bucket_exists(stack.output_bucket):
+        stack.minio.make_bucket(stack.output_bucket)
+    stack.minio.put_object(stack.output_bucket, f"{songhash}-drums.mp3", io.BytesIO(b"x" * 10),
+                           10, content_type="audio/mpeg")
+    redirect = requests.get(f"{rest.url}/apiv1/track/{songhash}/drums?redirect=1",
+                            allow_redirects=False, timeout=TIMEOUT_S)
+    assert redirect.status_code == 307 and "X-Amz-Expires=120&" in redirect.headers["location"]
 
 
 def test_get_with_a_null_json_body_is_served(rest):
