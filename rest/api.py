@@ -206,8 +206,11 @@ def status(ref: str, backend: BackendDep) -> dict[str, Any]:
         raise HTTPException(404, f"no job or song {ref!r} is known (records expire after "
                                  f"STATUS_TTL_S={backend.settings.status_ttl_s} s)")
     songhash = record.get("songhash") or ""
+    model = backend.settings.key_model(record.get("model"))
+    which = f"?model={model}" if model else ""
     result = {**record, "hash": songhash,
-              "urls": {track: f"/apiv1/track/{songhash}/{track}" for track in record["tracks"]}}
+              "urls": {track: f"/apiv1/track/{songhash}/{track}{which}"
+                       for track in record["tracks"]}}
     if record.get("state") == Status.QUEUED.value:
         result["position"] = queue_position(backend, record["id"])
     return result
@@ -226,13 +229,15 @@ def queue_position(backend: Backend, job_id: str) -> int | None:
 @router.get("/track/{songhash}/{track}", response_class=Response,
             responses={200: {"content": {"audio/mpeg": {}}}, 206: {}, 307: {}, 416: {}})
 def track(songhash: str, track: str, request: Request, backend: BackendDep,
-          redirect: bool = False, download: bool = False) -> Response:
+          redirect: bool = False, download: bool = False, model: str | None = None
+          ) -> Response:
     """Stream a track's MP3 (Range requests answered 206); ``?redirect=1``: a presigned URL.
 
-    ``track`` may end in ``.mp3``; the lab's ``base`` means ``bass``.
+    ``track`` may end in ``.mp3``; the lab's ``base`` means ``bass``. ``?model=`` names the
+    model whose track is wanted (default: the service's ``DEMUCS_MODEL``).
     """
     name = track_name(track)
-    bucket, key = backend.settings.output_bucket, track_key(backend, songhash, name)
+    bucket, key = backend.settings.output_bucket, track_key(backend, songhash, name, model)
     try:
         stat = backend.storage.stat_object(bucket, key)
     except S3Error as error:
@@ -252,14 +257,14 @@ def track(songhash: str, track: str, request: Request, backend: BackendDep,
 
 
 @router.delete("/remove/{songhash}/{track}", response_model=RemoveResponse)
-def remove(songhash: str, track: str, backend: BackendDep
+def remove(songhash: str, track: str, backend: BackendDep, model: str | None = None
            ) -> dict[str, Any]:
-    """Delete a track of a song; ``all`` deletes every track of it."""
+    """Delete a track of a song; ``all`` deletes every track of it (of ``?model=``)."""
     names = TRACKS if track == "all" else (track_name(track),)
     bucket = backend.settings.output_bucket
     removed = []
     for name in names:
-        key = track_key(backend, songhash, name)
+        key = track_key(backend, songhash, name, model)
         try:
             backend.storage.stat_object(bucket, key)
         except S3Error as error:
@@ -268,7 +273,7 @@ def remove(songhash: str, track: str, backend: BackendDep
             raise
         backend.storage.remove_object(bucket, key)
         removed.append(name)
-    backend.status.drop_tracks(songhash, removed)
+    backend.status.drop_tracks(songhash, model or backend.settings.demucs_model, removed)
     if not removed:
         raise HTTPException(404, f"song {songhash} has no track {track!r} to remove")
     log.info("song %s: removed %s", songhash, ", ".join(removed))
@@ -289,11 +294,15 @@ def track_name(track: str) -> str:
         raise HTTPException(404, str(error)) from None
 
 
-def track_key(backend: Backend, songhash: str, name: str) -> str:
-    if not SONGHASH_RE.match(songhash):
+def track_key(backend: Backend, songhash: str, name: str, model: str | None = None) -> str:
+    if not SONGHASH_RE.fullmatch(songhash):
         raise HTTPException(404, f"{songhash!r} is not a songhash (64 lowercase hex "
                                  "characters, the SHA-256 of the MP3)")
-    return output_key(backend.settings.output_key, songhash, name)
+    try:
+        return output_key(backend.settings.output_key, songhash, name,
+                          backend.settings.key_model(model))
+    except ValueError:
+        raise HTTPException(404, f"{model!r} is not a model name") from None
 
 
 def absent_reason(backend: Backend, songhash: str, name: str) -> str:

@@ -293,11 +293,19 @@ def check_output_key_pattern(pattern: str) -> None:
     check_object_key(sample)
 
 
-def output_key(pattern: str, songhash: str, track: str) -> str:
-    """The object key of one track, e.g. ``<songhash>-vocals.mp3``."""
-    if not SONGHASH_RE.match(songhash) or track not in TRACKS:
+def output_key(pattern: str, songhash: str, track: str, model: str | None = None) -> str:
+    """The object key of one track, e.g. ``<songhash>-vocals.mp3``.
+
+    ``model`` is None for the service's default model, whose tracks keep the lab's keys;
+    another model's tracks live under ``models/<model>/``, so that separating a song with a
+    second model never overwrites (nor stands for) the first one's.
+    """
+    if not SONGHASH_RE.fullmatch(songhash) or track not in TRACKS:
         raise ValueError(f"bad songhash or track: {songhash!r}, {track!r}")
-    return pattern.format(songhash=songhash, track=track)
+    if model is not None and (not MODEL_RE.fullmatch(model) or ".." in model):
+        raise ValueError(f"bad model name: {model!r}")
+    key = pattern.format(songhash=songhash, track=track)
+    return key if model is None else f"models/{model}/{key}"
 
 
 def sha256_file(path: Path, chunk_bytes: int = 1 << 20) -> str:

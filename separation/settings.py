@@ -115,6 +115,10 @@ class Settings:
         """The segment Demucs separates in, whose grid long-song chunks follow."""
         return float(self.demucs_segment or self.model_segment_s)
 
+    def key_model(self, model: str | None) -> str | None:
+        """The model to name in output keys: None for the default model (the lab's keys)."""
+        return None if model in (None, "", self.demucs_model) else model
+
     @property
     def threads(self) -> int:
         return self.demucs_threads or available_cpus()

@@ -89,9 +89,10 @@ class StatusStore:
     def requeued(self, job_id: str, reason: str) -> None:
         self._write(job_id, state=Status.QUEUED.value, stage="queued", progress=0, error=reason)
 
-    def drop_tracks(self, songhash: str, names: list[str]) -> None:
-        """Tracks of a song removed from storage: its latest job no longer lists them."""
-        record = self.get(songhash)
+    def drop_tracks(self, songhash: str, model: str, names: list[str]) -> None:
+        """Tracks of a song removed from storage: its job with ``model`` no longer lists them."""
+        job_id = self.job_for_song(songhash, model)
+        record = self.get(job_id) if job_id else None
         if record is None or not record["tracks"]:
             return
         kept = {t: key for t, key in record["tracks"].items() if t not in names}

@@ -389,3 +389,38 @@ def test_range_parsing():
             parse_range(header, 100)
     with pytest.raises(RangeNotSatisfiable):
         parse_range("bytes=-5", 0)
+
+
+def test_two_models_keep_their_own_tracks(stack, rest, make_song, tmp_path):
+    """A second model's tracks never overwrite, nor stand for, the default model's."""
+    from bench.model import build_htdemucs
+
+    repo = build_htdemucs(tmp_path / "models", "small_ht", channels=8, t_layers=1)
+    stack.start_worker(DEMUCS_REPO=str(repo))
+    song = make_song(seconds=2)
+    first = requests.post(f"{rest.url}/apiv1/separate", json={"mp3": b64(song)},
+                          timeout=TIMEOUT_S).json()
+    assert wait_done(rest, first["id"])["state"] == "done"
+    second = requests.post(f"{rest.url}/apiv1/separate", timeout=TIMEOUT_S,
+                           json={"mp3": b64(song), "model": "small_ht"}).json()
+    assert second["id"] != first["id"]  # not the default model's tracks
+    record = wait_done(rest, second["id"])
+    assert record["state"] == "done", record
+    songhash = first["hash"]
+    assert record["tracks"]["vocals"] == f"models/small_ht/{songhash}-vocals.mp3"
+    assert record["urls"]["vocals"] == f"/apiv1/track/{songhash}/vocals?model=small_ht"
+    default = requests.get(f"{rest.url}/apiv1/track/{songhash}/vocals", timeout=TIMEOUT_S)
+    other = requests.get(f"{rest.url}{record['urls']['vocals']}", timeout=TIMEOUT_S)
+    assert default.status_code == other.status_code == 200
+    assert default.content != other.content
+    stored = stack.minio.get_object(stack.output_bucket, f"{songhash}-vocals.mp3").read()
+    assert stored == default.content  # the lab's key still holds the default model's track
+    again = requests.post(f"{rest.url}/apiv1/separate", json={"mp3": b64(song)},
+                          timeout=TIMEOUT_S).json()
+    assert again["id"] == first["id"]  # each model's earlier result serves its own requests
+    removed = requests.delete(f"{rest.url}/apiv1/remove/{songhash}/all?model=small_ht",
+                              timeout=TIMEOUT_S).json()
+    assert sorted(removed["removed"]) == sorted(TRACKS)
+    assert requests.get(f"{rest.url}/apiv1/track/{songhash}/vocals", timeout=TIMEOUT_S).ok
+    assert_error(requests.get(f"{rest.url}/apiv1/track/{songhash}/vocals?model=../x",
+                              timeout=TIMEOUT_S), 404, "not a model name")

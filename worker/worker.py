@@ -378,7 +378,8 @@ class Worker:
         metadata = {"model": model, "songhash": task.songhash, "job-id": task.id}
         with self._timed(task, "upload"):
             for track in task.job.tracks():
-                key = output_key(self.settings.output_key, task.songhash, track)
+                key = output_key(self.settings.output_key, task.songhash, track,
+                                 self.settings.key_model(model))
                 self.storage.fput_object(self.settings.output_bucket, key, str(files[track]),
                                          content_type="audio/mpeg",
                                          metadata={**metadata, "track": track})
