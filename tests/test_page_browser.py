@@ -12,7 +12,13 @@ from separation.contract import TRACKS
 CHROMIUM = Path("/usr/bin/chromium")
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
          "--disable-component-update", "--disable-sync", "--no-first-run",
-         "--autoplay-policy=no-user-gesture-required", "--mute-audio"]
+         "--autoplay-policy=no-user-gesture-required", "--mute-audio",
+         # a headless page is never "visible": without these, Chromium treats it as a
+         # background tab, throttles its timers and suspends its paused media players,
+         # which a listener's foreground tab never sees
+         "--disable-background-media-suspend", "--disable-media-suspend",
+         "--disable-renderer-backgrounding", "--disable-background-timer-throttling",
+         "--disable-backgrounding-occluded-windows"]
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
 
@@ -71,7 +77,7 @@ def own_player(track: str) -> str:
 def wait_in_step(page, at: float, playing: bool) -> None:
     try:
         page.wait_for_function(IN_STEP, arg=[at, playing, SYNC_TOLERANCE_S, START_LAG_S],
-                               polling=50, timeout=20_000)
+                               polling=50, timeout=45_000)
     except sync_api.TimeoutError:
         since = page.evaluate("(performance.now() - window.seekedAt) / 1000")
         raise AssertionError(f"not in step at {at} s ({'playing' if playing else 'paused'}) "
