@@ -25,7 +25,7 @@ from separation import errors
 log = logging.getLogger(__name__)
 
 _TQDM_RE = re.compile(r"(\d+(?:\.\d+)?)/(\d+(?:\.\d+)?) \[")
-_TRACK_RE = re.compile(r"^Separating track (.+)$")
+_TRACK_RE = re.compile(r"Separating track (.+)")
 _OFFLINE_HINTS = ("URLError", "Name or service not known", "Temporary failure in name resolution",
                   "Network is unreachable", "Connection refused", "LocalEntryNotFoundError",
                   "Could not find pre-trained model", "is neither a single pre-trained model",
@@ -98,7 +98,7 @@ def parse_progress(segment: str) -> float | None:
 
 def parse_track(segment: str) -> str | None:
     """The input path of a ``Separating track <path>`` line."""
-    match = _TRACK_RE.match(segment.strip())
+    match = _TRACK_RE.fullmatch(segment.strip())
     return match.group(1) if match else None
 
 
