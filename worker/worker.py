@@ -337,7 +337,8 @@ class Worker:
             if stems is not None and complete:
                 task.stem_dir = stems
             else:
-                failures[task.id] = failure_of(run, options, self.settings.job_timeout_s)
+                failures[task.id] = failure_of(run, options, self.settings.job_timeout_s,
+                                               [task.work_dir.parent])
         return failures
 
     # -- 5. deliver ------------------------------------------------------------------------
@@ -459,13 +460,15 @@ class Worker:
         except errors.JobFailure as failure:
             self.fail_job(task, failure)
         except (S3Error, HTTPError, OSError) as error:
-            self.fail_job(task, errors.storage_failed(f"storage or disk error: {error}"))
+            self.fail_job(task, errors.storage_failed(
+                _without_work_dir(f"storage or disk error: {error}", task)))
         except redis.RedisError:
             raise  # the job stays in the processing list and is redelivered
         except Exception as error:
             log.exception("job %s: unexpected error", task.id)
-            self.fail_job(task, errors.JobFailure(f"internal error: {error!r}", "internal",
-                                                  permanent=False))
+            self.fail_job(task, errors.JobFailure(
+                _without_work_dir(f"internal error: {error!r}", task), "internal",
+                permanent=False))
 
     # -- heartbeat, health, stop -----------------------------------------------------------
     def start_heartbeat(self) -> None:
@@ -575,6 +578,11 @@ class _ProgressWriter:
         if now - self.last_write.get(index, 0.0) >= 1.0 or fraction >= 1.0:
             self.last_write[index] = now
             self.status.update(self.tasks[index].id, progress=round(5 + 85 * self.best[index], 1))
+
+
+def _without_work_dir(reason: str, task: Task) -> str:
+    """A failure reason goes to clients: the job's temp dirs are named, not spelled."""
+    return reason.replace(f"{task.work_dir.parent}/", "<work dir>/")
 
 
 def _live(tasks: list[Task]) -> list[Task]:
