@@ -88,7 +88,11 @@ def test_worker_is_held_no_longer_than_the_deadline(stack, tarpit, webhook):
                 "callback": {"url": tarpit.url}})
     stack.push({"id": "next-job", "songhash": songhash, "stems": ["drums"],
                 "callback": {"url": webhook.url}})
-    first, second = stack.wait_for("tarpit-job"), stack.wait_for("next-job")
+    second = stack.wait_for("next-job")
+    deadline = time.monotonic() + 30
+    while "webhook" not in (first := stack.status("tarpit-job") or {}).get("timings", {}):
+        assert time.monotonic() < deadline, (first, stack.worker_logs())
+        time.sleep(0.05)  # the timings are written just after the outcome
     assert first["state"] == second["state"] == "done", (first, second)
     held_s = first["timings"]["webhook"]
     print(f"FIGURE worker webhook stage to a tarpit, WEBHOOK_TIMEOUT_S=3: {held_s:.2f} s")
@@ -117,24 +121,26 @@ def test_tarpit_callbacks_do_not_freeze_the_rest_service(stack, start_rest, tarp
 
 def test_log_flood_stays_bounded_in_bytes_and_unforgeable(stack, start_rest):
     rest = start_rest(LOG_LIST_MAX_BYTES=str(64 * 1024))
-    forged = "\nlab-host.rest.error:FORGED entry"
-    big = {"id": "x" * 1000, "status": "done" + forged, "error": "e" * 900_000 + forged,
-           "data": {"k": "v" * 50_000}}
-    for _ in range(50):
+    forged = "j\nlab-host.rest.error:FORGED entry"
+    big = {"id": forged, "status": "done", "error": "e" * 900_000, "data": {"k": "v" * 90_000}}
+    for _ in range(50):  # 1 MB each, the most POST / takes
         answer = requests.post(rest.url + "/", data=json.dumps(big), headers=JSON, timeout=10)
         assert answer.status_code == 200
-    for _ in range(200):  # past the byte bound with ordinary entries too
-        requests.post(rest.url + "/", data=json.dumps({"id": "j", "status": "done"}),
-                      headers=JSON, timeout=10)
+    entries = stack.redis.lrange(Keys.LOGGING, 0, -1)
+    print(f"FIGURE logging after 50 callbacks of 1 MB: {len(entries)} entries, "
+          f"{sum(len(e) for e in entries)} bytes")
+    assert not any(e.startswith(b"lab-host") or b"\n" in e for e in entries)
+    assert any(b"j\\nlab-host.rest.error:FORGED" in e for e in entries)
+    assert "\nlab-host" not in rest.logs()  # stderr escapes the same way
+    for _ in range(300):  # past the byte bound
+        requests.post(rest.url + "/", data=json.dumps({**big, "id": "j"}), headers=JSON,
+                      timeout=10)
     entries = stack.redis.lrange(Keys.LOGGING, 0, -1)
     held = sum(len(e) for e in entries)
-    print(f"FIGURE logging after 50 x 1 MB + 200 callbacks, LOG_LIST_MAX_BYTES=65536: "
-          f"{len(entries)} entries, {held} bytes (counted {stack.redis.get(Keys.LOGGING_BYTES)})")
+    print(f"FIGURE logging after 350 callbacks of 1 MB, LOG_LIST_MAX_BYTES=65536: "
+          f"{len(entries)} entries, {held} bytes")
     assert held <= 64 * 1024 and int(stack.redis.get(Keys.LOGGING_BYTES)) == held
     assert max(len(e) for e in entries) <= LOG_ENTRY_MAX_BYTES
-    assert not any(e.startswith(b"lab-host") or b"\n" in e for e in entries)
-    assert any(b"\\nlab-host.rest.error:FORGED" in e for e in entries)
-    assert "\nlab-host" not in rest.logs()  # stderr escapes the same way
 
 
 def test_log_entries_over_8_kb_are_cut_and_marked(stack):
@@ -172,7 +178,9 @@ def test_identical_uploads_join_one_job_and_each_gets_its_callback(stack, start_
 
 
 def test_rate_limit_holds_across_replicas_and_ignores_forwarded_for(stack, start_rest):
-    first, second = start_rest(RATE_LIMIT_PER_MIN="3"), start_rest(RATE_LIMIT_PER_MIN="3")
+    # the trusted proxy is elsewhere: this client's own X-Forwarded-For must count for nothing
+    settings = {"RATE_LIMIT_PER_MIN": "3", "FORWARDED_ALLOW_IPS": "192.0.2.1"}
+    first, second = start_rest(**settings), start_rest(**settings)
     answers = []
     for n, rest in enumerate((first, second, first, second)):
         mp3 = encode_mp3(synth_song(1.0, seed=20 + n))
