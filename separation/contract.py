@@ -46,6 +46,7 @@ MODEL_RE = re.compile(r"[A-Za-z0-9_./-]{1,100}")
 BUCKET_RE = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 MAX_OBJECT_KEY_CHARS = 1024
 MAX_JOB_JSON_BYTES = 64 * 1024
+MAX_CALLBACK_DATA_DEPTH = 32
 
 
 class Status(str, Enum):
@@ -129,6 +130,13 @@ class Callback(BaseModel):
     def _http_url(cls, url: str) -> str:
         check_callback_url(url)
         return url
+
+    @field_validator("data")
+    @classmethod
+    def _shallow(cls, data: dict[str, Any]) -> dict[str, Any]:
+        if _deeper_than(data, MAX_CALLBACK_DATA_DEPTH):
+            raise ValueError(f"callback data must nest at most {MAX_CALLBACK_DATA_DEPTH} levels")
+        return data
 
 
 class Job(BaseModel):
@@ -215,6 +223,16 @@ class Job(BaseModel):
 
     def to_json(self) -> str:
         return self.model_dump_json(exclude_none=True)
+
+
+def _deeper_than(value: Any, levels: int) -> bool:
+    """Whether ``value`` nests lists or objects more than ``levels`` deep."""
+    if not isinstance(value, (dict, list)):
+        return False
+    if levels == 0:
+        return True
+    items = value.values() if isinstance(value, dict) else value
+    return any(_deeper_than(item, levels - 1) for item in items)
 
 
 def check_callback_url(url: str) -> None:
