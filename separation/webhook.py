@@ -7,7 +7,8 @@ changes the job's outcome.
 ``WEBHOOK_TIMEOUT_S`` is the deadline of a whole delivery: connecting, sending, and the
 receiver's status line and headers. A watchdog cuts the connection when it passes, whatever the
 receiver does (one that answers a byte every few seconds included). The answer's body is never
-read: only its status counts. Name resolution is the one step the watchdog cannot cut; it is
+read: only its status counts. HTTPS receivers are verified against the CA bundle ``requests``
+ships (certifi), as before. Name resolution is the one step the watchdog cannot cut; it is
 bounded by the resolver's own timeouts.
 """
 
@@ -18,6 +19,7 @@ import hmac
 import json
 import logging
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Sequence
@@ -25,6 +27,8 @@ from concurrent.futures import ThreadPoolExecutor
 from http.client import HTTPConnection, HTTPException, HTTPSConnection
 from typing import Any
 from urllib.parse import urlsplit
+
+from requests.certs import where as ca_bundle
 
 from separation.contract import Callback, Job, check_callback_url
 from separation.settings import Settings
@@ -89,8 +93,10 @@ def post_within(url: str, body: bytes, headers: dict[str, str], timeout_s: float
     Raises ``DeadlinePassed`` past the deadline, OSError or HTTPException on other failures.
     """
     parts = urlsplit(url)
-    connection_type = HTTPSConnection if parts.scheme == "https" else HTTPConnection
-    connection = connection_type(parts.hostname or "", parts.port, timeout=timeout_s)
+    connection = HTTPSConnection(parts.hostname or "", parts.port, timeout=timeout_s,
+                                 context=ssl.create_default_context(cafile=ca_bundle())) \
+        if parts.scheme == "https" else \
+        HTTPConnection(parts.hostname or "", parts.port, timeout=timeout_s)
     deadline = time.monotonic() + timeout_s
     watchdog = threading.Timer(timeout_s, _cut, (connection,))
     watchdog.daemon = True
