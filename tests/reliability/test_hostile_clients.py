@@ -15,6 +15,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -153,13 +154,16 @@ def test_log_entries_over_8_kb_are_cut_and_marked(stack):
 
 def test_identical_uploads_join_one_job_and_each_gets_its_callback(stack, start_rest, webhook):
     rest = start_rest()
-    ids = set()
-    for n in range(5):
+
+    def submit(n: int) -> requests.Response:
         body = {"mp3": base64.b64encode(MP3).decode(), "stems": ["vocals"],
                 "callback": {"url": webhook.url, "data": {"n": n}}}
-        answer = requests.post(rest.url + "/apiv1/separate", json=body, timeout=10)
-        assert answer.status_code == 200, answer.text
-        ids.add(answer.json()["id"])
+        return requests.post(rest.url + "/apiv1/separate", json=body, timeout=10)
+
+    with ThreadPoolExecutor(5) as pool:  # at once: the claim must hold against a race
+        answers = list(pool.map(submit, range(5)))
+    assert all(a.status_code == 200 for a in answers), [a.text for a in answers]
+    ids = {a.json()["id"] for a in answers}
     assert len(ids) == 1 and stack.redis.llen(Keys.QUEUE) == 1
     stack.start_worker()
     job_id = ids.pop()
