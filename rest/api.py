@@ -14,13 +14,13 @@ import uuid
 from datetime import timedelta
 from typing import Any
 
-from fastapi import APIRouter, BackgroundTasks, Depends, HTTPException, Request
+from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import RedirectResponse, Response
 from minio.error import S3Error
 from pydantic import BaseModel
 
-from rest.backend import Backend, BackendDep, get_backend, require_token
+from rest.backend import Backend, BackendDep, client_of, get_backend, require_token
 from rest.observability import SONGS
 from rest.tracks import stream_track
 from rest.uploads import (
@@ -42,12 +42,14 @@ from separation.contract import (
     TRACKS,
     InvalidJob,
     Job,
+    Keys,
     Status,
     input_key,
     normalize_track,
     output_key,
     parse_job,
 )
+from separation.joins import MAX_JOINED, JoinFull
 from separation.webhook import send_outcome
 
 log = logging.getLogger("rest")
@@ -77,7 +79,7 @@ class ErrorResponse(BaseModel):
 
 
 ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorResponse} for code in (400, 401, 404, 503)}
+    code: {"model": ErrorResponse} for code in (400, 401, 404, 429, 503)}
 _FORM_SCHEMA = {
     "type": "object", "required": ["file"],
     "properties": {"file": {"type": "string", "format": "binary"}, "model": {"type": "string"},
@@ -94,10 +96,14 @@ router = APIRouter(prefix="/apiv1", dependencies=[Depends(require_token)], respo
 
 @router.post("/separate", response_model=SeparateResponse, openapi_extra=_SEPARATE_BODY,
              responses={413: {"model": ErrorResponse}})
-async def separate(request: Request, background: BackgroundTasks) -> dict[str, str]:
-    """Queue a song: JSON ``{"mp3": "<base64>", ...}`` or a multipart upload (``file``)."""
+async def separate(request: Request) -> dict[str, str]:
+    """Queue a song: JSON ``{"mp3": "<base64>", ...}`` or a multipart upload (``file``).
+
+    At most ``RATE_LIMIT_PER_MIN`` a minute per client (429 with ``Retry-After`` past it).
+    """
     backend = get_backend(request)
     settings = backend.settings
+    await run_in_threadpool(backend.rate_limit.check, client_of(request))
     if request.headers.get("content-type", "").startswith("multipart/form-data"):
         check_declared_length(request, settings.max_input_bytes + FIELDS_SLACK_BYTES, settings)
         async with request.form(max_files=1, max_fields=20) as form:
@@ -109,13 +115,17 @@ async def separate(request: Request, background: BackgroundTasks) -> dict[str, s
         del body
         upload = await run_in_threadpool(store_upload, source, fields, settings)
     try:
-        return await run_in_threadpool(submit, backend, upload, background)
+        return await run_in_threadpool(submit, backend, upload)
     finally:
         upload.discard()
 
 
-def submit(backend: Backend, upload: Upload, background: BackgroundTasks) -> dict[str, str]:
-    """Store the song, record the job as queued, then enqueue it (unless it is already done)."""
+def submit(backend: Backend, upload: Upload) -> dict[str, str]:
+    """Store the song, record the job as queued, then enqueue it.
+
+    A song already separated is not queued again; one queued or running with the same model
+    and stems is joined (``separation.joins``): the answer names that job.
+    """
     settings = backend.settings
     try:
         job = parse_job(json.dumps({"id": uuid.uuid4().hex, "songhash": upload.songhash,
@@ -126,12 +136,44 @@ def submit(backend: Backend, upload: Upload, background: BackgroundTasks) -> dic
     existing = find_separated(backend, job, model)
     if existing is not None:
         if job.callback is not None:
-            background.add_task(notify_done, backend, job, existing)
+            backend.callbacks.submit(notify_done, backend, job, existing)
         SONGS.labels("already_separated").inc()
         log.info("song %s: already separated with %s by job %s; not queued again",
                  upload.songhash, model, existing["id"])
         return {"hash": upload.songhash, "id": existing["id"],
                 "reason": f"Song already separated with model {model}: its tracks are ready"}
+    active = Keys.active(upload.songhash, model, job.tracks())
+    holder = claim(backend, active, job)
+    if holder != job.id:
+        SONGS.labels("joined").inc()
+        log.info("song %s: already queued or running as job %s with %s; request joined it",
+                 upload.songhash, holder, model)
+        return {"hash": upload.songhash, "id": holder,
+                "reason": f"{ENQUEUED} (joined job {holder}, which has the same song, model "
+                          "and stems)"}
+    try:
+        enqueue(backend, upload, job, model)
+    except BaseException:
+        backend.joins.release(active, job.id or "")
+        raise
+    backend.joins.hold(active)
+    return {"hash": upload.songhash, "id": job.id or "", "reason": ENQUEUED}
+
+
+def claim(backend: Backend, active: str, job: Job) -> str:
+    """The job that will separate this content; 429 when it has no room for another callback."""
+    try:
+        return backend.joins.claim(active, job)
+    except JoinFull as full:
+        raise HTTPException(
+            429, f"job {full.job_id} separates this song already and carries {MAX_JOINED} "
+                 "callbacks of requests that joined it; retry once it has ended",
+            headers={"Retry-After": "60"}) from None
+
+
+def enqueue(backend: Backend, upload: Upload, job: Job, model: str) -> None:
+    """Store the input, record the job as queued, then push it: in that order."""
+    settings = backend.settings
     backend.ensure_buckets()
     backend.storage.fput_object(settings.queue_bucket, input_key(upload.songhash),
                                 str(upload.path), content_type="audio/mpeg")
@@ -140,7 +182,6 @@ def submit(backend: Backend, upload: Upload, background: BackgroundTasks) -> dic
     SONGS.labels("enqueued").inc()
     log.info("job %s: song %s (%.1f s, %d bytes) enqueued, model %s", job.id, upload.songhash,
              upload.duration_s, upload.size_bytes, model)
-    return {"hash": upload.songhash, "id": job.id or "", "reason": ENQUEUED}
 
 
 def find_separated(backend: Backend, job: Job, model: str) -> dict[str, Any] | None:
@@ -200,7 +241,7 @@ def status(ref: str, backend: BackendDep) -> dict[str, Any]:
     A songhash names its latest job. ``urls`` gives each track's download path; a queued
     job has its 1-based ``position`` in the queue.
     """
-    record = backend.status.get(ref) if JOB_ID_RE.match(ref) or SONGHASH_RE.match(ref) \
+    record = backend.status.get(ref) if JOB_ID_RE.fullmatch(ref) or SONGHASH_RE.fullmatch(ref) \
         else None
     if record is None:
         raise HTTPException(404, f"no job or song {ref!r} is known (records expire after "

@@ -24,6 +24,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from minio.error import MinioException
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from urllib3.exceptions import HTTPError
 
 from rest import api
@@ -74,7 +75,8 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     backend: Backend = app.state.backend
     settings = backend.settings
     log_client = connect_redis(settings, for_logging=True)
-    configure_logging(log_client, settings.host, "rest", settings.log_list_max)
+    configure_logging(log_client, settings.host, "rest", settings.log_list_max,
+                      settings.log_list_max_bytes)
     try:
         await run_in_threadpool(backend.ensure_buckets)
     except STORAGE_ERRORS as error:
@@ -83,6 +85,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
              settings.demucs_model, settings.queue_bucket, settings.output_bucket,
              "required" if settings.api_token else "off")
     yield
+    backend.callbacks.close()
 
 
 def root(request: Request) -> Response:
@@ -116,17 +119,25 @@ async def callback(request: Request) -> dict[str, Any]:
                                     backend.settings.webhook_secret)
     try:
         payload = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError):
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
         payload = None
-    if isinstance(payload, dict):
-        log.info("callback received: job %s %s, song %s, error %s, data %.300s, signature %s",
-                 payload.get("id"), payload.get("status"), payload.get("songhash"),
-                 payload.get("error"), json.dumps(payload.get("data")),
+    if isinstance(payload, dict):  # each client field bounded; logging escapes them
+        log.info("callback received: job %.64s %.16s, song %.64s, error %.300s, data %.300s, "
+                 "signature %s", payload.get("id"), payload.get("status"),
+                 payload.get("songhash"), payload.get("error"), _shown(payload.get("data")),
                  _signature_word(verified))
     else:
         log.info("callback received: %d bytes that are not a JSON object, signature %s",
                  len(body), _signature_word(verified))
     return {"reason": "callback received", "verified": verified}
+
+
+def _shown(data: Any) -> str:
+    """Callback data as JSON for the log; too deep to encode is said, not raised."""
+    try:
+        return json.dumps(data)
+    except (RecursionError, ValueError):
+        return "(not encodable)"
 
 
 def _signature_word(verified: bool | None) -> str:
@@ -182,6 +193,11 @@ def _add_error_handlers(app: FastAPI) -> None:
         log.error("%s %s: MinIO error: %s", request.method, request.url.path, error)
         return _error(503, "object storage (MinIO) is unreachable or failed; try again later")
 
+    async def client_gone(request: Request, _: Exception) -> JSONResponse:
+        log.info("%s %s: the client disconnected before its request was read",
+                 request.method, request.url.path)
+        return _error(400, "the request ended before its body was complete")
+
     async def internal(request: Request, error: Exception) -> JSONResponse:
         log.error("%s %s: internal error: %r", request.method, request.url.path, error,
                   exc_info=error)
@@ -189,6 +205,7 @@ def _add_error_handlers(app: FastAPI) -> None:
 
     app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(RequestValidationError, invalid_request)
+    app.add_exception_handler(ClientDisconnect, client_gone)
     app.add_exception_handler(redis.RedisError, redis_down)
     for error_type in STORAGE_ERRORS:
         app.add_exception_handler(error_type, storage_down)

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import hashlib
 import hmac
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated
 
 import redis
 from fastapi import Depends, HTTPException, Request
 from minio import Minio
 
+from rest.callbacks import CallbackSender
+from rest.ratelimit import RateLimit
 from separation.connections import connect_minio, connect_redis, ensure_bucket
+from separation.joins import Joins
 from separation.queue import JobQueue
 from separation.settings import Settings
 from separation.status import StatusStore
@@ -25,13 +29,18 @@ class Backend:
     storage: Minio
     queue: JobQueue
     status: StatusStore
+    joins: Joins
+    rate_limit: RateLimit
+    callbacks: CallbackSender = field(default_factory=CallbackSender)
     buckets_ready: bool = False
 
     @classmethod
     def connect(cls, settings: Settings) -> Backend:
         client = connect_redis(settings)
         return cls(settings, client, connect_minio(settings), JobQueue(client),
-                   StatusStore(client, settings.status_ttl_s))
+                   StatusStore(client, settings.status_ttl_s),
+                   Joins(client, settings.status_ttl_s),
+                   RateLimit(client, settings.rate_limit_per_min))
 
     def ensure_buckets(self) -> None:
         """Create the input and output buckets once; retried on the next upload if it fails."""
@@ -70,3 +79,17 @@ def require_token(request: Request) -> None:
         reason = "a valid API token is required: send 'Authorization: Bearer <API_TOKEN>'" \
             if not given else "the API token is not valid"
         raise HTTPException(401, reason, headers={"WWW-Authenticate": "Bearer"})
+
+
+def client_of(request: Request) -> str:
+    """Who sent ``request``, for the rate limit: its API token, else its address.
+
+    The token is hashed, so it never reaches Redis. The address is the one uvicorn reports:
+    the TCP peer, or the address in ``X-Forwarded-For`` only when the peer is a proxy listed in
+    uvicorn's ``FORWARDED_ALLOW_IPS`` (default ``127.0.0.1``), so a client cannot choose its
+    own identity.
+    """
+    token = bearer_token(request) if get_backend(request).settings.api_token else ""
+    if token:
+        return "token:" + hashlib.sha256(token.encode()).hexdigest()[:32]
+    return "addr:" + (request.client.host if request.client else "unknown")

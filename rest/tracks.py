@@ -11,7 +11,8 @@ from minio import Minio
 from urllib3 import BaseHTTPResponse
 
 STREAM_CHUNK_BYTES = 256 * 1024
-_RANGE_RE = re.compile(r"^bytes=(\d*)-(\d*)$")
+_RANGE_RE = re.compile(r"bytes=(\d{0,18})-(\d{0,18})")
+"""At most 18 digits a side: past any object's size, and never past ``int()``'s digit limit."""
 
 
 class RangeNotSatisfiable(ValueError):
@@ -21,10 +22,11 @@ class RangeNotSatisfiable(ValueError):
 def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     """The ``(first, last)`` bytes (inclusive) of a ``Range`` header, or None for the whole.
 
-    One range only: a header the server cannot use (malformed, several ranges, another unit)
-    is ignored as RFC 9110 allows, and the whole object is sent.
+    One range only: a header the server cannot use (malformed, several ranges, another unit,
+    a number of more than 18 digits) is ignored as RFC 9110 allows, and the whole object is
+    sent.
     """
-    match = _RANGE_RE.match((header or "").strip().replace(" ", ""))
+    match = _RANGE_RE.fullmatch((header or "").strip().replace(" ", ""))
     if match is None or match.group(1) == match.group(2) == "":
         return None
     first_text, last_text = match.groups()

@@ -101,6 +101,8 @@ def parse_json_request(body: bytes, settings: Settings) -> tuple[bytes, dict[str
         data = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise HTTPException(400, f"the request body is not valid JSON: {error}") from None
+    except RecursionError:
+        raise HTTPException(400, "the request body is JSON nested too deeply") from None
     if not isinstance(data, dict):
         raise HTTPException(400, 'send a JSON object such as {"mp3": "<base64 of the file>"}, '
                                  "or a multipart upload with a 'file' field")
@@ -149,6 +151,8 @@ def parse_form(form: FormData) -> tuple[UploadFile | bytes, dict[str, Any]]:
             fields["callback"] = json.loads(str(callback))
         except json.JSONDecodeError as error:
             raise HTTPException(400, f"'callback' is not valid JSON: {error}") from None
+        except RecursionError:
+            raise HTTPException(400, "'callback' is JSON nested too deeply") from None
     if isinstance(upload, str):  # a base64 text field named mp3
         return decode_base64(upload), fields
     return upload, fields

@@ -41,6 +41,7 @@ demo_env.apply_defaults()
 
 REQUEST_TIMEOUT_S = 60
 POLL_S = 1.0
+RATE_LIMITED_TRIES = 5
 
 
 class ClientError(Exception):
@@ -57,18 +58,21 @@ def base_url(host: str) -> str:
 
 
 def call(method: str, url: str, **kwargs: Any) -> requests.Response:
-    """One request; a dead service or an error answer becomes a ClientError."""
+    """One request; a dead service or an error answer becomes a ClientError.
+
+    Over the service's rate limit (429), it waits the ``Retry-After`` it is told, a few times.
+    """
     headers = kwargs.pop("headers", {})
     if token := os.getenv("API_TOKEN"):
         headers["Authorization"] = f"Bearer {token}"
-    try:
-        response = requests.request(method, url, headers=headers,
-                                    timeout=kwargs.pop("timeout", REQUEST_TIMEOUT_S), **kwargs)
-    except requests.ConnectionError:
-        raise ClientError(f"cannot reach the REST service at {url.split('/apiv1')[0]}: is it "
-                          "running? Set REST=host:port or pass --host.") from None
-    except requests.Timeout:
-        raise ClientError(f"the REST service did not answer {url} in time") from None
+    timeout_s = kwargs.pop("timeout", REQUEST_TIMEOUT_S)
+    for _ in range(RATE_LIMITED_TRIES):
+        response = _send(method, url, headers, timeout_s, kwargs)
+        if response.status_code != 429:
+            break
+        wait_s = min(float(response.headers.get("Retry-After") or 1), 60.0)
+        print(f"over the service's rate limit; retrying in {wait_s:.0f} s", file=sys.stderr)
+        time.sleep(wait_s)
     if response.status_code != 200:
         try:
             reason = response.json().get("error") or response.text
@@ -76,6 +80,17 @@ def call(method: str, url: str, **kwargs: Any) -> requests.Response:
             reason = response.text[:200]
         raise ClientError(f"{method} {url} answered HTTP {response.status_code}: {reason}")
     return response
+
+
+def _send(method: str, url: str, headers: dict[str, str], timeout_s: float,
+          kwargs: dict[str, Any]) -> requests.Response:
+    try:
+        return requests.request(method, url, headers=headers, timeout=timeout_s, **kwargs)
+    except requests.ConnectionError:
+        raise ClientError(f"cannot reach the REST service at {url.split('/apiv1')[0]}: is it "
+                          "running? Set REST=host:port or pass --host.") from None
+    except requests.Timeout:
+        raise ClientError(f"the REST service did not answer {url} in time") from None
 
 
 def synthetic_song(folder: Path, seconds: float = 6.0, seed: int = 0) -> Path:

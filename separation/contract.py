@@ -40,12 +40,13 @@ Track = Literal[
     "vocals", "drums", "bass", "other", "instrumental", "acapella", "original", "full",
 ]
 
-SONGHASH_RE = re.compile(r"^[0-9a-f]{64}$")
-JOB_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-MODEL_RE = re.compile(r"^[A-Za-z0-9_./-]{1,100}$")
-BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+SONGHASH_RE = re.compile(r"[0-9a-f]{64}")
+JOB_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
+MODEL_RE = re.compile(r"[A-Za-z0-9_./-]{1,100}")
+BUCKET_RE = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 MAX_OBJECT_KEY_CHARS = 1024
 MAX_JOB_JSON_BYTES = 64 * 1024
+MAX_CALLBACK_DATA_DEPTH = 32
 
 
 class Status(str, Enum):
@@ -64,6 +65,10 @@ class Keys:
     DEAD_LETTER = "toWorkers:dead"
     PROCESSING_PREFIX = "toWorkers:processing:"
     LOGGING = "logging"
+    LOGGING_BYTES = "logging:bytes"
+    """The bytes held in ``logging``, kept beside it (``separation.logs``)."""
+    RATE_LIMIT_PREFIX = "ratelimit"
+    """The prefix of the REST rate limit's keys (``rest.ratelimit``)."""
 
     @staticmethod
     def processing(worker_id: str) -> str:
@@ -93,6 +98,16 @@ class Keys:
         return f"song:{songhash}:{model}"
 
     @staticmethod
+    def active(songhash: str, model: str, tracks: tuple[str, ...]) -> str:
+        """The job that queued or runs this content, which later requests join."""
+        return f"song:{songhash}:{model}:active:{','.join(tracks)}"
+
+    @staticmethod
+    def joined(job_id: str) -> str:
+        """The callbacks of the requests that joined a job (``separation.joins``)."""
+        return f"job:{job_id}:joined"
+
+    @staticmethod
     def song_latest(songhash: str) -> str:
         """The latest job of a song, whatever its model."""
         return f"song:{songhash}"
@@ -116,6 +131,13 @@ class Callback(BaseModel):
         check_callback_url(url)
         return url
 
+    @field_validator("data")
+    @classmethod
+    def _shallow(cls, data: dict[str, Any]) -> dict[str, Any]:
+        if _deeper_than(data, MAX_CALLBACK_DATA_DEPTH):
+            raise ValueError(f"callback data must nest at most {MAX_CALLBACK_DATA_DEPTH} levels")
+        return data
+
 
 class Job(BaseModel):
     """A validated job. ``id`` is always set once it went through ``parse_job``."""
@@ -137,21 +159,21 @@ class Job(BaseModel):
     @field_validator("id", "chunk_of", "join_of")
     @classmethod
     def _id(cls, value: str | None) -> str | None:
-        if value is not None and not JOB_ID_RE.match(value):
+        if value is not None and not JOB_ID_RE.fullmatch(value):
             raise ValueError("id must be 1-64 characters of letters, digits, '_' or '-'")
         return value
 
     @field_validator("songhash")
     @classmethod
     def _songhash(cls, value: str | None) -> str | None:
-        if value is not None and not SONGHASH_RE.match(value):
+        if value is not None and not SONGHASH_RE.fullmatch(value):
             raise ValueError("songhash must be 64 lowercase hex characters (a SHA-256)")
         return value
 
     @field_validator("bucket")
     @classmethod
     def _bucket(cls, value: str | None) -> str | None:
-        if value is not None and not BUCKET_RE.match(value):
+        if value is not None and not BUCKET_RE.fullmatch(value):
             raise ValueError("bucket must be a valid S3 bucket name")
         return value
 
@@ -165,7 +187,7 @@ class Job(BaseModel):
     @field_validator("model")
     @classmethod
     def _model(cls, value: str | None) -> str | None:
-        if value is not None and (not MODEL_RE.match(value) or ".." in value
+        if value is not None and (not MODEL_RE.fullmatch(value) or ".." in value
                                   or value.startswith(("/", "-", "."))):
             raise ValueError("model must match [A-Za-z0-9_./-]+, without '..' or a leading "
                              "'/', '-' or '.'")
@@ -201,6 +223,16 @@ class Job(BaseModel):
 
     def to_json(self) -> str:
         return self.model_dump_json(exclude_none=True)
+
+
+def _deeper_than(value: Any, levels: int) -> bool:
+    """Whether ``value`` nests lists or objects more than ``levels`` deep."""
+    if not isinstance(value, (dict, list)):
+        return False
+    if levels == 0:
+        return True
+    items = value.values() if isinstance(value, dict) else value
+    return any(_deeper_than(item, levels - 1) for item in items)
 
 
 def check_callback_url(url: str) -> None:
@@ -246,7 +278,9 @@ def claimed_job_id(raw: str | bytes) -> str:
         claimed = json.loads(text).get("id")
     except (ValueError, AttributeError, RecursionError):
         claimed = None
-    return claimed if isinstance(claimed, str) and JOB_ID_RE.match(claimed) else job_id_for(text)
+    if isinstance(claimed, str) and JOB_ID_RE.fullmatch(claimed):
+        return claimed
+    return job_id_for(text)
 
 
 def parse_job(raw: str | bytes) -> Job:

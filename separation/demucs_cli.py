@@ -25,7 +25,7 @@ from separation import errors
 log = logging.getLogger(__name__)
 
 _TQDM_RE = re.compile(r"(\d+(?:\.\d+)?)/(\d+(?:\.\d+)?) \[")
-_TRACK_RE = re.compile(r"^Separating track (.+)$")
+_TRACK_RE = re.compile(r"Separating track (.+)")
 _OFFLINE_HINTS = ("URLError", "Name or service not known", "Temporary failure in name resolution",
                   "Network is unreachable", "Connection refused", "LocalEntryNotFoundError",
                   "Could not find pre-trained model", "is neither a single pre-trained model",
@@ -98,7 +98,7 @@ def parse_progress(segment: str) -> float | None:
 
 def parse_track(segment: str) -> str | None:
     """The input path of a ``Separating track <path>`` line."""
-    match = _TRACK_RE.match(segment.strip())
+    match = _TRACK_RE.fullmatch(segment.strip())
     return match.group(1) if match else None
 
 
@@ -188,20 +188,30 @@ def looks_offline(output_tail: str) -> bool:
     return any(hint in output_tail for hint in _OFFLINE_HINTS)
 
 
-def failure_of(run: DemucsRun, options: DemucsOptions, timeout_s: float) -> errors.JobFailure:
-    """Why a CLI call gave an input no stems, as a reason a person can act on."""
-    last = run.output_tail.strip().splitlines()[-1:] or ["no output"]
+def failure_of(run: DemucsRun, options: DemucsOptions, timeout_s: float,
+               private_dirs: Sequence[Path] = ()) -> errors.JobFailure:
+    """Why a CLI call gave an input no stems, as a reason a person can act on.
+
+    ``private_dirs`` (the job's temp dirs) are named ``<work dir>`` in the reason: a reason
+    goes to clients, a path of this host must not.
+    """
+    tail = run.output_tail
+    for folder in private_dirs:
+        tail = tail.replace(str(folder), "<work dir>")
+    last = tail.strip().splitlines()[-1:] or ["no output"]
     if run.timed_out:
         return errors.demucs_timeout(
             f"Demucs ran past JOB_TIMEOUT_S={timeout_s:g} s and was killed")
-    decode_errors = [line for line in run.output_tail.splitlines() if "LoadAudioError" in line]
+    decode_errors = [line for line in tail.splitlines() if "LoadAudioError" in line]
     if decode_errors:
-        return errors.bad_input(f"Demucs could not decode the input: {decode_errors[-1]}")
-    if looks_offline(run.output_tail):
+        detail = decode_errors[-1].split("LoadAudioError:", 1)[-1].strip()
+        return errors.bad_input(f"the input is not audio Demucs can decode, whatever its name "
+                                f"or header says: {detail}")
+    if looks_offline(tail):
         where = f"repo {options.repo}" if options.repo else "the model hub (no network?)"
         return errors.model_unavailable(
             f"weights of model '{options.model}' could not be had from {where}: {last[0]}")
-    if options.device != "cpu" and any(hint in run.output_tail for hint in _CUDA_HINTS):
+    if options.device != "cpu" and any(hint in tail for hint in _CUDA_HINTS):
         return errors.JobFailure(f"Demucs failed on {options.device}: {last[0]}", "cuda", False)
     if run.returncode is not None and run.returncode < 0:
         name = signal.Signals(-run.returncode).name

@@ -20,9 +20,10 @@ This is the one place the protocol is written down. Key names come from
 5. **Attempts.** Taking a job counts an attempt in its status hash ``job:<id>`` (``HINCRBY
    attempts``; a job whose status is absent or final starts again at 1, since a finished job
    pushed again is a new request). A job taken more than ``MAX_ATTEMPTS`` times fails for good.
-6. **Finish.** Success: every track stored → status ``done`` → webhook → ``LREM`` from the
-   processing list. A crash anywhere before the ``LREM`` means the job runs again; outputs are
-   overwritten under the same keys, so a rerun is harmless (at-least-once, idempotent).
+6. **Finish.** Success: every track stored → status ``done`` → webhooks (the job's, and those
+   of the requests that joined it: ``separation.joins``) → ``LREM`` from the processing list.
+   A crash anywhere before the ``LREM`` means the job runs again; outputs are overwritten
+   under the same keys, so a rerun is harmless (at-least-once, idempotent).
    A retryable failure moves the job back onto ``toWorkers`` (status ``queued``, the error kept)
    in one ``MULTI``; a permanent one (bad input, missing weights, attempts exhausted) moves it
    to the dead-letter list ``toWorkers:dead`` with its reason, in one ``MULTI``.

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from separation.chunking import geometry
 from separation.contract import MODEL_RE, check_output_key_pattern
+from separation.logs import LOG_ENTRY_MAX_BYTES
 
 LOCAL_DEV_MINIO_USER = "minioadmin"  # MinIO's documented default, for a laptop only
 
@@ -71,6 +72,8 @@ class Settings:
     webhook_secret: str | None = None
     metrics_port: int = 8000
     log_list_max: int = 10000
+    log_list_max_bytes: int = 8 * 1024 * 1024
+    rate_limit_per_min: int = 60  # separation requests per client and minute; 0: no limit
     work_dir: str | None = None  # parent of per-job temp dirs; None: the system's
     host: str = socket.gethostname()
     api_token: str | None = None
@@ -95,7 +98,7 @@ class Settings:
 
     def check(self) -> None:
         check_output_key_pattern(self.output_key)
-        if not MODEL_RE.match(self.demucs_model) or ".." in self.demucs_model:
+        if not MODEL_RE.fullmatch(self.demucs_model) or ".." in self.demucs_model:
             raise ValueError(f"DEMUCS_MODEL {self.demucs_model!r} is not a valid model name")
         if self.demucs_device not in ("auto", "cpu", "cuda") and not \
                 self.demucs_device.startswith("cuda:"):
@@ -107,6 +110,11 @@ class Settings:
         geometry(self.chunk_s, self.chunk_overlap_s, self.chunk_segment_s)  # ValueError if no fit
         if not 1 <= self.presign_ttl_s <= 7 * 24 * 3600:
             raise ValueError("PRESIGN_TTL_S must be between 1 s and 7 days (S3's limit)")
+        if self.log_list_max < 1 or self.log_list_max_bytes < LOG_ENTRY_MAX_BYTES:
+            raise ValueError(f"LOG_LIST_MAX must be >= 1 and LOG_LIST_MAX_BYTES >= "
+                             f"{LOG_ENTRY_MAX_BYTES} (one entry)")
+        if self.rate_limit_per_min < 0 or self.webhook_timeout_s <= 0:
+            raise ValueError("RATE_LIMIT_PER_MIN must be >= 0 and WEBHOOK_TIMEOUT_S > 0")
         if self.poll_s >= 5:
             raise ValueError("POLL_S must stay under redis-py's 5 s socket timeout")
 

@@ -107,7 +107,7 @@ class StatusStore:
     def get(self, id_or_songhash: str) -> dict[str, Any] | None:
         """A job's record by job id, or the latest job of a songhash."""
         job_id: str | None = id_or_songhash
-        if SONGHASH_RE.match(id_or_songhash):
+        if SONGHASH_RE.fullmatch(id_or_songhash):
             job_id = self.job_for_song(id_or_songhash)
         if job_id is None:
             return None

@@ -3,6 +3,13 @@
 The receiver checks ``X-Signature-SHA256: sha256=<hex>`` against the raw request body with
 ``verify_signature``. Webhooks are sent once: a failure is logged, never retried, and never
 changes the job's outcome.
+
+``WEBHOOK_TIMEOUT_S`` is the deadline of a whole delivery: connecting, sending, and the
+receiver's status line and headers. A watchdog cuts the connection when it passes, whatever the
+receiver does (one that answers a byte every few seconds included). The answer's body is never
+read: only its status counts. HTTPS receivers are verified against the CA bundle ``requests``
+ships (certifi), as before. Name resolution is the one step the watchdog cannot cut; it is
+bounded by the resolver's own timeouts.
 """
 
 from __future__ import annotations
@@ -11,15 +18,27 @@ import hashlib
 import hmac
 import json
 import logging
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from http.client import HTTPConnection, HTTPException, HTTPSConnection
 from typing import Any
+from urllib.parse import urlsplit
 
-import requests
+from requests.certs import where as ca_bundle
 
-from separation.contract import Job, check_callback_url
+from separation.contract import Callback, Job, check_callback_url
 from separation.settings import Settings
 
 SIGNATURE_HEADER = "X-Signature-SHA256"
 log = logging.getLogger(__name__)
+
+
+class DeadlinePassed(TimeoutError):
+    """The receiver did not answer within the delivery's deadline."""
 
 
 def sign(body: bytes, secret: str) -> str:
@@ -31,29 +50,79 @@ def verify_signature(body: bytes, header: str | None, secret: str) -> bool:
 
 
 def send_outcome(job: Job, songhash: str | None, state: str, tracks: dict[str, str],
-                 error: str | None, settings: Settings) -> bool:
-    """POST a job's outcome to its callback, if it has one: the one payload of the service."""
-    if job.callback is None:
-        return False
+                 error: str | None, settings: Settings, joined: Sequence[Callback] = ()) -> int:
+    """POST a job's outcome to its callback and to those of the requests that joined it.
+
+    The deliveries run at once, so together they last at most one ``WEBHOOK_TIMEOUT_S``.
+    Returns how many receivers answered 2xx.
+    """
+    callbacks = [c for c in (job.callback, *joined) if c is not None]
     payload = {"id": job.id, "songhash": songhash, "status": state, "tracks": tracks,
-               "bucket": settings.output_bucket, "error": error, "data": job.callback.data}
-    return post_webhook(job.callback.url, payload, settings.webhook_secret,
-                        settings.webhook_timeout_s)
+               "bucket": settings.output_bucket, "error": error}
+
+    def deliver(callback: Callback) -> bool:
+        return post_webhook(callback.url, {**payload, "data": callback.data},
+                            settings.webhook_secret, settings.webhook_timeout_s)
+
+    if len(callbacks) <= 1:
+        return sum(deliver(c) for c in callbacks)
+    with ThreadPoolExecutor(len(callbacks), thread_name_prefix="webhook") as pool:
+        return sum(pool.map(deliver, callbacks))
 
 
 def post_webhook(url: str, payload: dict[str, Any], secret: str | None, timeout_s: float) -> bool:
-    """POST ``payload``; return whether the receiver answered 2xx. Never raises."""
+    """POST ``payload``; return whether the receiver answered 2xx in time. Never raises."""
     try:
         check_callback_url(url)
         body = json.dumps(payload, sort_keys=True).encode()
         headers = {"Content-Type": "application/json", "User-Agent": "demucs-service-worker"}
         if secret:
             headers[SIGNATURE_HEADER] = sign(body, secret)
-        response = requests.post(url, data=body, headers=headers, timeout=timeout_s,
-                                 allow_redirects=False)
-    except (requests.RequestException, ValueError) as error:
-        log.warning("webhook to %s failed: %s", url, error)
+        status = post_within(url, body, headers, timeout_s)
+    except (OSError, HTTPException, ValueError, RecursionError) as error:
+        log.warning("webhook to %s failed: %s", url, error or type(error).__name__)
         return False
-    if not response.ok:
-        log.warning("webhook to %s answered HTTP %s", url, response.status_code)
-    return response.ok
+    if not 200 <= status < 300:
+        log.warning("webhook to %s answered HTTP %s", url, status)
+    return 200 <= status < 300
+
+
+def post_within(url: str, body: bytes, headers: dict[str, str], timeout_s: float) -> int:
+    """POST ``body`` to ``url`` and return the answer's status, all within ``timeout_s``.
+
+    Raises ``DeadlinePassed`` past the deadline, OSError or HTTPException on other failures.
+    """
+    parts = urlsplit(url)
+    connection = HTTPSConnection(parts.hostname or "", parts.port, timeout=timeout_s,
+                                 context=ssl.create_default_context(cafile=ca_bundle())) \
+        if parts.scheme == "https" else \
+        HTTPConnection(parts.hostname or "", parts.port, timeout=timeout_s)
+    deadline = time.monotonic() + timeout_s
+    watchdog = threading.Timer(timeout_s, _cut, (connection,))
+    watchdog.daemon = True
+    watchdog.start()
+    try:
+        connection.connect()
+        if time.monotonic() >= deadline:  # a connect tried over several addresses
+            raise DeadlinePassed
+        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        connection.request("POST", target, body=body, headers=headers)
+        return connection.getresponse().status
+    except (OSError, HTTPException):
+        if time.monotonic() >= deadline:
+            raise DeadlinePassed(f"no answer within WEBHOOK_TIMEOUT_S={timeout_s:g} s") \
+                from None
+        raise
+    finally:
+        watchdog.cancel()
+        connection.close()
+
+
+def _cut(connection: HTTPConnection) -> None:
+    """Shut the connection's socket down, which wakes the thread blocked on it."""
+    sock = connection.sock
+    if sock is not None:
+        try:
+            socket.socket.shutdown(sock, socket.SHUT_RDWR)
+        except OSError:
+            pass  # already closed

@@ -46,6 +46,10 @@ def test_full_job_round_trips():
     ('{"bucket": "songs", "object": "a//b"}', "empty, '.' or '..'"),
     ('{"bucket": "songs", "object": "a\\\\b"}', "backslashes"),
     (f'{{"songhash": "{H}", "callback": {{"url": "ftp://x/"}}}}', "http:// or https://"),
+    (f'{{"songhash": "{H}\\n"}}', "64 lowercase hex"),  # "$" would have let it through
+    (f'{{"songhash": "{H}", "id": "job\\n"}}', "id must be"),
+    (f'{{"songhash": "{H}", "model": "htdemucs\\n"}}', "model must match"),
+    ('{"bucket": "songs\\n", "object": "a.mp3"}', "valid S3 bucket name"),
 ])
 def test_invalid_jobs_are_refused_with_a_reason(raw, phrase):
     with pytest.raises(InvalidJob) as info:

@@ -15,7 +15,8 @@ A job's lifecycle, one method each:
                       each job not yet separated runs alone so one bad file fails only itself.
 5. ``deliver_tracks`` mix the derived tracks from the WAV stems, encode each track to MP3 once,
                       ``fput_object`` each one.
-6. ``finish_job``     status ``done``, webhook, acknowledge (LREM).
+6. ``finish_job``     status ``done``, webhooks (``notify``: the job's callback and those of
+                      the requests that joined it), acknowledge (LREM).
    ``fail_job``       retry (back onto the queue) or fail for good (dead-letter list), webhook.
 
 Long songs (``separation.long_songs``): ``split_long_song`` replaces steps 4-6 of a song longer
@@ -54,6 +55,7 @@ from separation.connections import connect_minio, connect_redis, ensure_bucket
 from separation.contract import (
     InvalidJob,
     Job,
+    Keys,
     claimed_job_id,
     input_key,
     output_key,
@@ -61,6 +63,7 @@ from separation.contract import (
     sha256_file,
 )
 from separation.demucs_cli import DemucsOptions, cuda_present, failure_of, run_demucs
+from separation.joins import Joins
 from separation.logs import configure_logging
 from separation.long_songs import LongSongs, wav_duration_s
 from separation.observability import IN_FLIGHT, JOB_SECONDS, JOBS, QUEUE_DEPTH, STAGE_SECONDS, serve
@@ -103,6 +106,7 @@ class Worker:
         self.settings = settings
         self.queue = JobQueue(client)
         self.status = StatusStore(client, settings.status_ttl_s)
+        self.joins = Joins(client, settings.status_ttl_s)
         self.storage = storage
         self.long_songs = LongSongs(settings, self.queue, self.status, storage)
         self.worker_id = f"{settings.host}-{id(self):x}-{int(time.time() * 1000) % 10**8}"
@@ -337,7 +341,8 @@ class Worker:
             if stems is not None and complete:
                 task.stem_dir = stems
             else:
-                failures[task.id] = failure_of(run, options, self.settings.job_timeout_s)
+                failures[task.id] = failure_of(run, options, self.settings.job_timeout_s,
+                                               [task.work_dir.parent])
         return failures
 
     # -- 5. deliver ------------------------------------------------------------------------
@@ -444,7 +449,11 @@ class Worker:
 
     def notify(self, job: Job, songhash: str | None, state: str, tracks: dict[str, str],
                error: str | None) -> None:
-        send_outcome(job, songhash, state, tracks, error, self.settings)
+        """Send a job's outcome to its callback and those of the requests that joined it."""
+        active = None if job.chunk_of or not songhash else \
+            Keys.active(songhash, job.model or self.settings.demucs_model, job.tracks())
+        joined = self.joins.settle(job, active)
+        send_outcome(job, songhash, state, tracks, error, self.settings, joined)
 
     @contextmanager
     def job_outcome(self, task: Task) -> Iterator[None]:
@@ -456,13 +465,15 @@ class Worker:
         except errors.JobFailure as failure:
             self.fail_job(task, failure)
         except (S3Error, HTTPError, OSError) as error:
-            self.fail_job(task, errors.storage_failed(f"storage or disk error: {error}"))
+            self.fail_job(task, errors.storage_failed(
+                _without_work_dir(f"storage or disk error: {error}", task)))
         except redis.RedisError:
             raise  # the job stays in the processing list and is redelivered
         except Exception as error:
             log.exception("job %s: unexpected error", task.id)
-            self.fail_job(task, errors.JobFailure(f"internal error: {error!r}", "internal",
-                                                  permanent=False))
+            self.fail_job(task, errors.JobFailure(
+                _without_work_dir(f"internal error: {error!r}", task), "internal",
+                permanent=False))
 
     # -- heartbeat, health, stop -----------------------------------------------------------
     def start_heartbeat(self) -> None:
@@ -585,6 +596,11 @@ class _ProgressWriter:
             self.status.update(self.tasks[index].id, progress=round(5 + 85 * self.best[index], 1))
 
 
+def _without_work_dir(reason: str, task: Task) -> str:
+    """A failure reason goes to clients: the job's temp dirs are named, not spelled."""
+    return reason.replace(f"{task.work_dir.parent}/", "<work dir>/")
+
+
 def _live(tasks: list[Task]) -> list[Task]:
     return [task for task in tasks if not task.finished]
 
@@ -592,7 +608,8 @@ def _live(tasks: list[Task]) -> list[Task]:
 def main() -> int:
     settings = Settings.from_env()
     log_client = connect_redis(settings, for_logging=True)
-    configure_logging(log_client, settings.host, "worker", settings.log_list_max)
+    configure_logging(log_client, settings.host, "worker", settings.log_list_max,
+                      settings.log_list_max_bytes)
     worker = Worker(settings, connect_redis(settings), connect_minio(settings))
     signal.signal(signal.SIGTERM, worker.request_stop)
     signal.signal(signal.SIGINT, worker.request_stop)

@@ -84,6 +84,14 @@ CASES = [
     ("remove traversal", "delete", f"/apiv1/remove/{'a' * 64}/..%2Fall", {"headers": AUTH},
      404, ""),
     ("status of nothing", "get", "/apiv1/status/..%2F..%2Fx", {"headers": AUTH}, 404, ""),
+    ("deeply nested json", "post", "/apiv1/separate",
+     {"data": '{"mp3": ' + "[" * 100_000 + "]" * 100_000 + "}", "headers": JSON}, 400,
+     "nested"),
+    ("callback data nested deep", "post", "/apiv1/separate",
+     {"data": json.dumps({"mp3": B64, "callback": {"url": "http://h/", "data": {
+         "k": json.loads("[" * 900 + "]" * 900)}}}), "headers": JSON}, 400, "nest at most"),
+    ("songhash with a trailing newline", "get", f"/apiv1/status/{'a' * 64}%0A",
+     {"headers": AUTH}, 404, ""),
 ]
 
 

@@ -1,0 +1,110 @@
+"""The same content is separated once at a time: a request for a song, model and stems that
+are already queued or running joins that job instead of queueing another.
+
+REST ``claim``s the content's ``active`` key before it enqueues; a later request finds the
+key held by a job still queued or running (or not yet recorded) and joins it: its callback, if
+any, is stored with that job (at most ``MAX_JOINED`` of them). The worker ``settle``s a job
+where it sends the job's outcome: it takes the joined callbacks and frees the key, in one
+script, so a request joins either before (and is called back) or after (and queues anew).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import redis
+from pydantic import ValidationError
+
+from separation.contract import Callback, Job, Keys
+
+log = logging.getLogger(__name__)
+MAX_JOINED = 20
+"""Callbacks of joined requests kept per job; a request past that is refused."""
+CLAIM_TTL_S = 60
+"""A claim not followed by its job's record within this long (REST died) lapses."""
+
+# KEYS: active key, job record of ARGV[2], joined list of ARGV[2]
+# ARGV: new job id, holder seen ('' for none), claim TTL, callback JSON ('' for none),
+#       MAX_JOINED, joined list TTL
+_CLAIM = """
+local holder = redis.call('GET', KEYS[1]) or ''
+if holder ~= ARGV[2] then return {'retry', holder} end
+if holder ~= '' then
+  local state = redis.call('HGET', KEYS[2], 'state')
+  if (not state) or state == 'queued' or state == 'running' then
+    if ARGV[4] ~= '' then
+      if redis.call('LLEN', KEYS[3]) >= tonumber(ARGV[5]) then return {'full', holder} end
+      redis.call('RPUSH', KEYS[3], ARGV[4])
+      redis.call('EXPIRE', KEYS[3], ARGV[6])
+    end
+    return {'joined', holder}
+  end
+end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[3])
+return {'claimed', ARGV[1]}
+"""
+
+# KEYS: joined list, then the active key if the job has one; ARGV: job id
+_SETTLE = """
+local joined = redis.call('LRANGE', KEYS[1], 0, -1)
+redis.call('DEL', KEYS[1])
+if #KEYS > 1 and redis.call('GET', KEYS[2]) == ARGV[1] then redis.call('DEL', KEYS[2]) end
+return joined
+"""
+
+
+class JoinFull(Exception):
+    """The job already carries ``MAX_JOINED`` callbacks of joined requests."""
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(job_id)
+        self.job_id = job_id
+
+
+class Joins:
+    """Claims, joins and settles the ``active`` keys of queued content."""
+
+    def __init__(self, client: redis.Redis, ttl_s: int) -> None:
+        self.redis = client
+        self.ttl_s = ttl_s
+        self._claim = client.register_script(_CLAIM)
+        self._settle = client.register_script(_SETTLE)
+
+    def claim(self, active: str, job: Job) -> str:
+        """The id of the job that runs this content: ``job``'s own if it claimed it.
+
+        Raises JoinFull when the running job has no room for ``job``'s callback.
+        """
+        callback = job.callback.model_dump_json() if job.callback else ""
+        for _ in range(5):  # the holder changed between the read and the script: read again
+            seen = self.redis.get(active)
+            holder = "" if seen is None else seen.decode()
+            owner = holder or job.id or ""
+            outcome, job_id = (v.decode() for v in self._claim(
+                keys=[active, Keys.job(owner), Keys.joined(owner)],
+                args=[job.id or "", holder, CLAIM_TTL_S, callback, MAX_JOINED, self.ttl_s]))
+            if outcome == "full":
+                raise JoinFull(job_id)
+            if outcome != "retry":
+                return job_id
+        raise redis.RedisError(f"{active} kept changing; try again")
+
+    def hold(self, active: str) -> None:
+        """The claimed job is queued: keep the claim as long as its record lives."""
+        self.redis.expire(active, self.ttl_s)
+
+    def release(self, active: str, job_id: str) -> None:
+        """The claiming request failed before its job was queued."""
+        self._settle(keys=[Keys.joined(job_id), active], args=[job_id])
+
+    def settle(self, job: Job, active: str | None) -> list[Callback]:
+        """The callbacks of the requests that joined ``job``, which ended; frees its content."""
+        keys = [Keys.joined(job.id or ""), *([active] if active else [])]
+        raws = self._settle(keys=keys, args=[job.id or ""])
+        callbacks = []
+        for raw in raws:
+            try:
+                callbacks.append(Callback.model_validate_json(raw))
+            except ValidationError as error:
+                log.warning("job %s: a joined callback is invalid, skipped: %s", job.id, error)
+        return callbacks
