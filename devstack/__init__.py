@@ -123,6 +123,7 @@ def service_env(redis_port: int, s3_port: int, **overrides: str) -> dict[str, st
     env.update(REDIS_HOST="127.0.0.1", REDIS_PORT=str(redis_port),
                MINIO_ENDPOINT=f"127.0.0.1:{s3_port}", MINIO_ACCESS_KEY=LOCAL_DEV_KEY,
                MINIO_SECRET_KEY=LOCAL_DEV_KEY, MINIO_SECURE="false",
+               WEBHOOK_ALLOW_LOCAL="true",  # on one machine, the callbacks are local ones
                PYTHONUNBUFFERED="1")
     env.update(overrides)
     return env

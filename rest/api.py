@@ -249,7 +249,9 @@ def status(ref: str, backend: BackendDep) -> dict[str, Any]:
     songhash = record.get("songhash") or ""
     model = backend.settings.key_model(record.get("model"))
     which = f"?model={model}" if model else ""
-    result = {**record, "hash": songhash,
+    # how long a callback took would let a client time ports inside the service's network
+    timings = {stage: s for stage, s in record.get("timings", {}).items() if stage != "webhook"}
+    result = {**record, "hash": songhash, "timings": timings,
               "urls": {track: f"/apiv1/track/{songhash}/{track}{which}"
                        for track in record["tracks"]}}
     if record.get("state") == Status.QUEUED.value:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from separation.chunking import geometry
 from separation.contract import MODEL_RE, check_output_key_pattern
+from separation.egress import EgressPolicy
 from separation.logs import LOG_ENTRY_MAX_BYTES
 
 LOCAL_DEV_MINIO_USER = "minioadmin"  # MinIO's documented default, for a laptop only
@@ -78,6 +79,8 @@ class Settings:
     host: str = socket.gethostname()
     api_token: str | None = None
     presign_ttl_s: int = 3600  # lifetime of a ?redirect=1 presigned track URL
+    webhook_allow_local: bool = False  # callbacks to loopback/private addresses (make demo)
+    webhook_allowlist: str | None = None  # hosts and CIDRs allowed even when local ones are not
     rest_port: int = 5000
 
     @classmethod
@@ -108,6 +111,7 @@ class Settings:
         if self.chunk_overlap_s < 1 or self.model_segment_s < 0:
             raise ValueError("CHUNK_OVERLAP_S must be >= 1 and MODEL_SEGMENT_S >= 0")
         geometry(self.chunk_s, self.chunk_overlap_s, self.chunk_segment_s)  # ValueError if no fit
+        EgressPolicy.parse(self.webhook_allow_local, self.webhook_allowlist)  # ValueError
         if not 1 <= self.presign_ttl_s <= 7 * 24 * 3600:
             raise ValueError("PRESIGN_TTL_S must be between 1 s and 7 days (S3's limit)")
         if self.log_list_max < 1 or self.log_list_max_bytes < LOG_ENTRY_MAX_BYTES:

@@ -10,6 +10,11 @@ receiver does (one that answers a byte every few seconds included). The answer's
 read: only its status counts. HTTPS receivers are verified against the CA bundle ``requests``
 ships (certifi), as before. Name resolution is the one step the watchdog cannot cut; it is
 bounded by the resolver's own timeouts.
+
+Every delivery goes through the callback guard (``separation.egress``): the URL's host is
+resolved once, refused unless public (or allowed by ``WEBHOOK_ALLOW_LOCAL`` /
+``WEBHOOK_ALLOWLIST``), and the connection goes to that very address, the Host header and
+TLS naming the host. No redirect is followed.
 """
 
 from __future__ import annotations
@@ -26,11 +31,11 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from http.client import HTTPConnection, HTTPException, HTTPSConnection
 from typing import Any
-from urllib.parse import urlsplit
 
 from requests.certs import where as ca_bundle
 
-from separation.contract import Callback, Job, check_callback_url
+from separation.contract import Callback, Job
+from separation.egress import EgressPolicy, RefusedTarget, Target, check_target
 from separation.settings import Settings
 
 SIGNATURE_HEADER = "X-Signature-SHA256"
@@ -60,9 +65,11 @@ def send_outcome(job: Job, songhash: str | None, state: str, tracks: dict[str, s
     payload = {"id": job.id, "songhash": songhash, "status": state, "tracks": tracks,
                "bucket": settings.output_bucket, "error": error}
 
+    policy = egress_policy(settings)
+
     def deliver(callback: Callback) -> bool:
         return post_webhook(callback.url, {**payload, "data": callback.data},
-                            settings.webhook_secret, settings.webhook_timeout_s)
+                            settings.webhook_secret, settings.webhook_timeout_s, policy)
 
     if len(callbacks) <= 1:
         return sum(deliver(c) for c in callbacks)
@@ -70,15 +77,29 @@ def send_outcome(job: Job, songhash: str | None, state: str, tracks: dict[str, s
         return sum(pool.map(deliver, callbacks))
 
 
-def post_webhook(url: str, payload: dict[str, Any], secret: str | None, timeout_s: float) -> bool:
+def egress_policy(settings: Settings) -> EgressPolicy:
+    return EgressPolicy.parse(settings.webhook_allow_local, settings.webhook_allowlist)
+
+
+def refusal(url: str, settings: Settings) -> str | None:
+    """Why the guard refuses this callback URL, or None when it may be called."""
+    try:
+        check_target(url, egress_policy(settings))
+    except RefusedTarget as refused:
+        return str(refused)
+    return None
+
+
+def post_webhook(url: str, payload: dict[str, Any], secret: str | None, timeout_s: float,
+                 policy: EgressPolicy) -> bool:
     """POST ``payload``; return whether the receiver answered 2xx in time. Never raises."""
     try:
-        check_callback_url(url)
+        target = check_target(url, policy)
         body = json.dumps(payload, sort_keys=True).encode()
         headers = {"Content-Type": "application/json", "User-Agent": "demucs-service-worker"}
         if secret:
             headers[SIGNATURE_HEADER] = sign(body, secret)
-        status = post_within(url, body, headers, timeout_s)
+        status = post_within(target, body, headers, timeout_s)
     except (OSError, HTTPException, ValueError, RecursionError) as error:
         log.warning("webhook to %s failed: %s", url, error or type(error).__name__)
         return False
@@ -87,16 +108,14 @@ def post_webhook(url: str, payload: dict[str, Any], secret: str | None, timeout_
     return 200 <= status < 300
 
 
-def post_within(url: str, body: bytes, headers: dict[str, str], timeout_s: float) -> int:
-    """POST ``body`` to ``url`` and return the answer's status, all within ``timeout_s``.
+def post_within(target: Target, body: bytes, headers: dict[str, str], timeout_s: float) -> int:
+    """POST ``body`` to the checked ``target`` and return the answer's status, all within
+    ``timeout_s``.
 
     Raises ``DeadlinePassed`` past the deadline, OSError or HTTPException on other failures.
     """
-    parts = urlsplit(url)
-    connection = HTTPSConnection(parts.hostname or "", parts.port, timeout=timeout_s,
-                                 context=ssl.create_default_context(cafile=ca_bundle())) \
-        if parts.scheme == "https" else \
-        HTTPConnection(parts.hostname or "", parts.port, timeout=timeout_s)
+    connection: HTTPConnection = _PinnedHTTPSConnection(target, timeout_s) \
+        if target.scheme == "https" else _PinnedHTTPConnection(target, timeout_s)
     deadline = time.monotonic() + timeout_s
     watchdog = threading.Timer(timeout_s, _cut, (connection,))
     watchdog.daemon = True
@@ -105,8 +124,7 @@ def post_within(url: str, body: bytes, headers: dict[str, str], timeout_s: float
         connection.connect()
         if time.monotonic() >= deadline:  # a connect tried over several addresses
             raise DeadlinePassed
-        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        connection.request("POST", target, body=body, headers=headers)
+        connection.request("POST", target.path, body=body, headers=headers)
         return connection.getresponse().status
     except (OSError, HTTPException):
         if time.monotonic() >= deadline:
@@ -116,6 +134,30 @@ def post_within(url: str, body: bytes, headers: dict[str, str], timeout_s: float
     finally:
         watchdog.cancel()
         connection.close()
+
+
+class _PinnedHTTPConnection(HTTPConnection):
+    """HTTP to the address the guard checked; the Host header names the URL's host."""
+
+    def __init__(self, target: Target, timeout_s: float) -> None:
+        super().__init__(target.host, target.port, timeout=timeout_s)
+        self.address = target.address
+
+    def connect(self) -> None:
+        self.sock = socket.create_connection((self.address, self.port), self.timeout)
+
+
+class _PinnedHTTPSConnection(HTTPSConnection):
+    """HTTPS to the address the guard checked; SNI and the certificate name the URL's host."""
+
+    def __init__(self, target: Target, timeout_s: float) -> None:
+        self.tls = ssl.create_default_context(cafile=ca_bundle())
+        super().__init__(target.host, target.port, timeout=timeout_s, context=self.tls)
+        self.address = target.address
+
+    def connect(self) -> None:
+        raw = socket.create_connection((self.address, self.port), self.timeout)
+        self.sock = self.tls.wrap_socket(raw, server_hostname=self.host)
 
 
 def _cut(connection: HTTPConnection) -> None:

@@ -172,3 +172,30 @@ def test_sigterm_while_redis_and_minio_are_down_exits_0_without_a_traceback(stac
     assert worker.wait(timeout=60) == 0
     log = worker.log_path.read_text()
     assert "Traceback" not in log and "stopped before it started" in log, log
+
+
+def test_callbacks_into_the_service_network_are_refused_and_recorded(stack, make_song,
+                                                                      webhook, rest):
+    """With local targets refused (the default outside make demo), a callback to loopback is
+    not sent, the job still ends done, and its status says why; an allowlisted one is sent."""
+    songhash = stack.upload_song(make_song(seconds=1))
+    strict = stack.start_worker(WEBHOOK_ALLOW_LOCAL="false")
+    stack.push({"songhash": songhash, "id": "refused", "stems": ["vocals"],
+                "callback": {"url": webhook.url, "data": {"n": 1}}})
+    record = stack.wait_for("refused")
+    assert record["state"] == "done", record
+    assert "does not resolve to a public address" in record["callback_error"], record
+    assert webhook.calls == []
+    status = requests.get(f"{rest.url}/apiv1/status/refused", timeout=10).json()
+    assert "webhook" not in status["timings"]  # a callback's duration is not shown
+
+    strict.send_signal(signal.SIGTERM)
+    assert strict.wait(timeout=60) == 0
+    stack.start_worker(WEBHOOK_ALLOW_LOCAL="false", WEBHOOK_ALLOWLIST="127.0.0.0/8")
+    stack.push({"songhash": songhash, "id": "allowed", "stems": ["bass"],
+                "callback": {"url": webhook.url, "data": {"n": 2}}})
+    assert stack.wait_for("allowed")["state"] == "done"
+    deadline = time.monotonic() + 30
+    while not webhook.calls and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert json.loads(webhook.calls[0][0])["data"] == {"n": 2}
