@@ -12,9 +12,9 @@ import json
 import logging
 import uuid
 from datetime import timedelta
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, BackgroundTasks, Depends, HTTPException, Request
+from fastapi import APIRouter, BackgroundTasks, Depends, HTTPException, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import RedirectResponse, Response
 from minio.error import S3Error
@@ -54,6 +54,7 @@ log = logging.getLogger("rest")
 MISSING_OBJECT = ("NoSuchKey", "NoSuchObject", "NoSuchBucket")
 PRESIGNED_TTL = timedelta(hours=1)
 ENQUEUED = "Song enqueued for separation"
+QUEUE_PAGE_JOBS = 100  # /queue's page when the client names no limit
 
 
 class SeparateResponse(BaseModel):
@@ -64,6 +65,10 @@ class SeparateResponse(BaseModel):
 
 class QueueResponse(BaseModel):
     queue: list[str]
+    total: int
+    offset: int
+    limit: int
+    next: str | None
 
 
 class RemoveResponse(BaseModel):
@@ -137,7 +142,7 @@ def submit(backend: Backend, upload: Upload, background: BackgroundTasks) -> dic
     backend.storage.fput_object(settings.queue_bucket, input_key(upload.songhash),
                                 str(upload.path), content_type="audio/mpeg")
     backend.status.queued(job.id or "", upload.songhash, model, upload.name)
-    backend.queue.enqueue(job.to_json())
+    backend.queue.enqueue(job.to_json(), job.id)
     SONGS.labels("enqueued").inc()
     log.info("job %s: song %s (%.1f s, %d bytes) enqueued, model %s", job.id, upload.songhash,
              upload.duration_s, upload.size_bytes, model)
@@ -171,27 +176,40 @@ def notify_done(backend: Backend, job: Job, record: dict[str, Any]) -> None:
 
 
 @router.get("/queue", response_model=QueueResponse)
-def queue(backend: BackendDep) -> dict[str, list[str]]:
-    """Songhashes of the waiting jobs, in the order they will run.
+def queue(backend: BackendDep, offset: Annotated[int, Query(ge=0)] = 0,
+          limit: Annotated[int, Query(ge=1)] = QUEUE_PAGE_JOBS) -> dict[str, Any]:
+    """Songhashes of the waiting jobs, in the order they will run: one page of them.
 
-    A long song's waiting chunks (and its join) count once, as their song.
+    ``limit`` jobs (at most ``QUEUE_PAGE_MAX_JOBS``) from the ``offset``-th next to run;
+    ``total`` counts every waiting job, ``next`` is the next page's path (null on the last).
+    A long song's waiting chunks (and its join) count once in a page, as their song.
     """
-    hashes = []
+    limit = min(limit, backend.settings.queue_page_max_jobs)
+    total, raws = backend.queue.page(offset, limit)
+    end = offset + len(raws)
+    return {"queue": page_songhashes(backend, raws), "total": total, "offset": offset,
+            "limit": limit, "next": f"/apiv1/queue?offset={end}&limit={limit}"
+            if end < total else None}
+
+
+def page_songhashes(backend: Backend, raws: list[bytes]) -> list[str]:
+    """The songhash of each job, a long song's chunks and join once; unreadable jobs skipped."""
+    entries: list[tuple[str, bool]] = []  # (songhash or parent job id, is a parent)
     parents_seen: set[str] = set()
-    for raw in backend.queue.waiting():
+    for raw in raws:
         try:
             job = parse_job(raw)
         except InvalidJob:
             continue
-        songhash = job.songhash
         if parent := job.chunk_of or job.join_of:
-            if parent in parents_seen:
-                continue
-            parents_seen.add(parent)
-            songhash = (backend.status.get(parent) or {}).get("songhash")
-        if songhash:
-            hashes.append(songhash)
-    return {"queue": hashes}
+            if parent not in parents_seen:
+                parents_seen.add(parent)
+                entries.append((parent, True))
+        elif job.songhash:
+            entries.append((job.songhash, False))
+    parent_hashes = backend.status.songhashes(sorted(parents_seen))
+    hashes = [parent_hashes.get(ref) if is_parent else ref for ref, is_parent in entries]
+    return [songhash for songhash in hashes if songhash]
 
 
 @router.get("/status/{ref}")
@@ -199,7 +217,8 @@ def status(ref: str, backend: BackendDep) -> dict[str, Any]:
     """A job's state, progress, error, tracks and attempts, by job id or songhash.
 
     A songhash names its latest job. ``urls`` gives each track's download path; a queued
-    job has its 1-based ``position`` in the queue.
+    job has its 1-based ``position`` in the queue (null for a job pushed without a status
+    record by this service's ``JobQueue``).
     """
     record = backend.status.get(ref) if JOB_ID_RE.match(ref) or SONGHASH_RE.match(ref) \
         else None
@@ -210,18 +229,8 @@ def status(ref: str, backend: BackendDep) -> dict[str, Any]:
     result = {**record, "hash": songhash,
               "urls": {track: f"/apiv1/track/{songhash}/{track}" for track in record["tracks"]}}
     if record.get("state") == Status.QUEUED.value:
-        result["position"] = queue_position(backend, record["id"])
+        result["position"] = backend.queue.position(record["id"])
     return result
-
-
-def queue_position(backend: Backend, job_id: str) -> int | None:
-    for position, raw in enumerate(backend.queue.waiting(), start=1):
-        try:
-            if parse_job(raw).id == job_id:
-                return position
-        except InvalidJob:
-            continue
-    return None
 
 
 @router.get("/track/{songhash}/{track}", response_class=Response,

@@ -63,6 +63,10 @@ class Keys:
     QUEUE = "toWorkers"
     DEAD_LETTER = "toWorkers:dead"
     PROCESSING_PREFIX = "toWorkers:processing:"
+    QUEUE_TAKEN = "toWorkers:taken"
+    """Jobs taken from the queue's taking end, less those pushed back onto it."""
+    WORKERS = "toWorkers:workers"
+    """Sorted set: worker id -> the time (ms, Redis' clock) past which it counts as dead."""
     LOGGING = "logging"
 
     @staticmethod

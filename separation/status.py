@@ -34,6 +34,10 @@ return attempts
 """
 
 
+QUEUE_FIELDS = ("queue_position", "queue_taken")
+"""Written by ``JobQueue`` to compute a waiting job's position; not part of the record."""
+
+
 class StatusStore:
     """Reads and writes job status records."""
 
@@ -94,6 +98,15 @@ class StatusStore:
         job_id = self.redis.get(key)
         return None if job_id is None else _decode(job_id)
 
+    def songhashes(self, job_ids: list[str]) -> dict[str, str]:
+        """The songhash of each of these jobs that has one, in one round trip."""
+        with self.redis.pipeline(transaction=False) as pipe:
+            for job_id in job_ids:
+                pipe.hget(Keys.job(job_id), "songhash")
+            found = pipe.execute()
+        return {job_id: _decode(value) for job_id, value in zip(job_ids, found, strict=True)
+                if value}
+
     def get(self, id_or_songhash: str) -> dict[str, Any] | None:
         """A job's record by job id, or the latest job of a songhash."""
         job_id: str | None = id_or_songhash
@@ -105,6 +118,8 @@ class StatusStore:
         if not raw:
             return None
         record: dict[str, Any] = {_decode(k): _decode(v) for k, v in raw.items()}
+        for name in QUEUE_FIELDS:
+            record.pop(name, None)
         record["tracks"] = json.loads(record.get("tracks") or "{}")
         record["timings"] = json.loads(record.get("timings") or "{}")
         record["attempts"] = int(record.get("attempts") or 0)

@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+import json
+import random
 import time
 
 from separation.contract import Keys
 from separation.queue import JobQueue
 from separation.status import StatusStore
+
+
+def wait_until(condition, timeout_s: float = 10.0):
+    """Poll ``condition`` until it returns something truthy; return that."""
+    deadline = time.monotonic() + timeout_s
+    while not (result := condition()):
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.02)
+    return result
 
 
 def test_fifo_take_and_ack(stack):
@@ -33,8 +44,7 @@ def test_dead_workers_jobs_are_redelivered_first_in_order(stack):
     assert queue.take_waiting("dead") == b"b"
     assert queue.take("alive", 0.1) == b"c"
     assert queue.redeliver_dead() == []  # heartbeat still fresh
-    time.sleep(0.3)
-    assert sorted(queue.redeliver_dead()) == [b"a", b"b"]
+    assert sorted(wait_until(queue.redeliver_dead)) == [b"a", b"b"]
     assert queue.in_flight("dead") == [] and queue.in_flight("alive") == [b"c"]
     assert queue.waiting() == [b"a", b"b", b"d"]  # redelivered jobs run next, oldest first
 
@@ -66,3 +76,87 @@ def test_attempts_count_redeliveries_and_restart_for_a_new_request(stack):
     record = status.get("a" * 64)  # by songhash
     assert record["id"] == "j1" and record["state"] == "running" and record["worker"] == "w3"
     assert 0 < stack.redis.ttl(Keys.job("j1")) <= 60
+
+
+def test_dead_workers_are_found_in_the_registry_without_scanning(stack):
+    queue = JobQueue(stack.redis)
+    with stack.redis.pipeline(transaction=False) as pipe:
+        for i in range(5000):  # a keyspace a SCAN would have to walk
+            pipe.set(f"job:other-{i}", "x")
+        pipe.execute()
+    queue.enqueue("j")
+    queue.beat("gone", 0.05)
+    queue.beat("alive", 60)
+    assert queue.take("gone", 0.1) == b"j"
+    assert stack.redis.zscore(Keys.WORKERS, "alive") > stack.redis.zscore(Keys.WORKERS, "gone")
+    stack.redis.config_resetstat()
+    assert wait_until(queue.redeliver_dead) == [b"j"]
+    stats = stack.redis.info("commandstats")
+    assert "cmdstat_scan" not in stats and "cmdstat_keys" not in stats
+    assert stack.redis.zrange(Keys.WORKERS, 0, -1) == [b"alive"]  # the dead one is forgotten
+    queue.forget("alive")
+    assert stack.redis.zcard(Keys.WORKERS) == 0
+    assert not stack.redis.exists(Keys.heartbeat("alive"))
+
+
+def test_a_worker_that_beats_again_in_time_keeps_its_jobs(stack):
+    queue = JobQueue(stack.redis)
+    queue.enqueue("j")
+    queue.beat("slow", 0.05)
+    assert queue.take("slow", 0.1) == b"j"
+    time.sleep(0.1)  # the heartbeat time must pass for the case under test to exist
+    queue.beat("slow", 60)  # back before anyone redelivered
+    assert queue.redeliver_dead() == [] and queue.in_flight("slow") == [b"j"]
+
+
+def test_positions_from_counters_match_the_list_whoever_pushes_and_takes(stack):
+    """Random REST enqueues, Redis-only pushes, takes, batches, give-backs, joins and deaths."""
+    queue = JobQueue(stack.redis)
+    status = StatusStore(stack.redis, ttl_s=600)
+    rng = random.Random(23)
+    tracked: set[str] = set()
+    held: dict[str, list[bytes]] = {"w1": [], "w2": []}
+    for step in range(400):
+        op = rng.choice(["rest", "rest", "redis-only", "take", "batch", "give-back", "join",
+                         "die"])
+        worker = rng.choice(list(held))
+        if op == "rest":
+            job_id = f"r{step}"
+            status.queued(job_id, None, "m")
+            queue.enqueue(json.dumps({"id": job_id}), job_id)
+            tracked.add(job_id)
+        elif op == "redis-only":
+            stack.redis.lpush(Keys.QUEUE, json.dumps({"id": f"x{step}"}))
+        elif op in ("take", "batch"):
+            take = queue.take(worker, 0.01) if op == "take" else queue.take_waiting(worker)
+            if take is not None:
+                held[worker].append(take)
+                tracked.discard(json.loads(take)["id"])
+        elif op == "give-back" and held[worker]:
+            raw = held[worker].pop(rng.randrange(len(held[worker])))
+            job_id = json.loads(raw)["id"]
+            from_rest = job_id.startswith("r")
+            queue.give_back(worker, raw, job_id if from_rest else None)
+            if from_rest:
+                tracked.add(job_id)
+        elif op == "join":
+            parent = f"p{step}"
+            stack.redis.hset(Keys.chunks(parent), "total", 1)
+            queue.complete_chunk(parent, 0, json.dumps({"id": f"x{step}-join"}), 60)
+        elif op == "die" and held[worker]:
+            queue.beat(worker, 0.001)
+            wait_until(lambda: queue.redeliver_dead() is not None
+                       and stack.redis.zscore(Keys.WORKERS, worker) is None)
+            held[worker] = []
+        waiting = [json.loads(raw)["id"] for raw in queue.waiting()]
+        for job_id in tracked:
+            assert queue.position(job_id) == waiting.index(job_id) + 1, (step, op, job_id)
+
+
+def test_a_page_of_the_queue_reads_only_that_page(stack):
+    queue = JobQueue(stack.redis)
+    for i in range(10):
+        queue.enqueue(str(i))
+    assert queue.page(0, 3) == (10, [b"0", b"1", b"2"])
+    assert queue.page(8, 5) == (10, [b"8", b"9"])
+    assert queue.page(10, 5) == (10, [])

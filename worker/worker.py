@@ -409,7 +409,7 @@ class Worker:
                 self.long_songs.cleanup(task.join_of)
         else:
             self.status.requeued(task.id, failure.reason)
-            self.queue.give_back(self.worker_id, task.raw)
+            self.queue.give_back(self.worker_id, task.raw, task.id)
             JOBS.labels("retried", failure.code).inc()
             pause_s = min(2.0 ** task.attempt, 30.0)
             log.warning("job %s: attempt %d failed, requeued; pausing %.0f s: %s", task.id,
@@ -434,7 +434,7 @@ class Worker:
         task.finished = True
         self.status.uncount_attempt(task.id)
         self.status.requeued(task.id, "the worker stopped during the job; requeued")
-        self.queue.give_back(self.worker_id, task.raw)
+        self.queue.give_back(self.worker_id, task.raw, task.id)
         log.warning("job %s: worker stopping, job put back onto the queue", task.id)
 
     def notify(self, job: Job, songhash: str | None, state: str, tracks: dict[str, str],
