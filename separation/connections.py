@@ -6,14 +6,20 @@ import redis
 import urllib3
 from minio import Minio
 from minio.error import S3Error
-from redis.backoff import NoBackoff
+from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
 from redis.retry import Retry
 
 from separation.settings import Settings
 
+SPARE_CONNECTIONS = 4  # beyond REST_MAX_IN_FLIGHT: metrics, start-up, a worker's threads
+
 
 def connect_redis(settings: Settings, for_logging: bool = False) -> redis.Redis:
     """A Redis client whose socket timeout outlasts the queue's blocking poll.
+
+    Its pool holds a connection per request the REST service serves at once
+    (``REST_MAX_IN_FLIGHT``) plus a few for probes and metrics; past that a caller waits (5 s
+    at most) rather than opening connections without bound.
 
     ``for_logging``: one try, short timeouts, so a log line never waits on a Redis outage
     (redis-py 8 otherwise retries each command 10 times).
@@ -22,19 +28,27 @@ def connect_redis(settings: Settings, for_logging: bool = False) -> redis.Redis:
         return redis.Redis(host=settings.redis_host, port=settings.redis_port,
                            password=settings.redis_password, socket_timeout=1,
                            socket_connect_timeout=1, retry=Retry(NoBackoff(), 0))
-    return redis.Redis(
+    pool = redis.BlockingConnectionPool(
         host=settings.redis_host, port=settings.redis_port, password=settings.redis_password,
         socket_timeout=settings.poll_s + 5, socket_connect_timeout=5, health_check_interval=30,
-    )
+        max_connections=settings.rest_max_in_flight + SPARE_CONNECTIONS, timeout=5,
+        retry=Retry(ExponentialWithJitterBackoff(base=0.01, cap=1), 10))  # redis-py's default
+    return redis.Redis(connection_pool=pool)
 
 
-def connect_minio(settings: Settings) -> Minio:
-    """A MinIO client that gives up on a dead endpoint within seconds, not minutes."""
+def connect_minio(settings: Settings, probe: bool = False) -> Minio:
+    """A MinIO client that gives up on a dead endpoint within seconds, not minutes.
+
+    Its pool keeps a connection for each request served at once (``REST_MAX_IN_FLIGHT``: a
+    streamed track holds one throughout), so none is opened and thrown away under load.
+    ``probe``: one connection, no retries, short timeouts, for health checks.
+    """
     http = urllib3.PoolManager(
-        timeout=urllib3.Timeout(connect=5, read=120),
-        retries=urllib3.Retry(total=3, backoff_factor=0.5,
-                              status_forcelist=(500, 502, 503, 504)),
-        maxsize=10,
+        timeout=urllib3.Timeout(connect=1, read=2) if probe else
+        urllib3.Timeout(connect=5, read=120),
+        retries=False if probe else urllib3.Retry(total=3, backoff_factor=0.5,
+                                                  status_forcelist=(500, 502, 503, 504)),
+        maxsize=1 if probe else settings.rest_max_in_flight + SPARE_CONNECTIONS,
     )
     return Minio(settings.minio_endpoint, access_key=settings.minio_access_key,
                  secret_key=settings.minio_secret_key, secure=settings.minio_secure,

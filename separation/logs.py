@@ -1,6 +1,8 @@
 """Logging to stderr and to the Redis list ``logging`` as ``<host>.<service>.<level>:<message>``.
 
-Only entry points call ``configure_logging``; library modules use ``logging.getLogger``.
+Only entry points call ``configure_logging``; library modules use ``logging.getLogger``. The
+Redis list gets the service's own lines only (loggers ``rest``, ``worker``, ``separation.*``):
+a library's warnings (urllib3, uvicorn...) go to stderr, never one Redis push per request.
 """
 
 from __future__ import annotations
@@ -11,6 +13,13 @@ import sys
 import redis
 
 from separation.contract import Keys
+
+SERVICE_LOGGERS = frozenset({"rest", "worker", "separation"})
+
+
+def from_the_service(record: logging.LogRecord) -> bool:
+    """Whether a record comes from one of the service's own loggers."""
+    return record.name.partition(".")[0] in SERVICE_LOGGERS
 
 
 class RedisListHandler(logging.Handler):
@@ -24,6 +33,7 @@ class RedisListHandler(logging.Handler):
         self.client = client
         self.prefix = f"{host}.{service}"
         self.max_entries = max_entries
+        self.addFilter(from_the_service)
 
     def emit(self, record: logging.LogRecord) -> None:
         try:

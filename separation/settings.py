@@ -76,6 +76,7 @@ class Settings:
     api_token: str | None = None
     rest_port: int = 5000
     queue_page_max_jobs: int = 1000  # GET /apiv1/queue's largest page
+    rest_max_in_flight: int = 64  # API requests served at once; more get 503 + Retry-After
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -105,8 +106,8 @@ class Settings:
         if self.chunk_overlap_s < 1 or self.model_segment_s < 0:
             raise ValueError("CHUNK_OVERLAP_S must be >= 1 and MODEL_SEGMENT_S >= 0")
         geometry(self.chunk_s, self.chunk_overlap_s, self.chunk_segment_s)  # ValueError if no fit
-        if self.queue_page_max_jobs < 1:
-            raise ValueError("QUEUE_PAGE_MAX_JOBS must be at least 1")
+        if self.queue_page_max_jobs < 1 or self.rest_max_in_flight < 1:
+            raise ValueError("QUEUE_PAGE_MAX_JOBS and REST_MAX_IN_FLIGHT must be at least 1")
         if self.poll_s >= 5:
             raise ValueError("POLL_S must stay under redis-py's 5 s socket timeout")
 

@@ -145,8 +145,8 @@ def test_positions_from_counters_match_the_list_whoever_pushes_and_takes(stack):
             queue.complete_chunk(parent, 0, json.dumps({"id": f"x{step}-join"}), 60)
         elif op == "die" and held[worker]:
             queue.beat(worker, 0.001)
-            wait_until(lambda: queue.redeliver_dead() is not None
-                       and stack.redis.zscore(Keys.WORKERS, worker) is None)
+            wait_until(lambda dying=worker: queue.redeliver_dead() is not None
+                       and stack.redis.zscore(Keys.WORKERS, dying) is None)
             held[worker] = []
         waiting = [json.loads(raw)["id"] for raw in queue.waiting()]
         for job_id in tracked:
