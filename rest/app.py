@@ -16,20 +16,22 @@ from pathlib import Path
 from typing import Any
 
 import redis
+from anyio import to_thread
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
-from minio.error import MinioException
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from urllib3.exceptions import HTTPError
+from starlette.requests import ClientDisconnect
 
 from rest import api
 from rest.backend import Backend, BackendDep, get_backend
+from rest.limits import ShedLoad
 from rest.observability import QUEUE_DEPTH, count_requests
+from rest.probes import STORAGE_ERRORS, HealthProbe
 from rest.uploads import read_body
-from separation.connections import connect_redis
+from separation.connections import SPARE_CONNECTIONS, connect_redis
 from separation.logs import configure_logging
 from separation.settings import Settings
 from separation.webhook import SIGNATURE_HEADER, verify_signature
@@ -37,7 +39,6 @@ from separation.webhook import SIGNATURE_HEADER, verify_signature
 log = logging.getLogger("rest")
 PAGE_PATH = Path(__file__).with_name("page.html")
 CALLBACK_MAX_BYTES = 1 << 20
-STORAGE_ERRORS = (MinioException, HTTPError)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -46,8 +47,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                   description="Split songs into stems with Demucs. The lab's `apiv1` API.",
                   lifespan=_lifespan)
     app.state.backend = Backend.connect(settings)
+    app.state.probe = HealthProbe(settings)
     app.state.page = PAGE_PATH.read_text(encoding="utf-8")
     app.middleware("http")(count_requests)
+    app.add_middleware(ShedLoad, max_in_flight=settings.rest_max_in_flight)
     _add_error_handlers(app)
     app.include_router(api.router)
     app.add_api_route("/", root, methods=["GET", "HEAD"], include_in_schema=False)
@@ -63,8 +66,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     backend: Backend = app.state.backend
     settings = backend.settings
-    log_client = connect_redis(settings, for_logging=True)
+    log_client = connect_redis(settings, fail_fast=True)
     configure_logging(log_client, settings.host, "rest", settings.log_list_max)
+    # a thread for every request let in at once, and a few for metrics and start-up
+    to_thread.current_default_thread_limiter().total_tokens = \
+        settings.rest_max_in_flight + SPARE_CONNECTIONS
     try:
         await run_in_threadpool(backend.ensure_buckets)
     except STORAGE_ERRORS as error:
@@ -75,7 +81,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     yield
 
 
-def root(request: Request) -> Response:
+async def root(request: Request) -> Response:
     """The page for a browser; a JSON 200 for a load balancer's health check."""
     if "text/html" in request.headers.get("accept", ""):
         return HTMLResponse(request.app.state.page)
@@ -90,7 +96,7 @@ FAVICON = ('<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 16 16">'
            '<rect x="13" y="5" width="2" height="6" fill="#3b5bdb"/></svg>')
 
 
-def favicon() -> Response:
+async def favicon() -> Response:
     """The page's icon (four stems), so a browser's own request for it is not a 404."""
     return Response(FAVICON, media_type="image/svg+xml",
                     headers={"Cache-Control": "public, max-age=86400"})
@@ -124,16 +130,9 @@ def _signature_word(verified: bool | None) -> str:
         ("verified" if verified else "INVALID")
 
 
-def healthz(backend: BackendDep) -> JSONResponse:
-    problems = []
-    try:
-        backend.redis.ping()
-    except redis.RedisError as error:
-        problems.append(f"Redis unreachable: {error}")
-    try:
-        backend.storage.bucket_exists(backend.settings.queue_bucket)
-    except STORAGE_ERRORS as error:
-        problems.append(f"MinIO unreachable: {type(error).__name__}")
+async def healthz(request: Request) -> JSONResponse:
+    """200 when Redis and MinIO answer; checked apart from the API's work (``rest.probes``)."""
+    problems = await request.app.state.probe.problems()
     return JSONResponse({"ok": not problems, "reason": "; ".join(problems) or "ok"},
                         status_code=503 if problems else 200)
 
@@ -172,6 +171,11 @@ def _add_error_handlers(app: FastAPI) -> None:
         log.error("%s %s: MinIO error: %s", request.method, request.url.path, error)
         return _error(503, "object storage (MinIO) is unreachable or failed; try again later")
 
+    async def gone(request: Request, _: Exception) -> Response:
+        log.info("%s %s: the client disconnected before the answer", request.method,
+                 request.url.path)
+        return Response(status_code=499)  # nginx's word for it; nobody is there to read it
+
     async def internal(request: Request, error: Exception) -> JSONResponse:
         log.error("%s %s: internal error: %r", request.method, request.url.path, error,
                   exc_info=error)
@@ -179,6 +183,7 @@ def _add_error_handlers(app: FastAPI) -> None:
 
     app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(RequestValidationError, invalid_request)
+    app.add_exception_handler(ClientDisconnect, gone)
     app.add_exception_handler(redis.RedisError, redis_down)
     for error_type in STORAGE_ERRORS:
         app.add_exception_handler(error_type, storage_down)

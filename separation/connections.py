@@ -14,17 +14,18 @@ from separation.settings import Settings
 SPARE_CONNECTIONS = 4  # beyond REST_MAX_IN_FLIGHT: metrics, start-up, a worker's threads
 
 
-def connect_redis(settings: Settings, for_logging: bool = False) -> redis.Redis:
+def connect_redis(settings: Settings, fail_fast: bool = False) -> redis.Redis:
     """A Redis client whose socket timeout outlasts the queue's blocking poll.
 
     Its pool holds a connection per request the REST service serves at once
     (``REST_MAX_IN_FLIGHT``) plus a few for probes and metrics; past that a caller waits (5 s
     at most) rather than opening connections without bound.
 
-    ``for_logging``: one try, short timeouts, so a log line never waits on a Redis outage
-    (redis-py 8 otherwise retries each command 10 times).
+    ``fail_fast``: one try, short timeouts, its own connection, so a log line or a health
+    probe never waits on a Redis outage (redis-py 8 otherwise retries each command 10 times)
+    nor behind the API's requests.
     """
-    if for_logging:
+    if fail_fast:
         return redis.Redis(host=settings.redis_host, port=settings.redis_port,
                            password=settings.redis_password, socket_timeout=1,
                            socket_connect_timeout=1, retry=Retry(NoBackoff(), 0))

@@ -575,7 +575,7 @@ def _live(tasks: list[Task]) -> list[Task]:
 
 def main() -> int:
     settings = Settings.from_env()
-    log_client = connect_redis(settings, for_logging=True)
+    log_client = connect_redis(settings, fail_fast=True)
     configure_logging(log_client, settings.host, "worker", settings.log_list_max)
     worker = Worker(settings, connect_redis(settings), connect_minio(settings))
     signal.signal(signal.SIGTERM, worker.request_stop)
