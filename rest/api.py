@@ -197,19 +197,34 @@ def page_songhashes(backend: Backend, raws: list[bytes]) -> list[str]:
     entries: list[tuple[str, bool]] = []  # (songhash or parent job id, is a parent)
     parents_seen: set[str] = set()
     for raw in raws:
-        try:
-            job = parse_job(raw)
-        except InvalidJob:
+        entry = song_of(raw)
+        if entry is None or (entry[1] and entry[0] in parents_seen):
             continue
-        if parent := job.chunk_of or job.join_of:
-            if parent not in parents_seen:
-                parents_seen.add(parent)
-                entries.append((parent, True))
-        elif job.songhash:
-            entries.append((job.songhash, False))
+        entries.append(entry)
+        if entry[1]:
+            parents_seen.add(entry[0])
     parent_hashes = backend.status.songhashes(sorted(parents_seen))
     hashes = [parent_hashes.get(ref) if is_parent else ref for ref, is_parent in entries]
     return [songhash for songhash in hashes if songhash]
+
+
+def song_of(raw: bytes) -> tuple[str, bool] | None:
+    """A waiting job's songhash, or its parent's id (a long song's chunk or join); None if
+    it has neither. Only the fields a listing needs are read: a page costs ``json.loads``s,
+    not full validations (the worker validates, and dead-letters what is invalid)."""
+    try:
+        job = json.loads(raw)
+    except ValueError:  # not JSON, or not UTF-8
+        return None
+    if not isinstance(job, dict):
+        return None
+    parent = job.get("chunk_of") or job.get("join_of")
+    if isinstance(parent, str) and JOB_ID_RE.fullmatch(parent):
+        return parent, True
+    songhash = job.get("songhash")
+    if isinstance(songhash, str) and SONGHASH_RE.fullmatch(songhash):
+        return songhash, False
+    return None
 
 
 @router.get("/status/{ref}")

@@ -28,7 +28,7 @@ from starlette.requests import ClientDisconnect
 from rest import api
 from rest.backend import Backend, BackendDep, get_backend
 from rest.limits import ShedLoad
-from rest.observability import QUEUE_DEPTH, count_requests
+from rest.observability import QUEUE_DEPTH, CountRequests
 from rest.probes import STORAGE_ERRORS, HealthProbe
 from rest.uploads import read_body
 from separation.connections import SPARE_CONNECTIONS, connect_redis
@@ -49,7 +49,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.backend = Backend.connect(settings)
     app.state.probe = HealthProbe(settings)
     app.state.page = PAGE_PATH.read_text(encoding="utf-8")
-    app.middleware("http")(count_requests)
+    app.add_middleware(CountRequests)
     app.add_middleware(ShedLoad, max_in_flight=settings.rest_max_in_flight)
     _add_error_handlers(app)
     app.include_router(api.router)

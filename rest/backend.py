@@ -45,7 +45,12 @@ def get_backend(request: Request) -> Backend:
     return request.app.state.backend
 
 
-BackendDep = Annotated[Backend, Depends(get_backend)]
+async def _backend(request: Request) -> Backend:
+    """``get_backend`` as a dependency: async, so it costs no trip through the thread pool."""
+    return get_backend(request)
+
+
+BackendDep = Annotated[Backend, Depends(_backend)]
 
 
 def bearer_token(request: Request) -> str:
@@ -60,8 +65,8 @@ def bearer_token(request: Request) -> str:
     return request.query_params.get("access_token", "")
 
 
-def require_token(request: Request) -> None:
-    """401 unless ``API_TOKEN`` is unset or the request carries it."""
+async def require_token(request: Request) -> None:
+    """401 unless ``API_TOKEN`` is unset or the request carries it (async: no thread needed)."""
     expected = get_backend(request).settings.api_token
     if not expected:
         return

@@ -13,6 +13,8 @@ import json
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from rest.observability import SHED
+
 NEVER_SHED = frozenset({"/", "/healthz", "/metrics", "/favicon.svg", "/favicon.ico"})
 RETRY_AFTER_S = 1
 
@@ -30,6 +32,7 @@ class ShedLoad:
             await self.app(scope, receive, send)
             return
         if self.in_flight >= self.max_in_flight:
+            SHED.inc()
             await refuse(send, self.max_in_flight)
             return
         self.in_flight += 1
