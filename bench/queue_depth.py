@@ -3,7 +3,8 @@
 For each queue depth (0, 10,000, 100,000 waiting jobs, pushed straight onto ``toWorkers`` as
 Redis-only producers do, plus one job queued through ``JobQueue`` with a status record, last
 in line) and each number of polling clients (50, 200, 500), every client polls one route as
-fast as it is answered for a few seconds, over keep-alive connections:
+fast as it is answered for a few seconds, over keep-alive connections (a 503 is honoured:
+the client waits its ``Retry-After``):
 
 - ``status``  ``GET /apiv1/status/<the queued job>`` (its ``position`` is the depth + 1);
 - ``queue``   ``GET /apiv1/queue`` (its first page).
@@ -17,8 +18,8 @@ The worker's side: the time of one take + give-back and of one heartbeat with it
 dead-worker check, at each depth, as ratios to depth 0.
 
 ``--baseline REV`` also polls the status of a *done* job with the REST service of git
-revision ``REV`` and with this tree's, one after the other on the same machine: the
-throughput ratio of item 3 of issue 23. ``--quick`` runs small sizes (a smoke test of this
+revision ``REV`` and with this tree's, in turn, three rounds each, on the same machine: the
+throughput and CPU-per-answer ratios of item 3 of issue 23 (medians of the rounds). ``--quick`` runs small sizes (a smoke test of this
 script, not figures to quote). A table goes to stdout, JSON to ``bench/results/``.
 """
 
@@ -55,6 +56,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 PROBE_EVERY_S = 0.05
 REQUEST_TIMEOUT_S = 30.0
 LENGTH_RE = re.compile(rb"content-length:\s*(\d+)", re.IGNORECASE)
+RETRY_AFTER_RE = re.compile(rb"retry-after:\s*(\d+)", re.IGNORECASE)
 
 
 class Rest:
@@ -93,8 +95,13 @@ async def poll(port: int, path: str, stop_at: float, record: dict[str, Any]) -> 
             head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), REQUEST_TIMEOUT_S)
             match = LENGTH_RE.search(head)
             body = await reader.readexactly(int(match[1]) if match else 0)
-            record["codes"][int(head[9:12])] += 1
+            code = int(head[9:12])
+            record["codes"][code] += 1
             record["bytes"].append(len(body))
+            if code == 503:  # shed: a well-behaved client waits as asked
+                retry = RETRY_AFTER_RE.search(head)
+                await asyncio.sleep(int(retry[1]) if retry else 1)
+                continue
         except (OSError, asyncio.IncompleteReadError, asyncio.TimeoutError, ValueError):
             record["codes"]["error"] += 1
             if writer is not None:
@@ -274,7 +281,7 @@ def main() -> int:
     try:
         if args.baseline:
             results["baseline"] = compare(args.baseline, here, work, env, client,
-                                          clients_list, duration_s)
+                                          clients_list, duration_s, 1 if args.quick else 3)
         rest = Rest(here, env, work / "rest.log")
         try:
             for depth in depths:
@@ -302,24 +309,38 @@ def main() -> int:
 
 
 def compare(revision: str, here: Path, work: Path, env: dict[str, str], client: redis.Redis,
-            clients_list: list[int], duration_s: float) -> list[dict[str, Any]]:
-    """Status polling of a done job: the REST service of ``revision``, then this tree's."""
+            clients_list: list[int], duration_s: float, rounds: int) -> list[dict[str, Any]]:
+    """Status polling of a done job: the REST service of ``revision`` and this tree's, both
+    running, loaded in turn for ``rounds`` rounds (the machine is shared: noise hits both);
+    per tree and clients, the median round."""
     job_id = done_job(client)
+    trees = {"baseline": baseline_tree(revision, work / "baseline"), "this": here}
+    rests = {name: Rest(tree, env, work / f"rest-{name}.log") for name, tree in trees.items()}
     rows = []
-    for name, tree in (("baseline", baseline_tree(revision, work / "baseline")), ("this", here)):
-        rest = Rest(tree, env, work / f"rest-{name}.log")
-        try:
-            for clients in clients_list:
+    try:
+        for clients in clients_list:
+            runs: dict[str, list[dict[str, Any]]] = {name: [] for name in rests}
+            for _ in range(rounds):
+                for name, rest in rests.items():
+                    runs[name].append(load(rest, client, f"/apiv1/status/{job_id}", clients,
+                                           duration_s))
+            for name, cells in runs.items():
                 cell = {"depth": 0, "path_kind": f"status-done ({name})", "tree": name,
-                        **load(rest, client, f"/apiv1/status/{job_id}", clients, duration_s)}
+                        "rounds": rounds,
+                        **sorted(cells, key=lambda c: c["answers_per_s"])[len(cells) // 2],
+                        "rest_cpu_ms_per_answer": statistics.median(
+                            c["rest_cpu_ms_per_answer"] for c in cells)}
                 rows.append(cell)
                 print_cell(cell)
-        finally:
+    finally:
+        for rest in rests.values():
             rest.stop()
     for row in rows:
         base = next(r for r in rows if r["tree"] == "baseline" and r["clients"] == row["clients"])
         row["throughput_ratio_to_baseline"] = round(
             row["answers_per_s"] / max(base["answers_per_s"], 0.1), 2)
+        row["cpu_per_answer_ratio_to_baseline"] = round(
+            row["rest_cpu_ms_per_answer"] / max(base["rest_cpu_ms_per_answer"], 0.001), 2)
     return rows
 
 

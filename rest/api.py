@@ -16,7 +16,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, BackgroundTasks, Depends, HTTPException, Query, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import RedirectResponse, Response
+from fastapi.responses import JSONResponse, RedirectResponse, Response
 from minio.error import S3Error
 from pydantic import BaseModel
 
@@ -228,15 +228,15 @@ def song_of(raw: bytes) -> tuple[str, bool] | None:
 
 
 @router.get("/status/{ref}")
-def status(ref: str, backend: BackendDep) -> dict[str, Any]:
+async def status(ref: str, backend: BackendDep) -> JSONResponse:
     """A job's state, progress, error, tracks and attempts, by job id or songhash.
 
     A songhash names its latest job. ``urls`` gives each track's download path; a queued
     job has its 1-based ``position`` in the queue (null for a job pushed without a status
     record by this service's ``JobQueue``).
     """
-    record = backend.status.get(ref) if JOB_ID_RE.match(ref) or SONGHASH_RE.match(ref) \
-        else None
+    record = await backend.status.get_async(ref) \
+        if JOB_ID_RE.fullmatch(ref) or SONGHASH_RE.fullmatch(ref) else None
     if record is None:
         raise HTTPException(404, f"no job or song {ref!r} is known (records expire after "
                                  f"STATUS_TTL_S={backend.settings.status_ttl_s} s)")
@@ -244,8 +244,8 @@ def status(ref: str, backend: BackendDep) -> dict[str, Any]:
     result = {**record, "hash": songhash,
               "urls": {track: f"/apiv1/track/{songhash}/{track}" for track in record["tracks"]}}
     if record.get("state") == Status.QUEUED.value:
-        result["position"] = backend.queue.position(record["id"])
-    return result
+        result["position"] = await backend.queue.position_async(record["id"])
+    return JSONResponse(result)
 
 
 @router.get("/track/{songhash}/{track}", response_class=Response,

@@ -10,7 +10,12 @@ import redis
 from fastapi import Depends, HTTPException, Request
 from minio import Minio
 
-from separation.connections import connect_minio, connect_redis, ensure_bucket
+from separation.connections import (
+    connect_minio,
+    connect_redis,
+    connect_redis_async,
+    ensure_bucket,
+)
 from separation.queue import JobQueue
 from separation.settings import Settings
 from separation.status import StatusStore
@@ -29,9 +34,9 @@ class Backend:
 
     @classmethod
     def connect(cls, settings: Settings) -> Backend:
-        client = connect_redis(settings)
-        return cls(settings, client, connect_minio(settings), JobQueue(client),
-                   StatusStore(client, settings.status_ttl_s))
+        client, async_client = connect_redis(settings), connect_redis_async(settings)
+        return cls(settings, client, connect_minio(settings), JobQueue(client, async_client),
+                   StatusStore(client, settings.status_ttl_s, async_client))
 
     def ensure_buckets(self) -> None:
         """Create the input and output buckets once; retried on the next upload if it fails."""

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import redis
+import redis.asyncio
 import urllib3
 from minio import Minio
 from minio.error import S3Error
+from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
 from redis.retry import Retry
 
@@ -35,6 +37,16 @@ def connect_redis(settings: Settings, fail_fast: bool = False) -> redis.Redis:
         max_connections=settings.rest_max_in_flight + SPARE_CONNECTIONS, timeout=5,
         retry=Retry(ExponentialWithJitterBackoff(base=0.01, cap=1), 10))  # redis-py's default
     return redis.Redis(connection_pool=pool)
+
+
+def connect_redis_async(settings: Settings) -> redis.asyncio.Redis:
+    """``connect_redis``'s asyncio twin, for the REST routes that are polled most."""
+    pool = redis.asyncio.BlockingConnectionPool(
+        host=settings.redis_host, port=settings.redis_port, password=settings.redis_password,
+        socket_timeout=5, socket_connect_timeout=5, health_check_interval=30,
+        max_connections=settings.rest_max_in_flight + SPARE_CONNECTIONS, timeout=5,
+        retry=AsyncRetry(ExponentialWithJitterBackoff(base=0.01, cap=1), 10))
+    return redis.asyncio.Redis(connection_pool=pool)
 
 
 def connect_minio(settings: Settings, probe: bool = False) -> Minio:

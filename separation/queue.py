@@ -49,7 +49,7 @@ position ``p`` with the counter at ``t`` is now at ``p - (taken - t)``, whoever 
 before or after it (Redis-only producers included): exact for a FIFO list, one ``HMGET``,
 one ``GET`` and one ``LLEN`` whatever the queue's depth. Jobs without a status hash have
 no position; a worker killed between ``BLMOVE`` and its count leaves it one short, which the
-clamp to ``[1, LLEN]`` bounds.
+clamp to ``[1, LLEN]`` bounds. The reading is one Lua script (``position``).
 """
 
 from __future__ import annotations
@@ -58,6 +58,7 @@ import json
 import time
 
 import redis
+import redis.asyncio
 
 from separation.contract import Keys
 
@@ -69,6 +70,16 @@ if KEYS[3] and redis.call('EXISTS', KEYS[3]) == 1 then
              'queue_taken', redis.call('GET', KEYS[2]) or 0)
 end
 return length
+"""
+
+# The place of a waiting job: at enqueue, less the jobs taken since, clamped to the list.
+_POSITION = """
+local recorded = redis.call('HMGET', KEYS[1], 'queue_position', 'queue_taken')
+local depth = redis.call('LLEN', KEYS[2])
+if not recorded[1] or not recorded[2] or depth == 0 then return false end
+local taken = tonumber(redis.call('GET', KEYS[3]) or '0')
+local place = tonumber(recorded[1]) - (taken - tonumber(recorded[2]))
+return math.min(math.max(place, 1), depth)
 """
 
 # 2. Move a job from the taking end into the processing list and count it.
@@ -137,8 +148,12 @@ return {done, 0}
 class JobQueue:
     """Redis operations of the protocol above, one method per step."""
 
-    def __init__(self, client: redis.Redis) -> None:
+    def __init__(self, client: redis.Redis, async_client: redis.asyncio.Redis | None = None
+                 ) -> None:
         self.redis = client
+        self._position = client.register_script(_POSITION)
+        self._position_async = None if async_client is None else \
+            async_client.register_script(_POSITION)
         self._enqueue = client.register_script(_ENQUEUE)
         self._take = client.register_script(_TAKE)
         self._beat = client.register_script(_BEAT)
@@ -170,15 +185,17 @@ class JobQueue:
 
     def position(self, job_id: str) -> int | None:
         """The 1-based place of a waiting job, from the counters (see *Positions*)."""
-        with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hmget(Keys.job(job_id), "queue_position", "queue_taken")
-            pipe.get(Keys.QUEUE_TAKEN)
-            pipe.llen(Keys.QUEUE)
-            (recorded, taken_then), taken_now, depth = pipe.execute()
-        if recorded is None or taken_then is None or not depth:
-            return None
-        place = int(recorded) - (int(taken_now or 0) - int(taken_then))
-        return min(max(place, 1), int(depth))
+        return self._position(keys=self._position_keys(job_id))
+
+    async def position_async(self, job_id: str) -> int | None:
+        """``position`` on the asyncio client, for the REST status route."""
+        if self._position_async is None:
+            raise RuntimeError("this JobQueue has no asyncio client")
+        return await self._position_async(keys=self._position_keys(job_id))
+
+    @staticmethod
+    def _position_keys(job_id: str) -> list[str]:
+        return [Keys.job(job_id), Keys.QUEUE, Keys.QUEUE_TAKEN]
 
     # 2. take
     def take(self, worker_id: str, poll_s: float) -> bytes | None:

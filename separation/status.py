@@ -13,6 +13,7 @@ import time
 from typing import Any
 
 import redis
+import redis.asyncio
 
 from separation.contract import SONGHASH_RE, Keys, Status
 
@@ -41,8 +42,10 @@ QUEUE_FIELDS = ("queue_position", "queue_taken")
 class StatusStore:
     """Reads and writes job status records."""
 
-    def __init__(self, client: redis.Redis, ttl_s: int) -> None:
+    def __init__(self, client: redis.Redis, ttl_s: int,
+                 async_client: redis.asyncio.Redis | None = None) -> None:
         self.redis = client
+        self.async_redis = async_client
         self.ttl_s = ttl_s
         self._start_attempt = client.register_script(_START_ATTEMPT)
 
@@ -110,25 +113,38 @@ class StatusStore:
     def get(self, id_or_songhash: str) -> dict[str, Any] | None:
         """A job's record by job id, or the latest job of a songhash."""
         job_id: str | None = id_or_songhash
-        if SONGHASH_RE.match(id_or_songhash):
+        if SONGHASH_RE.fullmatch(id_or_songhash):
             job_id = self.job_for_song(id_or_songhash)
-        if job_id is None:
-            return None
-        raw = self.redis.hgetall(Keys.job(job_id))
-        if not raw:
-            return None
-        record: dict[str, Any] = {_decode(k): _decode(v) for k, v in raw.items()}
-        for name in QUEUE_FIELDS:
-            record.pop(name, None)
-        record["tracks"] = json.loads(record.get("tracks") or "{}")
-        record["timings"] = json.loads(record.get("timings") or "{}")
-        record["attempts"] = int(record.get("attempts") or 0)
-        record["progress"] = float(record.get("progress") or 0)
-        for name in ("created_at", "started_at", "finished_at", "updated_at", "elapsed_s",
-                     "duration_s"):
-            value = record.get(name)
-            record[name] = float(value) if value else None
-        return record
+        return None if job_id is None else _record(self.redis.hgetall(Keys.job(job_id)))
+
+    async def get_async(self, id_or_songhash: str) -> dict[str, Any] | None:
+        """``get`` on the asyncio client: for the REST routes polled most, off the threads."""
+        client = self.async_redis
+        if client is None:
+            raise RuntimeError("this StatusStore has no asyncio client")
+        job_id: str | None = id_or_songhash
+        if SONGHASH_RE.fullmatch(id_or_songhash):
+            found = await client.get(Keys.song_latest(id_or_songhash))
+            job_id = None if found is None else _decode(found)
+        return None if job_id is None else _record(await client.hgetall(Keys.job(job_id)))
+
+
+def _record(raw: dict[bytes, bytes]) -> dict[str, Any] | None:
+    """A status hash as read from Redis, decoded and typed; None if it is empty."""
+    if not raw:
+        return None
+    record: dict[str, Any] = {_decode(k): _decode(v) for k, v in raw.items()}
+    for name in QUEUE_FIELDS:
+        record.pop(name, None)
+    record["tracks"] = json.loads(record.get("tracks") or "{}")
+    record["timings"] = json.loads(record.get("timings") or "{}")
+    record["attempts"] = int(record.get("attempts") or 0)
+    record["progress"] = float(record.get("progress") or 0)
+    for name in ("created_at", "started_at", "finished_at", "updated_at", "elapsed_s",
+                 "duration_s"):
+        value = record.get(name)
+        record[name] = float(value) if value else None
+    return record
 
 
 def _encode(value: Any) -> str | int | float:
