@@ -20,7 +20,8 @@ dead-worker check, at each depth, as ratios to depth 0.
 ``--baseline REV`` also polls the status of a *done* job with the REST service of git
 revision ``REV`` and with this tree's, in turn, three rounds each, on the same machine: the
 throughput and CPU-per-answer ratios of item 3 of issue 23 (medians of the rounds).
-``--quick`` runs small sizes (a smoke test of this script, not figures to quote). A table goes to stdout, JSON to ``bench/results/``.
+``--quick`` runs small sizes (a smoke test of this script, not figures to quote). A table
+goes to stdout, JSON to ``bench/results/``.
 """
 
 from __future__ import annotations
