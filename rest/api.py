@@ -176,7 +176,7 @@ def notify_done(backend: Backend, job: Job, record: dict[str, Any]) -> None:
 
 
 @router.get("/queue", response_model=QueueResponse)
-def queue(backend: BackendDep, offset: Annotated[int, Query(ge=0)] = 0,
+async def queue(backend: BackendDep, offset: Annotated[int, Query(ge=0)] = 0,
           limit: Annotated[int, Query(ge=1)] = QUEUE_PAGE_JOBS) -> dict[str, Any]:
     """Songhashes of the waiting jobs, in the order they will run: one page of them.
 
@@ -185,14 +185,14 @@ def queue(backend: BackendDep, offset: Annotated[int, Query(ge=0)] = 0,
     A long song's waiting chunks (and its join) count once in a page, as their song.
     """
     limit = min(limit, backend.settings.queue_page_max_jobs)
-    total, raws = backend.queue.page(offset, limit)
+    total, raws = await backend.queue.page(offset, limit)
     end = offset + len(raws)
-    return {"queue": page_songhashes(backend, raws), "total": total, "offset": offset,
+    return {"queue": await page_songhashes(backend, raws), "total": total, "offset": offset,
             "limit": limit, "next": f"/apiv1/queue?offset={end}&limit={limit}"
             if end < total else None}
 
 
-def page_songhashes(backend: Backend, raws: list[bytes]) -> list[str]:
+async def page_songhashes(backend: Backend, raws: list[bytes]) -> list[str]:
     """The songhash of each job, a long song's chunks and join once; unreadable jobs skipped."""
     entries: list[tuple[str, bool]] = []  # (songhash or parent job id, is a parent)
     parents_seen: set[str] = set()
@@ -203,7 +203,7 @@ def page_songhashes(backend: Backend, raws: list[bytes]) -> list[str]:
         entries.append(entry)
         if entry[1]:
             parents_seen.add(entry[0])
-    parent_hashes = backend.status.songhashes(sorted(parents_seen))
+    parent_hashes = await backend.status.songhashes(sorted(parents_seen))
     hashes = [parent_hashes.get(ref) if is_parent else ref for ref, is_parent in entries]
     return [songhash for songhash in hashes if songhash]
 

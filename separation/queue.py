@@ -72,6 +72,8 @@ end
 return length
 """
 
+NO_ASYNC_CLIENT = "this JobQueue was made without an asyncio client"
+
 # The place of a waiting job: at enqueue, less the jobs taken since, clamped to the list.
 _POSITION = """
 local recorded = redis.call('HMGET', KEYS[1], 'queue_position', 'queue_taken')
@@ -151,9 +153,10 @@ class JobQueue:
     def __init__(self, client: redis.Redis, async_client: redis.asyncio.Redis | None = None
                  ) -> None:
         self.redis = client
+        self.async_redis = async_client
         self._position = client.register_script(_POSITION)
-        self._position_async = None if async_client is None else \
-            async_client.register_script(_POSITION)
+        self._position_async = async_client.register_script(_POSITION) if async_client \
+            else None
         self._enqueue = client.register_script(_ENQUEUE)
         self._take = client.register_script(_TAKE)
         self._beat = client.register_script(_BEAT)
@@ -172,12 +175,13 @@ class JobQueue:
         """Every queued payload in the order they will run (O(depth): for tests and tools)."""
         return list(reversed(self.redis.lrange(Keys.QUEUE, 0, -1)))
 
-    def page(self, offset: int, limit: int) -> tuple[int, list[bytes]]:
-        """The depth, and ``limit`` payloads from the ``offset``-th next to run, in run order."""
-        with self.redis.pipeline(transaction=True) as pipe:
+    async def page(self, offset: int, limit: int) -> tuple[int, list[bytes]]:
+        """The depth, and ``limit`` payloads from the ``offset``-th next to run, in run order
+        (on the asyncio client: one bounded ``LRANGE``, whatever the depth)."""
+        async with self._async().pipeline(transaction=True) as pipe:
             pipe.llen(Keys.QUEUE)
             pipe.lrange(Keys.QUEUE, -(offset + limit), -(offset + 1))
-            depth, raws = pipe.execute()
+            depth, raws = await pipe.execute()
         return int(depth), list(reversed(raws))
 
     def depth(self) -> int:
@@ -190,8 +194,13 @@ class JobQueue:
     async def position_async(self, job_id: str) -> int | None:
         """``position`` on the asyncio client, for the REST status route."""
         if self._position_async is None:
-            raise RuntimeError("this JobQueue has no asyncio client")
+            raise RuntimeError(NO_ASYNC_CLIENT)
         return await self._position_async(keys=self._position_keys(job_id))
+
+    def _async(self) -> redis.asyncio.Redis:
+        if self.async_redis is None:
+            raise RuntimeError(NO_ASYNC_CLIENT)
+        return self.async_redis
 
     @staticmethod
     def _position_keys(job_id: str) -> list[str]:

@@ -101,12 +101,14 @@ class StatusStore:
         job_id = self.redis.get(key)
         return None if job_id is None else _decode(job_id)
 
-    def songhashes(self, job_ids: list[str]) -> dict[str, str]:
-        """The songhash of each of these jobs that has one, in one round trip."""
-        with self.redis.pipeline(transaction=False) as pipe:
+    async def songhashes(self, job_ids: list[str]) -> dict[str, str]:
+        """The songhash of each of these jobs that has one, in one round trip (asyncio)."""
+        if not job_ids:
+            return {}
+        async with self._async().pipeline(transaction=False) as pipe:
             for job_id in job_ids:
                 pipe.hget(Keys.job(job_id), "songhash")
-            found = pipe.execute()
+            found = await pipe.execute()
         return {job_id: _decode(value) for job_id, value in zip(job_ids, found, strict=True)
                 if value}
 
@@ -119,14 +121,17 @@ class StatusStore:
 
     async def get_async(self, id_or_songhash: str) -> dict[str, Any] | None:
         """``get`` on the asyncio client: for the REST routes polled most, off the threads."""
-        client = self.async_redis
-        if client is None:
-            raise RuntimeError("this StatusStore has no asyncio client")
+        client = self._async()
         job_id: str | None = id_or_songhash
         if SONGHASH_RE.fullmatch(id_or_songhash):
             found = await client.get(Keys.song_latest(id_or_songhash))
             job_id = None if found is None else _decode(found)
         return None if job_id is None else _record(await client.hgetall(Keys.job(job_id)))
+
+    def _async(self) -> redis.asyncio.Redis:
+        if self.async_redis is None:
+            raise RuntimeError("this StatusStore was made without an asyncio client")
+        return self.async_redis
 
 
 def _record(raw: dict[bytes, bytes]) -> dict[str, Any] | None:

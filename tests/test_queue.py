@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import random
 import time
+
+import redis.asyncio
 
 from separation.contract import Keys
 from separation.queue import JobQueue
@@ -154,9 +157,12 @@ def test_positions_from_counters_match_the_list_whoever_pushes_and_takes(stack):
 
 
 def test_a_page_of_the_queue_reads_only_that_page(stack):
-    queue = JobQueue(stack.redis)
-    for i in range(10):
-        queue.enqueue(str(i))
-    assert queue.page(0, 3) == (10, [b"0", b"1", b"2"])
-    assert queue.page(8, 5) == (10, [b"8", b"9"])
-    assert queue.page(10, 5) == (10, [])
+    async def pages() -> list[tuple[int, list[bytes]]]:
+        port = stack.redis.connection_pool.connection_kwargs["port"]
+        async with redis.asyncio.Redis(port=port) as aio:
+            queue = JobQueue(stack.redis, aio)
+            for i in range(10):
+                queue.enqueue(str(i))
+            return [await queue.page(0, 3), await queue.page(8, 5), await queue.page(10, 5)]
+
+    assert asyncio.run(pages()) == [(10, [b"0", b"1", b"2"]), (10, [b"8", b"9"]), (10, [])]
