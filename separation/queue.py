@@ -35,10 +35,12 @@ This is the one place the protocol is written down. Key names come from
    counter in its status hash.
 7. **Long songs.** A song longer than ``CHUNK_OVER_S`` is cut into overlapping chunks, stored
    in the input bucket under ``chunks/<job>/``, and pushed as chunk jobs that any worker takes
-   with the guarantees above. One Lua script counts each stored chunk in the set
+   with the guarantees above (``enqueue_chunks``: the chunking record and the pushes in one
+   ``MULTI``). One Lua script counts each stored chunk in the set
    ``job:<job>:chunks-done`` and, when the set is complete, pushes the join job to the taking
    end, guarded by ``HSETNX joined`` in ``job:<job>:chunks``: a redelivered chunk never causes
-   a second join. The join is itself a queued job, so a killed joiner's join is redone.
+   a second join (and counts the push in ``toWorkers:taken``, as every push to the taking end
+   does). The join is itself a queued job, so a killed joiner's join is redone.
 8. **Stop.** On SIGTERM a worker stops taking jobs and finishes the current one within its
    grace; past it, it kills Demucs and moves the job back onto ``toWorkers`` without counting
    the attempt.
@@ -171,10 +173,6 @@ class JobQueue:
         keys = [Keys.QUEUE, Keys.QUEUE_TAKEN] + ([Keys.job(job_id)] if job_id else [])
         return int(self._enqueue(keys=keys, args=[payload]))
 
-    def waiting(self) -> list[bytes]:
-        """Every queued payload in the order they will run (O(depth): for tests and tools)."""
-        return list(reversed(self.redis.lrange(Keys.QUEUE, 0, -1)))
-
     async def page(self, offset: int, limit: int) -> tuple[int, list[bytes]]:
         """The depth, and ``limit`` payloads from the ``offset``-th next to run, in run order
         (on the asyncio client: one bounded ``LRANGE``, whatever the depth)."""
@@ -272,6 +270,16 @@ class JobQueue:
                   Keys.QUEUE_TAKEN],
             args=[index, join_payload, ttl_s])
         return int(done), bool(pushed)
+
+    def enqueue_chunks(self, parent_id: str, record: dict[str, str | int | float],
+                       payloads: list[str], ttl_s: int) -> None:
+        """Record a long song's chunking and push its chunk jobs, in one ``MULTI``."""
+        with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(Keys.chunks(parent_id), mapping=record)
+            pipe.expire(Keys.chunks(parent_id), ttl_s)
+            for payload in payloads:
+                pipe.lpush(Keys.QUEUE, payload)
+            pipe.execute()
 
     def dead_letters(self) -> list[dict[str, object]]:
         return [json.loads(e) for e in self.redis.lrange(Keys.DEAD_LETTER, 0, -1)]

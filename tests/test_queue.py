@@ -14,6 +14,11 @@ from separation.queue import JobQueue
 from separation.status import StatusStore
 
 
+def waiting(stack) -> list[bytes]:
+    """Every queued payload in the order they will run (the service itself never reads all)."""
+    return list(reversed(stack.redis.lrange(Keys.QUEUE, 0, -1)))
+
+
 def wait_until(condition, timeout_s: float = 10.0):
     """Poll ``condition`` until it returns something truthy; return that."""
     deadline = time.monotonic() + timeout_s
@@ -27,7 +32,7 @@ def test_fifo_take_and_ack(stack):
     queue = JobQueue(stack.redis)
     for i in range(3):
         queue.enqueue(f'{{"n": {i}}}')
-    assert queue.waiting() == [b'{"n": 0}', b'{"n": 1}', b'{"n": 2}']
+    assert waiting(stack) == [b'{"n": 0}', b'{"n": 1}', b'{"n": 2}']
     assert queue.take("w1", 0.1) == b'{"n": 0}'
     assert queue.take_waiting("w1") == b'{"n": 1}'
     assert queue.in_flight("w1") == [b'{"n": 1}', b'{"n": 0}']
@@ -49,7 +54,7 @@ def test_dead_workers_jobs_are_redelivered_first_in_order(stack):
     assert queue.redeliver_dead() == []  # heartbeat still fresh
     assert sorted(wait_until(queue.redeliver_dead)) == [b"a", b"b"]
     assert queue.in_flight("dead") == [] and queue.in_flight("alive") == [b"c"]
-    assert queue.waiting() == [b"a", b"b", b"d"]  # redelivered jobs run next, oldest first
+    assert waiting(stack) == [b"a", b"b", b"d"]  # redelivered jobs run next, oldest first
 
 
 def test_give_back_and_dead_letter_are_atomic_moves(stack):
@@ -58,10 +63,10 @@ def test_give_back_and_dead_letter_are_atomic_moves(stack):
     queue.enqueue("y")
     raw = queue.take("w", 0.1)
     queue.give_back("w", raw)
-    assert queue.in_flight("w") == [] and queue.waiting() == [b"x", b"y"]
+    assert queue.in_flight("w") == [] and waiting(stack) == [b"x", b"y"]
     raw = queue.take("w", 0.1)
     queue.dead_letter("w", raw, "because", attempts=2)
-    assert queue.in_flight("w") == [] and queue.waiting() == [b"y"]
+    assert queue.in_flight("w") == [] and waiting(stack) == [b"y"]
     entry = queue.dead_letters()[0]
     assert entry["job"] == "x" and entry["error"] == "because" and entry["attempts"] == 2
 
@@ -151,9 +156,9 @@ def test_positions_from_counters_match_the_list_whoever_pushes_and_takes(stack):
             wait_until(lambda dying=worker: queue.redeliver_dead() is not None
                        and stack.redis.zscore(Keys.WORKERS, dying) is None)
             held[worker] = []
-        waiting = [json.loads(raw)["id"] for raw in queue.waiting()]
+        in_line = [json.loads(raw)["id"] for raw in waiting(stack)]
         for job_id in tracked:
-            assert queue.position(job_id) == waiting.index(job_id) + 1, (step, op, job_id)
+            assert queue.position(job_id) == in_line.index(job_id) + 1, (step, op, job_id)
 
 
 def test_a_page_of_the_queue_reads_only_that_page(stack):
