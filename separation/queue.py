@@ -14,25 +14,25 @@ This is the one place the protocol is written down. Key names come from
    counts the job it gets right after; then it checks for a stop and blocks again. A batch
    takes up to ``BATCH_MAX - 1`` further jobs without blocking; it never waits for more.
 3. **Heartbeat.** Every worker, from a background thread, before it takes its first job and
-   while a job runs, records in the sorted set ``workers`` the time (Redis' clock, in ms) past
-   which it counts as dead: now + ``HEARTBEAT_TTL_S``. It also refreshes the key
+   while a job runs, records in the sorted set ``toWorkers:workers`` the time (Redis' clock,
+   in ms) past which it counts as dead: now + ``HEARTBEAT_TTL_S``. It also refreshes the key
    ``worker:<worker>:heartbeat`` (with that TTL), which workers of earlier versions look for.
-4. **Redeliver.** Every worker periodically reads the members of ``workers`` whose time has
-   passed (one ``ZRANGEBYSCORE``: no scan of the keyspace). A dead worker's jobs are moved
-   back, in one Lua script that first checks it is still dead, to the taking end of
-   ``toWorkers``, oldest nearest, so they run next; the worker leaves ``workers``. Their status
-   still reads ``running``.
+4. **Redeliver.** Every worker periodically reads the members of ``toWorkers:workers`` whose
+   time has passed (one ``ZRANGEBYSCORE``: no scan of the keyspace). A dead worker's jobs are
+   moved back, in one Lua script that first checks it is still dead, to the taking end of
+   ``toWorkers``, oldest nearest, so they run next; the worker leaves the set. Their status
+   still reads ``running``. A worker that exits cleanly leaves the set itself (``forget``).
 5. **Attempts.** Taking a job counts an attempt in its status hash ``job:<id>`` (``HINCRBY
    attempts``; a job whose status is absent or final starts again at 1, since a finished job
    pushed again is a new request). A job taken more than ``MAX_ATTEMPTS`` times fails for good.
 6. **Finish.** Success: every track stored → status ``done`` → webhook → ``LREM`` from the
    processing list. A crash anywhere before the ``LREM`` means the job runs again; outputs are
    overwritten under the same keys, so a rerun is harmless (at-least-once, idempotent).
-   A retryable failure moves the job back onto ``toWorkers`` (status ``queued``, the error kept)
-   in one ``MULTI``; a permanent one (bad input, missing weights, attempts exhausted) moves it
-   to the dead-letter list ``toWorkers:dead`` with its reason, in one ``MULTI``.
-   Moving a job back is one Lua script that also records its new position (1) and the
-   counter in its status hash.
+   A retryable failure moves the job back to the taking end of ``toWorkers`` (status
+   ``queued``, the error kept) in one Lua script that also records its new position, 1, and
+   the counter in its status hash; a permanent one (bad input, missing weights, attempts
+   exhausted) moves it to the dead-letter list ``toWorkers:dead`` with its reason, in one
+   ``MULTI``.
 7. **Long songs.** A song longer than ``CHUNK_OVER_S`` is cut into overlapping chunks, stored
    in the input bucket under ``chunks/<job>/``, and pushed as chunk jobs that any worker takes
    with the guarantees above (``enqueue_chunks``: the chunking record and the pushes in one
@@ -48,10 +48,11 @@ This is the one place the protocol is written down. Key names come from
 **Positions.** ``toWorkers:taken`` counts the jobs that left the taking end less those pushed
 back onto it. Pushes at the other end land behind every waiting job, so a job recorded at
 position ``p`` with the counter at ``t`` is now at ``p - (taken - t)``, whoever pushed the jobs
-before or after it (Redis-only producers included): exact for a FIFO list, one ``HMGET``,
-one ``GET`` and one ``LLEN`` whatever the queue's depth. Jobs without a status hash have
-no position; a worker killed between ``BLMOVE`` and its count leaves it one short, which the
-clamp to ``[1, LLEN]`` bounds. The reading is one Lua script (``position``).
+before or after it (Redis-only producers included): exact for a FIFO list, and one Lua script
+(``position``: ``HMGET``, ``GET``, ``LLEN``) whatever the queue's depth. Jobs without a status
+hash have no position. A worker killed between a ``BLMOVE`` and its count leaves the counter
+one short (the jobs then waiting read one place too far back), which the clamp to
+``[1, LLEN]`` bounds.
 """
 
 from __future__ import annotations
