@@ -177,7 +177,7 @@ def notify_done(backend: Backend, job: Job, record: dict[str, Any]) -> None:
 
 @router.get("/queue", response_model=QueueResponse)
 async def queue(backend: BackendDep, offset: Annotated[int, Query(ge=0)] = 0,
-          limit: Annotated[int, Query(ge=1)] = QUEUE_PAGE_JOBS) -> dict[str, Any]:
+                limit: Annotated[int, Query(ge=1)] = QUEUE_PAGE_JOBS) -> dict[str, Any]:
     """Songhashes of the waiting jobs, in the order they will run: one page of them.
 
     ``limit`` jobs (at most ``QUEUE_PAGE_MAX_JOBS``) from the ``offset``-th next to run;
@@ -232,8 +232,8 @@ async def status(ref: str, backend: BackendDep) -> JSONResponse:
     """A job's state, progress, error, tracks and attempts, by job id or songhash.
 
     A songhash names its latest job. ``urls`` gives each track's download path; a queued
-    job has its 1-based ``position`` in the queue (null for a job pushed without a status
-    record by this service's ``JobQueue``).
+    job has its 1-based ``position`` in the queue, from counters (``JobQueue.position``);
+    null for a job pushed by other means than ``JobQueue.enqueue``.
     """
     record = await backend.status.get_async(ref) \
         if JOB_ID_RE.fullmatch(ref) or SONGHASH_RE.fullmatch(ref) else None
