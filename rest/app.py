@@ -21,6 +21,7 @@ from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.telemetry import TelemetryConfig
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
@@ -39,13 +40,16 @@ from separation.webhook import SIGNATURE_HEADER, verify_signature
 log = logging.getLogger("rest")
 PAGE_PATH = Path(__file__).with_name("page.html")
 CALLBACK_MAX_BYTES = 1 << 20
+# Metrics are Prometheus' (/metrics): FastAPI's OpenTelemetry hooks would cost every request a
+# look for providers that are never configured.
+NO_OPENTELEMETRY = TelemetryConfig(tracing=False, metrics=False, logs=False)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings.from_env()
     app = FastAPI(title="Music source separation", version="1.0",
                   description="Split songs into stems with Demucs. The lab's `apiv1` API.",
-                  lifespan=_lifespan)
+                  lifespan=_lifespan, telemetry=NO_OPENTELEMETRY)
     app.state.backend = Backend.connect(settings)
     app.state.probe = HealthProbe(settings)
     app.state.page = PAGE_PATH.read_text(encoding="utf-8")
