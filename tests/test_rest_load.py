@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import io
+import os
 import socket
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import requests
+
+from separation.contract import Keys
 
 TIMEOUT_S = 30
 
@@ -51,3 +56,24 @@ def test_past_the_limit_the_api_answers_503_at_once_and_probes_still_answer(star
                                              timeout=TIMEOUT_S).headers
     wait_until(lambda: "client disconnected" in rest.logs())
     assert "Traceback" not in rest.logs()
+
+
+def test_concurrent_downloads_reuse_pooled_storage_connections(stack, start_rest):
+    """More downloads at once than urllib3's default pool of 10: none is opened and discarded."""
+    rest = start_rest(REST_MAX_IN_FLIGHT="40")
+    songhash = "c" * 64
+    stack.minio.make_bucket(stack.output_bucket)
+    track = os.urandom(256 * 1024)
+    stack.minio.put_object(stack.output_bucket, f"{songhash}-vocals.mp3", io.BytesIO(track),
+                           len(track))
+
+    def download(_: int) -> bytes:
+        with requests.Session() as session:
+            return session.get(f"{rest.url}/apiv1/track/{songhash}/vocals",
+                               timeout=TIMEOUT_S).content
+
+    with ThreadPoolExecutor(30) as pool:
+        assert all(body == track for body in pool.map(download, range(90)))
+    assert "Connection pool is full" not in rest.log_path.read_text(errors="replace")
+    lines = [line.decode() for line in stack.redis.lrange(Keys.LOGGING, 0, -1)]
+    assert not [line for line in lines if "urllib3" in line or "pool" in line]
