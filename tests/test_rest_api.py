@@ -17,6 +17,7 @@ from mutagen.mp3 import MP3
 
 import devstack
 from separation.contract import TRACKS, Keys
+from separation.queue import JobQueue
 from separation.status import StatusStore
 from separation.webhook import SIGNATURE_HEADER, sign
 
@@ -183,6 +184,11 @@ def test_queue_lists_songs_in_the_order_they_will_run(stack, rest, make_song):
                         timeout=TIMEOUT_S).json()["limit"] == 1000
     assert_error(requests.get(f"{rest.url}/apiv1/queue?limit=0", timeout=TIMEOUT_S), 400,
                  "limit")
+    # a worker takes the first song; a Redis-only producer's job lands behind: positions move
+    assert JobQueue(stack.redis).take("w", 0.1) is not None
+    stack.push({"songhash": "ef" * 32})
+    assert [requests.get(f"{rest.url}/apiv1/status/{job_id}", timeout=TIMEOUT_S).json()[
+        "position"] for job_id in ids[1:]] == [1, 2]
     assert_error(requests.get(f"{rest.url}/apiv1/track/{hashes[0]}/vocals", timeout=TIMEOUT_S),
                  404, "not separated yet: queued")
 
