@@ -12,7 +12,8 @@ the client waits its ``Retry-After``):
 Meanwhile a thread asks ``/healthz`` and ``GET /`` every 50 ms on new connections (the
 probes). Reported per cell: answers per second, p50/p95/p99 latency, non-200 answers (503s
 are load shed on purpose), answer size, the REST process's CPU per answer and peak RSS,
-Redis' memory, and the load generator's own CPU (it shares the machine). Ratios are to
+Redis' memory, the load generator's own CPU (it shares the machine), and how long the first
+request takes once the clients have left (those waiting for an answer just close). Ratios are to
 depth 0 at the same route and clients.
 The worker's side: the time of one take + give-back and of one heartbeat with its
 dead-worker check, at each depth, as ratios to depth 0.
@@ -87,15 +88,24 @@ async def poll(port: int, path: str, stop_at: float, record: dict[str, Any]) -> 
     """One client: GET ``path`` on a keep-alive connection until ``stop_at``."""
     request = f"GET {path} HTTP/1.1\r\nHost: bench\r\n\r\n".encode()
     reader = writer = None
-    while time.monotonic() < stop_at:
-        started = time.perf_counter()
-        try:
-            if writer is None:
-                reader, writer = await asyncio.open_connection("127.0.0.1", port)
-            writer.write(request)
-            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), REQUEST_TIMEOUT_S)
-            match = LENGTH_RE.search(head)
-            body = await reader.readexactly(int(match[1]) if match else 0)
+    try:
+        while time.monotonic() < stop_at:
+            started = time.perf_counter()
+            try:
+                if writer is None:
+                    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                writer.write(request)
+                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"),
+                                              REQUEST_TIMEOUT_S)
+                match = LENGTH_RE.search(head)
+                body = await reader.readexactly(int(match[1]) if match else 0)
+            except (OSError, asyncio.IncompleteReadError, asyncio.TimeoutError, ValueError):
+                record["codes"]["error"] += 1
+                if writer is not None:
+                    writer.close()
+                reader = writer = None
+                await asyncio.sleep(0.05)
+                continue
             code = int(head[9:12])
             record["codes"][code] += 1
             record["bytes"].append(len(body))
@@ -103,16 +113,22 @@ async def poll(port: int, path: str, stop_at: float, record: dict[str, Any]) -> 
                 retry = RETRY_AFTER_RE.search(head)
                 await asyncio.sleep(int(retry[1]) if retry else 1)
                 continue
-        except (OSError, asyncio.IncompleteReadError, asyncio.TimeoutError, ValueError):
-            record["codes"]["error"] += 1
-            if writer is not None:
-                writer.close()
-            reader = writer = None
-            await asyncio.sleep(0.05)
-            continue
-        record["latencies_s"].append(time.perf_counter() - started)
-    if writer is not None:
-        writer.close()
+            record["latencies_s"].append(time.perf_counter() - started)
+    finally:  # also when cancelled mid-request: the client is gone
+        if writer is not None:
+            writer.close()
+
+
+def first_answer_ms(port: int, path: str) -> float:
+    """How long one request takes right after the load stops (clients gone mid-request)."""
+    started = time.perf_counter()
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
+    try:
+        connection.request("GET", path)
+        connection.getresponse().read()
+    finally:
+        connection.close()
+    return round(1000 * (time.perf_counter() - started), 1)
 
 
 def probe(port: int, stop: threading.Event, record: dict[str, Any]) -> None:
@@ -158,8 +174,13 @@ def load(rest: Rest, client: redis.Redis, path: str, clients: int, duration_s: f
             while time.monotonic() < stop_at:
                 rss_peak.append(rest.ps.memory_info().rss)
                 await asyncio.sleep(0.2)
-        await asyncio.gather(*(poll(rest.port, path, stop_at, record) for _ in range(clients)),
-                             watch_rss())
+        pollers = [asyncio.ensure_future(poll(rest.port, path, stop_at, record))
+                   for _ in range(clients)]
+        watcher = asyncio.ensure_future(watch_rss())
+        await asyncio.wait(pollers, timeout=duration_s)
+        for poller in pollers:  # the clients leave, whether answered or not
+            poller.cancel()
+        await asyncio.gather(*pollers, watcher, return_exceptions=True)
 
     cpu_before, own_before = rest.cpu_s(), resource.getrusage(resource.RUSAGE_SELF)
     started = time.monotonic()
@@ -169,6 +190,7 @@ def load(rest: Rest, client: redis.Redis, path: str, clients: int, duration_s: f
     asyncio.run(run())
     stop.set()
     prober.join()
+    after_load_ms = first_answer_ms(rest.port, path)
     wall_s = time.monotonic() - started
     own = resource.getrusage(resource.RUSAGE_SELF)
     answers = sum(v for k, v in record["codes"].items() if k == 200)
@@ -187,6 +209,7 @@ def load(rest: Rest, client: redis.Redis, path: str, clients: int, duration_s: f
         "redis_clients_mb": round(memory.get("mem_clients_normal", 0) / 2**20, 1),
         "loadgen_cpu_s": round(own.ru_utime + own.ru_stime - own_before.ru_utime
                                - own_before.ru_stime, 2),
+        "first_answer_after_load_ms": after_load_ms,
         "probe_p99_ms": percentile_ms(probes["latencies_s"], 0.99),
         "probe_max_ms": percentile_ms(probes["latencies_s"], 1.0),
         "probe_codes": {str(k): v for k, v in probes["codes"].items()},
@@ -351,7 +374,8 @@ def print_cell(cell: dict[str, Any]) -> None:
           f"p99 {cell['p99_ms']} ms  codes {cell['codes']}  {cell['answer_bytes_max']} B  "
           f"cpu {cell['rest_cpu_ms_per_answer']} ms/answer  rss {cell['rest_rss_peak_mb']} MB  "
           f"redis {cell['redis_used_mb']} MB  loadgen {cell['loadgen_cpu_s']} s  "
-          f"probes p99 {cell['probe_p99_ms']} ms {cell['probe_codes']}", flush=True)
+          f"probes p99 {cell['probe_p99_ms']} ms {cell['probe_codes']}  "
+          f"after {cell['first_answer_after_load_ms']} ms", flush=True)
 
 
 if __name__ == "__main__":
