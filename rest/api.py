@@ -12,11 +12,11 @@ import json
 import logging
 import uuid
 from datetime import timedelta
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import RedirectResponse, Response
+from fastapi.responses import JSONResponse, RedirectResponse, Response
 from minio.error import S3Error
 from pydantic import BaseModel
 
@@ -55,6 +55,7 @@ from separation.webhook import send_outcome
 log = logging.getLogger("rest")
 MISSING_OBJECT = ("NoSuchKey", "NoSuchObject", "NoSuchBucket")
 ENQUEUED = "Song enqueued for separation"
+QUEUE_PAGE_JOBS = 100  # /queue's page when the client names no limit
 
 
 class SeparateResponse(BaseModel):
@@ -65,6 +66,10 @@ class SeparateResponse(BaseModel):
 
 class QueueResponse(BaseModel):
     queue: list[str]
+    total: int
+    offset: int
+    limit: int
+    next: str | None
 
 
 class RemoveResponse(BaseModel):
@@ -178,7 +183,7 @@ def enqueue(backend: Backend, upload: Upload, job: Job, model: str) -> None:
     backend.storage.fput_object(settings.queue_bucket, input_key(upload.songhash),
                                 str(upload.path), content_type="audio/mpeg")
     backend.status.queued(job.id or "", upload.songhash, model, upload.name)
-    backend.queue.enqueue(job.to_json())
+    backend.queue.enqueue(job.to_json(), job.id)
     SONGS.labels("enqueued").inc()
     log.info("job %s: song %s (%.1f s, %d bytes) enqueued, model %s", job.id, upload.songhash,
              upload.duration_s, upload.size_bytes, model)
@@ -211,38 +216,67 @@ def notify_done(backend: Backend, job: Job, record: dict[str, Any]) -> None:
 
 
 @router.get("/queue", response_model=QueueResponse)
-def queue(backend: BackendDep) -> dict[str, list[str]]:
-    """Songhashes of the waiting jobs, in the order they will run.
+async def queue(backend: BackendDep, offset: Annotated[int, Query(ge=0)] = 0,
+                limit: Annotated[int, Query(ge=1)] = QUEUE_PAGE_JOBS) -> dict[str, Any]:
+    """Songhashes of the waiting jobs, in the order they will run: one page of them.
 
-    A long song's waiting chunks (and its join) count once, as their song.
+    ``limit`` jobs (at most ``QUEUE_PAGE_MAX_JOBS``) from the ``offset``-th next to run;
+    ``total`` counts every waiting job, ``next`` is the next page's path (null on the last).
+    A long song's waiting chunks (and its join) count once in a page, as their song.
     """
-    hashes = []
+    limit = min(limit, backend.settings.queue_page_max_jobs)
+    total, raws = await backend.queue.page(offset, limit)
+    end = offset + len(raws)
+    return {"queue": await page_songhashes(backend, raws), "total": total, "offset": offset,
+            "limit": limit, "next": f"/apiv1/queue?offset={end}&limit={limit}"
+            if end < total else None}
+
+
+async def page_songhashes(backend: Backend, raws: list[bytes]) -> list[str]:
+    """The songhash of each job, a long song's chunks and join once; unreadable jobs skipped."""
+    entries: list[tuple[str, bool]] = []  # (songhash or parent job id, is a parent)
     parents_seen: set[str] = set()
-    for raw in backend.queue.waiting():
-        try:
-            job = parse_job(raw)
-        except InvalidJob:
+    for raw in raws:
+        entry = song_of(raw)
+        if entry is None or (entry[1] and entry[0] in parents_seen):
             continue
-        songhash = job.songhash
-        if parent := job.chunk_of or job.join_of:
-            if parent in parents_seen:
-                continue
-            parents_seen.add(parent)
-            songhash = (backend.status.get(parent) or {}).get("songhash")
-        if songhash:
-            hashes.append(songhash)
-    return {"queue": hashes}
+        entries.append(entry)
+        if entry[1]:
+            parents_seen.add(entry[0])
+    parent_hashes = await backend.status.songhashes(sorted(parents_seen))
+    hashes = [parent_hashes.get(ref) if is_parent else ref for ref, is_parent in entries]
+    return [songhash for songhash in hashes if songhash]
+
+
+def song_of(raw: bytes) -> tuple[str, bool] | None:
+    """A waiting job's songhash, or its parent's id (a long song's chunk or join); None if
+    it has neither. Only the fields a listing needs are read: a page costs ``json.loads``s,
+    not full validations (the worker validates, and dead-letters what is invalid)."""
+    try:
+        job = json.loads(raw)
+    except ValueError:  # not JSON, or not UTF-8
+        return None
+    if not isinstance(job, dict):
+        return None
+    parent = job.get("chunk_of") or job.get("join_of")
+    if isinstance(parent, str) and JOB_ID_RE.fullmatch(parent):
+        return parent, True
+    songhash = job.get("songhash")
+    if isinstance(songhash, str) and SONGHASH_RE.fullmatch(songhash):
+        return songhash, False
+    return None
 
 
 @router.get("/status/{ref}")
-def status(ref: str, backend: BackendDep) -> dict[str, Any]:
+async def status(ref: str, backend: BackendDep) -> JSONResponse:
     """A job's state, progress, error, tracks and attempts, by job id or songhash.
 
     A songhash names its latest job. ``urls`` gives each track's download path; a queued
-    job has its 1-based ``position`` in the queue.
+    job has its 1-based ``position`` in the queue, from counters (``JobQueue.position``);
+    null for a job pushed by other means than ``JobQueue.enqueue``.
     """
-    record = backend.status.get(ref) if JOB_ID_RE.fullmatch(ref) or SONGHASH_RE.fullmatch(ref) \
-        else None
+    record = await backend.status.get_async(ref) \
+        if JOB_ID_RE.fullmatch(ref) or SONGHASH_RE.fullmatch(ref) else None
     if record is None:
         raise HTTPException(404, f"no job or song {ref!r} is known (records expire after "
                                  f"STATUS_TTL_S={backend.settings.status_ttl_s} s)")
@@ -255,18 +289,8 @@ def status(ref: str, backend: BackendDep) -> dict[str, Any]:
               "urls": {track: f"/apiv1/track/{songhash}/{track}{which}"
                        for track in record["tracks"]}}
     if record.get("state") == Status.QUEUED.value:
-        result["position"] = queue_position(backend, record["id"])
-    return result
-
-
-def queue_position(backend: Backend, job_id: str) -> int | None:
-    for position, raw in enumerate(backend.queue.waiting(), start=1):
-        try:
-            if parse_job(raw).id == job_id:
-                return position
-        except InvalidJob:
-            continue
-    return None
+        result["position"] = await backend.queue.position_async(record["id"])
+    return JSONResponse(result)
 
 
 @router.get("/track/{songhash}/{track}", response_class=Response,

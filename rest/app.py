@@ -16,23 +16,25 @@ from pathlib import Path
 from typing import Any
 
 import redis
+from anyio import to_thread
 from fastapi import Depends, FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, Response
-from minio.error import MinioException
+from fastapi.telemetry import TelemetryConfig
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
-from urllib3.exceptions import HTTPError
 
 from rest import api
 from rest.backend import Backend, BackendDep, get_backend, require_token
 from rest.csrf import refuse_cross_site
-from rest.observability import QUEUE_DEPTH, count_requests
+from rest.limits import ShedLoad
+from rest.observability import QUEUE_DEPTH, CountRequests
+from rest.probes import STORAGE_ERRORS, HealthProbe
 from rest.uploads import read_body
-from separation.connections import connect_redis
+from separation.connections import SPARE_CONNECTIONS, connect_redis
 from separation.logs import configure_logging
 from separation.settings import Settings
 from separation.webhook import SIGNATURE_HEADER, verify_signature
@@ -40,7 +42,9 @@ from separation.webhook import SIGNATURE_HEADER, verify_signature
 log = logging.getLogger("rest")
 PAGE_PATH = Path(__file__).with_name("page.html")
 CALLBACK_MAX_BYTES = 1 << 20
-STORAGE_ERRORS = (MinioException, HTTPError)
+# Metrics are Prometheus' (/metrics): FastAPI's OpenTelemetry hooks would cost every request a
+# look for providers that are never configured.
+NO_OPENTELEMETRY = TelemetryConfig(tracing=False, metrics=False, logs=False)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -49,16 +53,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     guarded = [Depends(require_token)] if settings.api_token else []
     app = FastAPI(title="Music source separation", version="1.0",
                   description="Split songs into stems with Demucs. The lab's `apiv1` API.",
-                  lifespan=_lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+                  lifespan=_lifespan, docs_url=None, redoc_url=None, openapi_url=None,
+                  telemetry=NO_OPENTELEMETRY)
     app.add_api_route("/openapi.json", lambda: app.openapi(), include_in_schema=False,
                       dependencies=guarded)
     app.add_api_route("/docs", lambda: get_swagger_ui_html(
         openapi_url="/openapi.json", title="Music source separation - docs"),
         include_in_schema=False, dependencies=guarded)
     app.state.backend = Backend.connect(settings)
+    app.state.probe = HealthProbe(settings)
     app.state.page = PAGE_PATH.read_text(encoding="utf-8")
     app.middleware("http")(refuse_cross_site)
-    app.middleware("http")(count_requests)
+    app.add_middleware(CountRequests)
+    app.add_middleware(ShedLoad, max_in_flight=settings.rest_max_in_flight)
     _add_error_handlers(app)
     app.include_router(api.router)
     app.add_api_route("/", root, methods=["GET", "HEAD"], include_in_schema=False)
@@ -74,9 +81,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     backend: Backend = app.state.backend
     settings = backend.settings
-    log_client = connect_redis(settings, for_logging=True)
+    log_client = connect_redis(settings, fail_fast=True)
     configure_logging(log_client, settings.host, "rest", settings.log_list_max,
                       settings.log_list_max_bytes)
+    # a thread for every request let in at once, and a few for metrics and start-up
+    to_thread.current_default_thread_limiter().total_tokens = \
+        settings.rest_max_in_flight + SPARE_CONNECTIONS
     try:
         await run_in_threadpool(backend.ensure_buckets)
     except STORAGE_ERRORS as error:
@@ -88,7 +98,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     backend.callbacks.close()
 
 
-def root(request: Request) -> Response:
+async def root(request: Request) -> Response:
     """The page for a browser; a JSON 200 for a load balancer's health check."""
     if "text/html" in request.headers.get("accept", ""):
         return HTMLResponse(request.app.state.page)
@@ -103,7 +113,7 @@ FAVICON = ('<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 16 16">'
            '<rect x="13" y="5" width="2" height="6" fill="#3b5bdb"/></svg>')
 
 
-def favicon() -> Response:
+async def favicon() -> Response:
     """The page's icon (four stems), so a browser's own request for it is not a 404."""
     return Response(FAVICON, media_type="image/svg+xml",
                     headers={"Cache-Control": "public, max-age=86400"})
@@ -145,16 +155,9 @@ def _signature_word(verified: bool | None) -> str:
         ("verified" if verified else "INVALID")
 
 
-def healthz(backend: BackendDep) -> JSONResponse:
-    problems = []
-    try:
-        backend.redis.ping()
-    except redis.RedisError as error:
-        problems.append(f"Redis unreachable: {error}")
-    try:
-        backend.storage.bucket_exists(backend.settings.queue_bucket)
-    except STORAGE_ERRORS as error:
-        problems.append(f"MinIO unreachable: {type(error).__name__}")
+async def healthz(request: Request) -> JSONResponse:
+    """200 when Redis and MinIO answer; checked apart from the API's work (``rest.probes``)."""
+    problems = await request.app.state.probe.problems()
     return JSONResponse({"ok": not problems, "reason": "; ".join(problems) or "ok"},
                         status_code=503 if problems else 200)
 
@@ -193,10 +196,10 @@ def _add_error_handlers(app: FastAPI) -> None:
         log.error("%s %s: MinIO error: %s", request.method, request.url.path, error)
         return _error(503, "object storage (MinIO) is unreachable or failed; try again later")
 
-    async def client_gone(request: Request, _: Exception) -> JSONResponse:
-        log.info("%s %s: the client disconnected before its request was read",
-                 request.method, request.url.path)
-        return _error(400, "the request ended before its body was complete")
+    async def gone(request: Request, _: Exception) -> Response:
+        log.info("%s %s: the client disconnected before the answer", request.method,
+                 request.url.path)
+        return Response(status_code=499)  # nginx's word for it; nobody is there to read it
 
     async def internal(request: Request, error: Exception) -> JSONResponse:
         log.error("%s %s: internal error: %r", request.method, request.url.path, error,
@@ -205,7 +208,7 @@ def _add_error_handlers(app: FastAPI) -> None:
 
     app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(RequestValidationError, invalid_request)
-    app.add_exception_handler(ClientDisconnect, client_gone)
+    app.add_exception_handler(ClientDisconnect, gone)
     app.add_exception_handler(redis.RedisError, redis_down)
     for error_type in STORAGE_ERRORS:
         app.add_exception_handler(error_type, storage_down)

@@ -13,7 +13,12 @@ from minio import Minio
 
 from rest.callbacks import CallbackSender
 from rest.ratelimit import RateLimit
-from separation.connections import connect_minio, connect_redis, ensure_bucket
+from separation.connections import (
+    connect_minio,
+    connect_redis,
+    connect_redis_async,
+    ensure_bucket,
+)
 from separation.joins import Joins
 from separation.queue import JobQueue
 from separation.settings import Settings
@@ -36,9 +41,9 @@ class Backend:
 
     @classmethod
     def connect(cls, settings: Settings) -> Backend:
-        client = connect_redis(settings)
-        return cls(settings, client, connect_minio(settings), JobQueue(client),
-                   StatusStore(client, settings.status_ttl_s),
+        client, async_client = connect_redis(settings), connect_redis_async(settings)
+        return cls(settings, client, connect_minio(settings), JobQueue(client, async_client),
+                   StatusStore(client, settings.status_ttl_s, async_client),
                    Joins(client, settings.status_ttl_s),
                    RateLimit(client, settings.rate_limit_per_min))
 
@@ -54,7 +59,12 @@ def get_backend(request: Request) -> Backend:
     return request.app.state.backend
 
 
-BackendDep = Annotated[Backend, Depends(get_backend)]
+async def _backend(request: Request) -> Backend:
+    """``get_backend`` as a dependency: async, so it costs no trip through the thread pool."""
+    return get_backend(request)
+
+
+BackendDep = Annotated[Backend, Depends(_backend)]
 
 
 def bearer_token(request: Request) -> str:
@@ -69,8 +79,8 @@ def bearer_token(request: Request) -> str:
     return request.query_params.get("access_token", "")
 
 
-def require_token(request: Request) -> None:
-    """401 unless ``API_TOKEN`` is unset or the request carries it."""
+async def require_token(request: Request) -> None:
+    """401 unless ``API_TOKEN`` is unset or the request carries it (async: no thread needed)."""
     expected = get_backend(request).settings.api_token
     if not expected:
         return

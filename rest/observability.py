@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
 
-from fastapi import Request, Response
 from prometheus_client import Counter, Gauge, Histogram
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 REQUESTS = Counter("demucs_rest_requests_total", "HTTP requests, by route and status code",
                    ["method", "route", "status"])
@@ -20,18 +19,39 @@ METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"}
 QUEUE_DEPTH = Gauge("demucs_rest_queue_depth", "Jobs waiting in toWorkers, seen by REST")
 
 
-async def count_requests(request: Request,
-                         call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-    """Count the request under its route's template and a known method, so neither paths
-    nor made-up methods can add label values without bound."""
-    started = time.monotonic()
-    status = 500
-    try:
-        response = await call_next(request)
-        status = response.status_code
-        return response
-    finally:
-        route = getattr(request.scope.get("route"), "path", "unmatched")
-        method = request.method if request.method in METHODS else "other"
-        REQUESTS.labels(method, route, str(status)).inc()
-        REQUEST_SECONDS.labels(route).observe(time.monotonic() - started)
+SHED = Counter("demucs_rest_shed_total",
+               "API requests refused at once with 503 past REST_MAX_IN_FLIGHT")
+
+
+class CountRequests:
+    """Count each request under its route's template, so paths do not explode the labels.
+
+    A pure ASGI middleware (Starlette's ``BaseHTTPMiddleware`` costs a task and a stream per
+    request); the time is to the start of the answer, a streamed body not included.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.monotonic()
+        status = 500
+        answered_s: float | None = None
+
+        async def send_counted(message: Message) -> None:
+            nonlocal status, answered_s
+            if message["type"] == "http.response.start":
+                status, answered_s = message["status"], time.monotonic() - started
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_counted)
+        finally:
+            route = getattr(scope.get("route"), "path", "unmatched")
+            method = scope["method"] if scope["method"] in METHODS else "other"
+            REQUESTS.labels(method, route, str(status)).inc()
+            REQUEST_SECONDS.labels(route).observe(
+                time.monotonic() - started if answered_s is None else answered_s)

@@ -76,7 +76,7 @@ def push(args: argparse.Namespace, settings: Settings, song: Path) -> int:
         client = connect_redis(settings)
         StatusStore(client, settings.status_ttl_s).queued(
             job.id or "", songhash, job.model or settings.demucs_model)
-        JobQueue(client).enqueue(job.to_json())
+        JobQueue(client).enqueue(job.to_json(), job.id)
     except (S3Error, HTTPError, RedisError) as error:
         print(f"error: could not queue the job: {error}", file=sys.stderr)
         return 2

@@ -3,38 +3,65 @@
 from __future__ import annotations
 
 import redis
+import redis.asyncio
 import urllib3
 from minio import Minio
 from minio.error import S3Error
-from redis.backoff import NoBackoff
+from redis.asyncio.retry import Retry as AsyncRetry
+from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
 from redis.retry import Retry
 
 from separation.settings import Settings
 
+SPARE_CONNECTIONS = 4  # beyond REST_MAX_IN_FLIGHT: metrics, start-up, a worker's threads
 
-def connect_redis(settings: Settings, for_logging: bool = False) -> redis.Redis:
+
+def connect_redis(settings: Settings, fail_fast: bool = False) -> redis.Redis:
     """A Redis client whose socket timeout outlasts the queue's blocking poll.
 
-    ``for_logging``: one try, short timeouts, so a log line never waits on a Redis outage
-    (redis-py 8 otherwise retries each command 10 times).
+    Its pool holds a connection per request the REST service serves at once
+    (``REST_MAX_IN_FLIGHT``) plus a few for probes and metrics; past that a caller waits (5 s
+    at most) rather than opening connections without bound.
+
+    ``fail_fast``: one try, short timeouts, its own connection, so a log line or a health
+    probe never waits on a Redis outage (redis-py 8 otherwise retries each command 10 times)
+    nor behind the API's requests.
     """
-    if for_logging:
+    if fail_fast:
         return redis.Redis(host=settings.redis_host, port=settings.redis_port,
                            password=settings.redis_password, socket_timeout=1,
                            socket_connect_timeout=1, retry=Retry(NoBackoff(), 0))
-    return redis.Redis(
+    pool = redis.BlockingConnectionPool(
         host=settings.redis_host, port=settings.redis_port, password=settings.redis_password,
         socket_timeout=settings.poll_s + 5, socket_connect_timeout=5, health_check_interval=30,
-    )
+        max_connections=settings.rest_max_in_flight + SPARE_CONNECTIONS, timeout=5,
+        retry=Retry(ExponentialWithJitterBackoff(base=0.01, cap=1), 10))  # redis-py's default
+    return redis.Redis(connection_pool=pool)
 
 
-def connect_minio(settings: Settings) -> Minio:
-    """A MinIO client that gives up on a dead endpoint within seconds, not minutes."""
+def connect_redis_async(settings: Settings) -> redis.asyncio.Redis:
+    """``connect_redis``'s asyncio twin, for the REST routes that are polled most."""
+    pool = redis.asyncio.BlockingConnectionPool(
+        host=settings.redis_host, port=settings.redis_port, password=settings.redis_password,
+        socket_timeout=5, socket_connect_timeout=5, health_check_interval=30,
+        max_connections=settings.rest_max_in_flight + SPARE_CONNECTIONS, timeout=5,
+        retry=AsyncRetry(ExponentialWithJitterBackoff(base=0.01, cap=1), 10))
+    return redis.asyncio.Redis(connection_pool=pool)
+
+
+def connect_minio(settings: Settings, probe: bool = False) -> Minio:
+    """A MinIO client that gives up on a dead endpoint within seconds, not minutes.
+
+    Its pool keeps a connection for each request served at once (``REST_MAX_IN_FLIGHT``: a
+    streamed track holds one throughout), so none is opened and thrown away under load.
+    ``probe``: one connection, no retries, short timeouts, for health checks.
+    """
     http = urllib3.PoolManager(
-        timeout=urllib3.Timeout(connect=5, read=120),
-        retries=urllib3.Retry(total=3, backoff_factor=0.5,
-                              status_forcelist=(500, 502, 503, 504)),
-        maxsize=10,
+        timeout=urllib3.Timeout(connect=1, read=2) if probe else
+        urllib3.Timeout(connect=5, read=120),
+        retries=False if probe else urllib3.Retry(total=3, backoff_factor=0.5,
+                                                  status_forcelist=(500, 502, 503, 504)),
+        maxsize=1 if probe else settings.rest_max_in_flight + SPARE_CONNECTIONS,
     )
     return Minio(settings.minio_endpoint, access_key=settings.minio_access_key,
                  secret_key=settings.minio_secret_key, secure=settings.minio_secure,

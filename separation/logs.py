@@ -7,7 +7,9 @@ An entry of ``logging`` is at most ``LOG_ENTRY_MAX_BYTES`` (the rest cut, marked
 bytes (``LOG_LIST_MAX_BYTES``): its bytes are counted in ``logging:bytes`` as entries come and
 go, and the oldest entries are dropped past either bound.
 
-Only entry points call ``configure_logging``; library modules use ``logging.getLogger``.
+Only entry points call ``configure_logging``; library modules use ``logging.getLogger``. The
+Redis list gets the service's own lines only (loggers ``rest``, ``worker``, ``separation.*``):
+a library's warnings (urllib3, uvicorn...) go to stderr, never one Redis push per request.
 """
 
 from __future__ import annotations
@@ -73,6 +75,14 @@ class EscapingFormatter(logging.Formatter):
         return super().formatMessage(record)
 
 
+SERVICE_LOGGERS = frozenset({"rest", "worker", "separation"})
+
+
+def from_the_service(record: logging.LogRecord) -> bool:
+    """Whether a record comes from one of the service's own loggers."""
+    return record.name.partition(".")[0] in SERVICE_LOGGERS
+
+
 class RedisListHandler(logging.Handler):
     """LPUSH each record, escaped and capped, onto ``logging``, bounded in entries and bytes.
 
@@ -86,6 +96,7 @@ class RedisListHandler(logging.Handler):
         self.max_entries = max_entries
         self.max_bytes = max_bytes
         self._push = client.register_script(_PUSH)
+        self.addFilter(from_the_service)
 
     def emit(self, record: logging.LogRecord) -> None:
         try:

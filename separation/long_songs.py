@@ -69,15 +69,11 @@ class LongSongs:
         record = {"total": len(chunks), "overlap_ms": plan.overlap_ms,
                   "fade_margin_ms": plan.fade_margin_ms,
                   "songhash": songhash, "parent": parent.to_json()}
-        with self.queue.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(Keys.chunks(parent_id), mapping=record)
-            pipe.expire(Keys.chunks(parent_id), self.settings.status_ttl_s)
-            for chunk in chunks:
-                job = Job(id=f"{parent_id[:50]}-c{chunk.index}", bucket=bucket,
-                          object=f"{chunk_prefix(parent_id)}c{chunk.index}.wav", model=model,
-                          chunk_of=parent_id, chunk=chunk.index)
-                pipe.lpush(Keys.QUEUE, job.to_json())
-            pipe.execute()
+        self.queue.enqueue_chunks(parent_id, record, [
+            Job(id=f"{parent_id[:50]}-c{chunk.index}", bucket=bucket,
+                object=f"{chunk_prefix(parent_id)}c{chunk.index}.wav", model=model,
+                chunk_of=parent_id, chunk=chunk.index).to_json() for chunk in chunks],
+            self.settings.status_ttl_s)
         self.status.update(parent_id, stage="separating chunks", progress=5,
                            chunks_total=len(chunks), chunks_done=0)
         log.info("job %s: %.0f s song split into %d chunks", parent_id, duration_s, len(chunks))

@@ -82,6 +82,8 @@ class Settings:
     webhook_allow_local: bool = False  # callbacks to loopback/private addresses (make demo)
     webhook_allowlist: str | None = None  # hosts and CIDRs allowed even when local ones are not
     rest_port: int = 5000
+    queue_page_max_jobs: int = 1000  # GET /apiv1/queue's largest page
+    rest_max_in_flight: int = 64  # API requests served at once; more get 503 + Retry-After
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -119,6 +121,8 @@ class Settings:
                              f"{LOG_ENTRY_MAX_BYTES} (one entry)")
         if self.rate_limit_per_min < 0 or self.webhook_timeout_s <= 0:
             raise ValueError("RATE_LIMIT_PER_MIN must be >= 0 and WEBHOOK_TIMEOUT_S > 0")
+        if self.queue_page_max_jobs < 1 or self.rest_max_in_flight < 1:
+            raise ValueError("QUEUE_PAGE_MAX_JOBS and REST_MAX_IN_FLIGHT must be at least 1")
         if self.poll_s >= 5:
             raise ValueError("POLL_S must stay under redis-py's 5 s socket timeout")
 

@@ -4,6 +4,8 @@ A record holds ``id state songhash name model stage progress attempts worker err
 created_at started_at finished_at updated_at elapsed_s``; ``tracks`` is a JSON object
 ``{track: object key}``. Every write refreshes the record's TTL (``STATUS_TTL_S``). Two index
 keys, ``song:<songhash>`` and ``song:<songhash>:<model>``, point at a song's latest job.
+``JobQueue`` adds ``queue_position`` and ``queue_taken`` to a queued job's hash (its place in
+line); ``get`` leaves them out of the record.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import time
 from typing import Any
 
 import redis
+import redis.asyncio
 
 from separation.contract import SONGHASH_RE, Keys, Status
 
@@ -34,11 +37,17 @@ return attempts
 """
 
 
+QUEUE_FIELDS = ("queue_position", "queue_taken")
+"""Written by ``JobQueue`` to compute a waiting job's position; not part of the record."""
+
+
 class StatusStore:
     """Reads and writes job status records."""
 
-    def __init__(self, client: redis.Redis, ttl_s: int) -> None:
+    def __init__(self, client: redis.Redis, ttl_s: int,
+                 async_client: redis.asyncio.Redis | None = None) -> None:
         self.redis = client
+        self.async_redis = async_client
         self.ttl_s = ttl_s
         self._start_attempt = client.register_script(_START_ATTEMPT)
 
@@ -104,26 +113,55 @@ class StatusStore:
         job_id = self.redis.get(key)
         return None if job_id is None else _decode(job_id)
 
+    async def songhashes(self, job_ids: list[str]) -> dict[str, str]:
+        """The songhash of each of these jobs that has one, in one round trip (asyncio)."""
+        if not job_ids:
+            return {}
+        async with self._async().pipeline(transaction=False) as pipe:
+            for job_id in job_ids:
+                pipe.hget(Keys.job(job_id), "songhash")
+            found = await pipe.execute()
+        return {job_id: _decode(value) for job_id, value in zip(job_ids, found, strict=True)
+                if value}
+
     def get(self, id_or_songhash: str) -> dict[str, Any] | None:
         """A job's record by job id, or the latest job of a songhash."""
         job_id: str | None = id_or_songhash
         if SONGHASH_RE.fullmatch(id_or_songhash):
             job_id = self.job_for_song(id_or_songhash)
-        if job_id is None:
-            return None
-        raw = self.redis.hgetall(Keys.job(job_id))
-        if not raw:
-            return None
-        record: dict[str, Any] = {_decode(k): _decode(v) for k, v in raw.items()}
-        record["tracks"] = json.loads(record.get("tracks") or "{}")
-        record["timings"] = json.loads(record.get("timings") or "{}")
-        record["attempts"] = int(record.get("attempts") or 0)
-        record["progress"] = float(record.get("progress") or 0)
-        for name in ("created_at", "started_at", "finished_at", "updated_at", "elapsed_s",
-                     "duration_s"):
-            value = record.get(name)
-            record[name] = float(value) if value else None
-        return record
+        return None if job_id is None else _record(self.redis.hgetall(Keys.job(job_id)))
+
+    async def get_async(self, id_or_songhash: str) -> dict[str, Any] | None:
+        """``get`` on the asyncio client: for the REST routes polled most, off the threads."""
+        client = self._async()
+        job_id: str | None = id_or_songhash
+        if SONGHASH_RE.fullmatch(id_or_songhash):
+            found = await client.get(Keys.song_latest(id_or_songhash))
+            job_id = None if found is None else _decode(found)
+        return None if job_id is None else _record(await client.hgetall(Keys.job(job_id)))
+
+    def _async(self) -> redis.asyncio.Redis:
+        if self.async_redis is None:
+            raise RuntimeError("this StatusStore was made without an asyncio client")
+        return self.async_redis
+
+
+def _record(raw: dict[bytes, bytes]) -> dict[str, Any] | None:
+    """A status hash as read from Redis, decoded and typed; None if it is empty."""
+    if not raw:
+        return None
+    record: dict[str, Any] = {_decode(k): _decode(v) for k, v in raw.items()}
+    for name in QUEUE_FIELDS:
+        record.pop(name, None)
+    record["tracks"] = json.loads(record.get("tracks") or "{}")
+    record["timings"] = json.loads(record.get("timings") or "{}")
+    record["attempts"] = int(record.get("attempts") or 0)
+    record["progress"] = float(record.get("progress") or 0)
+    for name in ("created_at", "started_at", "finished_at", "updated_at", "elapsed_s",
+                 "duration_s"):
+        value = record.get(name)
+        record[name] = float(value) if value else None
+    return record
 
 
 def _encode(value: Any) -> str | int | float:

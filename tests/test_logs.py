@@ -1,10 +1,11 @@
-"""Log lines: client strings escaped onto one line, entries capped in bytes (no services)."""
+"""Log lines: client strings escaped and capped; only the service's own lines reach Redis."""
 
 from __future__ import annotations
 
 import logging
 
-from separation.logs import LOG_ENTRY_MAX_BYTES, EscapingFormatter, cap, escape
+from separation.contract import Keys
+from separation.logs import LOG_ENTRY_MAX_BYTES, EscapingFormatter, RedisListHandler, cap, escape
 
 
 def test_escape_puts_every_control_character_on_one_line():
@@ -33,3 +34,20 @@ def test_stderr_formatter_escapes_the_message_but_keeps_a_traceback():
         record = logging.LogRecord("t", logging.ERROR, __file__, 1, "x\ny", (), sys.exc_info())
     lines = formatter.format(record).splitlines()
     assert lines[0] == "ERROR x\\ny" and lines[1].startswith("Traceback")
+
+
+
+def test_only_the_services_own_lines_reach_the_redis_list(stack):
+    handler = RedisListHandler(stack.redis, "host", "rest", max_entries=100, max_bytes=1 << 20)
+    for name in ("rest", "worker", "separation.webhook", "urllib3.connectionpool",
+                 "uvicorn.error", "restless"):
+        logger = logging.getLogger(name)
+        logger.addHandler(handler)
+        try:
+            logger.warning("line from %s", name)
+        finally:
+            logger.removeHandler(handler)
+    lines = sorted(line.decode() for line in stack.redis.lrange(Keys.LOGGING, 0, -1))
+    assert lines == ["host.rest.warning:line from rest",
+                     "host.rest.warning:line from separation.webhook",
+                     "host.rest.warning:line from worker"]

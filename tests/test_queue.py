@@ -2,18 +2,42 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
+import random
 import time
+
+import redis.asyncio
 
 from separation.contract import Keys
 from separation.queue import JobQueue
 from separation.status import StatusStore
 
 
+def waiting(stack) -> list[bytes]:
+    """Every queued payload in the order they will run (the service itself never reads all)."""
+    return list(reversed(stack.redis.lrange(Keys.QUEUE, 0, -1)))
+
+
+def redis_now_ms(stack) -> float:
+    seconds, microseconds = stack.redis.time()
+    return seconds * 1000 + microseconds / 1000
+
+
+def wait_until(condition, timeout_s: float = 10.0):
+    """Poll ``condition`` until it returns something truthy; return that."""
+    deadline = time.monotonic() + timeout_s
+    while not (result := condition()):
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.02)
+    return result
+
+
 def test_fifo_take_and_ack(stack):
     queue = JobQueue(stack.redis)
     for i in range(3):
         queue.enqueue(f'{{"n": {i}}}')
-    assert queue.waiting() == [b'{"n": 0}', b'{"n": 1}', b'{"n": 2}']
+    assert waiting(stack) == [b'{"n": 0}', b'{"n": 1}', b'{"n": 2}']
     assert queue.take("w1", 0.1) == b'{"n": 0}'
     assert queue.take_waiting("w1") == b'{"n": 1}'
     assert queue.in_flight("w1") == [b'{"n": 1}', b'{"n": 0}']
@@ -33,10 +57,9 @@ def test_dead_workers_jobs_are_redelivered_first_in_order(stack):
     assert queue.take_waiting("dead") == b"b"
     assert queue.take("alive", 0.1) == b"c"
     assert queue.redeliver_dead() == []  # heartbeat still fresh
-    time.sleep(0.3)
-    assert sorted(queue.redeliver_dead()) == [b"a", b"b"]
+    assert sorted(wait_until(queue.redeliver_dead)) == [b"a", b"b"]
     assert queue.in_flight("dead") == [] and queue.in_flight("alive") == [b"c"]
-    assert queue.waiting() == [b"a", b"b", b"d"]  # redelivered jobs run next, oldest first
+    assert waiting(stack) == [b"a", b"b", b"d"]  # redelivered jobs run next, oldest first
 
 
 def test_give_back_and_dead_letter_are_atomic_moves(stack):
@@ -45,10 +68,10 @@ def test_give_back_and_dead_letter_are_atomic_moves(stack):
     queue.enqueue("y")
     raw = queue.take("w", 0.1)
     queue.give_back("w", raw)
-    assert queue.in_flight("w") == [] and queue.waiting() == [b"x", b"y"]
+    assert queue.in_flight("w") == [] and waiting(stack) == [b"x", b"y"]
     raw = queue.take("w", 0.1)
     queue.dead_letter("w", raw, "because", attempts=2)
-    assert queue.in_flight("w") == [] and queue.waiting() == [b"y"]
+    assert queue.in_flight("w") == [] and waiting(stack) == [b"y"]
     entry = queue.dead_letters()[0]
     assert entry["job"] == "x" and entry["error"] == "because" and entry["attempts"] == 2
 
@@ -66,3 +89,90 @@ def test_attempts_count_redeliveries_and_restart_for_a_new_request(stack):
     record = status.get("a" * 64)  # by songhash
     assert record["id"] == "j1" and record["state"] == "running" and record["worker"] == "w3"
     assert 0 < stack.redis.ttl(Keys.job("j1")) <= 60
+
+
+def test_dead_workers_are_found_in_the_registry_without_scanning(stack):
+    queue = JobQueue(stack.redis)
+    with stack.redis.pipeline(transaction=False) as pipe:
+        for i in range(5000):  # a keyspace a SCAN would have to walk
+            pipe.set(f"job:other-{i}", "x")
+        pipe.execute()
+    queue.enqueue("j")
+    queue.beat("gone", 0.05)
+    queue.beat("alive", 60)
+    assert queue.take("gone", 0.1) == b"j"
+    assert stack.redis.zscore(Keys.WORKERS, "alive") > stack.redis.zscore(Keys.WORKERS, "gone")
+    stack.redis.config_resetstat()
+    assert wait_until(queue.redeliver_dead) == [b"j"]
+    stats = stack.redis.info("commandstats")
+    assert "cmdstat_scan" not in stats and "cmdstat_keys" not in stats
+    assert stack.redis.zrange(Keys.WORKERS, 0, -1) == [b"alive"]  # the dead one is forgotten
+    queue.forget("alive")
+    assert stack.redis.zcard(Keys.WORKERS) == 0
+    assert not stack.redis.exists(Keys.heartbeat("alive"))
+
+
+def test_a_worker_that_beats_again_in_time_keeps_its_jobs(stack):
+    queue = JobQueue(stack.redis)
+    queue.enqueue("j")
+    queue.beat("slow", 0.05)
+    assert queue.take("slow", 0.1) == b"j"
+    wait_until(lambda: stack.redis.zscore(Keys.WORKERS, "slow") < redis_now_ms(stack))
+    queue.beat("slow", 60)  # past its time, but back before anyone redelivered
+    assert queue.redeliver_dead() == [] and queue.in_flight("slow") == [b"j"]
+
+
+def test_positions_from_counters_match_the_list_whoever_pushes_and_takes(stack):
+    """Random REST enqueues, Redis-only pushes, takes, batches, give-backs, joins and deaths."""
+    queue = JobQueue(stack.redis)
+    status = StatusStore(stack.redis, ttl_s=600)
+    rng = random.Random(23)
+    tracked: set[str] = set()
+    held: dict[str, list[bytes]] = {"w1": [], "w2": []}
+    for step in range(400):
+        op = rng.choice(["rest", "rest", "redis-only", "take", "batch", "give-back", "join",
+                         "die"])
+        worker = rng.choice(list(held))
+        if op == "rest":
+            job_id = f"r{step}"
+            status.queued(job_id, None, "m")
+            queue.enqueue(json.dumps({"id": job_id}), job_id)
+            tracked.add(job_id)
+        elif op == "redis-only":
+            stack.redis.lpush(Keys.QUEUE, json.dumps({"id": f"x{step}"}))
+        elif op in ("take", "batch"):
+            take = queue.take(worker, 0.01) if op == "take" else queue.take_waiting(worker)
+            if take is not None:
+                held[worker].append(take)
+                tracked.discard(json.loads(take)["id"])
+        elif op == "give-back" and held[worker]:
+            raw = held[worker].pop(rng.randrange(len(held[worker])))
+            job_id = json.loads(raw)["id"]
+            from_rest = job_id.startswith("r")
+            queue.give_back(worker, raw, job_id if from_rest else None)
+            if from_rest:
+                tracked.add(job_id)
+        elif op == "join":
+            parent = f"p{step}"
+            stack.redis.hset(Keys.chunks(parent), "total", 1)
+            queue.complete_chunk(parent, 0, json.dumps({"id": f"x{step}-join"}), 60)
+        elif op == "die" and held[worker]:
+            queue.beat(worker, 0.001)
+            wait_until(lambda dying=worker: queue.redeliver_dead() is not None
+                       and stack.redis.zscore(Keys.WORKERS, dying) is None)
+            held[worker] = []
+        in_line = [json.loads(raw)["id"] for raw in waiting(stack)]
+        for job_id in tracked:
+            assert queue.position(job_id) == in_line.index(job_id) + 1, (step, op, job_id)
+
+
+def test_a_page_of_the_queue_reads_only_that_page(stack):
+    async def pages() -> list[tuple[int, list[bytes]]]:
+        port = stack.redis.connection_pool.connection_kwargs["port"]
+        async with redis.asyncio.Redis(port=port) as aio:
+            queue = JobQueue(stack.redis, aio)
+            for i in range(10):
+                queue.enqueue(str(i))
+            return [await queue.page(0, 3), await queue.page(8, 5), await queue.page(10, 5)]
+
+    assert asyncio.run(pages()) == [(10, [b"0", b"1", b"2"]), (10, [b"8", b"9"]), (10, [])]

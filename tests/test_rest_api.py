@@ -18,6 +18,7 @@ from mutagen.mp3 import MP3
 
 import devstack
 from separation.contract import TRACKS, Keys
+from separation.queue import JobQueue
 from separation.status import StatusStore
 from separation.webhook import SIGNATURE_HEADER, sign
 
@@ -174,11 +175,27 @@ def test_queue_lists_songs_in_the_order_they_will_run(stack, rest, make_song):
                     "object": f"chunks/long/c{index}.wav", "chunk_of": "long"})
     stack.push({"id": "long-join", "join_of": "long"})
     queue = requests.get(f"{rest.url}/apiv1/queue", timeout=TIMEOUT_S)
-    assert queue.status_code == 200 and queue.json() == {"queue": [*hashes, long_song]}
+    assert queue.status_code == 200 and queue.json() == {
+        "queue": [*hashes, long_song], "total": 7, "offset": 0, "limit": 100, "next": None}
     for position, job_id in enumerate(ids, start=1):
         record = requests.get(f"{rest.url}/apiv1/status/{job_id}", timeout=TIMEOUT_S).json()
         assert record["state"] == "queued" and record["position"] == position
         assert record["attempts"] == 0 and record["tracks"] == {}
+        assert "queue_position" not in record and "queue_taken" not in record
+    # pages: a bounded slice and the path of the next; the limit is capped by the setting
+    first = requests.get(f"{rest.url}/apiv1/queue?limit=2", timeout=TIMEOUT_S).json()
+    assert first["queue"] == hashes[:2] and first["next"] == "/apiv1/queue?offset=2&limit=2"
+    second = requests.get(f"{rest.url}{first['next']}", timeout=TIMEOUT_S).json()
+    assert second["queue"] == hashes[2:] and second["total"] == 7  # the broken job is skipped
+    assert requests.get(f"{rest.url}/apiv1/queue?offset=4&limit=5000",
+                        timeout=TIMEOUT_S).json()["limit"] == 1000
+    assert_error(requests.get(f"{rest.url}/apiv1/queue?limit=0", timeout=TIMEOUT_S), 400,
+                 "limit")
+    # a worker takes the first song; a Redis-only producer's job lands behind: positions move
+    assert JobQueue(stack.redis).take("w", 0.1) is not None
+    stack.push({"songhash": "ef" * 32})
+    assert [requests.get(f"{rest.url}/apiv1/status/{job_id}", timeout=TIMEOUT_S).json()[
+        "position"] for job_id in ids[1:]] == [1, 2]
     assert_error(requests.get(f"{rest.url}/apiv1/track/{hashes[0]}/vocals", timeout=TIMEOUT_S),
                  404, "not separated yet: queued")
 
@@ -291,7 +308,7 @@ def test_api_token_guards_every_apiv1_route(stack, start_rest, make_song):
                          json={"mp3": b64(make_song(seconds=1))}).status_code == 401
     assert stack.redis.llen(Keys.QUEUE) == 0
     good = {"Authorization": "Bearer test-token-123"}
-    assert requests.get(queue_url, headers=good, timeout=TIMEOUT_S).json() == {"queue": []}
+    assert requests.get(queue_url, headers=good, timeout=TIMEOUT_S).json()["queue"] == []
     assert requests.get(queue_url + "?access_token=test-token-123", timeout=TIMEOUT_S).ok
     for method, path in (("GET", "/"), ("POST", "/"), ("GET", "/healthz"), ("GET", "/metrics")):
         assert requests.request(method, rest.url + path, json={}, timeout=TIMEOUT_S).ok, path
@@ -317,7 +334,7 @@ def test_docs_are_open_without_a_token_and_presigned_urls_last_presign_ttl_s(sta
 
 def test_get_with_a_null_json_body_is_served(rest):
     queue = requests.get(f"{rest.url}/apiv1/queue", json=None, timeout=TIMEOUT_S, **JSON_NULL)
-    assert queue.status_code == 200 and queue.json() == {"queue": []}
+    assert queue.status_code == 200 and queue.json()["queue"] == []
     status = requests.get(f"{rest.url}/apiv1/status/none", timeout=TIMEOUT_S, **JSON_NULL)
     assert_error(status, 404, "no job")
     assert requests.get(f"{rest.url}/", timeout=TIMEOUT_S, **JSON_NULL).status_code == 200

@@ -419,7 +419,7 @@ class Worker:
                 self.long_songs.cleanup(task.join_of)
         else:
             self.status.requeued(task.id, failure.reason)
-            self.queue.give_back(self.worker_id, task.raw)
+            self.queue.give_back(self.worker_id, task.raw, task.id)
             JOBS.labels("retried", failure.code).inc()
             pause_s = min(2.0 ** task.attempt, 30.0)
             log.warning("job %s: attempt %d failed, requeued; pausing %.0f s: %s", task.id,
@@ -444,7 +444,7 @@ class Worker:
         task.finished = True
         self.status.uncount_attempt(task.id)
         self.status.requeued(task.id, "the worker stopped during the job; requeued")
-        self.queue.give_back(self.worker_id, task.raw)
+        self.queue.give_back(self.worker_id, task.raw, task.id)
         log.warning("job %s: worker stopping, job put back onto the queue", task.id)
 
     def notify(self, job: Job, songhash: str | None, state: str, tracks: dict[str, str],
@@ -611,7 +611,7 @@ def _live(tasks: list[Task]) -> list[Task]:
 
 def main() -> int:
     settings = Settings.from_env()
-    log_client = connect_redis(settings, for_logging=True)
+    log_client = connect_redis(settings, fail_fast=True)
     configure_logging(log_client, settings.host, "worker", settings.log_list_max,
                       settings.log_list_max_bytes)
     worker = Worker(settings, connect_redis(settings), connect_minio(settings))

@@ -1,0 +1,62 @@
+"""``/healthz``'s checks, apart from the API's work: own clients, own thread, one at a time.
+
+Kubernetes probes must answer while the API is saturated. The checks (Redis ``PING``, MinIO
+``bucket_exists``) run on clients of their own (one connection each, no retries, timeouts
+of 1-2 s) in a thread of their own, never in the request thread pool; concurrent probes
+share the check in progress, and a result is reused for ``FRESH_S``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import redis
+from minio.error import MinioException
+from urllib3.exceptions import HTTPError
+
+from separation.connections import connect_minio, connect_redis
+from separation.settings import Settings
+
+FRESH_S = 1.0
+STORAGE_ERRORS = (MinioException, HTTPError)
+
+
+class HealthProbe:
+    """Whether Redis and MinIO answer; see the module docstring."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.bucket = settings.queue_bucket
+        self.redis = connect_redis(settings, fail_fast=True)
+        self.storage = connect_minio(settings, probe=True)
+        self.thread = ThreadPoolExecutor(1, thread_name_prefix="probe")
+        self.checked_at = -FRESH_S
+        self.last: list[str] = []
+        self.running: asyncio.Future[list[str]] | None = None
+
+    async def problems(self) -> list[str]:
+        """What is unreachable (empty: healthy), checked at most once per ``FRESH_S``."""
+        if time.monotonic() - self.checked_at < FRESH_S:
+            return self.last
+        if self.running is None:
+            self.running = asyncio.get_running_loop().run_in_executor(self.thread, self.check)
+            self.running.add_done_callback(self._keep)
+        return await asyncio.shield(self.running)
+
+    def _keep(self, done: asyncio.Future[list[str]]) -> None:
+        self.running = None
+        if not done.cancelled() and done.exception() is None:
+            self.last, self.checked_at = done.result(), time.monotonic()
+
+    def check(self) -> list[str]:
+        problems = []
+        try:
+            self.redis.ping()
+        except redis.RedisError as error:
+            problems.append(f"Redis unreachable: {error}")
+        try:
+            self.storage.bucket_exists(self.bucket)
+        except STORAGE_ERRORS as error:
+            problems.append(f"MinIO unreachable: {type(error).__name__}")
+        return problems
