@@ -5,10 +5,13 @@ The project ships no third-party music; this makes a few seconds of something so
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import lameenc
 import numpy as np
+
+from separation.mp3_frames import parse_header
 
 SAMPLE_RATE = 44100
 
@@ -50,3 +53,28 @@ def write_song(path: Path, seconds: float = 6.0, seed: int = 0) -> Path:
     """Write a synthetic MP3 song to ``path``."""
     path.write_bytes(encode_mp3(synth_song(seconds, seed)))
     return path
+
+
+def lying_mp3(claimed_s: float, real_s: float, bitrate_kbps: int = 32, seed: int = 0) -> bytes:
+    """An MP3 whose Xing header claims ``claimed_s`` seconds over frames lasting ``real_s``.
+
+    The attack on duration limits: tools that trust the header (mutagen's ``length``) see a
+    short song; decoders play every frame. The frames are a short synthetic clip's, repeated.
+    """
+    clip = encode_mp3(synth_song(4.0, seed), bitrate_kbps)
+    frames, position = [], 0
+    while (frame := parse_header(clip[position:position + 4])) is not None:
+        frames.append(clip[position:position + frame.length_bytes])
+        position += frame.length_bytes
+    first = parse_header(frames[0][:4])
+    assert first is not None
+    header = bytes([*frames[0][:2], frames[0][2] & ~0x02, frames[0][3]])  # no padding byte
+    tag = parse_header(header)
+    assert tag is not None
+    claimed_frames = round(claimed_s * first.sample_rate / first.samples)
+    body = b"Xing" + (1).to_bytes(4, "big") + claimed_frames.to_bytes(4, "big")
+    xing = header + bytes(tag.side_info_bytes) + body
+    xing += bytes(tag.length_bytes - len(xing))
+    wanted = math.ceil(real_s * first.sample_rate / first.samples)
+    repeated = (frames[i % len(frames)] for i in range(wanted))
+    return xing + b"".join(repeated)

@@ -20,7 +20,7 @@ from fastapi import HTTPException, Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.datastructures import FormData, UploadFile
 
-from separation.audio import NotAudio, probe_mp3
+from separation.audio import NotAudio, TooLong, probe_mp3
 from separation.contract import normalize_track
 from separation.settings import Settings
 
@@ -205,13 +205,12 @@ def _copy_hashing(source: UploadFile | bytes, out: BinaryIO, settings: Settings
 
 def _probe(path: Path, settings: Settings) -> float:
     try:
-        duration_s = probe_mp3(path)
+        return probe_mp3(path, settings.max_duration_s)
     except NotAudio as error:
         raise HTTPException(400, f"the upload is not an MP3 song: {error}") from None
-    if duration_s > settings.max_duration_s:
-        raise HTTPException(400, f"the song lasts {duration_s:.0f} s, over the service's "
-                                 f"limit MAX_DURATION_S={settings.max_duration_s:g}")
-    return duration_s
+    except TooLong as error:
+        raise HTTPException(400, f"the song {error}, over the service's limit "
+                                 f"MAX_DURATION_S={settings.max_duration_s:g}") from None
 
 
 def normalize_stems(fields: dict[str, Any]) -> dict[str, Any]:
