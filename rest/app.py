@@ -28,7 +28,7 @@ from urllib3.exceptions import HTTPError
 from rest import api
 from rest.backend import Backend, BackendDep, get_backend
 from rest.observability import QUEUE_DEPTH, count_requests
-from rest.uploads import read_body
+from rest.uploads import UploadSlots, read_body
 from separation.connections import connect_redis
 from separation.logs import configure_logging
 from separation.settings import Settings
@@ -47,6 +47,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                   lifespan=_lifespan)
     app.state.backend = Backend.connect(settings)
     app.state.page = PAGE_PATH.read_text(encoding="utf-8")
+    app.state.upload_slots = UploadSlots(settings.max_concurrent_uploads)
     app.middleware("http")(count_requests)
     _add_error_handlers(app)
     app.include_router(api.router)
