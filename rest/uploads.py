@@ -65,8 +65,8 @@ class Upload:
         self.path.unlink(missing_ok=True)
 
 
-def json_body_limit(settings: Settings) -> int:
-    """The largest body that can hold an MP3 within the limit (base64 adds a third)."""
+def body_limit_bytes(settings: Settings) -> int:
+    """The largest body that can hold an MP3 within the limit (as base64, a third more)."""
     return (settings.max_input_bytes + 2) // 3 * 4 + FIELDS_SLACK_BYTES
 
 
@@ -125,7 +125,7 @@ async def receive_upload(request: Request, settings: Settings) -> Upload:
 
     Refused with 413 the moment the body or the song passes its limit.
     """
-    limit_bytes = json_body_limit(settings)
+    limit_bytes = body_limit_bytes(settings)
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit_bytes:
         raise HTTPException(413, body_too_large(settings))

@@ -16,7 +16,7 @@ from pathlib import Path
 import lameenc
 import numpy as np
 from mutagen import MutagenError
-from mutagen.mp3 import MP3
+from mutagen.mp3 import MPEGInfo
 
 from separation.contract import DEMUCS_STEMS
 from separation.mp3_frames import count_frames
@@ -50,7 +50,8 @@ def probe_mp3(path: Path, max_duration_s: float | None = None) -> float:
     if path.stat().st_size == 0:
         raise NotAudio("input file is empty (0 bytes)")
     try:
-        header_s = float(MP3(path).info.length)
+        with path.open("rb") as file:  # MPEGInfo seeks past ID3 tags; MP3() would load them
+            header_s = float(MPEGInfo(file).length)
     except MutagenError as error:
         raise NotAudio(f"input is not a decodable MP3 ({error})") from None
     counted = count_frames(path, max_duration_s)

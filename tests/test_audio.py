@@ -78,6 +78,23 @@ def test_a_lying_header_is_not_believed(tmp_path):
     assert peak_bytes < 1 << 20  # streamed: nothing near the file's size is held
 
 
+def test_a_huge_id3_tag_is_skipped_not_read(tmp_path):
+    """Probing seeks past tags: a 20 MB cover image costs no memory."""
+    path = tmp_path / "tagged.mp3"
+    path.write_bytes(encode_mp3(synth_song(3.0, seed=9), 128))
+    tags = ID3()
+    tags.add(APIC(encoding=3, mime="image/png", type=3, data=bytes(20 * 2**20)))
+    tags.save(path)
+    tracemalloc.start()
+    try:
+        duration_s = probe_mp3(path, max_duration_s=1200)
+        _, peak_bytes = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert duration_s == pytest.approx(3.0, abs=0.1)
+    assert peak_bytes < 1 << 20
+
+
 def test_a_lying_mp3_decodes_to_its_counted_frames(tmp_path):
     """What the frame count says is what the decoder (Demucs' reader, sphn) produces."""
     path = tmp_path / "lying.mp3"
