@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from fastapi import HTTPException
-from python_multipart.exceptions import MultipartParseError
+from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 from rest.song_sink import Base64Decoder, SongFile
@@ -47,7 +47,16 @@ class FormReader:
         self._decoder: Base64Decoder | None = None
         self._value: bytearray | None = None
         self._name = ""
-        self._parser = MultipartParser(boundary, {
+        self._parser = self._make_parser(boundary)
+
+    def _make_parser(self, boundary: bytes) -> MultipartParser:
+        try:
+            return MultipartParser(boundary, self._callbacks())
+        except FormParserError as error:
+            raise HTTPException(400, f"the multipart body is malformed: {error}") from None
+
+    def _callbacks(self) -> dict[str, Callable[..., None]]:
+        return {
             "on_part_begin": self._part_begins,
             "on_header_field": lambda data, start, end: self._header_bytes(0, data[start:end]),
             "on_header_value": lambda data, start, end: self._header_bytes(1, data[start:end]),
@@ -56,12 +65,12 @@ class FormReader:
             "on_part_data": lambda data, start, end: self._write(data[start:end]),
             "on_part_end": self._part_ends,
             "on_end": self._body_ends,
-        })
+        }
 
     def feed(self, data: bytes) -> None:
         try:
             self._parser.write(data)
-        except MultipartParseError as error:
+        except FormParserError as error:
             raise HTTPException(400, f"the multipart body is malformed: {error}") from None
 
     def finish(self) -> None:

@@ -111,3 +111,21 @@ def test_a_multipart_song_goes_to_the_file_in_pieces_and_is_capped(tmp_path):
     assert song.size_bytes <= 1100  # refused as the limit was crossed, not at the end
     song.discard()
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(("boundary", "body", "phrase"), [
+    (b"xyzzy", b"", "ends before its closing boundary"),
+    (b"xyzzy", b"--xyzzy\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a\"\r\n"
+               b"\r\nabc", "ends before its closing boundary"),
+    (b"xyzzy", b"--xyzzy\r\nContent-Disposition: form-data; name=\"evil\"\r\n\r\nx\r\n"
+               b"--xyzzy--\r\n", "unknown form field 'evil'"),
+    (b"xyzzy", b"garbage\r\n--xyzzy--\r\n", "malformed"),
+])
+def test_bad_multipart_bodies_are_refused_with_reasons(tmp_path, boundary, body, phrase):
+    song = SongFile(Settings(work_dir=str(tmp_path)))
+    with pytest.raises(HTTPException) as raised:
+        reader = FormReader(boundary, song, 65536)
+        reader.feed(body)
+        reader.finish()
+    song.discard()
+    assert raised.value.status_code == 400 and phrase in raised.value.detail

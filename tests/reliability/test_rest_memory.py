@@ -25,8 +25,7 @@ import psutil
 import pytest
 import requests
 
-from devstack.synth import encode_mp3, synth_song
-from separation.mp3_frames import parse_header
+from devstack.synth import encode_mp3, split_frames, synth_song
 from separation.settings import Settings
 
 DEFAULTS = Settings()
@@ -78,11 +77,7 @@ def post_streamed(port: int, headers: dict[str, str], pieces: Iterable[bytes],
 def mp3_block(bitrate_kbps: int = 320) -> bytes:
     """Whole MP3 frames, a multiple of 3 bytes long (so their base64 pieces join cleanly)."""
     clip = encode_mp3(synth_song(2.0, seed=3), bitrate_kbps)
-    frames, position = [], 0
-    while (frame := parse_header(clip[position:position + 4])) is not None:
-        frames.append(clip[position:position + frame.length_bytes])
-        position += frame.length_bytes
-    block = b"".join(frames)
+    block = b"".join(data for _, data in split_frames(clip))
     while len(block) < 2**20:
         block += block
     return block * 3
