@@ -84,7 +84,11 @@ router = APIRouter(prefix="/apiv1", dependencies=[Depends(require_token)], respo
 @router.post("/separate", response_model=SeparateResponse, openapi_extra=_SEPARATE_BODY,
              responses={413: {"model": ErrorResponse}})
 async def separate(request: Request, background: BackgroundTasks) -> dict[str, str]:
-    """Queue a song: JSON ``{"mp3": "<base64>", ...}`` or a multipart upload (``file``)."""
+    """Queue a song: JSON ``{"mp3": "<base64>", ...}`` or a multipart upload (``file``).
+
+    The body is streamed to a temp file as it arrives; 503 while MAX_CONCURRENT_UPLOADS
+    others are being handled.
+    """
     backend = get_backend(request)
     with request.app.state.upload_slots.hold():
         upload = await receive_upload(request, backend.settings)

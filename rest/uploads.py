@@ -10,6 +10,7 @@ act on: 400 for bad data, 413 for too much (as soon as it is too much), 503 when
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ from separation.audio import NotAudio, TooLong, probe_mp3
 from separation.contract import normalize_track
 from separation.settings import Settings
 
+log = logging.getLogger("rest")
 FIELDS_SLACK_BYTES = 64 * 1024
 """Room for the fields besides the MP3 in a request body."""
 JSON_MAX_DEPTH = 32
@@ -130,9 +132,9 @@ async def receive_upload(request: Request, settings: Settings) -> Upload:
     if declared.isdigit() and int(declared) > limit_bytes:
         raise HTTPException(413, body_too_large(settings))
     song = SongFile(settings)
+    received = 0
     try:
         body = _body_reader(request, song)
-        received = 0
         async for chunk in request.stream():
             received += len(chunk)
             if received > limit_bytes:
@@ -143,6 +145,7 @@ async def receive_upload(request: Request, settings: Settings) -> Upload:
         duration_s = await run_in_threadpool(_probe, song.path, settings)
     except ClientDisconnect:
         song.discard()
+        log.info("an upload was abandoned by its client after %d bytes", received)
         raise HTTPException(400, "the client went away before the upload ended") from None
     except BaseException:
         song.discard()

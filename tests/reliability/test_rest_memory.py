@@ -17,6 +17,7 @@ import json
 import select
 import socket
 import threading
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -207,3 +208,20 @@ def test_rest_memory_stays_bounded_under_the_attack_mix(stack, rest, tmp_path):
     assert psutil.Process(pid).is_running()
     assert figures["peak (VmHWM), all attacks"] < REST_PEAK_BOUND_MIB, figures
     assert list(stack.work_dir.iterdir()) == [], "upload temp files were left behind"
+
+
+def test_a_client_that_goes_away_mid_upload_leaves_nothing_behind(stack, rest):
+    sock = socket.create_connection(("127.0.0.1", rest.service.port), timeout=30)
+    sock.sendall(b"POST /apiv1/separate HTTP/1.1\r\nHost: test\r\n"
+                 b"Content-Type: application/json\r\nContent-Length: 1000000\r\n\r\n"
+                 b'{"mp3": "' + b"QUJD" * 10_000)
+    deadline = time.monotonic() + 30
+    while not any(stack.work_dir.iterdir()):  # the upload's temp file exists
+        assert time.monotonic() < deadline, rest.logs()
+        time.sleep(0.01)
+    sock.close()
+    while any(stack.work_dir.iterdir()) or "abandoned" not in rest.logs():
+        assert time.monotonic() < deadline, rest.logs()
+        time.sleep(0.01)
+    assert "internal error" not in rest.logs()
+    assert requests.get(rest.url + "/apiv1/queue", timeout=30).json() == {"queue": []}
