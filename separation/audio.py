@@ -19,7 +19,7 @@ from mutagen import MutagenError
 from mutagen.mp3 import MPEGInfo
 
 from separation.contract import DEMUCS_STEMS
-from separation.mp3_frames import count_frames
+from separation.mp3_frames import NotMpeg, count_frames
 
 BLOCK_S = 10
 MIXES: dict[str, tuple[str, ...]] = {
@@ -54,7 +54,10 @@ def probe_mp3(path: Path, max_duration_s: float | None = None) -> float:
             header_s = float(MPEGInfo(file).length)
     except MutagenError as error:
         raise NotAudio(f"input is not a decodable MP3 ({error})") from None
-    counted = count_frames(path, max_duration_s)
+    try:
+        counted = count_frames(path, max_duration_s)
+    except NotMpeg as error:
+        raise NotAudio(f"input is not a clean MP3 ({error})") from None
     if counted.frames == 0:
         raise NotAudio("input MP3 has no audio frames")
     if counted.stopped_at_limit and max_duration_s is not None:

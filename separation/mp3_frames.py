@@ -20,6 +20,7 @@ from typing import BinaryIO
 
 READ_BUFFER_BYTES = 1 << 16
 RESYNC_BLOCK_BYTES = 1 << 16
+RESYNC_CANDIDATES_MAX = 10_000
 ID3V2_HEADER_BYTES = 10
 
 _BITRATES_KBPS = {  # (MPEG-1?, layer) -> kbit/s by index 1..14
@@ -32,6 +33,10 @@ _BITRATES_KBPS = {  # (MPEG-1?, layer) -> kbit/s by index 1..14
 }
 _SAMPLE_RATES = {3: (44100, 48000, 32000), 2: (22050, 24000, 16000), 0: (11025, 12000, 8000)}
 """By the header's version bits (3: MPEG-1, 2: MPEG-2, 0: MPEG-2.5)."""
+
+
+class NotMpeg(ValueError):
+    """The bytes stop being MPEG audio and never become it again (or are crafted not to)."""
 
 
 @dataclass(frozen=True)
@@ -131,23 +136,41 @@ def _frame_at(file: BinaryIO, position: int, stream: tuple[int, int, int] | None
 
 def _sync(file: BinaryIO, position: int, stream: tuple[int, int, int] | None
           ) -> tuple[int, Frame] | None:
-    """The next frame from ``position`` that the frame after it confirms (or ends the file)."""
+    """The next frame from ``position`` that the frame after it confirms (or ends the file).
+
+    Raises NotMpeg after ``RESYNC_CANDIDATES_MAX`` headers that no frame confirmed: bytes
+    crafted to look like headers everywhere would otherwise cost a seek each.
+    """
+    candidates = 0
     while True:
         file.seek(position)
         block = file.read(RESYNC_BLOCK_BYTES)
         if len(block) < 4:
             return None
         index = block.find(b"\xff")
-        while index != -1:
-            candidate = position + index
-            frame = _frame_at(file, candidate, stream)
-            if frame is not None:
-                after = candidate + frame.length_bytes
-                file.seek(after)
-                if not file.read(1) or _frame_at(file, after, frame.stream) is not None:
-                    return candidate, frame
+        while index != -1 and index + 4 <= len(block):
+            frame = parse_header(block[index:index + 4])
+            if frame is not None and (stream is None or frame.stream == stream):
+                candidates += 1
+                if candidates > RESYNC_CANDIDATES_MAX:
+                    raise NotMpeg(f"no MPEG audio frame among {RESYNC_CANDIDATES_MAX} "
+                                  f"header-like byte runs after offset {position}")
+                found = _confirmed(file, position + index, frame)
+                if found is not None:
+                    return found
             index = block.find(b"\xff", index + 1)
         position += len(block) - 3  # a header may straddle the blocks
+
+
+def _confirmed(file: BinaryIO, position: int, frame: Frame) -> tuple[int, Frame] | None:
+    """``(position, frame)`` if the frame is whole and followed by another or the file's end."""
+    if _frame_at(file, position, frame.stream) is None:
+        return None
+    after = position + frame.length_bytes
+    file.seek(after)
+    if not file.read(1) or _frame_at(file, after, frame.stream) is not None:
+        return position, frame
+    return None
 
 
 def _is_tag_frame(file: BinaryIO, position: int, frame: Frame) -> bool:

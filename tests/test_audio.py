@@ -114,6 +114,14 @@ def test_frames_are_found_past_damage(tmp_path):
     assert count_frames(_written(tmp_path / "c.mp3", NOISE.bytes(20_000))).frames == 0
 
 
+def test_bytes_crafted_to_look_like_headers_are_refused_not_walked(tmp_path):
+    """Valid-looking headers that never chain would cost a seek each: the walk gives up."""
+    clip = encode_mp3(synth_song(2.0, seed=1), 128)
+    crafted = _written(tmp_path / "crafted.mp3", clip + b"\xff\xfb\x90\x00" * 2_500_000)
+    with pytest.raises(NotAudio, match="not a clean MP3"):
+        probe_mp3(crafted, max_duration_s=1200)
+
+
 def _written(path: Path, data: bytes) -> Path:
     path.write_bytes(data)
     return path
