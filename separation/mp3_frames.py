@@ -9,7 +9,9 @@ decoded, and the walk stops as soon as the count passes the caller's limit.
 
 Frames are those of the stream's first frame (same MPEG version, layer and sample rate), as a
 decoder locks on; bytes between frames (a tag, damage) are skipped to the next header that is
-confirmed by the one after it. A Xing/Info/VBRI frame holds no audio and is not counted.
+confirmed by the one after it, giving up (NotMpeg) after ``RESYNC_CANDIDATES_MAX``
+header-like runs that never chain. A Xing/Info/VBRI frame holds no audio and is not counted.
+The work is bounded too: at most the limit's worth of frames, 8 ms each at the shortest.
 """
 
 from __future__ import annotations
