@@ -70,7 +70,7 @@ def bench_seams(root: Path, song: Path, model: str, repo: str | None, chunk_s: i
     for overlap_s, segment_s in configs:
         plan = plan_chunks(duration_s, chunk_s, overlap_s, segment_s)
         label = f"overlap_{overlap_s}s_" + (f"grid_{segment_s:g}s" if segment_s else "plain")
-        parts = cut_chunks(song, plan.chunks, root / f"cut-{label}")
+        parts = cut_chunks(song, plan.chunks, root / f"cut-{label}", duration_s)
         out = _demucs(model, repo, parts, root / f"chunked-{label}", threads)
         mask = np.zeros(length, dtype=bool)
         for chunk in plan.chunks[1:]:

@@ -5,10 +5,13 @@ The project ships no third-party music; this makes a few seconds of something so
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import lameenc
 import numpy as np
+
+from separation.mp3_frames import Frame, parse_header
 
 SAMPLE_RATE = 44100
 
@@ -50,3 +53,30 @@ def write_song(path: Path, seconds: float = 6.0, seed: int = 0) -> Path:
     """Write a synthetic MP3 song to ``path``."""
     path.write_bytes(encode_mp3(synth_song(seconds, seed)))
     return path
+
+
+def lying_mp3(claimed_s: float, real_s: float, bitrate_kbps: int = 32, seed: int = 0) -> bytes:
+    """An MP3 whose Xing header claims ``claimed_s`` seconds over frames lasting ``real_s``.
+
+    The attack on duration limits: tools that trust the header (mutagen's ``length``) see a
+    short song; decoders play every frame. The frames are a short synthetic clip's, repeated.
+    """
+    frames = split_frames(encode_mp3(synth_song(4.0, seed), bitrate_kbps))
+    first, first_bytes = frames[0]
+    header = bytes([*first_bytes[:2], first_bytes[2] & ~0x02, first_bytes[3]])  # no padding
+    tag_length = first.length_bytes - (first_bytes[2] >> 1 & 1)
+    claimed_frames = round(claimed_s * first.sample_rate / first.samples)
+    body = b"Xing" + (1).to_bytes(4, "big") + claimed_frames.to_bytes(4, "big")
+    xing = header + bytes(first.side_info_bytes) + body
+    xing += bytes(tag_length - len(xing))
+    wanted = math.ceil(real_s * first.sample_rate / first.samples)
+    return xing + b"".join(frames[i % len(frames)][1] for i in range(wanted))
+
+
+def split_frames(mp3: bytes) -> list[tuple[Frame, bytes]]:
+    """The frames of an MP3 that starts with one and holds nothing else (lameenc's output)."""
+    frames, position = [], 0
+    while (frame := parse_header(mp3[position:position + 4])) is not None:
+        frames.append((frame, mp3[position:position + frame.length_bytes]))
+        position += frame.length_bytes
+    return frames

@@ -23,19 +23,7 @@ from pydantic import BaseModel
 from rest.backend import Backend, BackendDep, client_of, get_backend, require_token
 from rest.observability import SONGS
 from rest.tracks import stream_track
-from rest.uploads import (
-    FIELDS_SLACK_BYTES,
-    SeparateRequest,
-    Upload,
-    body_too_large,
-    check_declared_length,
-    json_body_limit,
-    normalize_stems,
-    parse_form,
-    parse_json_request,
-    read_body,
-    store_upload,
-)
+from rest.uploads import SeparateRequest, Upload, normalize_stems, receive_upload
 from separation.contract import (
     JOB_ID_RE,
     SONGHASH_RE,
@@ -105,24 +93,17 @@ async def separate(request: Request) -> dict[str, str]:
     """Queue a song: JSON ``{"mp3": "<base64>", ...}`` or a multipart upload (``file``).
 
     At most ``RATE_LIMIT_PER_MIN`` a minute per client (429 with ``Retry-After`` past it).
+    The body is streamed to a temp file as it arrives; 503 while MAX_CONCURRENT_UPLOADS
+    others are being handled.
     """
     backend = get_backend(request)
-    settings = backend.settings
     await run_in_threadpool(backend.rate_limit.check, client_of(request))
-    if request.headers.get("content-type", "").startswith("multipart/form-data"):
-        check_declared_length(request, settings.max_input_bytes + FIELDS_SLACK_BYTES, settings)
-        async with request.form(max_files=1, max_fields=20) as form:
-            source, fields = parse_form(form)
-            upload = await run_in_threadpool(store_upload, source, fields, settings)
-    else:
-        body = await read_body(request, json_body_limit(settings), body_too_large(settings))
-        source, fields = await run_in_threadpool(parse_json_request, body, settings)
-        del body
-        upload = await run_in_threadpool(store_upload, source, fields, settings)
-    try:
-        return await run_in_threadpool(submit, backend, upload)
-    finally:
-        upload.discard()
+    with request.app.state.upload_slots.hold():
+        upload = await receive_upload(request, backend.settings)
+        try:
+            return await run_in_threadpool(submit, backend, upload)
+        finally:
+            upload.discard()
 
 
 def submit(backend: Backend, upload: Upload) -> dict[str, str]:

@@ -33,7 +33,7 @@ from rest.csrf import refuse_cross_site
 from rest.limits import ShedLoad
 from rest.observability import QUEUE_DEPTH, CountRequests
 from rest.probes import STORAGE_ERRORS, HealthProbe
-from rest.uploads import read_body
+from rest.uploads import UploadSlots, read_body
 from separation.connections import SPARE_CONNECTIONS, connect_redis
 from separation.logs import configure_logging
 from separation.settings import Settings
@@ -63,6 +63,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.backend = Backend.connect(settings)
     app.state.probe = HealthProbe(settings)
     app.state.page = PAGE_PATH.read_text(encoding="utf-8")
+    app.state.upload_slots = UploadSlots(settings.max_concurrent_uploads)
     app.middleware("http")(refuse_cross_site)
     app.add_middleware(CountRequests)
     app.add_middleware(ShedLoad, max_in_flight=settings.rest_max_in_flight)

@@ -1,32 +1,40 @@
 """Reading a separation request: JSON with a base64 ``mp3``, or a multipart file upload.
 
-Both end as an ``Upload``: the MP3 in a temp file, its songhash and the request's optional
-fields (``model``, ``stems``, ``callback``). Whatever makes the request unusable becomes an
-``HTTPException`` with a reason a person can act on: 400 for bad data, 413 for too much.
+Both are streamed as they arrive (``rest.json_stream``, ``rest.multipart_stream``) into a temp
+file (``rest.song_sink``), and end as an ``Upload``: the MP3 in that file, its songhash and the
+request's optional fields (``model``, ``stems``, ``callback``). No body is ever held whole:
+memory is bounded by the settings (MAX_CONCURRENT_UPLOADS), not by what clients send.
+Whatever makes the request unusable becomes an ``HTTPException`` with a reason a person can
+act on: 400 for bad data, 413 for too much (as soon as it is too much), 503 when busy.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
-import hashlib
-import json
-import tempfile
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, Protocol
 
 from fastapi import HTTPException, Request
+from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from starlette.datastructures import FormData, UploadFile
+from starlette.requests import ClientDisconnect
 
-from separation.audio import NotAudio, probe_mp3
+from rest.json_stream import JsonScanner
+from rest.multipart_stream import FormReader, boundary_of
+from rest.song_sink import Base64Decoder, SongFile
+from separation.audio import NotAudio, TooLong, probe_mp3
 from separation.contract import normalize_track
 from separation.settings import Settings
 
+log = logging.getLogger("rest")
 FIELDS_SLACK_BYTES = 64 * 1024
 """Room for the fields besides the MP3 in a request body."""
-COPY_CHUNK_BYTES = 1 << 20
+JSON_MAX_DEPTH = 32
+"""How deep a request's JSON may nest (the lab's clients use 3 levels)."""
+UPLOAD_RETRY_AFTER_S = 5
 
 
 class SeparateRequest(BaseModel):
@@ -59,13 +67,8 @@ class Upload:
         self.path.unlink(missing_ok=True)
 
 
-def too_large(size_bytes: int, settings: Settings) -> HTTPException:
-    return HTTPException(413, f"the MP3 is {size_bytes / 2**20:.1f} MB, over the service's "
-                              f"limit MAX_INPUT_MB={settings.max_input_mb:g}")
-
-
-def json_body_limit(settings: Settings) -> int:
-    """The largest JSON body that can hold an MP3 within the limit (base64 adds a third)."""
+def body_limit_bytes(settings: Settings) -> int:
+    """The largest body that can hold an MP3 within the limit (as base64, a third more)."""
     return (settings.max_input_bytes + 2) // 3 * 4 + FIELDS_SLACK_BYTES
 
 
@@ -73,15 +76,8 @@ def body_too_large(settings: Settings) -> str:
     return f"the request body is over the limit for MAX_INPUT_MB={settings.max_input_mb:g}"
 
 
-def check_declared_length(request: Request, limit_bytes: int, settings: Settings) -> None:
-    """Refuse a body whose Content-Length is already over the limit, before reading it."""
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit_bytes:
-        raise HTTPException(413, body_too_large(settings))
-
-
 async def read_body(request: Request, limit_bytes: int, too_large_reason: str) -> bytes:
-    """The request body, read no further than ``limit_bytes`` (chunked bodies included)."""
+    """A small request body (a callback), read no further than ``limit_bytes``."""
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit_bytes:
         raise HTTPException(413, too_large_reason)
@@ -95,89 +91,124 @@ async def read_body(request: Request, limit_bytes: int, too_large_reason: str) -
     return b"".join(chunks)
 
 
-def parse_json_request(body: bytes, settings: Settings) -> tuple[bytes, dict[str, Any]]:
-    """The decoded MP3 and the optional fields of a JSON request."""
-    try:
-        data = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise HTTPException(400, f"the request body is not valid JSON: {error}") from None
-    except RecursionError:
-        raise HTTPException(400, "the request body is JSON nested too deeply") from None
-    if not isinstance(data, dict):
-        raise HTTPException(400, 'send a JSON object such as {"mp3": "<base64 of the file>"}, '
-                                 "or a multipart upload with a 'file' field")
-    try:
-        request = SeparateRequest.model_validate(data)
-    except ValidationError as error:
-        raise HTTPException(400, _explain(error)) from None
-    mp3 = decode_base64(request.mp3)
-    if len(mp3) > settings.max_input_bytes:
-        raise too_large(len(mp3), settings)
-    return mp3, request.model_dump(exclude={"mp3"}, exclude_none=True)
+class UploadSlots:
+    """At most MAX_CONCURRENT_UPLOADS separation requests at once; the next one gets 503.
 
-
-def decode_base64(text: str) -> bytes:
-    """Standard base64, with line breaks and a ``data:...;base64,`` prefix tolerated."""
-    if text.startswith("data:") and "," in text:
-        text = text.split(",", 1)[1]
-    try:
-        data = base64.b64decode("".join(text.split()), validate=True)
-    except (binascii.Error, ValueError):
-        raise HTTPException(400, "'mp3' is not valid base64 (standard alphabet, with padding)") \
-            from None
-    if not data:
-        raise HTTPException(400, "'mp3' is empty")
-    return data
-
-
-def parse_form(form: FormData) -> tuple[UploadFile | bytes, dict[str, Any]]:
-    """The uploaded file (``file``, or ``mp3``) and the optional fields of a multipart form."""
-    unknown = sorted(set(form.keys()) - {"file", "mp3", "model", "stems", "callback"})
-    if unknown:
-        raise HTTPException(400, f"unknown form field {unknown[0]!r}; fields are file (or mp3), "
-                                 "model, stems, callback")
-    upload = form.get("file") or form.get("mp3")
-    if upload is None or upload == "":
-        raise HTTPException(400, "missing the song: upload it as the form field 'file'")
-    fields: dict[str, Any] = {}
-    if model := form.get("model"):
-        fields["model"] = str(model)
-    stems = [s.strip() for value in form.getlist("stems") for s in str(value).split(",")
-             if s.strip()]
-    if stems:
-        fields["stems"] = stems
-    if callback := form.get("callback"):
-        try:
-            fields["callback"] = json.loads(str(callback))
-        except json.JSONDecodeError as error:
-            raise HTTPException(400, f"'callback' is not valid JSON: {error}") from None
-        except RecursionError:
-            raise HTTPException(400, "'callback' is JSON nested too deeply") from None
-    if isinstance(upload, str):  # a base64 text field named mp3
-        return decode_base64(upload), fields
-    return upload, fields
-
-
-def store_upload(source: UploadFile | bytes, fields: dict[str, Any], settings: Settings
-                 ) -> Upload:
-    """Write the MP3 to a temp file while hashing it; check its size and that it is audio.
-
-    Blocking: run it in a thread.
+    Each holds a temp file of up to MAX_INPUT_MB and buffers of a few hundred KB, so this
+    bounds the REST process's memory and disk. Used on the event loop only (no lock needed).
     """
-    handle = tempfile.NamedTemporaryFile(prefix="rest-upload-", suffix=".mp3",  # noqa: SIM115
-                                         dir=settings.work_dir, delete=False)
-    path = Path(handle.name)
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.active = 0
+
+    @contextmanager
+    def hold(self) -> Iterator[None]:
+        if self.active >= self.limit:
+            raise HTTPException(
+                503, f"the service is receiving {self.limit} uploads already "
+                     f"(MAX_CONCURRENT_UPLOADS); try again in {UPLOAD_RETRY_AFTER_S} s",
+                headers={"Retry-After": str(UPLOAD_RETRY_AFTER_S)})
+        self.active += 1
+        try:
+            yield
+        finally:
+            self.active -= 1
+
+
+class _Body(Protocol):
+    def feed(self, data: bytes) -> None: ...
+
+    def finish(self) -> tuple[dict[str, Any], str]: ...
+
+
+async def receive_upload(request: Request, settings: Settings) -> Upload:
+    """Stream the request body into a temp file while hashing it; check that it is a song.
+
+    Refused with 413 the moment the body or the song passes its limit.
+    """
+    limit_bytes = body_limit_bytes(settings)
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit_bytes:
+        raise HTTPException(413, body_too_large(settings))
+    song = SongFile(settings)
+    received = 0
     try:
-        with handle:
-            size, songhash = _copy_hashing(source, handle, settings)
-        if size > settings.max_input_bytes:
-            raise too_large(size, settings)
-        duration_s = _probe(path, settings)
+        body = _body_reader(request, song)
+        async for chunk in request.stream():
+            received += len(chunk)
+            if received > limit_bytes:
+                raise HTTPException(413, body_too_large(settings))
+            await run_in_threadpool(body.feed, chunk)
+        fields, name = await run_in_threadpool(body.finish)
+        songhash = song.close()
+        duration_s = await run_in_threadpool(_probe, song.path, settings)
+    except ClientDisconnect:
+        song.discard()
+        log.info("an upload was abandoned by its client after %d bytes", received)
+        raise HTTPException(400, "the client went away before the upload ended") from None
     except BaseException:
-        path.unlink(missing_ok=True)
+        song.discard()
         raise
-    name = song_name(source.filename) if isinstance(source, UploadFile) else ""
-    return Upload(path, songhash, size, duration_s, fields, name)
+    return Upload(song.path, songhash, song.size_bytes, duration_s, fields, name)
+
+
+def _body_reader(request: Request, song: SongFile) -> _Body:
+    content_type = request.headers.get("content-type", "")
+    if content_type.startswith("multipart/form-data"):
+        return _FormBody(boundary_of(content_type), song)
+    return _JsonBody(song)
+
+
+class _JsonBody:
+    """``{"mp3": "<base64>", ...}``: the song decoded into its file as the string arrives."""
+
+    def __init__(self, song: SongFile) -> None:
+        self.decoder = Base64Decoder(song.write)
+        self.scanner = JsonScanner(self.decoder.feed, FIELDS_SLACK_BYTES, JSON_MAX_DEPTH)
+
+    def feed(self, data: bytes) -> None:
+        self.scanner.feed(data)
+
+    def finish(self) -> tuple[dict[str, Any], str]:
+        data = self.scanner.document()
+        if not isinstance(data, dict):
+            raise HTTPException(400, 'send a JSON object such as {"mp3": "<base64 of the '
+                                     "file>\"}, or a multipart upload with a 'file' field")
+        try:
+            request = SeparateRequest.model_validate(data)
+        except ValidationError as error:
+            raise HTTPException(400, _explain(error)) from None
+        if not self.scanner.mp3_streamed:  # a key spelled with escapes: kept, and small
+            self.decoder.feed(request.mp3.encode())
+        self.decoder.finish()
+        return request.model_dump(exclude={"mp3"}, exclude_none=True), ""
+
+
+class _FormBody:
+    """A multipart form: the song part written to its file as it arrives."""
+
+    def __init__(self, boundary: bytes, song: SongFile) -> None:
+        self.reader = FormReader(boundary, song, FIELDS_SLACK_BYTES)
+
+    def feed(self, data: bytes) -> None:
+        self.reader.feed(data)
+
+    def finish(self) -> tuple[dict[str, Any], str]:
+        self.reader.finish()
+        form = self.reader.fields
+        fields: dict[str, Any] = {}
+        if model := form.get("model", [""])[0]:
+            fields["model"] = model
+        stems = [s.strip() for value in form.get("stems", []) for s in value.split(",")
+                 if s.strip()]
+        if stems:
+            fields["stems"] = stems
+        if callback := form.get("callback", [""])[0]:
+            scanner = JsonScanner(None, FIELDS_SLACK_BYTES, JSON_MAX_DEPTH, "'callback'")
+            scanner.feed(callback.encode())
+            fields["callback"] = scanner.document()
+        return fields, song_name(self.reader.song_name)
 
 
 SONG_NAME_MAX = 200
@@ -189,33 +220,14 @@ def song_name(filename: str | None) -> str:
     return "".join(ch for ch in base if ch.isprintable())[:SONG_NAME_MAX].strip()
 
 
-def _copy_hashing(source: UploadFile | bytes, out: BinaryIO, settings: Settings
-                  ) -> tuple[int, str]:
-    digest = hashlib.sha256()
-    if isinstance(source, bytes):
-        digest.update(source)
-        out.write(source)
-        return len(source), digest.hexdigest()
-    size = 0
-    source.file.seek(0)
-    while chunk := source.file.read(COPY_CHUNK_BYTES):
-        size += len(chunk)
-        if size > settings.max_input_bytes:
-            raise too_large(size, settings)
-        digest.update(chunk)
-        out.write(chunk)
-    return size, digest.hexdigest()
-
-
 def _probe(path: Path, settings: Settings) -> float:
     try:
-        duration_s = probe_mp3(path)
+        return probe_mp3(path, settings.max_duration_s)
     except NotAudio as error:
         raise HTTPException(400, f"the upload is not an MP3 song: {error}") from None
-    if duration_s > settings.max_duration_s:
-        raise HTTPException(400, f"the song lasts {duration_s:.0f} s, over the service's "
-                                 f"limit MAX_DURATION_S={settings.max_duration_s:g}")
-    return duration_s
+    except TooLong as error:
+        raise HTTPException(400, f"the song {error}, over the service's limit "
+                                 f"MAX_DURATION_S={settings.max_duration_s:g}") from None
 
 
 def normalize_stems(fields: dict[str, Any]) -> dict[str, Any]:

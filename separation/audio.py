@@ -1,4 +1,5 @@
-"""Audio: probe an input MP3, and mix Demucs' WAV stems into tracks encoded to MP3 once each.
+"""Audio: probe an input MP3 (its real duration, from its frames), and mix Demucs' WAV stems
+into tracks encoded to MP3 once each.
 
 Derived tracks are mixed from the lossless WAV stems, block by block, so memory stays flat
 with song length, and every track is encoded exactly once (``acapella`` is the vocals file).
@@ -15,9 +16,10 @@ from pathlib import Path
 import lameenc
 import numpy as np
 from mutagen import MutagenError
-from mutagen.mp3 import MP3
+from mutagen.mp3 import MPEGInfo
 
 from separation.contract import DEMUCS_STEMS
+from separation.mp3_frames import NotMpeg, count_frames
 
 BLOCK_S = 10
 MIXES: dict[str, tuple[str, ...]] = {
@@ -31,17 +33,36 @@ class NotAudio(ValueError):
     """The input is not an MP3 that can be separated."""
 
 
-def probe_mp3(path: Path) -> float:
-    """The duration in seconds of an MP3; NotAudio if it is not one."""
+class TooLong(ValueError):
+    """The input's frames last longer than the limit (whatever its header claims)."""
+
+    def __init__(self, limit_s: float, header_s: float) -> None:
+        claim = f"; its header claims {header_s:.1f} s" if header_s <= limit_s else ""
+        super().__init__(f"lasts more than {limit_s:g} s (counted from its frames{claim})")
+
+
+def probe_mp3(path: Path, max_duration_s: float | None = None) -> float:
+    """The duration in seconds of an MP3, counted from its frames, never its header's claim.
+
+    NotAudio if it is not an MP3; TooLong once the count passes ``max_duration_s`` (the walk
+    stops there). Streaming, in constant memory (``separation.mp3_frames``).
+    """
     if path.stat().st_size == 0:
         raise NotAudio("input file is empty (0 bytes)")
     try:
-        info = MP3(path).info
+        with path.open("rb") as file:  # MPEGInfo seeks past ID3 tags; MP3() would load them
+            header_s = float(MPEGInfo(file).length)
     except MutagenError as error:
         raise NotAudio(f"input is not a decodable MP3 ({error})") from None
-    if info.length <= 0 or info.sample_rate <= 0:
+    try:
+        counted = count_frames(path, max_duration_s)
+    except NotMpeg as error:
+        raise NotAudio(f"input is not a clean MP3 ({error})") from None
+    if counted.frames == 0:
         raise NotAudio("input MP3 has no audio frames")
-    return float(info.length)
+    if counted.stopped_at_limit and max_duration_s is not None:
+        raise TooLong(max_duration_s, header_s)
+    return counted.duration_s
 
 
 def _encoder(channels: int, sample_rate: int, bitrate_kbps: int) -> lameenc.Encoder:

@@ -85,8 +85,13 @@ def plan_chunks(duration_s: float, chunk_s: float, overlap_s: float,
     return ChunkPlan(chunks, overlap_ms, margin_ms)
 
 
-def cut_chunks(mp3_path: Path, chunks: list[Chunk], out_dir: Path) -> list[Path]:
-    """Decode each chunk of ``mp3_path`` into ``<out_dir>/c<i>.wav`` (16-bit, lossless)."""
+def cut_chunks(mp3_path: Path, chunks: list[Chunk], out_dir: Path, duration_s: float
+               ) -> list[Path]:
+    """Decode each chunk of ``mp3_path`` into ``<out_dir>/c<i>.wav`` (16-bit, lossless).
+
+    ``duration_s`` is the song's counted duration (``probe_mp3``): the decoder's own figure
+    comes from the header, which may lie, and the last chunk runs to the real end.
+    """
     import sphn  # only chunking needs a decoder in the worker
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -97,7 +102,7 @@ def cut_chunks(mp3_path: Path, chunks: list[Chunk], out_dir: Path) -> list[Path]
         from_s = max(0, chunk.start_ms // 1000 - PREROLL_S)  # a whole second, before a pre-roll
         skip = frames(chunk.start_ms, rate) - from_s * rate
         if chunk.duration_ms is None:
-            pcm = reader.decode(float(from_s), reader.duration_sec + 1 - from_s)[:, skip:]
+            pcm = reader.decode(float(from_s), duration_s + 1 - from_s)[:, skip:]
         else:
             count = frames(chunk.duration_ms, rate)
             pcm = reader.decode(float(from_s), (skip + count) / rate + 1)[:, skip:skip + count]

@@ -61,7 +61,7 @@ class LongSongs:
         plan = plan_chunks(duration_s, self.settings.chunk_s, self.settings.chunk_overlap_s,
                            self.settings.chunk_segment_s)
         chunks = plan.chunks
-        paths = cut_chunks(input_path, chunks, work_dir / "chunks")
+        paths = cut_chunks(input_path, chunks, work_dir / "chunks", duration_s)
         bucket = self.settings.queue_bucket
         for chunk, path in zip(chunks, paths, strict=True):
             self.storage.fput_object(bucket, f"{chunk_prefix(parent_id)}c{chunk.index}.wav",

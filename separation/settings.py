@@ -58,6 +58,7 @@ class Settings:
     mp3_bitrate_kbps: int = 320
     max_input_mb: float = 100.0
     max_duration_s: float = 1200.0
+    max_concurrent_uploads: int = 8  # REST: requests to separate received at once; more: 503
     job_timeout_s: float = 1800.0
     max_attempts: int = 3
     batch_max: int = 4
@@ -108,8 +109,9 @@ class Settings:
         if self.demucs_device not in ("auto", "cpu", "cuda") and not \
                 self.demucs_device.startswith("cuda:"):
             raise ValueError("DEMUCS_DEVICE must be auto, cpu, cuda or cuda:N")
-        if self.max_attempts < 1 or self.batch_max < 1:
-            raise ValueError("MAX_ATTEMPTS and BATCH_MAX must be at least 1")
+        if self.max_attempts < 1 or self.batch_max < 1 or self.max_concurrent_uploads < 1:
+            raise ValueError("MAX_ATTEMPTS, BATCH_MAX and MAX_CONCURRENT_UPLOADS must be at "
+                             "least 1")
         if self.chunk_overlap_s < 1 or self.model_segment_s < 0:
             raise ValueError("CHUNK_OVERLAP_S must be >= 1 and MODEL_SEGMENT_S >= 0")
         geometry(self.chunk_s, self.chunk_overlap_s, self.chunk_segment_s)  # ValueError if no fit

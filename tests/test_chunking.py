@@ -97,7 +97,7 @@ def test_cutting_an_mp3_is_sample_exact(tmp_path):
     plan = plan_chunks(25.0, chunk_s=8, overlap_s=2, segment_s=1.4)  # starts every 6.3 s
     chunks = plan.chunks
     assert any(c.start_ms % 1000 for c in chunks)  # some start within a second
-    parts = cut_chunks(song, chunks, tmp_path / "chunks")
+    parts = cut_chunks(song, chunks, tmp_path / "chunks", 25.0)
     whole = sphn.FileReader(str(song)).decode_all().T
     whole16 = np.clip(np.round(whole * 32768), -32768, 32767).astype("<i2")
     for chunk, part in zip(chunks, parts, strict=True):

@@ -6,9 +6,11 @@ import json
 import signal
 import time
 
+import pytest
 import sphn
 from mutagen.mp3 import MP3
 
+from devstack.synth import lying_mp3
 from separation.contract import TRACKS, Keys
 
 # short chunks, plain overlaps: the tiny test model's own segment is 40 s, no grid to follow
@@ -84,3 +86,18 @@ def test_a_chunk_that_keeps_failing_fails_the_song(stack, make_song):
         time.sleep(0.1)  # the other chunk is dropped once taken
     assert stack.held_jobs() == 0
     assert _leftovers(stack, "long-fail") == []
+
+
+def test_a_lying_header_does_not_hide_a_long_song(stack, tmp_path):
+    """A Xing header claiming 1.44 s over 13 s of frames: chunked and joined on the real 13 s."""
+    song = tmp_path / "lying.mp3"
+    song.write_bytes(lying_mp3(claimed_s=1.44, real_s=13.0))
+    songhash = stack.upload_song(song)
+    stack.start_worker(**CHUNKING)
+    stack.push({"songhash": songhash, "id": "lying", "stems": ["vocals"]})
+    record = stack.wait_for("lying", timeout_s=180)
+    assert record["state"] == "done", record
+    assert float(record["duration_s"]) == pytest.approx(13.0, abs=0.1)
+    assert record["chunks_total"] == "2"
+    decoded, rate = sphn.read(str(song))  # 16 kHz; Demucs' stems are at 44.1 kHz
+    assert int(record["samples"]) / 44100 == pytest.approx(decoded.shape[1] / rate, abs=0.01)

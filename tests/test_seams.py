@@ -30,7 +30,7 @@ def test_chunks_on_the_segment_grid_match_the_whole_song(tmp_path):
              "plain": plan_chunks(SONG_S, 20, 8, segment_s=0.0)}  # [0, 20 s), [12 s, end)
     assert all(len(plan.chunks) == 2 for plan in plans.values())
     parts = {name: [path.rename(path.with_name(f"{name}-{path.name}"))  # distinct tracks
-                    for path in cut_chunks(song, plan.chunks, tmp_path / name)]
+                    for path in cut_chunks(song, plan.chunks, tmp_path / name, SONG_S)]
              for name, plan in plans.items()}
     inputs = [song, *(path for paths in parts.values() for path in paths)]
     result = subprocess.run(

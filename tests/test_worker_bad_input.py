@@ -12,7 +12,7 @@ import os
 
 import numpy as np
 
-from devstack.synth import encode_mp3, synth_song
+from devstack.synth import encode_mp3, lying_mp3, synth_song
 from separation.chunking import write_wav
 from separation.contract import Keys, claimed_job_id
 
@@ -32,6 +32,7 @@ FILES = {
     "wav": _wav_bytes(),
     "oversize": encode_mp3(synth_song(8.0, seed=3), bitrate_kbps=192),   # ~190 KB > 100 KB
     "too-long": encode_mp3(synth_song(7.0, seed=4), bitrate_kbps=32),    # 7 s > 5 s
+    "lying-header": lying_mp3(claimed_s=1.0, real_s=20.0),  # Xing says 1 s; 20 s > 5 s
 }
 CASES: list[tuple[str, object, str]] = [
     ("not-json", "{not json", "not valid JSON"),
@@ -81,6 +82,9 @@ CASES: list[tuple[str, object, str]] = [
     ("wav", {"id": "wav"}, "not a decodable MP3"),
     ("oversize", {"id": "oversize"}, "over MAX_INPUT_MB=0.1"),
     ("too-long", {"id": "too-long"}, "over MAX_DURATION_S=5"),
+    ("lying-header", {"id": "lying-header"},
+     "lasts more than 5 s (counted from its frames; its header claims 1.0 s), over "
+     "MAX_DURATION_S=5"),
 ]
 
 

@@ -50,7 +50,7 @@ from minio.error import S3Error
 from urllib3.exceptions import HTTPError
 
 from separation import errors
-from separation.audio import NotAudio, mix_and_encode, probe_mp3
+from separation.audio import NotAudio, TooLong, mix_and_encode, probe_mp3
 from separation.connections import connect_minio, connect_redis, ensure_bucket
 from separation.contract import (
     InvalidJob,
@@ -290,13 +290,12 @@ class Worker:
         if path.stat().st_size > self.settings.max_input_bytes:
             raise errors.bad_input(f"input {where} is over MAX_INPUT_MB")
         try:
-            duration_s = probe_mp3(path)
+            return probe_mp3(path, self.settings.max_duration_s)
         except NotAudio as error:
             raise errors.bad_input(f"{where}: {error}") from None
-        if duration_s > self.settings.max_duration_s:
-            raise errors.bad_input(f"input {where} lasts {duration_s:.0f} s, over "
-                                   f"MAX_DURATION_S={self.settings.max_duration_s:g}")
-        return duration_s
+        except TooLong as error:
+            raise errors.bad_input(f"input {where} {error}, over "
+                                   f"MAX_DURATION_S={self.settings.max_duration_s:g}") from None
 
     # -- 4. separate -----------------------------------------------------------------------
     def separate(self, tasks: list[Task], model: str) -> dict[str, Exception]:
