@@ -121,7 +121,7 @@ class JsonScanner:
         self._expect_value = False
         self._depth += 1
         if self._depth > self._max_depth:
-            raise HTTPException(400, f"{self._what} nests JSON deeper than "
+            raise HTTPException(400, f"{self._what} is JSON nested deeper than "
                                      f"{self._max_depth} levels")
 
     def _value_starts(self) -> None:

@@ -89,7 +89,7 @@ CASES = [
      "nested"),
     ("callback data nested deep", "post", "/apiv1/separate",
      {"data": json.dumps({"mp3": B64, "callback": {"url": "http://h/", "data": {
-         "k": json.loads("[" * 900 + "]" * 900)}}}), "headers": JSON}, 400, "nest at most"),
+         "k": json.loads("[" * 900 + "]" * 900)}}}), "headers": JSON}, 400, "nested deeper"),
     ("songhash with a trailing newline", "get", f"/apiv1/status/{'a' * 64}%0A",
      {"headers": AUTH}, 404, ""),
 ]

@@ -232,4 +232,4 @@ def test_a_client_that_goes_away_mid_upload_leaves_nothing_behind(stack, rest):
         assert time.monotonic() < deadline, rest.logs()
         time.sleep(0.01)
     assert "internal error" not in rest.logs()
-    assert requests.get(rest.url + "/apiv1/queue", timeout=30).json() == {"queue": []}
+    assert requests.get(rest.url + "/apiv1/queue", timeout=30).json()["queue"] == []
