@@ -37,7 +37,7 @@ from rest.uploads import UploadSlots, read_body
 from separation.connections import SPARE_CONNECTIONS, connect_redis
 from separation.logs import configure_logging
 from separation.settings import Settings
-from separation.webhook import SIGNATURE_HEADER, verify_signature
+from separation.webhook import verify_delivery
 
 log = logging.getLogger("rest")
 PAGE_PATH = Path(__file__).with_name("page.html")
@@ -126,8 +126,7 @@ async def callback(request: Request) -> dict[str, Any]:
     body = await read_body(request, CALLBACK_MAX_BYTES, "a callback body is at most 1 MB")
     verified = None
     if backend.settings.webhook_secret:
-        verified = verify_signature(body, request.headers.get(SIGNATURE_HEADER),
-                                    backend.settings.webhook_secret)
+        verified = verify_delivery(body, request.headers, backend.settings.webhook_secret)
     try:
         payload = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):

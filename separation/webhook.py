@@ -1,8 +1,13 @@
-"""Job-outcome webhooks: a JSON POST, signed with HMAC-SHA256 when a secret is set.
+"""Job-outcome webhooks: a JSON POST, signed per the Standard Webhooks specification.
 
-The receiver checks ``X-Signature-SHA256: sha256=<hex>`` against the raw request body with
-``verify_signature``. Webhooks are sent once: a failure is logged, never retried, and never
-changes the job's outcome.
+With ``WEBHOOK_SECRET`` set, every delivery carries ``webhook-id`` (unique per delivery),
+``webhook-timestamp`` (Unix seconds) and ``webhook-signature`` (``v1,<base64 HMAC-SHA256 of
+"<id>.<timestamp>.<body>">``), so a receiver can check it with the ``standardwebhooks``
+package or its equivalent in any language, and refuse a delivery older than five minutes: a
+captured delivery cannot be replayed later, nor its body reused under another id. The secret
+is a ``whsec_<base64>`` key, or any other string, whose UTF-8 bytes are then the key
+(``signing_key``). ``verify_delivery`` is the receiving side. Webhooks are sent once: a
+failure is logged, never retried, and never changes the job's outcome.
 
 ``WEBHOOK_TIMEOUT_S`` is the deadline of a whole delivery: connecting, sending, and the
 receiver's status line and headers. A watchdog cuts the connection when it passes, whatever the
@@ -19,26 +24,26 @@ TLS naming the host. No redirect is followed.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import logging
 import socket
 import ssl
 import threading
 import time
-from collections.abc import Sequence
+import uuid
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timezone
 from http.client import HTTPConnection, HTTPException, HTTPSConnection
 from typing import Any
 
 from requests.certs import where as ca_bundle
+from standardwebhooks import Webhook, WebhookVerificationError
 
 from separation.contract import Callback, Job
 from separation.egress import EgressPolicy, RefusedTarget, Target, check_target
 from separation.settings import Settings
 
-SIGNATURE_HEADER = "X-Signature-SHA256"
 log = logging.getLogger(__name__)
 
 
@@ -46,12 +51,26 @@ class DeadlinePassed(TimeoutError):
     """The receiver did not answer within the delivery's deadline."""
 
 
-def sign(body: bytes, secret: str) -> str:
-    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+def signing_key(secret: str) -> Webhook:
+    """The Standard Webhooks signer of ``WEBHOOK_SECRET``: a ``whsec_`` key, else its bytes."""
+    return Webhook(secret if secret.startswith("whsec_") else secret.encode())
 
 
-def verify_signature(body: bytes, header: str | None, secret: str) -> bool:
-    return header is not None and hmac.compare_digest(sign(body, secret), header)
+def signature_headers(body: bytes, secret: str, now_s: float | None = None) -> dict[str, str]:
+    """``webhook-id``, ``webhook-timestamp`` and ``webhook-signature`` for one delivery."""
+    delivery_id = f"msg_{uuid.uuid4().hex}"
+    sent = datetime.fromtimestamp(int(time.time() if now_s is None else now_s), tz=timezone.utc)
+    return {"webhook-id": delivery_id, "webhook-timestamp": str(int(sent.timestamp())),
+            "webhook-signature": signing_key(secret).sign(delivery_id, sent, body.decode())}
+
+
+def verify_delivery(body: bytes, headers: Mapping[str, str], secret: str) -> bool:
+    """Whether a delivery is signed with ``secret`` and sent within the last five minutes."""
+    try:
+        signing_key(secret).verify(body, dict(headers), json_parse=False)
+    except (WebhookVerificationError, ValueError, UnicodeDecodeError):
+        return False
+    return True
 
 
 def send_outcome(job: Job, songhash: str | None, state: str, tracks: dict[str, str],
@@ -98,7 +117,7 @@ def post_webhook(url: str, payload: dict[str, Any], secret: str | None, timeout_
         body = json.dumps(payload, sort_keys=True).encode()
         headers = {"Content-Type": "application/json", "User-Agent": "demucs-service-worker"}
         if secret:
-            headers[SIGNATURE_HEADER] = sign(body, secret)
+            headers.update(signature_headers(body, secret))
         status = post_within(target, body, headers, timeout_s)
     except (OSError, HTTPException, ValueError, RecursionError) as error:
         log.warning("webhook to %s failed: %s", url, error or type(error).__name__)

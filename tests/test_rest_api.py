@@ -20,7 +20,7 @@ import devstack
 from separation.contract import TRACKS, Keys
 from separation.queue import JobQueue
 from separation.status import StatusStore
-from separation.webhook import SIGNATURE_HEADER, sign
+from separation.webhook import signature_headers
 
 TIMEOUT_S = 30
 JSON_NULL = {"data": "null", "headers": {"Content-type": "application/json"}}
@@ -352,10 +352,10 @@ def test_root_answers_200_and_logs_posted_callbacks(stack, start_rest):
     body = json.dumps({"id": "job-7", "status": "done", "songhash": "ab" * 32,
                        "data": {"mp3": "x.mp3", "data": "to be returned"}}).encode()
     signed = requests.post(f"{rest.url}/", data=body, timeout=TIMEOUT_S, headers={
-        "Content-Type": "application/json", SIGNATURE_HEADER: sign(body, "s3cret")})
+        "Content-Type": "application/json", **signature_headers(body, "s3cret")})
     assert signed.status_code == 200 and signed.json()["verified"] is True
     forged = requests.post(f"{rest.url}/", data=body, timeout=TIMEOUT_S,
-                           headers={SIGNATURE_HEADER: sign(body, "guess")})
+                           headers=signature_headers(body, "guess"))
     assert forged.status_code == 200 and forged.json()["verified"] is False
     assert requests.post(f"{rest.url}/", data=b"\x00 not json", timeout=TIMEOUT_S).ok
     lines = [line.decode() for line in stack.redis.lrange(Keys.LOGGING, 0, -1)]

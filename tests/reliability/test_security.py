@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import base64
 import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
-from separation.webhook import SIGNATURE_HEADER, sign, verify_signature
+from separation.webhook import signature_headers, verify_delivery
 
 ROOT = Path(__file__).resolve().parents[2]
 # MinIO's documented local-development default may appear only where it is documented as such
@@ -59,11 +61,19 @@ def test_bandit_is_clean():
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_webhook_signature_binds_the_body():
+def test_webhook_signature_binds_id_time_and_body_and_expires():
+    """Standard Webhooks: the signature covers id, timestamp and body; old ones are refused."""
     body = b'{"id": "j1", "status": "done"}'
-    header = sign(body, "s3cr3t")
-    assert SIGNATURE_HEADER == "X-Signature-SHA256" and header.startswith("sha256=")
-    assert verify_signature(body, header, "s3cr3t")
-    assert not verify_signature(body.replace(b"done", b"fail"), header, "s3cr3t")
-    assert not verify_signature(body, header, "other")
-    assert not verify_signature(body, None, "s3cr3t")
+    headers = signature_headers(body, "s3cr3t")
+    assert headers["webhook-id"].startswith("msg_")
+    assert headers["webhook-signature"].startswith("v1,")
+    assert verify_delivery(body, headers, "s3cr3t")
+    assert not verify_delivery(body.replace(b"done", b"fail"), headers, "s3cr3t")
+    assert not verify_delivery(body, headers, "other")
+    assert not verify_delivery(body, {**headers, "webhook-id": "msg_other"}, "s3cr3t")
+    assert not verify_delivery(body, {}, "s3cr3t")
+    replayed = signature_headers(body, "s3cr3t", now_s=time.time() - 600)  # captured 10 min ago
+    assert not verify_delivery(body, replayed, "s3cr3t")
+    assert signature_headers(body, "s3cr3t")["webhook-id"] != headers["webhook-id"]
+    whsec = "whsec_" + base64.b64encode(b"k" * 24).decode()
+    assert verify_delivery(body, signature_headers(body, whsec), whsec)
