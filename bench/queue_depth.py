@@ -9,8 +9,9 @@ the client waits its ``Retry-After``):
 - ``status``  ``GET /apiv1/status/<the queued job>`` (its ``position`` is the depth + 1);
 - ``queue``   ``GET /apiv1/queue`` (its first page).
 
-Meanwhile a thread asks ``/healthz`` and ``GET /`` every 50 ms on new connections (the
-probes). Reported per cell: answers per second, p50/p95/p99 latency, non-200 answers (503s
+Meanwhile a thread asks ``/healthz`` and ``GET /`` every 50 ms on new connections, on the
+probe port (``METRICS_PORT``) as the kubelet does (the probes). Reported per cell: answers
+per second, p50/p95/p99 latency, non-200 answers (503s
 are load shed on purpose), answer size, the REST process's CPU per answer and peak RSS,
 Redis' memory, the load generator's own CPU (it shares the machine), and how long the first
 request takes once the clients have left (those waiting for an answer just close). Ratios are to
@@ -66,12 +67,14 @@ class Rest:
 
     def __init__(self, tree: Path, env: dict[str, str], log_path: Path) -> None:
         self.port = devstack.free_port()
+        self.probe_port = devstack.free_port()  # METRICS_PORT: where the kubelet probes
         self.log_path = log_path
         with log_path.open("wb") as log:
             self.process = subprocess.Popen(  # nosec B603
                 [sys.executable, "-m", "uvicorn", "rest.app:app", "--host", "127.0.0.1",
                  "--port", str(self.port), "--no-access-log", "--backlog", "4096"],
-                cwd=tree, env={**env, "PYTHONPATH": str(tree)}, stdout=log,
+                cwd=tree, env={**env, "PYTHONPATH": str(tree),
+                               "METRICS_PORT": str(self.probe_port)}, stdout=log,
                 stderr=subprocess.STDOUT)
         devstack.wait_for_port(self.port, timeout_s=30, process=self.process)
         self.ps = psutil.Process(self.process.pid)
@@ -185,7 +188,7 @@ def load(rest: Rest, client: redis.Redis, path: str, clients: int, duration_s: f
     cpu_before, own_before = rest.cpu_s(), resource.getrusage(resource.RUSAGE_SELF)
     started = time.monotonic()
     stop = threading.Event()
-    prober = threading.Thread(target=probe, args=(rest.port, stop, probes), daemon=True)
+    prober = threading.Thread(target=probe, args=(rest.probe_port, stop, probes), daemon=True)
     prober.start()
     asyncio.run(run())
     stop.set()

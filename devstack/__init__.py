@@ -135,11 +135,14 @@ def start_worker(env: Mapping[str, str], log_path: Path, cwd: Path | None = None
 
 
 def start_rest(env: Mapping[str, str], port: int, log_path: Path) -> Service:
+    """The REST service on ``port``; its probe port (``METRICS_PORT``) is a free one, in
+    ``extra["metrics_port"]``."""
+    probe_port = free_port()
     command = [sys.executable, "-m", "uvicorn", "rest.app:app", "--host", "127.0.0.1",
                "--port", str(port), "--no-access-log"]
-    process = _spawn(command, log_path, env, cwd=ROOT)
+    process = _spawn(command, log_path, {**env, "METRICS_PORT": str(probe_port)}, cwd=ROOT)
     wait_for_port(port, timeout_s=30, process=process)
-    return Service(process, port, log_path)
+    return Service(process, port, log_path, {"metrics_port": str(probe_port)})
 
 
 class TcpProxy:

@@ -29,13 +29,14 @@ from starlette.requests import ClientDisconnect
 
 from rest import api
 from rest.backend import Backend, BackendDep, get_backend, require_token
-from rest.csrf import refuse_cross_site
+from rest.csrf import RefuseCrossSite
 from rest.limits import ShedLoad
 from rest.observability import QUEUE_DEPTH, CountRequests
 from rest.probes import STORAGE_ERRORS, HealthProbe
 from rest.uploads import UploadSlots, read_body
 from separation.connections import SPARE_CONNECTIONS, connect_redis
 from separation.logs import configure_logging
+from separation.observability import serve
 from separation.settings import Settings
 from separation.webhook import verify_delivery
 
@@ -64,7 +65,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.probe = HealthProbe(settings)
     app.state.page = PAGE_PATH.read_text(encoding="utf-8")
     app.state.upload_slots = UploadSlots(settings.max_concurrent_uploads)
-    app.middleware("http")(refuse_cross_site)
+    app.add_middleware(RefuseCrossSite)
     app.add_middleware(CountRequests)
     app.add_middleware(ShedLoad, max_in_flight=settings.rest_max_in_flight)
     _add_error_handlers(app)
@@ -92,10 +93,19 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         await run_in_threadpool(backend.ensure_buckets)
     except STORAGE_ERRORS as error:
         log.warning("MinIO unreachable at start (%s); buckets are made at the first upload", error)
+    probes = None
+    if settings.metrics_port:  # the kubelet's probes: a thread and a port of their own
+        try:
+            probes = serve(settings.metrics_port, app.state.probe.health)
+        except OSError as error:
+            log.warning("cannot serve probes on METRICS_PORT=%d: %s", settings.metrics_port,
+                        error)
     log.info("rest service ready: model %s, buckets %s -> %s, API token %s",
              settings.demucs_model, settings.queue_bucket, settings.output_bucket,
              "required" if settings.api_token else "off")
     yield
+    if probes is not None:
+        probes.shutdown()
     backend.callbacks.close()
 
 

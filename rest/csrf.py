@@ -11,40 +11,49 @@ the worker's webhooks) send neither header and are not affected; the page is sam
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from urllib.parse import urlsplit
 
-from fastapi import Request
-from fastapi.responses import JSONResponse, Response
+from starlette.datastructures import Headers
+from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 STATE_CHANGING_GET_PREFIXES = ("/apiv1/remove/",)
 ALLOWED_FETCH_SITES = frozenset({"same-origin", "none"})
 
 
-def changes_state(request: Request) -> bool:
-    if request.method not in SAFE_METHODS:
-        return True
-    return request.url.path.startswith(STATE_CHANGING_GET_PREFIXES)
+def changes_state(method: str, path: str) -> bool:
+    return method not in SAFE_METHODS or path.startswith(STATE_CHANGING_GET_PREFIXES)
 
 
-def cross_site_reason(request: Request) -> str | None:
+def cross_site_reason(headers: Headers) -> str | None:
     """Why the browser's own headers mark this request as coming from another site, if so."""
-    site = request.headers.get("sec-fetch-site")
+    site = headers.get("sec-fetch-site")
     if site is not None and site not in ALLOWED_FETCH_SITES:
         return f"Sec-Fetch-Site: {site}"
-    origin = request.headers.get("origin")
+    origin = headers.get("origin")
     if origin is not None:
-        host = request.headers.get("host", "")
+        host = headers.get("host", "")
         if origin == "null" or urlsplit(origin).netloc.lower() != host.lower():
             return f"Origin {origin!r} is not this service ({host})"
     return None
 
 
-async def refuse_cross_site(request: Request,
-                            call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-    if changes_state(request) and (reason := cross_site_reason(request)) is not None:
-        text = (f"cross-site request refused ({reason}): a page on another site cannot "
-                "change this service; use the service's own page or an API client")
-        return JSONResponse({"error": text, "reason": text}, status_code=403)
-    return await call_next(request)
+class RefuseCrossSite:
+    """A pure ASGI middleware: it never wraps the request body, so a streamed upload and a
+    client's disconnect reach the route as they are."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and changes_state(scope["method"], scope["path"]):
+            reason = cross_site_reason(Headers(scope=scope))
+            if reason is not None:
+                text = (f"cross-site request refused ({reason}): a page on another site "
+                        "cannot change this service; use the service's own page or an API "
+                        "client")
+                await JSONResponse({"error": text, "reason": text}, status_code=403)(
+                    scope, receive, send)
+                return
+        await self.app(scope, receive, send)

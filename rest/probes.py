@@ -9,6 +9,7 @@ share the check in progress, and a result is reused for ``FRESH_S``.
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -34,6 +35,7 @@ class HealthProbe:
         self.checked_at = -FRESH_S
         self.last: list[str] = []
         self.running: asyncio.Future[list[str]] | None = None
+        self.lock = threading.Lock()
 
     async def problems(self) -> list[str]:
         """What is unreachable (empty: healthy), checked at most once per ``FRESH_S``."""
@@ -48,6 +50,15 @@ class HealthProbe:
         self.running = None
         if not done.cancelled() and done.exception() is None:
             self.last, self.checked_at = done.result(), time.monotonic()
+
+    def health(self) -> tuple[bool, str]:
+        """``/healthz`` of the probe port (``separation.observability.serve``): its own
+        thread, never the event loop's; a result is reused for ``FRESH_S``."""
+        with self.lock:
+            if time.monotonic() - self.checked_at >= FRESH_S:
+                self.last, self.checked_at = self.check(), time.monotonic()
+            problems = self.last
+        return (not problems, "; ".join(problems) or "ok")
 
     def check(self) -> list[str]:
         problems = []

@@ -25,12 +25,15 @@ HealthCheck = Callable[[], "tuple[bool, str]"]
 
 
 def serve(port: int, check: HealthCheck) -> ThreadingHTTPServer:
-    """Serve ``/healthz`` (200 or 503 with the reason) and ``/metrics`` in a daemon thread."""
+    """Serve ``/healthz`` (200 or 503 with the reason), ``/metrics`` and ``/`` (liveness: the
+    process answers) in a daemon thread, apart from the service's own work."""
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             if self.path.split("?")[0] == "/metrics":
                 self._answer(200, generate_latest(), CONTENT_TYPE_LATEST)
+            elif self.path.split("?")[0] == "/":
+                self._answer(200, b'{"ok": true}', "application/json")
             elif self.path.split("?")[0] == "/healthz":
                 healthy, reason = check()
                 body = json.dumps({"ok": healthy, "reason": reason}).encode()

@@ -266,21 +266,22 @@ def test_worker_probes_hit_healthz_on_metrics_port(rendered: dict, variant: str)
 
 
 @pytest.mark.parametrize("variant", ["local", "gpu"])
-def test_rest_probes_and_service_hit_rest_port(rendered: dict, variant: str) -> None:
+def test_rest_probes_hit_the_probe_port_and_the_service_the_rest_port(rendered: dict,
+                                                                     variant: str) -> None:
     docs = rendered[variant]
     workload, container = our_container(docs, "demucs-rest")
     settings = app_settings(docs, "demucs-rest")
     readiness = container["readinessProbe"]["httpGet"]
     assert readiness["path"] == "/healthz"
-    assert port_number(container, readiness["port"]) == settings.rest_port
+    assert port_number(container, readiness["port"]) == settings.metrics_port
     liveness = container["livenessProbe"]["httpGet"]
-    assert liveness["path"] in ("/healthz", "/")  # GET / is the load balancers' 200
-    assert port_number(container, liveness["port"]) == settings.rest_port
+    assert liveness["path"] in ("/healthz", "/")
+    assert port_number(container, liveness["port"]) == settings.metrics_port
     service = get(docs, "Service", "rest")
-    assert port_number(container, service["spec"]["ports"][0]["targetPort"]) == \
-        settings.rest_port
+    assert [port_number(container, p["targetPort"]) for p in service["spec"]["ports"]] == \
+        [settings.rest_port]  # the probe port is not exposed
     annotations = workload["spec"]["template"]["metadata"]["annotations"]
-    assert int(annotations["prometheus.io/port"]) == settings.rest_port
+    assert int(annotations["prometheus.io/port"]) == settings.metrics_port
 
 
 def test_rest_serves_the_probed_paths() -> None:

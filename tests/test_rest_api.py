@@ -442,3 +442,14 @@ def test_two_models_keep_their_own_tracks(stack, rest, make_song, tmp_path):
     assert requests.get(f"{rest.url}/apiv1/track/{songhash}/vocals", timeout=TIMEOUT_S).ok
     assert_error(requests.get(f"{rest.url}/apiv1/track/{songhash}/vocals?model=../x",
                               timeout=TIMEOUT_S), 404, "not a model name")
+
+
+def test_probes_answer_on_a_port_of_their_own(rest):
+    """The kubelet's probes and Prometheus use METRICS_PORT, apart from the API's work."""
+    port = rest.service.extra["metrics_port"]
+    health = requests.get(f"http://127.0.0.1:{port}/healthz", timeout=TIMEOUT_S)
+    assert health.status_code == 200 and health.json() == {"ok": True, "reason": "ok"}
+    assert requests.get(f"http://127.0.0.1:{port}/", timeout=TIMEOUT_S).json() == {"ok": True}
+    requests.get(f"{rest.url}/apiv1/queue", timeout=TIMEOUT_S)
+    metrics = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=TIMEOUT_S).text
+    assert 'demucs_rest_requests_total{method="GET",route="/apiv1/queue"' in metrics

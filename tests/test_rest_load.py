@@ -54,7 +54,7 @@ def test_past_the_limit_the_api_answers_503_at_once_and_probes_still_answer(star
     wait_until(lambda: requests.get(f"{rest.url}/apiv1/queue", timeout=TIMEOUT_S).ok)
     assert "Retry-After" not in requests.get(f"{rest.url}/apiv1/queue",
                                              timeout=TIMEOUT_S).headers
-    wait_until(lambda: "client disconnected" in rest.logs())
+    wait_until(lambda: "abandoned by its client" in rest.logs())
     assert "Traceback" not in rest.logs()
 
 
