@@ -87,7 +87,7 @@ def plan_chunks(duration_s: float, chunk_s: float, overlap_s: float,
 
 def cut_chunks(mp3_path: Path, chunks: list[Chunk], out_dir: Path) -> list[Path]:
     """Decode each chunk of ``mp3_path`` into ``<out_dir>/c<i>.wav`` (16-bit, lossless)."""
-    import sphn  # only chunking needs a decoder in the worker
+    import sphn  # the decoder Demucs 4.1.0 uses; imported only where audio is decoded
 
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
