@@ -301,7 +301,7 @@ class Worker:
 
     # -- 4. separate -----------------------------------------------------------------------
     def separate(self, tasks: list[Task], model: str,
-                 pruned: PrunedBag | None = None) -> dict[str, Exception]:
+                 pruned: PrunedBag | None) -> dict[str, Exception]:
         """Run Demucs over ``tasks`` (with ``pruned``, only the sub-models of ``model`` that
         their sources need); return what each job that got no stems must raise."""
         failures = self._run_cli(tasks, model, self.device, pruned)
