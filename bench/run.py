@@ -147,7 +147,7 @@ class Bench:
             env["DEMUCS_REPO"] = repo
         return env
 
-    def raw_cli(self, song: Path, model: str, repo: str | None,
+    def raw_cli(self, song: Path | list[Path], model: str, repo: str | None,
                 flags: tuple[str, ...] = ("--mp3", "--mp3-bitrate", "320"),
                 out: Path | None = None) -> dict[str, float]:
         """The baseline: Demucs' own CLI writing MP3 stems (``flags``), as a user would run it."""
@@ -155,7 +155,7 @@ class Bench:
         command = [sys.executable, "-m", "demucs", "-n", model, "-d",
                    os.environ.get("BENCH_DEVICE", "cpu"), *flags,
                    "--shifts", str(Settings.from_env().demucs_shifts),  # the worker's
-                   "-o", str(out), str(song)]
+                   "-o", str(out), *map(str, song if isinstance(song, list) else [song])]
         if repo:
             command += ["--repo", repo]
         env = {**os.environ, "OMP_NUM_THREADS": str(self.threads),
@@ -250,7 +250,22 @@ def bench_batch(bench: Bench, clips: list[Path], model: str, repo: str | None,
         print(f"  batch {model} {mode}: {per_mode[mode]:.1f} songs/min", flush=True)
     return {"clips": len(clips), "batch_max": batch_max,
             "songs_per_min": {k: round(v, 2) for k, v in per_mode.items()},
-            "gain": round(per_mode["batched"] / per_mode["one_cli_per_job"], 2)}
+            "gain": round(per_mode["batched"] / per_mode["one_cli_per_job"], 2),
+            "raw_cli": raw_cli_batching(bench, clips[:batch_max], model, repo)}
+
+
+def raw_cli_batching(bench: Bench, clips: list[Path], model: str,
+                     repo: str | None) -> dict[str, float]:
+    """The most batching can give: the raw CLI on one clip vs ``clips`` in one call, split
+    into a start-up (imports, model load) paid once per call and a separation per clip."""
+    one_s = bench.raw_cli(clips[0], model, repo)["wall_s"]
+    all_s = bench.raw_cli(clips, model, repo)["wall_s"]
+    per_clip_s = (all_s - one_s) / (len(clips) - 1)
+    result = {"one_clip_s": round(one_s, 2), f"{len(clips)}_clips_one_call_s": round(all_s, 2),
+              "start_up_s": round(one_s - per_clip_s, 2), "per_clip_s": round(per_clip_s, 2),
+              "gain": round(len(clips) * one_s / all_s, 2)}
+    print(f"  batch {model} raw CLI: {result}", flush=True)
+    return result
 
 
 def bench_memory(bench: Bench, songs: dict[str, Path]) -> dict[str, Any]:
