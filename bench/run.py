@@ -5,6 +5,10 @@
 2. batch     songs per minute for 8 short clips: one CLI per job (BATCH_MAX=1) vs batched.
 3. memory    peak RSS of the worker's process tree for 1-, 3- and 5-minute songs.
 4. ingest    20 concurrent 10 MB uploads to the REST API: p50/p95 latency, errors.
+5. karaoke   a vocals + instrumental job on a bag shaped like ``htdemucs_ft`` (four real-size
+             specialists, one-hot weights), LPUSH → tracks stored, vs the raw
+             ``python -m demucs -n <bag> --two-stems vocals`` on the same 60 s clip: time, peak
+             RSS, and the service's vocals against the raw CLI's (``--only karaoke``).
 
 Models: the real-size random-weight model (bench/model.py) unless ``BENCH_MODEL`` (with
 ``DEMUCS_REPO``) names real weights, and the tiny ``demucs_unittest`` for the batch figure.
@@ -20,6 +24,7 @@ import json
 import math
 import os
 import platform
+import resource
 import statistics
 import subprocess
 import sys
@@ -37,14 +42,22 @@ import requests
 from minio import Minio
 
 import devstack
-from bench.model import NAME, build_real_size_model
+from bench.model import (
+    NAME,
+    build_real_size_bag,
+    build_real_size_model,
+    build_specialist_bag,
+    cache_dir,
+)
 from devstack.synth import write_song
+from separation.audio import mix_and_encode
 from separation.contract import Keys, input_key, sha256_file
 from separation.settings import Settings, available_cpus
 from separation.status import StatusStore
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TINY = "demucs_unittest"
+KARAOKE = ["vocals", "instrumental"]
 
 
 class PeakRss:
@@ -94,6 +107,18 @@ class PeakRss:
         return self.peak_bytes / 2**20
 
 
+def _children_cpu_s() -> float:
+    """CPU seconds (user + system) of this process's children that have ended."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _tree_cpu_s(process: psutil.Process) -> float:
+    """CPU seconds of ``process`` and of its children that have ended (Demucs calls)."""
+    times = process.cpu_times()
+    return times.user + times.system + times.children_user + times.children_system
+
+
 class Bench:
     """The services, and helpers to run the raw CLI and the pipeline on them."""
 
@@ -122,25 +147,28 @@ class Bench:
             env["DEMUCS_REPO"] = repo
         return env
 
-    def raw_cli(self, song: Path, model: str, repo: str | None) -> dict[str, float]:
-        """The baseline: Demucs' own CLI writing MP3 stems, as a user would run it."""
-        out = Path(tempfile.mkdtemp(dir=self.root))
+    def raw_cli(self, song: Path | list[Path], model: str, repo: str | None,
+                flags: tuple[str, ...] = ("--mp3", "--mp3-bitrate", "320"),
+                out: Path | None = None) -> dict[str, float]:
+        """The baseline: Demucs' own CLI writing MP3 stems (``flags``), as a user would run it."""
+        out = out or Path(tempfile.mkdtemp(dir=self.root))
         command = [sys.executable, "-m", "demucs", "-n", model, "-d",
-                   os.environ.get("BENCH_DEVICE", "cpu"), "--mp3", "--mp3-bitrate", "320",
+                   os.environ.get("BENCH_DEVICE", "cpu"), *flags,
                    "--shifts", str(Settings.from_env().demucs_shifts),  # the worker's
-                   "-o", str(out), str(song)]
+                   "-o", str(out), *map(str, song if isinstance(song, list) else [song])]
         if repo:
             command += ["--repo", repo]
         env = {**os.environ, "OMP_NUM_THREADS": str(self.threads),
                "MKL_NUM_THREADS": str(self.threads)}
-        started = time.monotonic()
+        started, cpu_before_s = time.monotonic(), _children_cpu_s()
         process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
                                    stderr=subprocess.DEVNULL)
         with PeakRss(process.pid) as rss:
             code = process.wait()
         if code != 0:
             raise RuntimeError(f"raw Demucs CLI failed with code {code}: {command}")
-        return {"wall_s": time.monotonic() - started, "peak_rss_mb": rss.peak_mb}
+        return {"wall_s": time.monotonic() - started, "peak_rss_mb": rss.peak_mb,
+                "cpu_s": _children_cpu_s() - cpu_before_s}
 
     def start_worker(self, model: str, repo: str | None, **overrides: str) -> subprocess.Popen:
         process = devstack.start_worker(self.env(model, repo, **overrides),
@@ -157,14 +185,17 @@ class Bench:
         self.minio.fput_object("demucs-bucket", input_key(songhash), str(song))
         return songhash
 
-    def run_jobs(self, songs: list[Path], worker: subprocess.Popen) -> tuple[float, list[dict]]:
-        """Push one job per song at once; wait for all; return (wall_s, status records)."""
+    def run_jobs(self, songs: list[Path], worker: subprocess.Popen,
+                 stems: list[str] | None = None) -> tuple[float, list[dict]]:
+        """Push one job per song at once (for ``stems``, default all); wait for all; return
+        (wall_s, status records)."""
         hashes = [self.upload(song) for song in songs]
         ids = [f"bench-{time.monotonic_ns()}-{i}" for i in range(len(songs))]
         started = time.monotonic()
         pushed_at = time.time()
         for job_id, songhash in zip(ids, hashes, strict=True):
-            self.redis.lpush(Keys.QUEUE, json.dumps({"id": job_id, "songhash": songhash}))
+            job = {"id": job_id, "songhash": songhash, **({"stems": stems} if stems else {})}
+            self.redis.lpush(Keys.QUEUE, json.dumps(job))
         records: dict[str, dict] = {}
         while len(records) < len(ids):
             for job_id in ids:
@@ -219,7 +250,22 @@ def bench_batch(bench: Bench, clips: list[Path], model: str, repo: str | None,
         print(f"  batch {model} {mode}: {per_mode[mode]:.1f} songs/min", flush=True)
     return {"clips": len(clips), "batch_max": batch_max,
             "songs_per_min": {k: round(v, 2) for k, v in per_mode.items()},
-            "gain": round(per_mode["batched"] / per_mode["one_cli_per_job"], 2)}
+            "gain": round(per_mode["batched"] / per_mode["one_cli_per_job"], 2),
+            "raw_cli": raw_cli_batching(bench, clips[:batch_max], model, repo)}
+
+
+def raw_cli_batching(bench: Bench, clips: list[Path], model: str,
+                     repo: str | None) -> dict[str, float]:
+    """The most batching can give: the raw CLI on one clip vs ``clips`` in one call, split
+    into a start-up (imports, model load) paid once per call and a separation per clip."""
+    one_s = bench.raw_cli(clips[0], model, repo)["wall_s"]
+    all_s = bench.raw_cli(clips, model, repo)["wall_s"]
+    per_clip_s = (all_s - one_s) / (len(clips) - 1)
+    result = {"one_clip_s": round(one_s, 2), f"{len(clips)}_clips_one_call_s": round(all_s, 2),
+              "start_up_s": round(one_s - per_clip_s, 2), "per_clip_s": round(per_clip_s, 2),
+              "gain": round(len(clips) * one_s / all_s, 2)}
+    print(f"  batch {model} raw CLI: {result}", flush=True)
+    return result
 
 
 def bench_memory(bench: Bench, songs: dict[str, Path]) -> dict[str, Any]:
@@ -288,6 +334,60 @@ def bench_ingest(bench: Bench, uploads: int, size_mb: float) -> dict[str, Any]:
     return result
 
 
+def bench_karaoke(bench: Bench, song: Path, bag: str, repo: str) -> dict[str, Any]:
+    """A karaoke job through the service (the bag pruned to its vocals model) vs the raw CLI
+    running the whole bag with ``--two-stems vocals``; their vocals compared. Besides wall
+    time, CPU seconds: on a shared machine they do not depend on what else runs.
+
+    The service stores MP3s: the raw CLI's vocals WAV goes through the worker's own encoder
+    (``mix_and_encode``), so identical vocals give identical bytes; the SNR compares the
+    decoded MP3s."""
+    raw_out = bench.root / "karaoke-raw"
+    raw = bench.raw_cli(song, bag, repo, flags=("--two-stems", "vocals"), out=raw_out)
+    print(f"  karaoke raw CLI, whole bag: {raw['wall_s']:.1f} s, CPU {raw['cpu_s']:.0f} s, "
+          f"{raw['peak_rss_mb']:.0f} MB", flush=True)
+    worker = bench.start_worker(bag, repo, BATCH_MAX="1", CHUNK_OVER_S="0")
+    try:
+        cpu_before_s = _tree_cpu_s(psutil.Process(worker.pid))
+        with PeakRss(worker.pid) as rss:
+            wall_s, (record,) = bench.run_jobs([song], worker, stems=KARAOKE)
+        cpu_s = _tree_cpu_s(psutil.Process(worker.pid)) - cpu_before_s
+        worker_own_mb = PeakRss._high_water_bytes(worker.pid) / 2**20
+    finally:
+        devstack.stop(worker)
+    ran = [line for line in (bench.root / "worker.log").read_text().splitlines()
+           if "models of bag" in line]
+    service_mp3 = bench.root / "karaoke-service-vocals.mp3"
+    bench.minio.fget_object("demucs-output", record["tracks"]["vocals"], str(service_mp3))
+    raw_mp3 = mix_and_encode(raw_out / bag / song.stem, ["vocals"], bench.root / "karaoke-enc",
+                             320, bench.threads)["vocals"]
+    import sphn
+
+    from bench.long_songs import snr_db  # that module imports this one
+
+    ours, theirs = (sphn.read(str(path))[0].astype("float64") for path in (service_mp3, raw_mp3))
+    snr = snr_db(theirs, ours)
+    result = {
+        "song_s": round(float(sphn.FileReader(str(song)).duration_sec), 1),
+        "raw_cli_two_stems_s": round(raw["wall_s"], 2), "service_karaoke_s": round(wall_s, 2),
+        "time_ratio": round(wall_s / raw["wall_s"], 3),
+        "raw_cli_cpu_s": round(raw["cpu_s"], 1), "service_cpu_s": round(cpu_s, 1),
+        "cpu_ratio": round(cpu_s / raw["cpu_s"], 3),
+        "raw_cli_peak_rss_mb": round(raw["peak_rss_mb"]),
+        "service_peak_rss_mb": round(rss.peak_mb),
+        "rss_ratio": round(rss.peak_mb / raw["peak_rss_mb"], 3),
+        "worker_own_peak_rss_mb": round(worker_own_mb),
+        "vocals_mp3_identical": service_mp3.read_bytes() == raw_mp3.read_bytes(),
+        "vocals_snr_db": snr if math.isfinite(snr) else "inf",
+        "ran": ran[-1].split("running ", 1)[-1] if ran else "the whole bag",
+        "breakdown_s": {k: round(v, 2) for k, v in record["timings"].items()},
+    }
+    print(f"  karaoke service: {wall_s:.1f} s ({result['time_ratio']}x), CPU {cpu_s:.0f} s "
+          f"({result['cpu_ratio']}x), {rss.peak_mb:.0f} MB ({result['rss_ratio']}x), vocals "
+          f"SNR {result['vocals_snr_db']} dB", flush=True)
+    return result
+
+
 def bench_model(quick: bool) -> tuple[str, str | None, int]:
     """(model, repo, CPU threads): BENCH_MODEL/DEMUCS_REPO, else the real-size random model
     (the tiny one with ``quick``)."""
@@ -311,7 +411,7 @@ def write_results(path: Path, report: dict[str, Any]) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes: a smoke test")
-    parser.add_argument("--only", default="overhead,batch,memory,ingest")
+    parser.add_argument("--only", default="overhead,batch,memory,ingest,karaoke")
     args = parser.parse_args(argv)
     parts = set(args.only.split(","))
     model, repo, threads = bench_model(args.quick)
@@ -342,6 +442,12 @@ def main(argv: list[str] | None = None) -> int:
                 sizes = {"0.25min": 15.0} if args.quick else \
                     {"1min": 60.0, "3min": 180.0, "5min": 300.0}
                 report["memory"] = bench_memory(bench, {k: song(v, 2) for k, v in sizes.items()})
+            if "karaoke" in parts:
+                bag = "bench_small_ft" if args.quick else "bench_htdemucs_ft"
+                bag_repo = build_specialist_bag(cache_dir() / "models", bag, channels=8,
+                                                t_layers=1) if args.quick else build_real_size_bag()
+                report["karaoke"] = {bag: bench_karaoke(
+                    bench, song(15.0 if args.quick else 60.0, 3), bag, str(bag_repo))}
             if "ingest" in parts:
                 report["ingest"] = bench_ingest(bench, 4 if args.quick else 20,
                                                 1.0 if args.quick else 10.0)

@@ -3,6 +3,9 @@ into tracks encoded to MP3 once each.
 
 Derived tracks are mixed from the lossless WAV stems, block by block, so memory stays flat
 with song length, and every track is encoded exactly once (``acapella`` is the vocals file).
+``full`` sums the four stems; ``instrumental`` is the mix minus the vocals estimate (the input
+decoded as Demucs decodes it, ``write_mix``), so it needs the vocals source alone and a bag
+pruned to its vocals model (``separation.bags``) gives the same instrumental as the full bag.
 """
 
 from __future__ import annotations
@@ -18,15 +21,19 @@ import numpy as np
 from mutagen import MutagenError
 from mutagen.mp3 import MPEGInfo
 
+from separation.chunking import write_wav
 from separation.contract import DEMUCS_STEMS
 from separation.mp3_frames import NotMpeg, count_frames
 
 BLOCK_S = 10
-MIXES: dict[str, tuple[str, ...]] = {
-    "instrumental": ("drums", "bass", "other"),
-    "full": DEMUCS_STEMS,
+MIX = "mix"
+"""``<stem_dir>/mix.wav``: the input, frame for frame with the stems (``write_mix``)."""
+SOURCES: dict[str, tuple[str, ...]] = {
+    "vocals": ("vocals",), "acapella": ("vocals",), "instrumental": ("vocals",),
+    "drums": ("drums",), "bass": ("bass",), "other": ("other",), "full": DEMUCS_STEMS,
+    "original": (),
 }
-"""Tracks made by summing stems."""
+"""The Demucs sources each track is made from."""
 
 
 class NotAudio(ValueError):
@@ -65,6 +72,32 @@ def probe_mp3(path: Path, max_duration_s: float | None = None) -> float:
     return counted.duration_s
 
 
+def sources_for(tracks: Iterable[str]) -> tuple[str, ...]:
+    """The Demucs sources that ``tracks`` need, in Demucs' order."""
+    needed = {source for track in tracks for source in SOURCES[track]}
+    return tuple(s for s in DEMUCS_STEMS if s in needed)
+
+
+def write_mix(input_path: Path, stem_dir: Path) -> Path:
+    """Decode the input as Demucs 4.1.0 does (sphn, then its rate and channels) into
+    ``<stem_dir>/mix.wav``, as many frames as the vocals stem; return that path."""
+    import sphn  # the decoder Demucs itself uses
+
+    with wave.open(str(stem_dir / "vocals.wav"), "rb") as vocals:
+        channels, rate, count = vocals.getnchannels(), vocals.getframerate(), vocals.getnframes()
+    data, input_rate = sphn.read(str(input_path))
+    if int(input_rate) != rate:
+        data, _ = sphn.read(str(input_path), sample_rate=rate)
+    if data.shape[0] < channels:  # mono: Demucs repeats the channel
+        data = np.repeat(data[:1], channels, axis=0)
+    samples = np.zeros((count, channels), dtype=np.float32)
+    frames = min(count, data.shape[1])
+    samples[:frames] = data[:channels, :frames].T
+    target = stem_dir / f"{MIX}.wav"
+    write_wav(target, samples, rate)
+    return target
+
+
 def _encoder(channels: int, sample_rate: int, bitrate_kbps: int) -> lameenc.Encoder:
     encoder = lameenc.Encoder()
     encoder.set_bit_rate(bitrate_kbps)
@@ -74,26 +107,33 @@ def _encoder(channels: int, sample_rate: int, bitrate_kbps: int) -> lameenc.Enco
     return encoder
 
 
-def _mix(blocks: Iterable[np.ndarray]) -> np.ndarray:
-    total = sum(block.astype(np.int32) for block in blocks)
-    return np.clip(total, -32768, 32767).astype(np.int16)  # type: ignore[union-attr]
+def _mix(track: str, stems: dict[str, np.ndarray]) -> np.ndarray:
+    if track == "instrumental":
+        total = stems[MIX].astype(np.int32) - stems["vocals"]
+    else:  # full
+        total = sum(stems[s].astype(np.int32) for s in DEMUCS_STEMS)  # type: ignore[assignment]
+    return np.clip(total, -32768, 32767).astype(np.int16)
 
 
 def mix_and_encode(stem_dir: Path, tracks: Iterable[str], out_dir: Path, bitrate_kbps: int,
                    threads: int) -> dict[str, Path]:
-    """Encode the stems and mixes named in ``tracks`` from ``<stem_dir>/<stem>.wav``.
+    """Encode the stems and mixes named in ``tracks`` from ``<stem_dir>/<stem>.wav`` (and
+    ``mix.wav`` for ``instrumental``), reading only the stems those tracks need.
 
     Returns ``{track: mp3 path}``; ``original`` is not made here (the input is the original).
     """
     wanted = [t for t in tracks if t != "original"]
+    if not wanted:
+        return {}
     encoded = [t for t in wanted if t != "acapella"]
     if "acapella" in wanted and "vocals" not in encoded:
         encoded.append("vocals")
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {track: out_dir / f"{track}.mp3" for track in encoded}
     with ExitStack() as stack, ThreadPoolExecutor(max(1, threads)) as pool:
+        inputs = [*sources_for(wanted), *([MIX] if "instrumental" in wanted else [])]
         readers = {s: stack.enter_context(wave.open(str(stem_dir / f"{s}.wav"), "rb"))
-                   for s in DEMUCS_STEMS}
+                   for s in inputs}
         channels, rate = _check_same_format(readers)
         encoders = {t: _encoder(channels, rate, bitrate_kbps) for t in encoded}
         files = {t: stack.enter_context(paths[t].open("wb")) for t in encoded}
@@ -101,10 +141,9 @@ def mix_and_encode(stem_dir: Path, tracks: Iterable[str], out_dir: Path, bitrate
         while True:
             stems = {s: np.frombuffer(r.readframes(block_frames), dtype=np.int16)
                      for s, r in readers.items()}
-            if not stems["vocals"].size:
+            if not next(iter(stems.values())).size:
                 break
-            pcm = {t: stems[t] if t in stems else _mix(stems[s] for s in MIXES[t])
-                   for t in encoded}
+            pcm = {t: stems[t] if t in stems else _mix(t, stems) for t in encoded}
             chunks = pool.map(lambda t, block=pcm: encoders[t].encode(block[t].tobytes()),
                               encoded)
             for track, chunk in zip(encoded, chunks, strict=True):

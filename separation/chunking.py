@@ -92,7 +92,7 @@ def cut_chunks(mp3_path: Path, chunks: list[Chunk], out_dir: Path, duration_s: f
     ``duration_s`` is the song's counted duration (``probe_mp3``): the decoder's own figure
     comes from the header, which may lie, and the last chunk runs to the real end.
     """
-    import sphn  # only chunking needs a decoder in the worker
+    import sphn  # the decoder Demucs 4.1.0 uses; imported only where audio is decoded
 
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []

@@ -4,7 +4,8 @@
                      WAV chunks (``separation.chunking``), stored under ``chunks/<job>/`` in the
                      input bucket, and pushed as chunk jobs; the parent's record shows
                      ``chunks_done`` / ``chunks_total``.
-2. ``store_stems``   a worker that separated a chunk stores its four WAV stems next to it,
+2. ``store_stems``   a worker that separated a chunk stores its WAV stems (those the song's
+                     tracks need: chunk jobs carry the parent's ``stems``) next to it,
    ``complete``      then counts it; the count that completes the set pushes the join job
                      (``JobQueue.complete_chunk``: exactly one join, even with redeliveries).
 3. ``prepare_join``  the join stitches each stem with a crossfade over the overlaps; the worker
@@ -22,8 +23,9 @@ from pathlib import Path
 
 from minio import Minio
 
+from separation.audio import sources_for
 from separation.chunking import cut_chunks, plan_chunks, stitch
-from separation.contract import DEMUCS_STEMS, Job, Keys, Status, input_key
+from separation.contract import Job, Keys, Status, input_key
 from separation.queue import JobQueue
 from separation.settings import Settings
 from separation.status import StatusStore
@@ -69,11 +71,11 @@ class LongSongs:
         record = {"total": len(chunks), "overlap_ms": plan.overlap_ms,
                   "fade_margin_ms": plan.fade_margin_ms,
                   "songhash": songhash, "parent": parent.to_json()}
-        self.queue.enqueue_chunks(parent_id, record, [
-            Job(id=f"{parent_id[:50]}-c{chunk.index}", bucket=bucket,
-                object=f"{chunk_prefix(parent_id)}c{chunk.index}.wav", model=model,
-                chunk_of=parent_id, chunk=chunk.index).to_json() for chunk in chunks],
-            self.settings.status_ttl_s)
+        jobs = [Job(id=f"{parent_id[:50]}-c{chunk.index}", bucket=bucket,
+                    object=f"{chunk_prefix(parent_id)}c{chunk.index}.wav", model=model,
+                    stems=parent.stems, chunk_of=parent_id, chunk=chunk.index).to_json()
+                for chunk in chunks]
+        self.queue.enqueue_chunks(parent_id, record, jobs, self.settings.status_ttl_s)
         self.status.update(parent_id, stage="separating chunks", progress=5,
                            chunks_total=len(chunks), chunks_done=0)
         log.info("job %s: %.0f s song split into %d chunks", parent_id, duration_s, len(chunks))
@@ -84,7 +86,7 @@ class LongSongs:
         return record is not None and record["state"] == Status.FAILED.value
 
     def store_stems(self, chunk: Job, stem_dir: Path) -> None:
-        for stem in DEMUCS_STEMS:
+        for stem in sources_for(chunk.tracks()):
             self.storage.fput_object(
                 self.settings.queue_bucket,
                 f"{chunk_prefix(chunk.chunk_of or '')}c{chunk.chunk}-{stem}.wav",
@@ -122,7 +124,8 @@ class LongSongs:
         stem_dir.mkdir(parents=True)
         parts_dir.mkdir()
         bucket = self.settings.queue_bucket
-        for stem in DEMUCS_STEMS:
+        frames = 0
+        for stem in sources_for(parent.tracks()):
             parts = [parts_dir / f"c{i}-{stem}.wav" for i in range(total)]
             for i, part in enumerate(parts):
                 self.storage.fget_object(bucket, f"{chunk_prefix(parent_id)}c{i}-{stem}.wav",

@@ -13,8 +13,8 @@ from mutagen.id3 import APIC, ID3, TIT2
 from mutagen.mp3 import MP3
 
 from devstack.synth import encode_mp3, lying_mp3, synth_song, write_song
-from separation.audio import NotAudio, TooLong, mix_and_encode, probe_mp3
-from separation.chunking import write_wav
+from separation.audio import NotAudio, TooLong, mix_and_encode, probe_mp3, sources_for, write_mix
+from separation.chunking import read_wav, write_wav
 from separation.contract import TRACKS
 from separation.mp3_frames import count_frames
 
@@ -128,11 +128,13 @@ def _written(path: Path, data: bytes) -> Path:
 
 
 def test_mixes_are_sums_of_stems_and_each_track_decodes(tmp_path):
+    """full sums the stems; instrumental is the mix minus the vocals."""
     seconds = 12.5  # more than one mixing block
     stems = {"drums": _tone(110, seconds, 4000), "bass": _tone(55, seconds, 4000),
              "other": _tone(440, seconds, 4000), "vocals": _tone(880, seconds, 4000)}
     for name, samples in stems.items():
         _write_wav(tmp_path / f"{name}.wav", samples)
+    _write_wav(tmp_path / "mix.wav", sum(stems.values()))
     files = mix_and_encode(tmp_path, TRACKS, tmp_path / "out", 320, threads=2)
     assert set(files) == set(TRACKS) - {"original"}
     assert files["acapella"] == files["vocals"]  # encoded once, stored under two keys
@@ -163,4 +165,26 @@ def test_mixing_refuses_mismatched_stems(tmp_path):
     for i, name in enumerate(("drums", "bass", "other", "vocals")):
         _write_wav(tmp_path / f"{name}.wav", _tone(100, 1.0 + i * 0.1, 1000))
     with pytest.raises(ValueError, match="differ"):
-        mix_and_encode(tmp_path, ["vocals"], tmp_path / "out", 128, threads=1)
+        mix_and_encode(tmp_path, ["full"], tmp_path / "out", 128, threads=1)
+
+
+def test_tracks_name_the_sources_they_need():
+    assert sources_for(["vocals", "instrumental"]) == ("vocals",)
+    assert sources_for(["acapella", "original"]) == ("vocals",)
+    assert sources_for(["bass", "drums"]) == ("drums", "bass")
+    assert sources_for(["full", "vocals"]) == ("drums", "bass", "other", "vocals")
+    assert sources_for(["original"]) == ()
+
+
+def test_karaoke_reads_the_vocals_and_the_mix_only(tmp_path):
+    song = write_song(tmp_path / "song.mp3", seconds=3.0, seed=4)
+    mix, rate = sphn.read(str(song))  # as Demucs 4.1.0 decodes it
+    _write_wav(tmp_path / "vocals.wav", 0.25 * mix.T * 32768)  # a stand-in; no other stem exists
+    assert write_mix(song, tmp_path) == tmp_path / "mix.wav"
+    written = read_wav(tmp_path / "mix.wav").astype(np.float64)
+    assert written.shape == (mix.shape[1], 2)
+    assert np.abs(written - mix.T * 32768).max() <= 1  # the input, frame for frame
+    files = mix_and_encode(tmp_path, ["vocals", "instrumental"], tmp_path / "out", 320, 1)
+    assert set(files) == {"vocals", "instrumental"}
+    levels = {t: np.sqrt(np.mean(sphn.read(str(files[t]))[0] ** 2)) for t in files}
+    assert rate == RATE and abs(levels["instrumental"] / levels["vocals"] - 3) < 0.1, levels

@@ -241,3 +241,20 @@ def test_page_asks_for_the_api_token(start_rest, browser_page):
     page.click("#token-save")
     page.wait_for_function("document.querySelector('#message').textContent.includes('no job')",
                            timeout=15_000)
+
+
+def test_a_karaoke_upload_asks_for_vocals_and_instrumental_and_plays_both(stack, rest, make_song,
+                                                                          browser_page):
+    page = browser_page
+    stack.start_worker()
+    page.goto(rest.url + "/")
+    page.select_option("#stems", label="karaoke (vocals + instrumental)")
+    page.set_input_files("#file", str(make_song(seconds=3, seed=77, name="karaoke.mp3")))
+    page.wait_for_selector("#player-card:not([hidden])", timeout=120_000)
+    page.wait_for_function(
+        "document.querySelectorAll('.track[data-ready=\"1\"]').length === 2", timeout=30_000)
+    states = {s["track"]: s for s in audio_states(page)}
+    assert set(states) == {"vocals", "instrumental"}
+    assert not states["vocals"]["muted"] and not states["instrumental"]["muted"]  # the song
+    job_id = page.evaluate("location.hash.slice(1)")
+    assert set(stack.status(job_id)["tracks"]) == {"vocals", "instrumental"}

@@ -59,6 +59,7 @@ def benchmark_expectations() -> list[list[str]]:
     short, long_ = latest["overhead"]["10s"], latest["overhead"]["180s"]
     tiny, real = latest["batch"]["demucs_unittest"], latest["batch"]["bench_htdemucs"]
     ingest = latest["ingest"]
+    karaoke = latest["karaoke"]["bench_htdemucs_ft"]
     return [
         [_f(short["raw_cli_s"], 2), _f(short["pipeline_s"], 2), _f(short["ratio"], 3)],
         [_f(long_["raw_cli_s"], 1), _f(long_["pipeline_s"], 1), _f(long_["ratio"], 3)],
@@ -69,6 +70,10 @@ def benchmark_expectations() -> list[list[str]]:
         [str(ingest["uploads"]), _f(ingest["size_mb"], 0), _f(ingest["one_upload_alone_s"], 2),
          _f(ingest["raw_s3_put_s"], 2), _f(ingest["p50_s"], 2), _f(ingest["p95_s"], 2),
          str(ingest["errors"]), _f(ingest["p50_ratio_to_alone"], 0)],
+        [_f(karaoke["song_s"], 0), _f(karaoke["raw_cli_two_stems_s"], 1),
+         str(karaoke["raw_cli_peak_rss_mb"]), _f(karaoke["service_karaoke_s"], 1),
+         str(karaoke["service_peak_rss_mb"]), _f(karaoke["time_ratio"], 3),
+         _f(karaoke["rss_ratio"], 3)],
     ]
 
 

@@ -11,8 +11,10 @@ A job's lifecycle, one method each:
                       list), count the attempt, mark the job running.
 3. ``fetch_input``    stat and ``fget_object`` the MP3 into the batch's temp dir; refuse it if it
                       is too big, too long or not audio.
-4. ``separate``       one Demucs CLI call for all of a batch's jobs of one model; if it fails,
-                      each job not yet separated runs alone so one bad file fails only itself.
+4. ``separate``       one Demucs CLI call for all of a batch's jobs of one model (a bag pruned
+                      to the sources they need, ``separation.bags``, is a model of its own); if
+                      it fails, each job not yet separated runs alone so one bad file fails
+                      only itself.
 5. ``deliver_tracks`` mix the derived tracks from the WAV stems, encode each track to MP3 once,
                       ``fput_object`` each one.
 6. ``finish_job``     status ``done``, webhooks (``notify``: the job's callback and those of
@@ -50,7 +52,8 @@ from minio.error import S3Error
 from urllib3.exceptions import HTTPError
 
 from separation import errors
-from separation.audio import NotAudio, TooLong, mix_and_encode, probe_mp3
+from separation.audio import NotAudio, TooLong, mix_and_encode, probe_mp3, sources_for, write_mix
+from separation.bags import PrunedBag, pruned_bag
 from separation.connections import connect_minio, connect_redis, ensure_bucket
 from separation.contract import (
     InvalidJob,
@@ -163,10 +166,12 @@ class Worker:
             for task in _live(tasks):
                 with self.job_outcome(task):
                     self.fetch_input(task)
-            for model in dict.fromkeys(self._model(t) for t in tasks):
-                group = [t for t in _live(tasks) if t.stem_dir is None and self._model(t) == model]
+            runs = {task.id: self._run_of(task) for task in tasks}
+            for model, pruned in dict.fromkeys(runs.values()):
+                group = [t for t in _live(tasks)
+                         if t.stem_dir is None and runs[t.id] == (model, pruned)]
                 try:
-                    failures = self.separate(group, model) if group else {}
+                    failures = self.separate(group, model, pruned) if group else {}
                 except Exception as error:  # noqa: BLE001 - job_outcome below gives each its outcome
                     failures = {task.id: error for task in group}
                 for task in group:
@@ -298,15 +303,18 @@ class Worker:
                                    f"MAX_DURATION_S={self.settings.max_duration_s:g}") from None
 
     # -- 4. separate -----------------------------------------------------------------------
-    def separate(self, tasks: list[Task], model: str) -> dict[str, Exception]:
-        """Run Demucs over ``tasks``; return what each job that got no stems must raise."""
-        failures = self._run_cli(tasks, model, self.device)
+    def separate(self, tasks: list[Task], model: str,
+                 pruned: PrunedBag | None) -> dict[str, Exception]:
+        """Run Demucs over ``tasks`` (with ``pruned``, only the sub-models of ``model`` that
+        their sources need); return what each job that got no stems must raise."""
+        failures = self._run_cli(tasks, model, self.device, pruned)
         if any(isinstance(f, errors.ShutdownRequested) for f in failures.values()):
             return failures
         if failures and self.device != "cpu" and all(
                 getattr(f, "code", "") == "cuda" for f in failures.values()):
             log.warning("Demucs failed on %s; retrying once on the CPU", self.device)
-            failures = self._run_cli([t for t in tasks if t.id in failures], model, "cpu")
+            failures = self._run_cli([t for t in tasks if t.id in failures], model, "cpu",
+                                     pruned)
         if failures and len(tasks) > 1 and not all(
                 getattr(f, "code", "") == "model_unavailable" for f in failures.values()):
             log.warning("batch of %d failed for %d jobs; running those alone", len(tasks),
@@ -314,17 +322,21 @@ class Worker:
             alone = [t for t in tasks if t.id in failures]
             failures = {}
             for task in alone:
-                failures.update(self._run_cli([task], model, self.device))
+                failures.update(self._run_cli([task], model, self.device, pruned))
         return failures
 
-    def _run_cli(self, tasks: list[Task], model: str, device: str) -> dict[str, Exception]:
+    def _run_cli(self, tasks: list[Task], model: str, device: str,
+                 pruned: PrunedBag | None) -> dict[str, Exception]:
         for task in tasks:
             self._stage(task, "separating", 5)
         out_dir = Path(tempfile.mkdtemp(prefix=f"demucs-{device}-", dir=tasks[0].work_dir.parent))
+        repo = self.settings.demucs_repo
+        if pruned is not None:
+            model, repo = pruned.name, str(pruned.write(out_dir.with_name(out_dir.name + "-bag")))
+            log.info("jobs %s: running %s", ",".join(t.id for t in tasks), pruned.description())
         options = DemucsOptions(model=model, device=device, threads=self.settings.threads,
                                 shifts=self.settings.demucs_shifts,
-                                segment=self.settings.demucs_segment,
-                                repo=self.settings.demucs_repo)
+                                segment=self.settings.demucs_segment, repo=repo)
         inputs = [t.input_path for t in tasks if t.input_path is not None]
         progress = _ProgressWriter(self.status, tasks)
         run = run_demucs(options, out_dir, inputs, self.settings.job_timeout_s * len(tasks),
@@ -373,6 +385,8 @@ class Worker:
             raise RuntimeError(f"job {task.id} reached delivery without stems or input")
         self._stage(task, "encoding", 90)
         with self._timed(task, "encode"):
+            if "instrumental" in task.job.tracks():
+                write_mix(task.input_path, task.stem_dir)
             files = mix_and_encode(task.stem_dir, task.job.tracks(), task.work_dir / "tracks",
                                    self.settings.mp3_bitrate_kbps, self.settings.threads)
         if "original" in task.job.tracks():
@@ -566,6 +580,12 @@ class Worker:
 
     def _model(self, task: Task) -> str:
         return task.job.model or self.settings.demucs_model
+
+    def _run_of(self, task: Task) -> tuple[str, PrunedBag | None]:
+        """The model a job runs, and the pruned bag its sources need (None: all of it)."""
+        model = self._model(task)
+        return model, pruned_bag(model, self.settings.demucs_repo,
+                                 sources_for(task.job.tracks()))
 
     def _stage(self, task: Task, stage: str, progress: float) -> None:
         self.status.update(task.id, stage=stage, progress=progress)
