@@ -290,6 +290,8 @@ def main() -> int:
     parser.add_argument("--clients", type=int, nargs="+", help="pollers (default 50 200 500)")
     parser.add_argument("--duration-s", type=float, help="seconds per cell (default 5)")
     parser.add_argument("--baseline", help="git revision whose REST service to compare with")
+    parser.add_argument("--out", help="results file name in bench/results/ (default "
+                                      "queue-depth.json, queue-depth-quick.json with --quick)")
     args = parser.parse_args()
     depths = args.depths or ([0, 2000] if args.quick else [0, 10_000, 100_000])
     clients_list = args.clients or ([20] if args.quick else [50, 200, 500])
@@ -328,7 +330,7 @@ def main() -> int:
         redis_service.stop()
         s3_service.stop()
     RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / ("queue-depth-quick.json" if args.quick else "queue-depth.json")
+    out = RESULTS / (args.out or ("queue-depth-quick.json" if args.quick else "queue-depth.json"))
     out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"worker costs by depth: {json.dumps(results['worker'])}")
     print(f"results: {out}")
