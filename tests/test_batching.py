@@ -44,7 +44,7 @@ def test_a_bad_file_in_a_batch_fails_alone(stack, make_song, tmp_path):
     assert stack.wait_for("good-1")["state"] == "done"
     record = stack.wait_for("bad")
     assert record["state"] == "failed" and record["attempts"] == 1, record
-    assert "Demucs could not decode the input" in record["error"]
+    assert "not audio Demucs can decode" in record["error"]
     calls = _demucs_calls(stack)
     # the batch call, then the jobs it did not finish, each alone
     assert len(calls) == 3 and "j2.mp3" in calls[0], calls

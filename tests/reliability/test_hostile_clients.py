@@ -204,18 +204,20 @@ def test_rate_limit_holds_across_replicas_and_ignores_forwarded_for(stack, start
 
 
 def test_lying_files_fail_for_good_with_a_clear_reason(stack, start_rest, tmp_path):
-    text = b"just some text, not a song\n" * 3 + MP3[:1100]  # one MP3 frame: passes the probe
+    text = b"just some text, not a song\n" * 3 + MP3[:1100]  # one MP3 frame in text
     rest = start_rest()
     via_rest = requests.post(rest.url + "/apiv1/separate",
                              json={"mp3": base64.b64encode(text).decode(), "stems": ["vocals"]},
                              timeout=10)
-    assert via_rest.status_code == 200, via_rest.text
+    # the frame walk (separation/mp3_frames.py) finds no chain of frames: refused at the door
+    assert via_rest.status_code == 400 and "not an MP3" in via_rest.json()["error"], \
+        via_rest.text
     lie = tmp_path / "lie.mp3"
     lie.write_bytes(b"RIFF....WAVEfmt " + b"\0" * 28 + MP3[:1100] + b"lorem ipsum " * 2000)
     songhash = stack.upload_song(lie)
     stack.push({"id": "redis-lie", "songhash": songhash, "stems": ["vocals"]})
     stack.start_worker()
-    for job_id in (via_rest.json()["id"], "redis-lie"):
+    for job_id in ("redis-lie",):  # pushed straight onto Redis: the worker decides
         record = stack.wait_for(job_id)
         assert record["state"] == "failed" and record["attempts"] == 1, record
         assert "not audio Demucs can decode" in record["error"], record
@@ -237,16 +239,17 @@ def test_smaller_attacks_get_4xx_and_no_internal_error(stack, start_rest):
                    "bytes=99999999999999999-"):
         answer = requests.get(track, headers={"Range": header}, timeout=10)
         assert answer.status_code in (200, 416), (header[:40], answer.status_code)
-    for n in range(30):
-        requests.request(f"HACK{n}", rest.url + "/", timeout=10)
+    for n in range(30):  # refused by the HTTP parser (httptools), or counted as "other" (h11)
+        answer = requests.request(f"HACK{n}", rest.url + "/", timeout=10)
+        assert 400 <= answer.status_code < 500, answer.status_code
     metrics = requests.get(rest.url + "/metrics", timeout=10).text
-    assert "HACK" not in metrics and 'method="other"' in metrics
+    assert "HACK" not in metrics  # no label value per made-up method
     _disconnect_mid_upload(rest.url)
     _disconnect_mid_upload(rest.url, multipart=True)
     deadline = time.monotonic() + 10
-    while rest.logs().count("client disconnected") < 2 and time.monotonic() < deadline:
+    while rest.logs().count("abandoned by its client") < 2 and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert rest.logs().count("client disconnected") == 2, rest.logs()
+    assert rest.logs().count("abandoned by its client") == 2, rest.logs()
     assert "internal error" not in rest.logs() and "Traceback" not in rest.logs()
 
 
