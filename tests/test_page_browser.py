@@ -84,6 +84,13 @@ def wait_in_step(page, at: float, playing: bool) -> None:
                              f"{since:.2f} s after the gesture: {audio_states(page)}") from None
 
 
+def wait_all_paused(page) -> None:
+    """Every track paused, and the transport's button offering Play again."""
+    page.wait_for_function("[...document.querySelectorAll('.track audio')].every(a => a.paused)"
+                           " && document.querySelector('#play').textContent.includes('Play')",
+                           polling=50, timeout=20_000)
+
+
 def separate_in_page(page, rest, song) -> None:
     page.goto(rest.url + "/")
     assert page.title() == "Music source separation"
@@ -175,9 +182,7 @@ def test_every_seek_moves_every_track_and_sticks(stack, rest, song, browser_page
 
     # pause on one track's own player pauses them all; seek it while paused
     act(page, f"{own_player('drums')}.pause();")
-    page.wait_for_function("[...document.querySelectorAll('.track audio')].every(a => a.paused)"
-                           " && document.querySelector('#play').textContent.includes('Play')",
-                           polling=50, timeout=10_000)
+    wait_all_paused(page)
     act(page, f"{own_player('drums')}.currentTime = 6;")
     wait_in_step(page, 6, playing=False)
 
@@ -193,9 +198,7 @@ def test_every_seek_moves_every_track_and_sticks(stack, rest, song, browser_page
 
     # the end of the song stops every track; Play then starts again from the beginning
     act(page, f"{own_player('vocals')}.currentTime = {duration - 1.0};")
-    page.wait_for_function("[...document.querySelectorAll('.track audio')].every(a => a.paused)"
-                           " && document.querySelector('#play').textContent.includes('Play')",
-                           polling=50, timeout=15_000)
+    wait_all_paused(page)
     act(page, "document.querySelector('#play').click();")
     wait_in_step(page, 0, playing=True)
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-import time
 
 import redis.asyncio
 
 from separation.contract import Keys
 from separation.queue import JobQueue
 from separation.status import StatusStore
+from tests.waiting import wait_until
 
 
 def waiting(stack) -> list[bytes]:
@@ -22,15 +22,6 @@ def waiting(stack) -> list[bytes]:
 def redis_now_ms(stack) -> float:
     seconds, microseconds = stack.redis.time()
     return seconds * 1000 + microseconds / 1000
-
-
-def wait_until(condition, timeout_s: float = 10.0):
-    """Poll ``condition`` until it returns something truthy; return that."""
-    deadline = time.monotonic() + timeout_s
-    while not (result := condition()):
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.02)
-    return result
 
 
 def test_fifo_take_and_ack(stack):

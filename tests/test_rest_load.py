@@ -5,22 +5,14 @@ from __future__ import annotations
 import io
 import os
 import socket
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import requests
 
 from separation.contract import Keys
+from tests.waiting import wait_until
 
 TIMEOUT_S = 30
-
-
-def wait_until(condition, timeout_s: float = 20.0):
-    deadline = time.monotonic() + timeout_s
-    while not (result := condition()):
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.05)
-    return result
 
 
 def open_upload(host: str, port: int) -> socket.socket:
@@ -40,7 +32,7 @@ def test_past_the_limit_the_api_answers_503_at_once_and_probes_still_answer(star
         answer = requests.get(f"{rest.url}/apiv1/queue", timeout=TIMEOUT_S)
         return [answer] if answer.status_code == 503 else []
 
-    [refused] = wait_until(shed)
+    [refused] = wait_until(shed, timeout_s=20)
     assert refused.headers["retry-after"] == "1"
     assert "REST_MAX_IN_FLIGHT" in refused.json()["error"]
     assert requests.get(f"{rest.url}/apiv1/status/nope", timeout=TIMEOUT_S).status_code == 503
@@ -51,10 +43,11 @@ def test_past_the_limit_the_api_answers_503_at_once_and_probes_still_answer(star
 
     for connection in held:  # the clients give up: their places are free again
         connection.close()
-    wait_until(lambda: requests.get(f"{rest.url}/apiv1/queue", timeout=TIMEOUT_S).ok)
+    wait_until(lambda: requests.get(f"{rest.url}/apiv1/queue", timeout=TIMEOUT_S).ok,
+               timeout_s=20)
     assert "Retry-After" not in requests.get(f"{rest.url}/apiv1/queue",
                                              timeout=TIMEOUT_S).headers
-    wait_until(lambda: "abandoned by its client" in rest.logs())
+    wait_until(lambda: "abandoned by its client" in rest.logs(), timeout_s=20)
     assert "Traceback" not in rest.logs()
 
 
