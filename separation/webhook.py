@@ -74,11 +74,12 @@ def verify_delivery(body: bytes, headers: Mapping[str, str], secret: str) -> boo
 
 
 def send_outcome(job: Job, songhash: str | None, state: str, tracks: dict[str, str],
-                 error: str | None, settings: Settings, joined: Sequence[Callback] = ()) -> int:
+                 error: str | None, settings: Settings, joined: Sequence[Callback] = ()
+                 ) -> str | None:
     """POST a job's outcome to its callback and to those of the requests that joined it.
 
     The deliveries run at once, so together they last at most one ``WEBHOOK_TIMEOUT_S``.
-    Returns how many receivers answered 2xx.
+    Returns why the callback guard refused the job's own callback, if it did.
     """
     callbacks = [c for c in (job.callback, *joined) if c is not None]
     payload = {"id": job.id, "songhash": songhash, "status": state, "tracks": tracks,
@@ -86,34 +87,38 @@ def send_outcome(job: Job, songhash: str | None, state: str, tracks: dict[str, s
 
     policy = egress_policy(settings)
 
-    def deliver(callback: Callback) -> bool:
-        return post_webhook(callback.url, {**payload, "data": callback.data},
-                            settings.webhook_secret, settings.webhook_timeout_s, policy)
+    def send(callback: Callback) -> tuple[bool, str | None]:
+        return deliver(callback.url, {**payload, "data": callback.data},
+                       settings.webhook_secret, settings.webhook_timeout_s, policy)
 
     if len(callbacks) <= 1:
-        return sum(deliver(c) for c in callbacks)
-    with ThreadPoolExecutor(len(callbacks), thread_name_prefix="webhook") as pool:
-        return sum(pool.map(deliver, callbacks))
+        results = [send(c) for c in callbacks]
+    else:
+        with ThreadPoolExecutor(len(callbacks), thread_name_prefix="webhook") as pool:
+            results = list(pool.map(send, callbacks))
+    return results[0][1] if job.callback is not None else None  # its own callback is first
 
 
 def egress_policy(settings: Settings) -> EgressPolicy:
     return EgressPolicy.parse(settings.webhook_allow_local, settings.webhook_allowlist)
 
 
-def refusal(url: str, settings: Settings) -> str | None:
-    """Why the guard refuses this callback URL, or None when it may be called."""
-    try:
-        check_target(url, egress_policy(settings))
-    except RefusedTarget as refused:
-        return str(refused)
-    return None
-
-
 def post_webhook(url: str, payload: dict[str, Any], secret: str | None, timeout_s: float,
                  policy: EgressPolicy) -> bool:
     """POST ``payload``; return whether the receiver answered 2xx in time. Never raises."""
+    return deliver(url, payload, secret, timeout_s, policy)[0]
+
+
+def deliver(url: str, payload: dict[str, Any], secret: str | None, timeout_s: float,
+            policy: EgressPolicy) -> tuple[bool, str | None]:
+    """POST ``payload``: whether the receiver answered 2xx in time, and why the callback
+    guard refused ``url``, if it did (the host is resolved once, here). Never raises."""
     try:
         target = check_target(url, policy)
+    except RefusedTarget as refused:
+        log.warning("webhook to %s refused: %s", url, refused)
+        return False, str(refused)
+    try:
         body = json.dumps(payload, sort_keys=True).encode()
         headers = {"Content-Type": "application/json", "User-Agent": "demucs-service-worker"}
         if secret:
@@ -121,10 +126,10 @@ def post_webhook(url: str, payload: dict[str, Any], secret: str | None, timeout_
         status = post_within(target, body, headers, timeout_s)
     except (OSError, HTTPException, ValueError, RecursionError) as error:
         log.warning("webhook to %s failed: %s", url, error or type(error).__name__)
-        return False
+        return False, None
     if not 200 <= status < 300:
         log.warning("webhook to %s answered HTTP %s", url, status)
-    return 200 <= status < 300
+    return 200 <= status < 300, None
 
 
 def post_within(target: Target, body: bytes, headers: dict[str, str], timeout_s: float) -> int:

@@ -14,6 +14,7 @@ from standardwebhooks import Webhook
 import devstack
 from separation.contract import TRACKS, Keys
 from separation.webhook import verify_delivery
+from tests.waiting import wait_until
 
 SECRET = "test-webhook-secret"
 
@@ -185,8 +186,9 @@ def test_callbacks_into_the_service_network_are_refused_and_recorded(stack, make
     strict = stack.start_worker(WEBHOOK_ALLOW_LOCAL="false")
     stack.push({"songhash": songhash, "id": "refused", "stems": ["vocals"],
                 "callback": {"url": webhook.url, "data": {"n": 1}}})
-    record = stack.wait_for("refused")
-    assert record["state"] == "done", record
+    assert stack.wait_for("refused")["state"] == "done"
+    # the refusal is recorded as the outcome's webhooks are sent, just after "done"
+    record = wait_until(lambda: (r := stack.status("refused")).get("callback_error") and r)
     assert "does not resolve to a public address" in record["callback_error"], record
     assert webhook.calls == []
     status = requests.get(f"{rest.url}/apiv1/status/refused", timeout=10).json()

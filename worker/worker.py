@@ -73,7 +73,7 @@ from separation.observability import IN_FLIGHT, JOB_SECONDS, JOBS, QUEUE_DEPTH, 
 from separation.queue import JobQueue
 from separation.settings import Settings
 from separation.status import StatusStore
-from separation.webhook import refusal, send_outcome
+from separation.webhook import send_outcome
 
 log = logging.getLogger("worker")
 
@@ -466,11 +466,10 @@ class Worker:
         active = None if job.chunk_of or not songhash else \
             Keys.active(songhash, job.model or self.settings.demucs_model, job.tracks())
         joined = self.joins.settle(job, active)
-        if job.callback is not None and job.id and \
-                (refused := refusal(job.callback.url, self.settings)) is not None:
+        refused = send_outcome(job, songhash, state, tracks, error, self.settings, joined)
+        if refused is not None and job.id:
             log.warning("job %s: callback refused: %s", job.id, refused)
             self.status.update(job.id, callback_error=refused)
-        send_outcome(job, songhash, state, tracks, error, self.settings, joined)
 
     @contextmanager
     def job_outcome(self, task: Task) -> Iterator[None]:
