@@ -167,9 +167,8 @@ def _signature_word(verified: bool | None) -> str:
 
 async def healthz(request: Request) -> JSONResponse:
     """200 when Redis and MinIO answer; checked apart from the API's work (``rest.probes``)."""
-    problems = await request.app.state.probe.problems()
-    return JSONResponse({"ok": not problems, "reason": "; ".join(problems) or "ok"},
-                        status_code=503 if problems else 200)
+    healthy, reason = await request.app.state.probe.health_async()
+    return JSONResponse({"ok": healthy, "reason": reason}, status_code=200 if healthy else 503)
 
 
 def metrics(backend: BackendDep) -> Response:

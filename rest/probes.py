@@ -34,26 +34,16 @@ class HealthProbe:
         self.thread = ThreadPoolExecutor(1, thread_name_prefix="probe")
         self.checked_at = -FRESH_S
         self.last: list[str] = []
-        self.running: asyncio.Future[list[str]] | None = None
         self.lock = threading.Lock()
 
-    async def problems(self) -> list[str]:
-        """What is unreachable (empty: healthy), checked at most once per ``FRESH_S``."""
-        if time.monotonic() - self.checked_at < FRESH_S:
-            return self.last
-        if self.running is None:
-            self.running = asyncio.get_running_loop().run_in_executor(self.thread, self.check)
-            self.running.add_done_callback(self._keep)
-        return await asyncio.shield(self.running)
-
-    def _keep(self, done: asyncio.Future[list[str]]) -> None:
-        self.running = None
-        if not done.cancelled() and done.exception() is None:
-            self.last, self.checked_at = done.result(), time.monotonic()
+    async def health_async(self) -> tuple[bool, str]:
+        """``health`` for the API's own ``/healthz``: on the probe's thread, not the loop's."""
+        return await asyncio.get_running_loop().run_in_executor(self.thread, self.health)
 
     def health(self) -> tuple[bool, str]:
-        """``/healthz`` of the probe port (``separation.observability.serve``): its own
-        thread, never the event loop's; a result is reused for ``FRESH_S``."""
+        """Whether Redis and MinIO answer, and what is unreachable; checked at most once per
+        ``FRESH_S``, concurrent callers waiting for the check in progress. The probe port's
+        ``/healthz`` (``separation.observability.serve``) calls it on its own threads."""
         with self.lock:
             if time.monotonic() - self.checked_at >= FRESH_S:
                 self.last, self.checked_at = self.check(), time.monotonic()
