@@ -444,12 +444,14 @@ def test_two_models_keep_their_own_tracks(stack, rest, make_song, tmp_path):
                               timeout=TIMEOUT_S), 404, "not a model name")
 
 
-def test_probes_answer_on_a_port_of_their_own(rest):
+def test_probes_answer_on_a_port_of_their_own(stack, rest):
     """The kubelet's probes and Prometheus use METRICS_PORT, apart from the API's work."""
     port = rest.service.extra["metrics_port"]
     health = requests.get(f"http://127.0.0.1:{port}/healthz", timeout=TIMEOUT_S)
     assert health.status_code == 200 and health.json() == {"ok": True, "reason": "ok"}
     assert requests.get(f"http://127.0.0.1:{port}/", timeout=TIMEOUT_S).json() == {"ok": True}
     requests.get(f"{rest.url}/apiv1/queue", timeout=TIMEOUT_S)
+    stack.redis.lpush(Keys.QUEUE, '{"songhash": "' + "e" * 64 + '"}')
     metrics = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=TIMEOUT_S).text
     assert 'demucs_rest_requests_total{method="GET",route="/apiv1/queue"' in metrics
+    assert "demucs_rest_queue_depth 1.0" in metrics  # read at the scrape, on this port too
