@@ -246,6 +246,8 @@ def check_callback_url(url: str) -> None:
         raise ValueError("callback url must be http:// or https://")
     if not parts.hostname or any(c.isspace() for c in url):
         raise ValueError("callback url has no valid host")
+    if "@" in parts.netloc:  # would become Basic auth to whatever host follows
+        raise ValueError("callback url must not carry credentials (user:password@)")
 
 
 def check_object_key(key: str) -> None:

@@ -46,6 +46,7 @@ def test_full_job_round_trips():
     ('{"bucket": "songs", "object": "a//b"}', "empty, '.' or '..'"),
     ('{"bucket": "songs", "object": "a\\\\b"}', "backslashes"),
     (f'{{"songhash": "{H}", "callback": {{"url": "ftp://x/"}}}}', "http:// or https://"),
+    (f'{{"songhash": "{H}", "callback": {{"url": "http://u:p@x.org/"}}}}', "credentials"),
     (f'{{"songhash": "{H}\\n"}}', "64 lowercase hex"),  # "$" would have let it through
     (f'{{"songhash": "{H}", "id": "job\\n"}}', "id must be"),
     (f'{{"songhash": "{H}", "model": "htdemucs\\n"}}', "model must match"),
