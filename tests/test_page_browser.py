@@ -80,8 +80,11 @@ def wait_in_step(page, at: float, playing: bool) -> None:
                                polling=50, timeout=45_000)
     except sync_api.TimeoutError:
         since = page.evaluate("(performance.now() - window.seekedAt) / 1000")
+        shown = page.evaluate("[document.querySelector('#play').textContent,"
+                              " document.querySelector('#message').textContent]")
         raise AssertionError(f"not in step at {at} s ({'playing' if playing else 'paused'}) "
-                             f"{since:.2f} s after the gesture: {audio_states(page)}") from None
+                             f"{since:.2f} s after the gesture; button and message {shown}: "
+                             f"{audio_states(page)}") from None
 
 
 def wait_all_paused(page) -> None:
