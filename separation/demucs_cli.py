@@ -212,7 +212,7 @@ def failure_of(run: DemucsRun, options: DemucsOptions, timeout_s: float,
         return errors.model_unavailable(
             f"weights of model '{options.model}' could not be had from {where}: {last[0]}")
     if options.device != "cpu" and any(hint in tail for hint in _CUDA_HINTS):
-        return errors.JobFailure(f"Demucs failed on {options.device}: {last[0]}", "cuda", False)
+        return errors.cuda_failed(f"Demucs failed on {options.device}: {last[0]}")
     if run.returncode is not None and run.returncode < 0:
         name = signal.Signals(-run.returncode).name
         hint = " (out of memory? raise the memory limit or lower MAX_DURATION_S)" \

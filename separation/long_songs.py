@@ -25,7 +25,7 @@ from minio import Minio
 
 from separation.audio import sources_for
 from separation.chunking import cut_chunks, plan_chunks, stitch
-from separation.contract import Job, Keys, Status, input_key
+from separation.contract import Job, Status, input_key
 from separation.queue import JobQueue
 from separation.settings import Settings
 from separation.status import StatusStore
@@ -98,14 +98,13 @@ class LongSongs:
         join = Job(id=f"{parent_id[:59]}-join", join_of=parent_id).to_json()
         done, pushed = self.queue.complete_chunk(parent_id, chunk.chunk or 0, join,
                                                  self.settings.status_ttl_s)
-        total = int(self.queue.redis.hget(Keys.chunks(parent_id), "total") or done)
+        total = int(self.queue.chunk_record(parent_id).get("total") or done)
         self.status.update(parent_id, chunks_done=done, progress=round(5 + 85 * done / total, 1),
                            stage="joining" if pushed else "separating chunks")
         return pushed
 
     def _record(self, parent_id: str) -> dict[str, str]:
-        record = {k.decode(): v.decode() for k, v in
-                  self.queue.redis.hgetall(Keys.chunks(parent_id)).items()}
+        record = self.queue.chunk_record(parent_id)
         if not record:
             raise LookupError(f"no chunking record for job {parent_id} (expired?)")
         return record
@@ -145,7 +144,7 @@ class LongSongs:
         for item in self.storage.list_objects(bucket, prefix=chunk_prefix(parent_id),
                                               recursive=True):
             self.storage.remove_object(bucket, item.object_name)
-        self.queue.redis.delete(Keys.chunks(parent_id), Keys.chunks_done(parent_id))
+        self.queue.forget_chunks(parent_id)
 
 
 def _parent_of(record: dict[str, str]) -> tuple[Job, str]:

@@ -287,6 +287,14 @@ class JobQueue:
                 pipe.lpush(Keys.QUEUE, payload)
             pipe.execute()
 
+    def chunk_record(self, parent_id: str) -> dict[str, str]:
+        """A long song's chunking record (empty when it expired or was cleaned up)."""
+        return {_text(k): _text(v) for k, v in self.redis.hgetall(Keys.chunks(parent_id)).items()}
+
+    def forget_chunks(self, parent_id: str) -> None:
+        """Delete a long song's chunking record and its set of stored chunks."""
+        self.redis.delete(Keys.chunks(parent_id), Keys.chunks_done(parent_id))
+
     def dead_letters(self) -> list[dict[str, object]]:
         return [json.loads(e) for e in self.redis.lrange(Keys.DEAD_LETTER, 0, -1)]
 
