@@ -155,7 +155,7 @@ class Job(BaseModel):
     model: str | None = None
     stems: tuple[Track, ...] | None = None
     callback: Callback | None = None
-    # set by workers only, for the chunks of a long song and their join (separation.long_songs)
+    # set by workers only, for the chunks of a long song and their join (worker.long_songs)
     chunk_of: str | None = None
     chunk: int | None = None
     join_of: str | None = None

@@ -14,7 +14,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from separation.chunking import geometry
 from separation.contract import MODEL_RE, check_output_key_pattern
 from separation.egress import EgressPolicy
 from separation.logs import LOG_ENTRY_MAX_BYTES
@@ -114,7 +113,6 @@ class Settings:
                              "least 1")
         if self.chunk_overlap_s < 1 or self.model_segment_s < 0:
             raise ValueError("CHUNK_OVERLAP_S must be >= 1 and MODEL_SEGMENT_S >= 0")
-        geometry(self.chunk_s, self.chunk_overlap_s, self.chunk_segment_s)  # ValueError if no fit
         EgressPolicy.parse(self.webhook_allow_local, self.webhook_allowlist)  # ValueError
         if not 1 <= self.presign_ttl_s <= 7 * 24 * 3600:
             raise ValueError("PRESIGN_TTL_S must be between 1 s and 7 days (S3's limit)")

@@ -20,7 +20,7 @@ from bench.long_songs import snr_db
 from bench.model import build_specialist_bag
 from devstack.synth import write_song
 from separation import bags
-from separation.chunking import read_wav
+from worker.chunking import read_wav
 
 SMALL = {"channels": 8, "t_layers": 1}
 

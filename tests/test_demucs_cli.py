@@ -5,8 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from separation.errors import Code
-from separation.demucs_cli import (
+from worker.demucs_cli import (
     DemucsOptions,
     DemucsRun,
     build_command,
@@ -16,6 +15,7 @@ from separation.demucs_cli import (
     parse_progress,
     parse_track,
 )
+from worker.errors import Code
 
 
 def test_command_is_an_argument_list_with_the_shared_flags():

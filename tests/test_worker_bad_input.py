@@ -13,8 +13,8 @@ import os
 import numpy as np
 
 from devstack.synth import encode_mp3, lying_mp3, synth_song
-from separation.chunking import write_wav
 from separation.contract import Keys, claimed_job_id
+from worker.chunking import write_wav
 
 GOOD = "f" * 64  # replaced by the real songhash of an uploaded file where needed
 

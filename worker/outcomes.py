@@ -12,15 +12,15 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 
-from separation import errors
 from separation.contract import Job, Keys
 from separation.joins import Joins
-from separation.observability import JOB_SECONDS, JOBS, STAGE_SECONDS
 from separation.settings import Settings
 from separation.status import StatusStore
 from separation.webhook import send_outcome
+from worker import errors
 from worker.long_songs import LongSongs
-from worker.task import JobKind, Task
+from worker.metrics import JOB_SECONDS, JOBS
+from worker.task import JobKind, Task, timed
 
 log = logging.getLogger("worker")
 
@@ -54,6 +54,7 @@ class Outcome:
     state: State
     tracks: Mapping[str, str] = field(default_factory=dict)
     failure: errors.JobFailure | None = None
+    note: str = ""  # why a job was skipped
 
     @property
     def settlement(self) -> Settlement:
@@ -61,16 +62,16 @@ class Outcome:
 
     @property
     def reason(self) -> str:
-        return self.failure.reason if self.failure is not None else ""
+        return self.failure.reason if self.failure is not None else self.note
 
     @classmethod
     def done(cls, tracks: Mapping[str, str]) -> Outcome:
         return cls(State.DONE, tracks)
 
     @classmethod
-    def of(cls, state: State, reason: str = "") -> Outcome:
-        """An outcome without tracks (a ``SKIPPED`` one carries its reason)."""
-        return cls(state, failure=errors.bad_input(reason) if reason else None)
+    def of(cls, state: State, note: str = "") -> Outcome:
+        """An outcome without tracks or failure (a ``SKIPPED`` one says why)."""
+        return cls(state, note=note)
 
     @classmethod
     def of_failure(cls, failure: errors.JobFailure, attempt: int, max_attempts: int
@@ -198,20 +199,3 @@ def log_outcome(task: Task, outcome: Outcome) -> None:
         log.warning("job %s: worker stopping, job put back onto the queue", task.subject_id)
     elif state is State.SKIPPED:
         log.info("job %s: not run: %s", task.id, outcome.reason)
-
-
-class timed:  # noqa: N801 - used as a context manager, like contextlib's
-    """Time a stage of a task into ``task.timings`` and the stage histogram."""
-
-    def __init__(self, task: Task, stage: str) -> None:
-        self.task, self.stage = task, stage
-
-    def __enter__(self) -> None:
-        import time
-        self.started = time.monotonic()
-
-    def __exit__(self, *_: object) -> None:
-        import time
-        elapsed = time.monotonic() - self.started
-        self.task.timings[self.stage] = elapsed
-        STAGE_SECONDS.labels(self.stage).observe(elapsed)

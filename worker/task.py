@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from separation.contract import Job
+from worker.metrics import STAGE_SECONDS
 
 if TYPE_CHECKING:
     from worker.outcomes import Outcome
@@ -73,3 +76,14 @@ class Task:
 def live(tasks: list[Task]) -> list[Task]:
     """The tasks of a batch that have no outcome yet."""
     return [task for task in tasks if not task.settled]
+
+
+@contextmanager
+def timed(task: Task, stage: str) -> Iterator[None]:
+    """Time a stage of ``task`` into its timings and the stage histogram."""
+    started = time.monotonic()
+    try:
+        yield
+    finally:
+        task.timings[stage] = time.monotonic() - started
+        STAGE_SECONDS.labels(stage).observe(task.timings[stage])

@@ -16,8 +16,8 @@ import numpy as np
 import requests
 
 from devstack.synth import encode_mp3, synth_song
-from separation.chunking import write_wav
 from separation.contract import Keys
+from worker.chunking import write_wav
 
 TOKEN = "test-token-123"
 

@@ -1,7 +1,7 @@
 """Long songs across workers: split into chunk jobs, store each chunk's stems, join them once.
 
 1. ``split``         a song longer than ``CHUNK_OVER_S`` is cut losslessly into overlapping
-                     WAV chunks (``separation.chunking``), stored under ``chunks/<job>/`` in the
+                     WAV chunks (``worker.chunking``), stored under ``chunks/<job>/`` in the
                      input bucket, and pushed as chunk jobs; the parent's record shows
                      ``chunks_done`` / ``chunks_total``.
 2. ``store_stems``   a worker that separated a chunk stores its WAV stems (those the song's
@@ -23,12 +23,12 @@ from pathlib import Path
 
 from minio import Minio
 
-from separation.audio import sources_for
-from separation.chunking import cut_chunks, plan_chunks, stitch
 from separation.contract import Job, Status, input_key
 from separation.queue import JobQueue
 from separation.settings import Settings
 from separation.status import StatusStore
+from worker.chunking import cut_chunks, plan_chunks, stitch
+from worker.encode import sources_for
 
 log = logging.getLogger(__name__)
 
@@ -52,9 +52,9 @@ class LongSongs:
         self.status = status
         self.storage = storage
 
-    def should_split(self, job: Job, duration_s: float) -> bool:
-        return (self.settings.chunk_over_s > 0 and duration_s > self.settings.chunk_over_s
-                and job.chunk_of is None and job.join_of is None)
+    def should_split(self, duration_s: float) -> bool:
+        """Whether a song (never a chunk or a join) of ``duration_s`` is split."""
+        return self.settings.chunk_over_s > 0 and duration_s > self.settings.chunk_over_s
 
     def split(self, parent: Job, songhash: str, model: str, input_path: Path,
               duration_s: float, work_dir: Path) -> int:

@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from separation import errors
+from worker import errors
 
 log = logging.getLogger(__name__)
 

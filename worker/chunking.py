@@ -27,6 +27,8 @@ from typing import BinaryIO
 
 import numpy as np
 
+from separation.settings import Settings
+
 PREROLL_S = 1  # the decoder settles within this after a seek
 BLOCK_FRAMES = 10 * 44100
 DEMUCS_OVERLAP = 0.25  # Demucs' default --overlap between its segments; the worker keeps it
@@ -73,6 +75,11 @@ def geometry(chunk_s: float, overlap_s: float, segment_s: float) -> tuple[int, i
             f"({overlap_ms / 1000:g} s" + (f" on the {segment_s:g} s segment grid)" if segment_s
                                            > 0 else ")"))
     return hop_ms, overlap_ms, margin_ms
+
+
+def check_geometry(settings: Settings) -> None:
+    """Raise ValueError at start when the chunk settings cannot make a chunk."""
+    geometry(settings.chunk_s, settings.chunk_overlap_s, settings.chunk_segment_s)
 
 
 def plan_chunks(duration_s: float, chunk_s: float, overlap_s: float,
