@@ -250,6 +250,12 @@ class JobQueue:
     def in_flight(self, worker_id: str) -> list[bytes]:
         return list(self.redis.lrange(Keys.processing(worker_id), 0, -1))
 
+    def give_back_held(self, worker_id: str) -> None:
+        """Give back every job ``worker_id``'s processing list still holds (after an outage
+        of Redis, the worker cannot know which of its jobs were settled)."""
+        for raw in self.in_flight(worker_id):
+            self.give_back(worker_id, raw)
+
     # 6. finish
     def ack(self, worker_id: str, raw: bytes) -> None:
         self.redis.lrem(Keys.processing(worker_id), 1, raw)

@@ -12,6 +12,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 
+from minio.error import S3Error
+from urllib3.exceptions import HTTPError
+
 from separation.contract import Job, Keys
 from separation.joins import Joins
 from separation.settings import Settings
@@ -82,6 +85,25 @@ class Outcome:
 
 
 Observer = Callable[[Task, Outcome], None]
+
+
+def outcome_of_error(error: Exception, task: Task, max_attempts: int) -> Outcome:
+    """The one place an exception raised by a job's step becomes the job's outcome."""
+    if isinstance(error, errors.ShutdownRequested):
+        return Outcome.of(State.RETURNED)
+    if isinstance(error, errors.JobFailure):
+        failure = error
+    elif isinstance(error, (S3Error, HTTPError, OSError)):
+        failure = errors.storage_failed(_without_work_dir(f"storage or disk error: {error}", task))
+    else:
+        log.exception("job %s: unexpected error", task.id, exc_info=error)
+        failure = errors.internal(_without_work_dir(f"internal error: {error!r}", task))
+    return Outcome.of_failure(failure, task.attempt, max_attempts)
+
+
+def _without_work_dir(reason: str, task: Task) -> str:
+    """A failure reason goes to clients: the job's temp dirs are named, not spelled."""
+    return reason.replace(f"{task.work_dir.parent}/", "<work dir>/")
 
 
 class StatusRecorder:

@@ -1,4 +1,5 @@
-"""What a worker does besides jobs: wait for its services, beat its heart, answer probes."""
+"""What a worker does besides jobs: wait for its services, beat its heart, answer probes, and
+stop when told."""
 
 from __future__ import annotations
 
@@ -72,3 +73,26 @@ class Heartbeat:
         except redis.RedisError as error:
             return False, f"Redis unreachable: {error}"
         return True, "ok"
+
+
+class StopSignal:
+    """The handler of SIGTERM and SIGINT. The first one stops taking jobs and gives the current
+    batch ``grace_s`` to finish; past it, or at a second signal, ``abort`` is set: Demucs is
+    killed and the batch goes back onto the queue."""
+
+    def __init__(self, grace_s: float) -> None:
+        self.grace_s = grace_s
+        self.stopping = threading.Event()
+        self.abort = threading.Event()
+
+    def __call__(self, signum: int, _frame: object) -> None:
+        if self.stopping.is_set():
+            log.warning("second signal %d: aborting the current job now", signum)
+            self.abort.set()
+            return
+        log.info("signal %d: finishing the current job within %.0f s, taking no more", signum,
+                 self.grace_s)
+        self.stopping.set()
+        timer = threading.Timer(self.grace_s, self.abort.set)
+        timer.daemon = True
+        timer.start()

@@ -34,7 +34,6 @@ import logging
 import signal
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -48,13 +47,11 @@ from minio import Minio
 from minio.error import S3Error
 from urllib3.exceptions import HTTPError
 
-from separation.audio import NotAudio, TooLong, probe_mp3
 from separation.connections import connect_minio, connect_redis, ensure_bucket
 from separation.contract import (
     InvalidJob,
     claimed_job_id,
     input_key,
-    output_key,
     parse_job,
     sha256_file,
 )
@@ -68,7 +65,8 @@ from worker import errors
 from worker.bags import PrunedBag, pruned_bag
 from worker.chunking import check_geometry
 from worker.demucs_cli import cuda_present
-from worker.encode import mix_and_encode, sources_for, write_mix
+from worker.encode import sources_for
+from worker.inputs import Inputs
 from worker.long_songs import LongSongs, wav_duration_s
 from worker.metrics import IN_FLIGHT
 from worker.outcomes import (
@@ -80,10 +78,12 @@ from worker.outcomes import (
     Webhooks,
     count,
     log_outcome,
+    outcome_of_error,
 )
 from worker.separator import Separator
 from worker.task import JobKind, Task, live, timed
-from worker.upkeep import Heartbeat, until_up
+from worker.tracks import Tracks
+from worker.upkeep import Heartbeat, StopSignal, until_up
 
 log = logging.getLogger("worker")
 
@@ -98,9 +98,11 @@ class Worker:
         self.status = StatusStore(client, settings.status_ttl_s)
         self.storage = storage
         self.long_songs = LongSongs(settings, self.queue, self.status, storage)
+        self.inputs = Inputs(settings, storage)
+        self.tracks = Tracks(settings, storage)
         self.worker_id = f"{settings.host}-{id(self):x}-{int(time.time() * 1000) % 10**8}"
-        self.stopping = threading.Event()
-        self.abort = threading.Event()
+        self.stop = StopSignal(settings.shutdown_grace_s)  # the SIGTERM and SIGINT handler
+        self.stopping, self.abort = self.stop.stopping, self.stop.abort
         self.holds_stale_jobs = False
         self.heartbeat = Heartbeat(self.queue, self.worker_id, settings.heartbeat_ttl_s)
         device = settings.demucs_device
@@ -218,22 +220,17 @@ class Worker:
         job = task.subject
         bucket = job.bucket or self.settings.queue_bucket
         key = job.object or input_key(task.songhash or "")
-        where = f"s3://{bucket}/{key}"
         self.status.update(task.id, stage="downloading", progress=1)
+        task.work_dir.mkdir(parents=True)
+        suffix = ".wav" if task.kind is JobKind.CHUNK else ".mp3"
+        task.input_path = task.work_dir / f"{task.work_dir.name}{suffix}"
         with timed(task, "download"):
-            size = self._stat_size(bucket, key, where)
-            if size > self.settings.max_input_bytes:
-                raise errors.bad_input(f"input {where} is {size / 2**20:.1f} MB, over "
-                                       f"MAX_INPUT_MB={self.settings.max_input_mb:g}")
-            task.work_dir.mkdir(parents=True)
-            suffix = ".wav" if task.kind is JobKind.CHUNK else ".mp3"
-            task.input_path = task.work_dir / f"{task.work_dir.name}{suffix}"
-            self.storage.fget_object(bucket, key, str(task.input_path))
+            self.inputs.download(bucket, key, task.input_path)
         with timed(task, "probe"):
             if task.kind is JobKind.CHUNK:  # a WAV this service cut
                 duration_s = wav_duration_s(task.input_path)
             else:
-                duration_s = self._probe(task.input_path, where)
+                duration_s = self.inputs.probe(task.input_path, f"s3://{bucket}/{key}")
                 if task.songhash is None:
                     task.songhash = sha256_file(task.input_path)
                     self.status.link_song(task.id, task.songhash, self.model_of(job.model))
@@ -260,25 +257,6 @@ class Worker:
         with timed(task, "join"):
             task.stem_dir, task.input_path = self.long_songs.prepare_join(task.subject_id,
                                                                           task.work_dir)
-
-    def _stat_size(self, bucket: str, key: str, where: str) -> int:
-        try:
-            return int(self.storage.stat_object(bucket, key).size or 0)
-        except S3Error as error:
-            if error.code in ("NoSuchKey", "NoSuchBucket", "NoSuchObject"):
-                raise errors.bad_input(f"input {where} does not exist ({error.code})") from None
-            raise
-
-    def _probe(self, path: Path, where: str) -> float:
-        if path.stat().st_size > self.settings.max_input_bytes:
-            raise errors.bad_input(f"input {where} is over MAX_INPUT_MB")
-        try:
-            return probe_mp3(path, self.settings.max_duration_s)
-        except NotAudio as error:
-            raise errors.bad_input(f"{where}: {error}") from None
-        except TooLong as error:
-            raise errors.bad_input(f"input {where} {error}, over "
-                                   f"MAX_DURATION_S={self.settings.max_duration_s:g}") from None
 
     # -- 4. separate ----------------------------------------------------------------------
     def separate(self, tasks: list[Task]) -> None:
@@ -321,29 +299,16 @@ class Worker:
             self.long_songs.cleanup(chunk.chunk_of or "")  # stored after the parent failed
 
     def upload_tracks(self, task: Task) -> dict[str, str]:
-        job, model = task.subject, self.model_of(task.subject.model)
         if task.stem_dir is None or task.input_path is None or not task.songhash:
             raise RuntimeError(f"job {task.id} reached delivery without stems or input")
         self.status.update(task.subject_id, stage="encoding", progress=90)
         with timed(task, "encode"):
-            if "instrumental" in job.tracks():
-                write_mix(task.input_path, task.stem_dir)
-            files = mix_and_encode(task.stem_dir, job.tracks(), task.work_dir / "tracks",
-                                   self.settings.mp3_bitrate_kbps, self.settings.threads)
-        if "original" in job.tracks():
-            files["original"] = task.input_path
+            files = self.tracks.encode(task.subject, task.stem_dir, task.input_path,
+                                       task.work_dir / "tracks")
         self.status.update(task.subject_id, stage="uploading", progress=95)
-        keys: dict[str, str] = {}
-        metadata = {"model": model, "songhash": task.songhash, "job-id": task.subject_id}
         with timed(task, "upload"):
-            for track in job.tracks():
-                key = output_key(self.settings.output_key, task.songhash, track,
-                                 self.settings.key_model(model))
-                self.storage.fput_object(self.settings.output_bucket, key, str(files[track]),
-                                         content_type="audio/mpeg",
-                                         metadata={**metadata, "track": track})
-                keys[track] = key
-        return keys
+            return self.tracks.upload(files, task.songhash, self.model_of(task.subject.model),
+                                      task.subject_id)
 
     # -- 6. settle -------------------------------------------------------------------------
     def settle(self, task: Task, outcome: Outcome) -> None:
@@ -370,37 +335,15 @@ class Worker:
         """Run a step of a job; settle the job with the outcome of what it raises."""
         try:
             yield
-        except errors.ShutdownRequested:
-            self.settle(task, Outcome.of(State.RETURNED))
-        except errors.JobFailure as failure:
-            self.settle(task, self.failure_outcome(task, failure))
-        except (S3Error, HTTPError, OSError) as error:
-            self.settle(task, self.failure_outcome(task, errors.storage_failed(
-                _without_work_dir(f"storage or disk error: {error}", task))))
         except redis.RedisError:
             raise  # the job stays in the processing list and is redelivered
-        except Exception as error:
-            log.exception("job %s: unexpected error", task.id)
-            self.settle(task, self.failure_outcome(task, errors.internal(
-                _without_work_dir(f"internal error: {error!r}", task))))
+        except Exception as error:  # noqa: BLE001 - every exception becomes an outcome
+            self.settle(task, outcome_of_error(error, task, self.settings.max_attempts))
 
-    # -- stop ------------------------------------------------------------------------------
-    def request_stop(self, signum: int, _frame: object) -> None:
-        if self.stopping.is_set():
-            log.warning("second signal %d: aborting the current job now", signum)
-            self.abort.set()
-            return
-        log.info("signal %d: finishing the current job within %.0f s, taking no more", signum,
-                 self.settings.shutdown_grace_s)
-        self.stopping.set()
-        timer = threading.Timer(self.settings.shutdown_grace_s, self.abort.set)
-        timer.daemon = True
-        timer.start()
-
+    # -- leave -----------------------------------------------------------------------------
     def return_held_jobs(self) -> None:
         """Put back what this worker's processing list still holds (after a Redis outage)."""
-        for raw in self.queue.in_flight(self.worker_id):
-            self.queue.give_back(self.worker_id, raw)
+        self.queue.give_back_held(self.worker_id)
         self.holds_stale_jobs = False
 
     def leave(self) -> None:
@@ -420,11 +363,6 @@ class Worker:
         return model or self.settings.demucs_model
 
 
-def _without_work_dir(reason: str, task: Task) -> str:
-    """A failure reason goes to clients: the job's temp dirs are named, not spelled."""
-    return reason.replace(f"{task.work_dir.parent}/", "<work dir>/")
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="The separation worker; settings come from "
                                      "the environment (README, 'Settings').")
@@ -436,8 +374,8 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(log_client, settings.host, "worker", settings.log_list_max,
                       settings.log_list_max_bytes)
     worker = Worker(settings, connect_redis(settings), connect_minio(settings))
-    signal.signal(signal.SIGTERM, worker.request_stop)
-    signal.signal(signal.SIGINT, worker.request_stop)
+    signal.signal(signal.SIGTERM, worker.stop)
+    signal.signal(signal.SIGINT, worker.stop)
     return worker.run(burst=burst)
 
 
