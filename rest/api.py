@@ -1,4 +1,4 @@
-"""The ``apiv1`` routes: separate, queue, status, track, remove.
+"""The ``apiv1`` routes: separate, queue, status, cancel, track, remove.
 
 A separation request ends as a job on the worker's contract (``separation.contract.Job``):
 the MP3 is stored as ``<songhash>.mp3`` in the input bucket, the job's ``queued`` status is
@@ -66,13 +66,19 @@ class RemoveResponse(BaseModel):
     reason: str
 
 
+class CancelResponse(BaseModel):
+    id: str
+    state: str
+    reason: str
+
+
 class ErrorResponse(BaseModel):
     error: str
     reason: str
 
 
 ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorResponse} for code in (400, 401, 404, 429, 503)}
+    code: {"model": ErrorResponse} for code in (400, 401, 404, 409, 429, 503)}
 _FORM_SCHEMA = {
     "type": "object", "required": ["file"],
     "properties": {"file": {"type": "string", "format": "binary"}, "model": {"type": "string"},
@@ -272,6 +278,34 @@ async def status(ref: str, backend: BackendDep) -> JSONResponse:
     if record.get("state") == Status.QUEUED.value:
         result["position"] = await backend.queue.position_async(record["id"])
     return JSONResponse(result)
+
+
+@router.post("/cancel/{ref}", response_model=CancelResponse, responses={202: {}})
+def cancel(ref: str, backend: BackendDep) -> JSONResponse:
+    """Cancel a job, by id or songhash (its latest job).
+
+    A queued job is cancelled at once (200, ``cancelled``): it never starts. A running one is
+    being cancelled (202, ``cancelling``): its worker stops Demucs within 2 s and the status
+    reads ``cancelled``, unless its tracks were already being stored (then ``done``). A long
+    song's chunks and join are cancelled with it. 409 for a job already ended, 404 for an
+    unknown one. Its webhook is sent with the state ``cancelled``.
+    """
+    record = backend.status.get(ref) if JOB_ID_RE.fullmatch(ref) or SONGHASH_RE.fullmatch(ref) \
+        else None
+    if record is None:
+        raise HTTPException(404, f"no job or song {ref!r} is known (records expire after "
+                                 f"STATUS_TTL_S={backend.settings.status_ttl_s} s)")
+    job_id, state = record["id"], Status(record["state"])
+    if state.final:
+        raise HTTPException(409, f"job {job_id} is already {state.value}: nothing to cancel")
+    backend.queue.request_cancel(job_id, backend.settings.status_ttl_s)
+    log.info("job %s: cancel asked while %s", job_id, state.value)
+    if state is Status.QUEUED:
+        backend.status.cancelled(job_id, "cancelled by the client")
+        return JSONResponse({"id": job_id, "state": Status.CANCELLED.value,
+                             "reason": "Cancelled before it started"})
+    return JSONResponse({"id": job_id, "state": "cancelling",
+                         "reason": "Cancelling: the worker stops it within seconds"}, 202)
 
 
 @router.get("/track/{songhash}/{track}", response_class=Response,

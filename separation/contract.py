@@ -56,6 +56,11 @@ class Status(str, Enum):
     RUNNING = "running"
     DONE = "done"
     FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def final(self) -> bool:
+        return self in (Status.DONE, Status.FAILED, Status.CANCELLED)
 
 
 class Keys:
@@ -85,6 +90,11 @@ class Keys:
     @staticmethod
     def job(job_id: str) -> str:
         return f"job:{job_id}"
+
+    @staticmethod
+    def cancel(job_id: str) -> str:
+        """Present while a cancel of the job is asked (``JobQueue.request_cancel``)."""
+        return f"job:{job_id}:cancel"
 
     @staticmethod
     def chunks(parent_id: str) -> str:

@@ -45,6 +45,11 @@ This is the one place the protocol is written down. Key names come from
 8. **Stop.** On SIGTERM a worker stops taking jobs and finishes the current one within its
    grace; past it, it kills Demucs and moves the job back onto ``toWorkers`` without counting
    the attempt.
+9. **Cancel.** ``request_cancel`` sets ``job:<id>:cancel`` (a plain key with the status' TTL:
+   a Redis-only user cancels with ``SET job:<id>:cancel 1 EX 604800``). A worker that takes
+   a job whose key (or whose long song's key) is set acknowledges it without running it; a
+   worker running one reads the keys of its jobs (one ``MGET``) every ``CANCEL_POLL_S``,
+   kills Demucs, and acknowledges it with status ``cancelled``.
 
 **Positions.** ``toWorkers:taken`` counts the jobs that left the taking end less those pushed
 back onto it. Pushes at the other end land behind every waiting job, so a job recorded at
@@ -300,6 +305,17 @@ class JobQueue:
     def forget_chunks(self, parent_id: str) -> None:
         """Delete a long song's chunking record and its set of stored chunks."""
         self.redis.delete(Keys.chunks(parent_id), Keys.chunks_done(parent_id))
+
+    # 9. cancel
+    def request_cancel(self, job_id: str, ttl_s: int) -> None:
+        self.redis.set(Keys.cancel(job_id), 1, ex=ttl_s)
+
+    def cancels_requested(self, job_ids: list[str]) -> set[str]:
+        """Which of ``job_ids`` a cancel was asked for (one ``MGET``)."""
+        if not job_ids:
+            return set()
+        found = self.redis.mget([Keys.cancel(job_id) for job_id in job_ids])
+        return {job_id for job_id, value in zip(job_ids, found, strict=True) if value is not None}
 
     def dead_letters(self) -> list[dict[str, object]]:
         return [json.loads(e) for e in self.redis.lrange(Keys.DEAD_LETTER, 0, -1)]

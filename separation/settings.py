@@ -67,6 +67,7 @@ class Settings:
     model_segment_s: float = 7.8  # the model's Demucs segment (htdemucs*); 0: chunks off-grid
     shutdown_grace_s: float = 60.0
     heartbeat_ttl_s: float = 30.0
+    cancel_poll_s: float = 0.5  # how often a worker reads the cancel keys of its jobs
     poll_s: float = 2.0
     status_ttl_s: int = 7 * 24 * 3600
     webhook_timeout_s: float = 10.0
@@ -123,6 +124,8 @@ class Settings:
             raise ValueError("RATE_LIMIT_PER_MIN must be >= 0 and WEBHOOK_TIMEOUT_S > 0")
         if self.queue_page_max_jobs < 1 or self.rest_max_in_flight < 1:
             raise ValueError("QUEUE_PAGE_MAX_JOBS and REST_MAX_IN_FLIGHT must be at least 1")
+        if not 0 < self.cancel_poll_s <= 1:
+            raise ValueError("CANCEL_POLL_S must be in (0, 1]: a cancel stops Demucs within 2 s")
         if self.poll_s >= 5:
             raise ValueError("POLL_S must stay under redis-py's 5 s socket timeout")
 

@@ -95,6 +95,10 @@ class StatusStore:
                     finished_at=time.time(),
                     elapsed_s="" if elapsed_s is None else round(elapsed_s, 3))
 
+    def cancelled(self, job_id: str, reason: str) -> None:
+        self._write(job_id, state=Status.CANCELLED.value, stage="cancelled", error=reason,
+                    finished_at=time.time())
+
     def requeued(self, job_id: str, reason: str) -> None:
         self._write(job_id, state=Status.QUEUED.value, stage="queued", progress=0, error=reason)
 

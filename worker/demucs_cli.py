@@ -19,6 +19,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from worker import errors
 
@@ -143,9 +144,16 @@ class _OutputReader(threading.Thread):
             log.debug("progress callback failed", exc_info=True)
 
 
+class Stop(Protocol):
+    """What ``run_demucs`` checks to kill Demucs: a ``threading.Event`` or the like."""
+
+    def is_set(self) -> bool: ...
+
+
 def run_demucs(options: DemucsOptions, out_dir: Path, inputs: Sequence[Path], timeout_s: float,
-               abort: threading.Event, on_progress: Callable[[int, float], None]) -> DemucsRun:
-    """Run one CLI call; kill its whole process group on timeout or when ``abort`` is set."""
+               abort: Stop, on_progress: Callable[[int, float], None]) -> DemucsRun:
+    """Run one CLI call; kill its whole process group on timeout or once ``abort`` is set
+    (checked every 0.25 s)."""
     command = build_command(options, out_dir, inputs)
     log.info("running %s", " ".join(command))
     started = time.monotonic()

@@ -87,3 +87,11 @@ def all_of(failures: dict[str, Exception], code: Code) -> bool:
 
 class ShutdownRequested(Exception):
     """The worker is stopping and the job must go back onto the queue."""
+
+
+class Cancelled(Exception):
+    """A cancel of the job (or of the long song it is part of) was asked."""
+
+
+class Interrupted(Exception):
+    """Demucs was stopped for another job of the batch (cancelled); this job runs again."""

@@ -8,6 +8,7 @@ not an edit in each place a job can end.
 from __future__ import annotations
 
 import logging
+import shutil
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
@@ -15,7 +16,7 @@ from enum import Enum
 from minio.error import S3Error
 from urllib3.exceptions import HTTPError
 
-from separation.contract import Job, Keys
+from separation.contract import Job, Keys, Status
 from separation.joins import Joins
 from separation.settings import Settings
 from separation.status import StatusStore
@@ -44,12 +45,13 @@ class State(Enum):
     FAILED = "failed"              # failed for good
     RETRY = "retry"                # failed; runs again (the attempt counts)
     RETURNED = "returned"          # the worker stopped: runs again (the attempt does not count)
+    CANCELLED = "cancelled"        # a client cancelled it: ends without tracks
 
 
 _SETTLEMENT = {State.DONE: Settlement.ACK, State.CHUNK_STORED: Settlement.ACK,
                State.SPLIT: Settlement.ACK, State.SKIPPED: Settlement.ACK,
                State.FAILED: Settlement.DEAD_LETTER, State.RETRY: Settlement.GIVE_BACK,
-               State.RETURNED: Settlement.GIVE_BACK}
+               State.RETURNED: Settlement.GIVE_BACK, State.CANCELLED: Settlement.ACK}
 
 
 @dataclass(frozen=True)
@@ -85,12 +87,15 @@ class Outcome:
 
 
 Observer = Callable[[Task, Outcome], None]
+CANCELLED = "cancelled by the client"
 
 
 def outcome_of_error(error: Exception, task: Task, max_attempts: int) -> Outcome:
     """The one place an exception raised by a job's step becomes the job's outcome."""
     if isinstance(error, errors.ShutdownRequested):
         return Outcome.of(State.RETURNED)
+    if isinstance(error, errors.Cancelled):
+        return Outcome.of(State.CANCELLED, CANCELLED)
     if isinstance(error, errors.JobFailure):
         failure = error
     elif isinstance(error, (S3Error, HTTPError, OSError)):
@@ -123,6 +128,8 @@ class StatusRecorder:
             self.status.failed(task.subject_id, outcome.reason, elapsed_s)
         elif state is State.RETRY:
             self.status.requeued(task.subject_id, outcome.reason)
+        elif state is State.CANCELLED:
+            self.status.cancelled(task.subject_id, outcome.reason)
         elif state is State.RETURNED:
             self.status.uncount_attempt(task.id)
             self.status.requeued(task.subject_id, "the worker stopped during the job; requeued")
@@ -144,7 +151,7 @@ class Webhooks:
     def before_settle(self, task: Task, outcome: Outcome) -> None:
         if task.kind in (JobKind.INVALID, JobKind.CHUNK):  # a chunk reports through its song
             return
-        if outcome.state in (State.DONE, State.FAILED):
+        if outcome.state in (State.DONE, State.FAILED, State.CANCELLED):
             with timed(task, "webhook"):
                 self.notify(task.subject, task.songhash, outcome.state.value,
                             dict(outcome.tracks), outcome.reason or None)
@@ -174,8 +181,24 @@ class LongSongUpkeep:
             return
         if task.kind is JobKind.CHUNK and outcome.state is State.FAILED:
             self.fail_song(task.job, outcome.reason)
+        elif task.kind is JobKind.CHUNK and outcome.state is State.CANCELLED:
+            self.cancel_song(task.job.chunk_of or "")
         elif task.kind is JobKind.JOIN and outcome.state in (State.DONE, State.FAILED):
             self.long_songs.cleanup(task.job.join_of or "")
+        elif task.kind is JobKind.JOIN and outcome.state is State.CANCELLED:
+            self.cancel_song(task.job.join_of or "")
+
+    def cancel_song(self, parent_id: str) -> None:
+        """The first of a cancelled long song's chunks (or its join) to end says so."""
+        record = self.status.get(parent_id) or {}
+        if record.get("state") != Status.CANCELLED.value:
+            self.status.cancelled(parent_id, CANCELLED)
+            try:
+                parent, songhash = self.long_songs.parent(parent_id)
+                self.webhooks.notify(parent, songhash, Status.CANCELLED.value, {}, CANCELLED)
+            except LookupError:
+                pass
+        self.long_songs.cleanup(parent_id)
 
     def fail_song(self, chunk: Job, reason: str) -> None:
         parent_id = chunk.chunk_of or ""
@@ -196,6 +219,8 @@ def count(task: Task, outcome: Outcome) -> None:
     if outcome.state is State.DONE:
         JOBS.labels("done", "").inc()
         JOB_SECONDS.observe(task.elapsed_s())
+    elif outcome.state is State.CANCELLED:
+        JOBS.labels("cancelled", "").inc()
     elif outcome.state in (State.FAILED, State.RETRY) and outcome.failure is not None:
         label = "failed" if outcome.state is State.FAILED else "retried"
         JOBS.labels(label, outcome.failure.code.value).inc()
@@ -221,3 +246,11 @@ def log_outcome(task: Task, outcome: Outcome) -> None:
         log.warning("job %s: worker stopping, job put back onto the queue", task.subject_id)
     elif state is State.SKIPPED:
         log.info("job %s: not run: %s", task.id, outcome.reason)
+    elif state is State.CANCELLED:
+        log.info("job %s: cancelled after %.1f s", task.subject_id, task.elapsed_s())
+
+
+def remove_work_dir(task: Task, outcome: Outcome) -> None:
+    """A cancelled job's temp files go at once, not with its batch."""
+    if outcome.state is State.CANCELLED:
+        shutil.rmtree(task.work_dir, ignore_errors=True)

@@ -1,6 +1,7 @@
 """Step 4 of a batch: one Demucs CLI run for the batch's jobs of one model, with fallbacks.
 
-A CUDA failure runs the failed jobs again on the CPU; a failed batch runs each job not yet
+A cancelled job's run is stopped (the others of the batch run again without it); a CUDA
+failure runs the failed jobs again on the CPU; a failed batch runs each job not yet
 separated alone, so one bad file fails only itself. A bag pruned to the sources the jobs need
 (``worker.bags``) is written as a ``--repo`` of its own and run as a model.
 """
@@ -8,6 +9,7 @@ separated alone, so one bad file fails only itself. A bag pruned to the sources 
 from __future__ import annotations
 
 import logging
+import shutil
 import tempfile
 import threading
 import time
@@ -17,6 +19,7 @@ from separation.settings import Settings
 from separation.status import StatusStore
 from worker import errors
 from worker.bags import PrunedBag
+from worker.cancel import CancelWatch, Interrupt
 from worker.demucs_cli import DemucsOptions, failure_of, run_demucs
 from worker.task import Task
 
@@ -25,23 +28,27 @@ log = logging.getLogger("worker")
 
 class Separator:
     def __init__(self, settings: Settings, status: StatusStore, device: str,
-                 abort: threading.Event) -> None:
+                 abort: threading.Event, cancels: CancelWatch) -> None:
         self.settings = settings
         self.status = status
         self.device = device
         self.abort = abort  # set: kill Demucs now (the worker's grace is over)
+        self.cancels = cancels
 
     def separate(self, tasks: list[Task], model: str,
                  pruned: PrunedBag | None) -> dict[str, Exception]:
         """Run Demucs over ``tasks``; set each one's ``stem_dir``, and return what each job
         that got no stems must raise."""
         failures = self.run(tasks, model, self.device, pruned)
-        if any(isinstance(f, errors.ShutdownRequested) for f in failures.values()):
+        ended = {i: f for i, f in failures.items()
+                 if isinstance(f, (errors.Cancelled, errors.ShutdownRequested))}
+        if any(isinstance(f, errors.ShutdownRequested) for f in ended.values()):
             return failures
+        failures = {i: f for i, f in failures.items() if i not in ended}
         if self.device != "cpu" and errors.all_of(failures, errors.Code.CUDA):
             log.warning("Demucs failed on %s; retrying once on the CPU", self.device)
             failures = self.run([t for t in tasks if t.id in failures], model, "cpu", pruned)
-        if failures and len(tasks) > 1 and \
+        if failures and len(tasks) - len(ended) > 1 and \
                 not errors.all_of(failures, errors.Code.MODEL_UNAVAILABLE):
             log.warning("batch of %d failed for %d jobs; running those alone", len(tasks),
                         len(failures))
@@ -49,10 +56,21 @@ class Separator:
             failures = {}
             for task in alone:
                 failures.update(self.run([task], model, self.device, pruned))
-        return failures
+        return {**failures, **ended}
 
     def run(self, tasks: list[Task], model: str, device: str,
             pruned: PrunedBag | None) -> dict[str, Exception]:
+        """Demucs over ``tasks`` on ``device``; the jobs of a run stopped for another job's
+        cancel run again without it."""
+        failures = self.run_once(tasks, model, device, pruned)
+        while again := [t for t in tasks if isinstance(failures.get(t.id), errors.Interrupted)]:
+            log.info("jobs %s: run again without the cancelled ones",
+                     ",".join(t.id for t in again))
+            failures.update(self.run_once(again, model, device, pruned))
+        return failures
+
+    def run_once(self, tasks: list[Task], model: str, device: str,
+                 pruned: PrunedBag | None) -> dict[str, Exception]:
         """One Demucs CLI call over ``tasks`` on ``device``."""
         for task in tasks:
             self.status.update(task.subject_id, stage="separating", progress=5)
@@ -67,9 +85,10 @@ class Separator:
         inputs = [t.input_path for t in tasks if t.input_path is not None]
         progress = _ProgressWriter(self.status, tasks)
         run = run_demucs(options, out_dir, inputs, self.settings.job_timeout_s * len(tasks),
-                         self.abort, progress.report)
+                         Interrupt(self.abort, self.cancels, tasks), progress.report)
         if run.aborted:
-            return {task.id: errors.ShutdownRequested() for task in tasks}
+            shutil.rmtree(out_dir, ignore_errors=True)
+            return {task.id: self._why_stopped(task) for task in tasks}
         failures: dict[str, Exception] = {}
         for index, task in enumerate(tasks):
             task.timings["demucs"] = run.elapsed_s / len(tasks)
@@ -82,6 +101,13 @@ class Separator:
                 failures[task.id] = failure_of(run, options, self.settings.job_timeout_s,
                                                [task.work_dir.parent])
         return failures
+
+    def _why_stopped(self, task: Task) -> Exception:
+        if self.cancels.is_cancelled(task):
+            return errors.Cancelled()
+        if self.abort.is_set():
+            return errors.ShutdownRequested()
+        return errors.Interrupted()
 
 
 class _ProgressWriter:

@@ -19,6 +19,8 @@ A job's lifecycle, one method each, in the order ``run_batch`` calls them:
 5. ``deliver``     a chunk's stems are stored for its join (``store_chunk``); a song's or
                    join's tracks are mixed from the WAV stems, encoded once each, and
                    ``fput_object``-ed (``upload_tracks``).
+   A cancel (``worker.cancel``) is checked when a job is taken, before each step, and by a
+   thread while Demucs runs (which it stops).
 6. ``settle``      the one place a taken job ends: its ``Outcome`` (``worker.outcomes``) goes
                    to the observers (status, webhooks, long songs, metrics, log) and the queue
                    acknowledges, dead-letters or gives back the payload.
@@ -63,6 +65,7 @@ from separation.settings import Settings
 from separation.status import StatusStore
 from worker import errors
 from worker.bags import PrunedBag, pruned_bag
+from worker.cancel import CancelWatch
 from worker.chunking import check_geometry
 from worker.demucs_cli import cuda_present
 from worker.encode import sources_for
@@ -70,6 +73,7 @@ from worker.inputs import Inputs
 from worker.long_songs import LongSongs, wav_duration_s
 from worker.metrics import IN_FLIGHT
 from worker.outcomes import (
+    CANCELLED,
     LongSongUpkeep,
     Outcome,
     Settlement,
@@ -79,6 +83,7 @@ from worker.outcomes import (
     count,
     log_outcome,
     outcome_of_error,
+    remove_work_dir,
 )
 from worker.separator import Separator
 from worker.task import JobKind, Task, live, timed
@@ -107,13 +112,14 @@ class Worker:
         self.heartbeat = Heartbeat(self.queue, self.worker_id, settings.heartbeat_ttl_s)
         device = settings.demucs_device
         self.device = device if device != "auto" else "cuda" if cuda_present() else "cpu"
-        self.separator = Separator(settings, self.status, self.device, self.abort)
+        self.cancels = CancelWatch(self.queue, settings.cancel_poll_s)
+        self.separator = Separator(settings, self.status, self.device, self.abort, self.cancels)
         status = StatusRecorder(self.status)
         webhooks = Webhooks(settings, self.status, Joins(client, settings.status_ttl_s))
         long_songs = LongSongUpkeep(self.long_songs, self.status, webhooks)
         # What an outcome touches, in order: before the queue lets go of the job (a crash
         # there runs the job again), and after.
-        self.before_settle = [status.before_settle, webhooks.before_settle]
+        self.before_settle = [remove_work_dir, status.before_settle, webhooks.before_settle]
         self.after_settle = [status.after_settle, long_songs.after_settle, count, log_outcome]
 
     # -- main loop -------------------------------------------------------------------------
@@ -125,6 +131,7 @@ class Worker:
             log.info("worker %s stopped before it started", self.worker_id)
             return 0
         self.heartbeat.start()
+        self.cancels.start()
         if self.settings.metrics_port:
             serve(self.settings.metrics_port, self.heartbeat.health)
         log.info("worker %s ready: device=%s threads=%d model=%s batch_max=%d%s",
@@ -162,6 +169,7 @@ class Worker:
         with batch_dir as tmp:
             tasks = [t for i, raw in enumerate(raws) if (t := self.start(raw, Path(tmp) / f"j{i}"))]
             IN_FLIGHT.set(len(tasks))
+            self.cancels.watch(tasks)
             for task in live(tasks):
                 with self.outcome_of(task):
                     self.fetch(task)
@@ -169,6 +177,7 @@ class Worker:
             for task in live(tasks):
                 with self.outcome_of(task):
                     self.deliver(task)
+            self.cancels.watch([])
             IN_FLIGHT.set(0)
 
     # -- 1. take ---------------------------------------------------------------------------
@@ -194,6 +203,10 @@ class Worker:
             task = Task(raw, claimed_job_id(raw), None, JobKind.INVALID, 1, work_dir)
             self.settle(task, Outcome(State.FAILED, failure=errors.invalid_job(str(error))))
             return None
+        if self.cancels.requested(job):  # cancelled while it waited: it never starts
+            task = Task(raw, job.id or "", job, JobKind.of(job), 0, work_dir)
+            self.settle(task, Outcome.of(State.CANCELLED, CANCELLED))
+            return None
         task = Task(raw, job.id or "", job, JobKind.of(job),
                     self.status.start_attempt(job.id or "", self.worker_id), work_dir,
                     songhash=job.songhash)
@@ -215,6 +228,7 @@ class Worker:
     def fetch(self, task: Task) -> None:
         """Download and check a song's or chunk's input (splitting a long song); a join
         stitches its chunks."""
+        self.cancels.check(task)
         if task.kind is JobKind.JOIN:
             return self.join(task)
         job = task.subject
@@ -281,6 +295,7 @@ class Worker:
 
     # -- 5. deliver ------------------------------------------------------------------------
     def deliver(self, task: Task) -> None:
+        self.cancels.check(task)
         if task.kind is JobKind.CHUNK:
             self.store_chunk(task)
             self.settle(task, Outcome.of(State.CHUNK_STORED))
@@ -305,6 +320,7 @@ class Worker:
         with timed(task, "encode"):
             files = self.tracks.encode(task.subject, task.stem_dir, task.input_path,
                                        task.work_dir / "tracks")
+        self.cancels.check(task)  # past this point a cancel comes too late: the job ends done
         self.status.update(task.subject_id, stage="uploading", progress=95)
         with timed(task, "upload"):
             return self.tracks.upload(files, task.songhash, self.model_of(task.subject.model),
@@ -348,6 +364,7 @@ class Worker:
 
     def leave(self) -> None:
         self.heartbeat.stop()
+        self.cancels.stop()
         try:
             self.return_held_jobs()  # nothing should be left; be sure
             self.queue.forget(self.worker_id)
