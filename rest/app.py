@@ -2,8 +2,9 @@
 
 Routes besides ``apiv1`` (``rest.api``): ``GET /`` (the page for a browser, a JSON 200 for
 anything else, such as a load balancer), ``POST /`` (job-outcome webhooks, logged),
-``/healthz``, ``/metrics`` and the OpenAPI docs at ``/docs``. Every error is JSON
-``{"error": ..., "reason": ...}``; no traceback ever reaches a client.
+``/healthz`` and the OpenAPI docs at ``/docs``. Prometheus' ``/metrics`` is served only on
+``METRICS_PORT`` (with the probes), never on the API's port, which the ingress routes. Every
+error is JSON ``{"error": ..., "reason": ...}``; no traceback ever reaches a client.
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.telemetry import TelemetryConfig
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
@@ -43,8 +43,8 @@ from separation.webhook import verify_delivery
 log = logging.getLogger("rest")
 PAGE_PATH = Path(__file__).with_name("page.html")
 CALLBACK_MAX_BYTES = 1 << 20
-# Metrics are Prometheus' (/metrics): FastAPI's OpenTelemetry hooks would cost every request a
-# look for providers that are never configured.
+# Metrics are Prometheus' (METRICS_PORT's /metrics): FastAPI's OpenTelemetry hooks would cost
+# every request a look for providers that are never configured.
 NO_OPENTELEMETRY = TelemetryConfig(tracing=False, metrics=False, logs=False)
 
 
@@ -76,7 +76,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.add_api_route(path, favicon, methods=["GET", "HEAD"], include_in_schema=False)
     app.add_api_route("/", callback, methods=["POST"], summary="Receive a job-outcome webhook")
     app.add_api_route("/healthz", healthz, methods=["GET"], summary="Redis and MinIO reachable")
-    app.add_api_route("/metrics", metrics, methods=["GET"], summary="Prometheus metrics")
     return app
 
 
@@ -172,13 +171,9 @@ async def healthz(request: Request) -> JSONResponse:
     return JSONResponse({"ok": healthy, "reason": reason}, status_code=200 if healthy else 503)
 
 
-def metrics() -> Response:
-    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
-
-
 class QueueDepthAtScrape:
-    """``demucs_rest_queue_depth``, read from Redis at each scrape, on either port (the API's
-    ``/metrics`` or ``METRICS_PORT``'s); the last value known while Redis does not answer."""
+    """``demucs_rest_queue_depth``, read from Redis at each scrape of ``METRICS_PORT``'s
+    ``/metrics``; the last value known while Redis does not answer."""
 
     def __init__(self, backend: Backend) -> None:
         self.backend = backend
