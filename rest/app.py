@@ -50,8 +50,8 @@ NO_OPENTELEMETRY = TelemetryConfig(tracing=False, metrics=False, logs=False)
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings.from_env()
-    # With API_TOKEN set, the API's description is the token holders' business too.
-    guarded = [Depends(require_token)] if settings.api_token else []
+    # With API_TOKEN or API_KEYS set, the API's description is the key holders' business too.
+    guarded = [Depends(require_token)] if settings.api_token or settings.api_keys else []
     app = FastAPI(title="Music source separation", version="1.0",
                   description="Split songs into stems with Demucs. The lab's `apiv1` API.",
                   lifespan=_lifespan, docs_url=None, redoc_url=None, openapi_url=None,
@@ -102,7 +102,8 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
                         error)
     log.info("rest service ready: model %s, buckets %s -> %s, API token %s",
              settings.demucs_model, settings.queue_bucket, settings.output_bucket,
-             "required" if settings.api_token else "off")
+             f"required, {len(backend.clients)} clients owning their songs"
+             if backend.owned else "required" if settings.api_token else "off")
     yield
     if probes is not None:
         probes.shutdown()

@@ -15,6 +15,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 from separation.chunking import geometry
+from separation.clients import parse_api_keys
 from separation.contract import MODEL_RE, check_output_key_pattern
 from separation.egress import EgressPolicy
 from separation.logs import LOG_ENTRY_MAX_BYTES
@@ -79,6 +80,8 @@ class Settings:
     work_dir: str | None = None  # parent of per-job temp dirs; None: the system's
     host: str = socket.gethostname()
     api_token: str | None = None
+    api_keys: str | None = None  # name:key,... : clients that each see only their own songs
+    client_max_waiting: int = 1000  # with API_KEYS: a client's jobs waiting at once; more: 429
     presign_ttl_s: int = 3600  # lifetime of a ?redirect=1 presigned track URL
     webhook_allow_local: bool = False  # callbacks to loopback/private addresses (make demo)
     webhook_allowlist: str | None = None  # hosts and CIDRs allowed even when local ones are not
@@ -123,8 +126,11 @@ class Settings:
                              f"{LOG_ENTRY_MAX_BYTES} (one entry)")
         if self.rate_limit_per_min < 0 or self.webhook_timeout_s <= 0:
             raise ValueError("RATE_LIMIT_PER_MIN must be >= 0 and WEBHOOK_TIMEOUT_S > 0")
-        if self.queue_page_max_jobs < 1 or self.rest_max_in_flight < 1:
-            raise ValueError("QUEUE_PAGE_MAX_JOBS and REST_MAX_IN_FLIGHT must be at least 1")
+        if self.queue_page_max_jobs < 1 or self.rest_max_in_flight < 1 or \
+                self.client_max_waiting < 1:
+            raise ValueError("QUEUE_PAGE_MAX_JOBS, REST_MAX_IN_FLIGHT and CLIENT_MAX_WAITING "
+                             "must be at least 1")
+        parse_api_keys(self.api_keys, self.api_token)  # ValueError
         if self.poll_s >= 5:
             raise ValueError("POLL_S must stay under redis-py's 5 s socket timeout")
 
