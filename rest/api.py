@@ -4,6 +4,9 @@ A separation request ends as a job on the worker's contract (``separation.contra
 the MP3 is stored as ``<songhash>.mp3`` in the input bucket, the job's ``queued`` status is
 recorded, and only then is the job pushed onto ``toWorkers``. A song already separated with
 the same model, whose tracks still exist, is not separated again.
+
+With ``API_KEYS`` every route sees the caller's own jobs and tracks only (``rest.owners``):
+another client's are answered 404, as if they did not exist.
 """
 
 from __future__ import annotations
@@ -20,8 +23,9 @@ from fastapi.responses import JSONResponse, RedirectResponse, Response
 from minio.error import S3Error
 from pydantic import BaseModel
 
-from rest.backend import Backend, BackendDep, client_of, get_backend, require_token
+from rest.backend import Backend, BackendDep, Caller, client_of, get_backend, require_token
 from rest.observability import SONGS
+from rest.owners import OWNER_FIELDS
 from rest.tracks import stream_track
 from rest.uploads import SeparateRequest, Upload, normalize_stems, receive_upload
 from separation.contract import (
@@ -95,28 +99,30 @@ router = APIRouter(prefix="/apiv1", dependencies=[Depends(require_token)], respo
 
 @router.post("/separate", response_model=SeparateResponse, openapi_extra=_SEPARATE_BODY,
              responses={413: {"model": ErrorResponse}})
-async def separate(request: Request) -> dict[str, str]:
+async def separate(request: Request, caller: Caller) -> dict[str, str]:
     """Queue a song: JSON ``{"mp3": "<base64>", ...}`` or a multipart upload (``file``).
 
     At most ``RATE_LIMIT_PER_MIN`` a minute per client (429 with ``Retry-After`` past it).
     The body is streamed to a temp file as it arrives; 503 while MAX_CONCURRENT_UPLOADS
-    others are being handled.
+    others are being handled. With API_KEYS, 429 while the caller has CLIENT_MAX_WAITING
+    jobs waiting.
     """
     backend = get_backend(request)
     await run_in_threadpool(backend.rate_limit.check, client_of(request))
     with request.app.state.upload_slots.hold():
         upload = await receive_upload(request, backend.settings)
         try:
-            return await run_in_threadpool(submit, backend, upload)
+            return await run_in_threadpool(submit, backend, upload, caller)
         finally:
             upload.discard()
 
 
-def submit(backend: Backend, upload: Upload) -> dict[str, str]:
+def submit(backend: Backend, upload: Upload, caller: str | None = None) -> dict[str, str]:
     """Store the song, record the job as queued, then enqueue it.
 
     A song already separated is not queued again; one queued or running with the same model
-    and stems is joined (``separation.joins``): the answer names that job.
+    and stems is joined (``separation.joins``): the answer names that job, or, for a client
+    of API_KEYS (``caller``), the client's own view of it (``rest.owners``).
     """
     settings = backend.settings
     try:
@@ -125,26 +131,36 @@ def submit(backend: Backend, upload: Upload) -> dict[str, str]:
     except InvalidJob as error:
         raise HTTPException(400, str(error).removeprefix("invalid job: ")) from None
     model = job.model or settings.demucs_model
+    if caller is not None:
+        if not backend.owners.has_room(caller):
+            raise HTTPException(
+                429, f"you have {settings.client_max_waiting} jobs waiting already "
+                     "(CLIENT_MAX_WAITING); send more once some have run",
+                headers={"Retry-After": "60"})
+        # owned before any dedup check, so a removal by another client keeps the objects
+        backend.owners.grant(caller, upload.songhash, model, job.tracks())
     existing = find_separated(backend, job, model)
     if existing is not None:
+        answered = own_view(backend, caller, job, upload, model, existing["id"], False)
         if job.callback is not None:
-            backend.callbacks.submit(notify_done, backend, job, existing)
+            backend.callbacks.submit(notify_done, backend, job, existing, answered)
         SONGS.labels("already_separated").inc()
-        log.info("song %s: already separated with %s by job %s; not queued again",
-                 upload.songhash, model, existing["id"])
-        return {"hash": upload.songhash, "id": existing["id"],
+        log.info("song %s: already separated with %s by job %s; not queued again%s",
+                 upload.songhash, model, existing["id"], seen_as(answered, existing["id"]))
+        return {"hash": upload.songhash, "id": answered,
                 "reason": f"Song already separated with model {model}: its tracks are ready"}
     active = Keys.active(upload.songhash, model, job.tracks())
-    holder = claim(backend, active, job)
+    holder = claim(backend, active, job, caller)
     if holder != job.id:
+        answered = own_view(backend, caller, job, upload, model, holder, True)
         SONGS.labels("joined").inc()
-        log.info("song %s: already queued or running as job %s with %s; request joined it",
-                 upload.songhash, holder, model)
-        return {"hash": upload.songhash, "id": holder,
-                "reason": f"{ENQUEUED} (joined job {holder}, which has the same song, model "
-                          "and stems)"}
+        log.info("song %s: already queued or running as job %s with %s; request joined it%s",
+                 upload.songhash, holder, model, seen_as(answered, holder))
+        joined = f"job {holder}, which has" if caller is None else "a job with"
+        return {"hash": upload.songhash, "id": answered,
+                "reason": f"{ENQUEUED} (joined {joined} the same song, model and stems)"}
     try:
-        enqueue(backend, upload, job, model)
+        enqueue(backend, upload, job, model, caller)
     except BaseException:
         backend.joins.release(active, job.id or "")
         raise
@@ -152,10 +168,28 @@ def submit(backend: Backend, upload: Upload) -> dict[str, str]:
     return {"hash": upload.songhash, "id": job.id or "", "reason": ENQUEUED}
 
 
-def claim(backend: Backend, active: str, job: Job) -> str:
-    """The job that will separate this content; 429 when it has no room for another callback."""
+def own_view(backend: Backend, caller: str | None, job: Job, upload: Upload, model: str,
+             runs_as: str, waiting: bool) -> str:
+    """The id a request served by job ``runs_as`` is answered with: that job's, or, for a
+    client of API_KEYS, the request's own id, a view of it (``rest.owners``)."""
+    if caller is None:
+        return runs_as
+    backend.owners.view(caller, job.id or "", runs_as, upload.songhash, model, upload.name,
+                        waiting)
+    return job.id or ""
+
+
+def seen_as(answered: str, job_id: str) -> str:
+    return "" if answered == job_id else f" (the client's job {answered})"
+
+
+def claim(backend: Backend, active: str, job: Job, caller: str | None = None) -> str:
+    """The job that will separate this content; 429 when it has no room for another callback.
+
+    A client of API_KEYS that joins is answered with its own id, which its callback names.
+    """
     try:
-        return backend.joins.claim(active, job)
+        return backend.joins.claim(active, job, None if caller is None else job.id)
     except JoinFull as full:
         raise HTTPException(
             429, f"job {full.job_id} separates this song already and carries {MAX_JOINED} "
@@ -163,13 +197,17 @@ def claim(backend: Backend, active: str, job: Job) -> str:
             headers={"Retry-After": "60"}) from None
 
 
-def enqueue(backend: Backend, upload: Upload, job: Job, model: str) -> None:
+def enqueue(backend: Backend, upload: Upload, job: Job, model: str, caller: str | None = None
+            ) -> None:
     """Store the input, record the job as queued, then push it: in that order."""
     settings = backend.settings
     backend.ensure_buckets()
     backend.storage.fput_object(settings.queue_bucket, input_key(upload.songhash),
                                 str(upload.path), content_type="audio/mpeg")
-    backend.status.queued(job.id or "", upload.songhash, model, upload.name)
+    owner = {} if caller is None else {"client": caller}
+    backend.status.queued(job.id or "", upload.songhash, model, upload.name, **owner)
+    if caller is not None:
+        backend.owners.owned_job(caller, job.id or "", upload.songhash, waiting=True)
     backend.queue.enqueue(job.to_json(), job.id)
     SONGS.labels("enqueued").inc()
     log.info("job %s: song %s (%.1f s, %d bytes) enqueued, model %s", job.id, upload.songhash,
@@ -195,26 +233,33 @@ def find_separated(backend: Backend, job: Job, model: str) -> dict[str, Any] | N
     return record
 
 
-def notify_done(backend: Backend, job: Job, record: dict[str, Any]) -> None:
-    """Tell a deduplicated request's callback its tracks are ready, as the worker would."""
+def notify_done(backend: Backend, job: Job, record: dict[str, Any], answered: str) -> None:
+    """Tell a deduplicated request's callback its tracks are ready, as the worker would,
+    under the id the request was answered with."""
     tracks = {t: record["tracks"][t] for t in job.tracks()}
-    send_outcome(job.model_copy(update={"id": record["id"]}), job.songhash, Status.DONE.value,
+    send_outcome(job.model_copy(update={"id": answered}), job.songhash, Status.DONE.value,
                  tracks, None, backend.settings)
 
 
 @router.get("/queue", response_model=QueueResponse)
-async def queue(backend: BackendDep, offset: Annotated[int, Query(ge=0)] = 0,
+async def queue(backend: BackendDep, caller: Caller, offset: Annotated[int, Query(ge=0)] = 0,
                 limit: Annotated[int, Query(ge=1)] = QUEUE_PAGE_JOBS) -> dict[str, Any]:
     """Songhashes of the waiting jobs, in the order they will run: one page of them.
 
     ``limit`` jobs (at most ``QUEUE_PAGE_MAX_JOBS``) from the ``offset``-th next to run;
     ``total`` counts every waiting job, ``next`` is the next page's path (null on the last).
     A long song's waiting chunks (and its join) count once in a page, as their song.
+    With API_KEYS: the caller's own waiting jobs only.
     """
     limit = min(limit, backend.settings.queue_page_max_jobs)
-    total, raws = await backend.queue.page(offset, limit)
-    end = offset + len(raws)
-    return {"queue": await page_songhashes(backend, raws), "total": total, "offset": offset,
+    if caller is not None:
+        total, hashes = await run_in_threadpool(backend.owners.waiting, caller, offset, limit)
+        end = offset + len(hashes)
+    else:
+        total, raws = await backend.queue.page(offset, limit)
+        end = offset + len(raws)
+        hashes = await page_songhashes(backend, raws)
+    return {"queue": hashes, "total": total, "offset": offset,
             "limit": limit, "next": f"/apiv1/queue?offset={end}&limit={limit}"
             if end < total else None}
 
@@ -255,15 +300,21 @@ def song_of(raw: bytes) -> tuple[str, bool] | None:
 
 
 @router.get("/status/{ref}")
-async def status(ref: str, backend: BackendDep) -> JSONResponse:
+async def status(ref: str, backend: BackendDep, caller: Caller) -> JSONResponse:
     """A job's state, progress, error, tracks and attempts, by job id or songhash.
 
     A songhash names its latest job. ``urls`` gives each track's download path; a queued
     job has its 1-based ``position`` in the queue, from counters (``JobQueue.position``);
     null for a job pushed by other means than ``JobQueue.enqueue``.
     """
-    record = await backend.status.get_async(ref) \
-        if JOB_ID_RE.fullmatch(ref) or SONGHASH_RE.fullmatch(ref) else None
+    record, run_id = None, ""
+    if caller is not None:  # API_KEYS: the caller's own job, or a view of the one doing it
+        found = await backend.owners.status_async(caller, ref)
+        if found is not None:
+            record, run_id = found
+    elif JOB_ID_RE.fullmatch(ref) or SONGHASH_RE.fullmatch(ref):
+        record = await backend.status.get_async(ref)
+        run_id = record["id"] if record is not None else ""
     if record is None:
         raise HTTPException(404, f"no job or song {ref!r} is known (records expire after "
                                  f"STATUS_TTL_S={backend.settings.status_ttl_s} s)")
@@ -272,32 +323,50 @@ async def status(ref: str, backend: BackendDep) -> JSONResponse:
     which = f"?model={model}" if model else ""
     # how long a callback took would let a client time ports inside the service's network
     timings = {stage: s for stage, s in record.get("timings", {}).items() if stage != "webhook"}
-    result = {**record, "hash": songhash, "timings": timings,
+    shown = {name: value for name, value in record.items() if name not in OWNER_FIELDS}
+    result = {**shown, "hash": songhash, "timings": timings,
               "urls": {track: f"/apiv1/track/{songhash}/{track}{which}"
                        for track in record["tracks"]}}
     if record.get("state") == Status.QUEUED.value:
-        result["position"] = await backend.queue.position_async(record["id"])
+        result["position"] = await backend.queue.position_async(run_id)
     return JSONResponse(result)
 
 
 @router.post("/cancel/{ref}", response_model=CancelResponse, responses={202: {}})
-def cancel(ref: str, backend: BackendDep) -> JSONResponse:
+async def cancel(ref: str, backend: BackendDep, caller: Caller) -> JSONResponse:
     """Cancel a job, by id or songhash (its latest job).
 
     A queued job is cancelled at once (200, ``cancelled``): it never starts. A running one is
     being cancelled (202, ``cancelling``): its worker stops Demucs within 2 s and the status
     reads ``cancelled``, unless its tracks were already being stored (then ``done``). A long
     song's chunks and join are cancelled with it. 409 for a job already ended, 404 for an
-    unknown one. Its webhook is sent with the state ``cancelled``.
+    unknown one. Its webhook is sent with the state ``cancelled``. With API_KEYS, only the
+    caller's own jobs (another's is 404); a job that only follows another client's work of the
+    same song is cancelled for the caller alone.
     """
-    record = backend.status.get(ref) if JOB_ID_RE.fullmatch(ref) or SONGHASH_RE.fullmatch(ref) \
-        else None
+    record, run_id = None, ""
+    if caller is not None:
+        found = await backend.owners.status_async(caller, ref)
+        if found is not None:
+            record, run_id = found
+    elif JOB_ID_RE.fullmatch(ref) or SONGHASH_RE.fullmatch(ref):
+        record = await backend.status.get_async(ref)
+        run_id = record["id"] if record is not None else ""
     if record is None:
         raise HTTPException(404, f"no job or song {ref!r} is known (records expire after "
                                  f"STATUS_TTL_S={backend.settings.status_ttl_s} s)")
     job_id, state = record["id"], Status(record["state"])
     if state.final:
         raise HTTPException(409, f"job {job_id} is already {state.value}: nothing to cancel")
+    return await run_in_threadpool(cancel_job, backend, job_id, run_id, state)
+
+
+def cancel_job(backend: Backend, job_id: str, run_id: str, state: Status) -> JSONResponse:
+    if run_id != job_id:  # the caller's view of another client's work: that work goes on
+        backend.status.cancelled(job_id, "cancelled by the client")
+        return JSONResponse({"id": job_id, "state": Status.CANCELLED.value,
+                             "reason": "Cancelled for you; the same song's separation for "
+                                       "another client goes on"})
     backend.queue.request_cancel(job_id, backend.settings.status_ttl_s)
     log.info("job %s: cancel asked while %s", job_id, state.value)
     if state is Status.QUEUED:
@@ -310,7 +379,7 @@ def cancel(ref: str, backend: BackendDep) -> JSONResponse:
 
 @router.get("/track/{songhash}/{track}", response_class=Response,
             responses={200: {"content": {"audio/mpeg": {}}}, 206: {}, 307: {}, 416: {}})
-def track(songhash: str, track: str, request: Request, backend: BackendDep,
+def track(songhash: str, track: str, request: Request, backend: BackendDep, caller: Caller,
           redirect: bool = False, download: bool = False, model: str | None = None
           ) -> Response:
     """Stream a track's MP3 (Range requests answered 206); ``?redirect=1``: a presigned URL.
@@ -320,11 +389,14 @@ def track(songhash: str, track: str, request: Request, backend: BackendDep,
     """
     name = track_name(track)
     bucket, key = backend.settings.output_bucket, track_key(backend, songhash, name, model)
+    if caller is not None and not backend.owners.owns(
+            caller, songhash, model or backend.settings.demucs_model, name):
+        raise HTTPException(404, absent_reason(backend, songhash, name, caller))
     try:
         stat = backend.storage.stat_object(bucket, key)
     except S3Error as error:
         if error.code in MISSING_OBJECT:
-            raise HTTPException(404, absent_reason(backend, songhash, name)) from None
+            raise HTTPException(404, absent_reason(backend, songhash, name, caller)) from None
         raise
     if redirect:
         url = backend.storage.presigned_get_object(
@@ -339,14 +411,24 @@ def track(songhash: str, track: str, request: Request, backend: BackendDep,
 
 
 @router.delete("/remove/{songhash}/{track}", response_model=RemoveResponse)
-def remove(songhash: str, track: str, backend: BackendDep, model: str | None = None
-           ) -> dict[str, Any]:
-    """Delete a track of a song; ``all`` deletes every track of it (of ``?model=``)."""
+def remove(songhash: str, track: str, backend: BackendDep, caller: Caller,
+           model: str | None = None) -> dict[str, Any]:
+    """Delete a track of a song; ``all`` deletes every track of it (of ``?model=``).
+
+    With API_KEYS the caller's own tracks: an object goes once no other client owns it.
+    """
     names = TRACKS if track == "all" else (track_name(track),)
-    bucket = backend.settings.output_bucket
-    removed = []
+    bucket, model_name = backend.settings.output_bucket, model or backend.settings.demucs_model
+    removed, deleted = [], []
     for name in names:
         key = track_key(backend, songhash, name, model)
+        if caller is not None:
+            others = backend.owners.release(caller, songhash, model_name, name)
+            if others < 0:  # not the caller's
+                continue
+            if others > 0:  # gone for the caller; kept for the clients that still own it
+                removed.append(name)
+                continue
         try:
             backend.storage.stat_object(bucket, key)
         except S3Error as error:
@@ -355,7 +437,8 @@ def remove(songhash: str, track: str, backend: BackendDep, model: str | None = N
             raise
         backend.storage.remove_object(bucket, key)
         removed.append(name)
-    backend.status.drop_tracks(songhash, model or backend.settings.demucs_model, removed)
+        deleted.append(name)
+    backend.status.drop_tracks(songhash, model_name, deleted)
     if not removed:
         raise HTTPException(404, f"song {songhash} has no track {track!r} to remove")
     log.info("song %s: removed %s", songhash, ", ".join(removed))
@@ -387,9 +470,11 @@ def track_key(backend: Backend, songhash: str, name: str, model: str | None = No
         raise HTTPException(404, f"{model!r} is not a model name") from None
 
 
-def absent_reason(backend: Backend, songhash: str, name: str) -> str:
-    """Why a track is not there, from its song's latest job."""
-    record = backend.status.get(songhash)
+def absent_reason(backend: Backend, songhash: str, name: str, caller: str | None = None
+                  ) -> str:
+    """Why a track is not there, from its song's latest job (the caller's, with API_KEYS)."""
+    record = backend.status.get(songhash) if caller is None else \
+        backend.owners.latest(caller, songhash)
     if record is None:
         return f"no song {songhash} is known: send it to /apiv1/separate first"
     state = record.get("state")

@@ -1,8 +1,9 @@
 """What the sample request scripts share: talking to the REST service with ``requests``.
 
 The service is ``REST`` (``host:port``, as the lab's scripts take it) or ``--host``; while
-``make demo`` runs, its address is read from ``.run/demo/demo.env``. With ``API_TOKEN`` set,
-every request carries it. Errors a person can act on are raised as ``ClientError`` with one
+``make demo`` runs, its address is read from ``.run/demo/demo.env``. With ``API_KEY`` (a
+client's own key, when the service has ``API_KEYS``) or ``API_TOKEN`` set, every request
+carries it. Errors a person can act on are raised as ``ClientError`` with one
 plain sentence. The scripts run in the project's environment (``source .venv/bin/activate``):
 without it they say so in one line.
 """
@@ -63,7 +64,7 @@ def call(method: str, url: str, **kwargs: Any) -> requests.Response:
     Over the service's rate limit (429), it waits the ``Retry-After`` it is told, a few times.
     """
     headers = kwargs.pop("headers", {})
-    if token := os.getenv("API_TOKEN"):
+    if token := os.getenv("API_KEY") or os.getenv("API_TOKEN"):
         headers["Authorization"] = f"Bearer {token}"
     timeout_s = kwargs.pop("timeout", REQUEST_TIMEOUT_S)
     for _ in range(RATE_LIMITED_TRIES):

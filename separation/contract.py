@@ -126,6 +126,22 @@ class Keys:
         """The latest job of a song, whatever its model."""
         return f"song:{songhash}"
 
+    # With API_KEYS, what each client owns (``rest.owners``); client names are checked whole.
+    @staticmethod
+    def owners(songhash: str, model: str) -> str:
+        """Set of ``<client>/<track>``: who owns each track of a song made with a model."""
+        return f"owners:{songhash}:{model}"
+
+    @staticmethod
+    def client_song(client: str, songhash: str) -> str:
+        """A client's latest job of a song: what ``/status/<songhash>`` shows it."""
+        return f"client:{client}:song:{songhash}"
+
+    @staticmethod
+    def client_waiting(client: str) -> str:
+        """Sorted set of a client's jobs that may still be waiting (by enqueue time)."""
+        return f"client:{client}:waiting"
+
 
 class InvalidJob(ValueError):
     """A job payload that can never be run, whatever is retried."""

@@ -196,6 +196,13 @@ class JobQueue:
         """The 1-based place of a waiting job, from the counters (see *Positions*)."""
         return self._position(keys=self._position_keys(job_id))
 
+    def positions(self, job_ids: list[str]) -> list[int | None]:
+        """``position`` of each of these jobs, in one round trip."""
+        with self.redis.pipeline(transaction=False) as pipe:
+            for job_id in job_ids:
+                self._position(keys=self._position_keys(job_id), client=pipe)
+            return list(pipe.execute())
+
     async def position_async(self, job_id: str) -> int | None:
         """``position`` on the asyncio client, for the REST status route."""
         if self._position_async is None:

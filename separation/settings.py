@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+from separation.clients import parse_api_keys
 from separation.contract import MODEL_RE, check_output_key_pattern
 from separation.egress import EgressPolicy
 from separation.logs import LOG_ENTRY_MAX_BYTES
@@ -79,6 +80,8 @@ class Settings:
     work_dir: str | None = None  # parent of per-job temp dirs; None: the system's
     host: str = socket.gethostname()
     api_token: str | None = None
+    api_keys: str | None = None  # name:key,... : clients that each see only their own songs
+    client_max_waiting: int = 1000  # with API_KEYS: a client's jobs waiting at once; more: 429
     presign_ttl_s: int = 3600  # lifetime of a ?redirect=1 presigned track URL
     webhook_allow_local: bool = False  # callbacks to loopback/private addresses (make demo)
     webhook_allowlist: str | None = None  # hosts and CIDRs allowed even when local ones are not
@@ -122,8 +125,11 @@ class Settings:
                              f"{LOG_ENTRY_MAX_BYTES} (one entry)")
         if self.rate_limit_per_min < 0 or self.webhook_timeout_s <= 0:
             raise ValueError("RATE_LIMIT_PER_MIN must be >= 0 and WEBHOOK_TIMEOUT_S > 0")
-        if self.queue_page_max_jobs < 1 or self.rest_max_in_flight < 1:
-            raise ValueError("QUEUE_PAGE_MAX_JOBS and REST_MAX_IN_FLIGHT must be at least 1")
+        if self.queue_page_max_jobs < 1 or self.rest_max_in_flight < 1 or \
+                self.client_max_waiting < 1:
+            raise ValueError("QUEUE_PAGE_MAX_JOBS, REST_MAX_IN_FLIGHT and CLIENT_MAX_WAITING "
+                             "must be at least 1")
+        parse_api_keys(self.api_keys, self.api_token)  # ValueError
         if not 0 < self.cancel_poll_s <= 1:
             raise ValueError("CANCEL_POLL_S must be in (0, 1]: a cancel stops Demucs within 2 s")
         if self.poll_s >= 5:

@@ -59,12 +59,14 @@ class StatusStore:
             pipe.expire(Keys.job(job_id), self.ttl_s)
             pipe.execute()
 
-    def queued(self, job_id: str, songhash: str | None, model: str, name: str = "") -> None:
-        """A producer's record of a job it has just pushed; ``name``: the song's file name."""
+    def queued(self, job_id: str, songhash: str | None, model: str, name: str = "",
+               **extra: str) -> None:
+        """A producer's record of a job it has just pushed; ``name``: the song's file name;
+        ``extra``: more fields (``rest.owners``: the client that owns it)."""
         now = time.time()
         self._write(job_id, id=job_id, state=Status.QUEUED.value, songhash=songhash or "",
                     name=name, model=model, stage="queued", progress=0, attempts=0, error="",
-                    tracks={}, created_at=now, started_at="", finished_at="")
+                    tracks={}, created_at=now, started_at="", finished_at="", **extra)
         if songhash:
             self.link_song(job_id, songhash, model)
 

@@ -284,8 +284,10 @@ def test_rest_probes_hit_the_probe_port_and_the_service_the_rest_port(rendered: 
     assert int(annotations["prometheus.io/port"]) == settings.metrics_port
 
 
-def test_rest_serves_the_probed_paths() -> None:
-    assert {"/healthz", "/", "/metrics"} <= rest_routes()
+def test_rest_serves_the_probed_paths_and_no_metrics_on_the_api_port() -> None:
+    routes = rest_routes()
+    assert {"/healthz", "/"} <= routes
+    assert "/metrics" not in routes  # Prometheus scrapes METRICS_PORT, which no Service exposes
 
 
 def test_services_select_pods_and_name_their_ports(rendered: dict) -> None:
