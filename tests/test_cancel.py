@@ -134,3 +134,28 @@ def test_cancel_answers_clearly_for_unknown_and_finished_jobs(stack, rest, make_
     assert stack.wait_for(job_id)["state"] == "done"
     done = requests.post(f"{rest.url}/apiv1/cancel/{job_id}", timeout=TIMEOUT_S)
     assert done.status_code == 409 and "already done" in done.json()["reason"]
+
+
+def test_with_api_keys_a_client_cancels_only_its_own(stack, start_rest, make_song):
+    keys = {"alice": "alice-key-0123456789", "bob": "bob-key-0123456789ab"}
+    rest = start_rest(API_KEYS=",".join(f"{n}:{k}" for n, k in keys.items()))
+    alice, bob = ({"Authorization": f"Bearer {keys[n]}"} for n in ("alice", "bob"))
+    song = make_song(seconds=2, seed=38)
+    body = {"mp3": base64.b64encode(song.read_bytes()).decode(), "stems": ["vocals"]}
+    ids = {}
+    for name, headers in (("alice", alice), ("bob", bob)):
+        answer = requests.post(f"{rest.url}/apiv1/separate", json=body, headers=headers,
+                               timeout=TIMEOUT_S)
+        assert answer.status_code == 200, answer.text
+        ids[name] = answer.json()["id"]
+    denied = requests.post(f"{rest.url}/apiv1/cancel/{ids['alice']}", headers=bob,
+                           timeout=TIMEOUT_S)
+    assert denied.status_code == 404  # not 403: another's job is not confirmed to exist
+    own = requests.post(f"{rest.url}/apiv1/cancel/{ids['bob']}", headers=bob, timeout=TIMEOUT_S)
+    assert own.status_code == 200 and own.json()["state"] == "cancelled"
+    stack.start_worker(BATCH_MAX="1")
+    # bob's request followed alice's work of the same song: alice's job still runs to the end
+    assert stack.wait_for(ids["alice"])["state"] == "done"
+    bob_view = requests.get(f"{rest.url}/apiv1/status/{ids['bob']}", headers=bob,
+                            timeout=TIMEOUT_S).json()
+    assert bob_view["state"] == "cancelled"
