@@ -117,6 +117,14 @@ def submit(base: str, song: Path, callback_url: str | None, model: str | None = 
     return call("POST", f"{base}/apiv1/separate", json=body).json()
 
 
+FINAL = ("done", "failed", "cancelled")
+
+
+def cancel(base: str, ref: str) -> dict[str, Any]:
+    """Cancel a job (by id or songhash): a queued one never starts, a running one stops."""
+    return call("POST", f"{base}/apiv1/cancel/{ref}").json()
+
+
 def status(base: str, job_id: str) -> dict[str, Any]:
     return call("GET", f"{base}/apiv1/status/{job_id}").json()
 
@@ -128,10 +136,10 @@ def wait(base: str, job_ids: Sequence[str], timeout_s: float) -> dict[str, dict[
     progress = Progress()
     while True:
         for job_id in job_ids:
-            if records.get(job_id, {}).get("state") not in ("done", "failed"):
+            if records.get(job_id, {}).get("state") not in FINAL:
                 records[job_id] = status(base, job_id)
         progress.show(list(records.values()))
-        if all(r["state"] in ("done", "failed") for r in records.values()):
+        if all(r["state"] in FINAL for r in records.values()):
             progress.close()
             return records
         if time.monotonic() > deadline:

@@ -22,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from sample_client import (  # after the path above
     ClientError,
     base_url,
+    cancel,
     default_host,
     download,
     report,
@@ -44,7 +45,17 @@ def main() -> int:
     parser.add_argument("--callback", help="webhook URL (default: the service's own root)")
     parser.add_argument("--no-callback", action="store_true", help="send no callback")
     parser.add_argument("--timeout-s", type=float, default=900, help="give up waiting after")
+    parser.add_argument("--cancel", metavar="JOB", help="cancel a job (its id or songhash) and "
+                                                        "exit")
     args = parser.parse_args()
+
+    if args.cancel:
+        try:
+            print(json.dumps(cancel(base_url(args.host), args.cancel), sort_keys=True))
+        except ClientError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+        return 0
 
     if args.file is not None:
         if not args.file.is_file():

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import base64
 import json
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import requests
 
+import devstack
 from separation.contract import Keys
 from separation.queue import JobQueue
 from tests.waiting import wait_until
@@ -159,3 +162,14 @@ def test_with_api_keys_a_client_cancels_only_its_own(stack, start_rest, make_son
     bob_view = requests.get(f"{rest.url}/apiv1/status/{ids['bob']}", headers=bob,
                             timeout=TIMEOUT_S).json()
     assert bob_view["state"] == "cancelled"
+
+
+def test_the_sample_client_cancels(stack, rest, make_song):
+    job_id = _submit(rest, make_song(seconds=2, seed=39))
+    run = subprocess.run([sys.executable, str(devstack.ROOT / "sample-requests" /
+                                              "short-sample-request.py"), "--cancel", job_id],
+                         env={**stack.env, "REST": rest.host}, capture_output=True, text=True,
+                         timeout=60)
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout)["state"] == "cancelled"
+    assert stack.status(job_id)["state"] == "cancelled"
