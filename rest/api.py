@@ -299,16 +299,13 @@ def song_of(raw: bytes) -> tuple[str, bool] | None:
     return None
 
 
-@router.get("/status/{ref}")
-async def status(ref: str, backend: BackendDep, caller: Caller) -> JSONResponse:
-    """A job's state, progress, error, tracks and attempts, by job id or songhash.
-
-    A songhash names its latest job. ``urls`` gives each track's download path; a queued
-    job has its 1-based ``position`` in the queue, from counters (``JobQueue.position``);
-    null for a job pushed by other means than ``JobQueue.enqueue``.
-    """
+async def find_job(backend: Backend, caller: str | None, ref: str
+                   ) -> tuple[dict[str, Any], str]:
+    """The record of job ``ref`` (an id, or a songhash: its latest job) and the id of the job
+    doing its work; 404 when unknown. With API_KEYS, the caller's own job, or its view of the
+    job doing the work (``rest.owners``)."""
     record, run_id = None, ""
-    if caller is not None:  # API_KEYS: the caller's own job, or a view of the one doing it
+    if caller is not None:
         found = await backend.owners.status_async(caller, ref)
         if found is not None:
             record, run_id = found
@@ -318,6 +315,18 @@ async def status(ref: str, backend: BackendDep, caller: Caller) -> JSONResponse:
     if record is None:
         raise HTTPException(404, f"no job or song {ref!r} is known (records expire after "
                                  f"STATUS_TTL_S={backend.settings.status_ttl_s} s)")
+    return record, run_id
+
+
+@router.get("/status/{ref}")
+async def status(ref: str, backend: BackendDep, caller: Caller) -> JSONResponse:
+    """A job's state, progress, error, tracks and attempts, by job id or songhash.
+
+    A songhash names its latest job. ``urls`` gives each track's download path; a queued
+    job has its 1-based ``position`` in the queue, from counters (``JobQueue.position``);
+    null for a job pushed by other means than ``JobQueue.enqueue``.
+    """
+    record, run_id = await find_job(backend, caller, ref)
     songhash = record.get("songhash") or ""
     model = backend.settings.key_model(record.get("model"))
     which = f"?model={model}" if model else ""
@@ -344,17 +353,7 @@ async def cancel(ref: str, backend: BackendDep, caller: Caller) -> JSONResponse:
     caller's own jobs (another's is 404); a job that only follows another client's work of the
     same song is cancelled for the caller alone.
     """
-    record, run_id = None, ""
-    if caller is not None:
-        found = await backend.owners.status_async(caller, ref)
-        if found is not None:
-            record, run_id = found
-    elif JOB_ID_RE.fullmatch(ref) or SONGHASH_RE.fullmatch(ref):
-        record = await backend.status.get_async(ref)
-        run_id = record["id"] if record is not None else ""
-    if record is None:
-        raise HTTPException(404, f"no job or song {ref!r} is known (records expire after "
-                                 f"STATUS_TTL_S={backend.settings.status_ttl_s} s)")
+    record, run_id = await find_job(backend, caller, ref)
     job_id, state = record["id"], Status(record["state"])
     if state.final:
         raise HTTPException(409, f"job {job_id} is already {state.value}: nothing to cancel")
