@@ -15,8 +15,8 @@ A job's lifecycle, one method each:
                       to the sources they need, ``separation.bags``, is a model of its own); if
                       it fails, each job not yet separated runs alone so one bad file fails
                       only itself.
-5. ``deliver_tracks`` mix the derived tracks from the WAV stems, encode each track to MP3 once,
-                      ``fput_object`` each one.
+5. ``deliver_tracks`` mix the derived tracks from the WAV stems, encode each track once in
+                      the job's format (MP3, FLAC, WAV), ``fput_object`` each one.
 6. ``finish_job``     status ``done``, webhooks (``notify``: the job's callback and those of
                       the requests that joined it), acknowledge (LREM).
    ``fail_job``       retry (back onto the queue) or fail for good (dead-letter list), webhook.
@@ -54,7 +54,7 @@ from urllib3.exceptions import HTTPError
 from separation import errors
 from separation.audio import NotAudio, TooLong, mix_and_encode, probe_mp3, sources_for, write_mix
 from separation.bags import PrunedBag, pruned_bag
-from separation.connections import connect_minio, connect_redis, ensure_bucket
+from separation.connections import connect_minio, connect_redis
 from separation.contract import (
     InvalidJob,
     Job,
@@ -66,11 +66,13 @@ from separation.contract import (
     sha256_file,
 )
 from separation.demucs_cli import DemucsOptions, cuda_present, failure_of, run_demucs
+from separation.formats import Encoding
 from separation.joins import Joins
 from separation.logs import configure_logging
 from separation.long_songs import LongSongs, wav_duration_s
 from separation.observability import IN_FLIGHT, JOB_SECONDS, JOBS, QUEUE_DEPTH, STAGE_SECONDS, serve
 from separation.queue import JobQueue
+from separation.retention import expires_at, prepare_bucket
 from separation.settings import Settings
 from separation.status import StatusStore
 from separation.webhook import send_outcome
@@ -256,7 +258,8 @@ class Worker:
                 duration_s = self._probe(task.input_path, where)
                 if task.songhash is None:
                     task.songhash = sha256_file(task.input_path)
-                    self.status.link_song(task.id, task.songhash, self._model(task))
+                self.status.link_song(task.id, task.songhash, self._model(task),
+                                      self._encoding(task).variant)
         self.status.update(task.id, songhash=task.songhash or "", duration_s=round(duration_s, 3))
         if self.long_songs.should_split(task.job, duration_s):
             self.split_long_song(task, duration_s)
@@ -336,7 +339,8 @@ class Worker:
             log.info("jobs %s: running %s", ",".join(t.id for t in tasks), pruned.description())
         options = DemucsOptions(model=model, device=device, threads=self.settings.threads,
                                 shifts=self.settings.demucs_shifts,
-                                segment=self.settings.demucs_segment, repo=repo)
+                                segment=self.settings.demucs_segment, repo=repo,
+                                int24=any(self._encoding(t).bit_depth == 24 for t in tasks))
         inputs = [t.input_path for t in tasks if t.input_path is not None]
         progress = _ProgressWriter(self.status, tasks)
         run = run_demucs(options, out_dir, inputs, self.settings.job_timeout_s * len(tasks),
@@ -384,22 +388,26 @@ class Worker:
         if task.stem_dir is None or task.input_path is None or not task.songhash:
             raise RuntimeError(f"job {task.id} reached delivery without stems or input")
         self._stage(task, "encoding", 90)
+        encoding = self._encoding(task)
         with self._timed(task, "encode"):
             if "instrumental" in task.job.tracks():
                 write_mix(task.input_path, task.stem_dir)
             files = mix_and_encode(task.stem_dir, task.job.tracks(), task.work_dir / "tracks",
-                                   self.settings.mp3_bitrate_kbps, self.settings.threads)
+                                   encoding, self.settings.threads)
         if "original" in task.job.tracks():
-            files["original"] = task.input_path
+            files["original"] = task.input_path  # the input MP3 itself, in every format
         self._stage(task, "uploading", 95)
+        self.status.update(task.id, **encoding.fields(), expires_at=expires_at(
+            time.time(), self.settings.retention_days) or "")
         keys: dict[str, str] = {}
         metadata = {"model": model, "songhash": task.songhash, "job-id": task.id}
         with self._timed(task, "upload"):
             for track in task.job.tracks():
                 key = output_key(self.settings.output_key, task.songhash, track,
-                                 self.settings.key_model(model))
+                                 self.settings.key_model(model), encoding)
+                content_type = "audio/mpeg" if track == "original" else encoding.content_type
                 self.storage.fput_object(self.settings.output_bucket, key, str(files[track]),
-                                         content_type="audio/mpeg",
+                                         content_type=content_type,
                                          metadata={**metadata, "track": track})
                 keys[track] = key
         return keys
@@ -464,7 +472,8 @@ class Worker:
                error: str | None) -> None:
         """Send a job's outcome to its callback and those of the requests that joined it."""
         active = None if job.chunk_of or not songhash else \
-            Keys.active(songhash, job.model or self.settings.demucs_model, job.tracks())
+            Keys.active(songhash, job.model or self.settings.demucs_model, job.tracks(),
+                        job.encoding(self.settings.mp3_bitrate_kbps).variant)
         joined = self.joins.settle(job, active)
         refused = send_outcome(job, songhash, state, tracks, error, self.settings, joined)
         if refused is not None and job.id:
@@ -553,7 +562,7 @@ class Worker:
         while not self.stopping.is_set():
             try:
                 for bucket in (self.settings.queue_bucket, self.settings.output_bucket):
-                    ensure_bucket(self.storage, bucket)
+                    prepare_bucket(self.storage, bucket, self.settings.retention_days)
                 return
             except (S3Error, HTTPError, OSError) as error:
                 log.warning("MinIO unreachable (%s); retrying in %.1f s", error, delay_s)
@@ -579,6 +588,9 @@ class Worker:
 
     def _model(self, task: Task) -> str:
         return task.job.model or self.settings.demucs_model
+
+    def _encoding(self, task: Task) -> Encoding:
+        return task.job.encoding(self.settings.mp3_bitrate_kbps)
 
     def _run_of(self, task: Task) -> tuple[str, PrunedBag | None]:
         """The model a job runs, and the pruned bag its sources need (None: all of it)."""
