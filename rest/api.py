@@ -3,13 +3,17 @@
 A separation request ends as a job on the worker's contract (``separation.contract.Job``):
 the MP3 is stored as ``<songhash>.mp3`` in the input bucket, the job's ``queued`` status is
 recorded, and only then is the job pushed onto ``toWorkers``. A song already separated with
-the same model, whose tracks still exist, is not separated again.
+the same model in the same encoding (``separation.formats``), whose tracks still exist, is not
+separated again; asked for in another encoding, it is separated again (its tracks are never
+transcoded from another format). Results expire ``RETENTION_DAYS`` after they are written
+(``separation.retention``): the status says when.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import time
 import uuid
 from datetime import timedelta
 from typing import Annotated, Any
@@ -22,6 +26,7 @@ from pydantic import BaseModel
 
 from rest.backend import Backend, BackendDep, client_of, get_backend, require_token
 from rest.observability import SONGS
+from rest.removal import remove_tracks
 from rest.tracks import stream_track
 from rest.uploads import SeparateRequest, Upload, normalize_stems, receive_upload
 from separation.contract import (
@@ -33,11 +38,13 @@ from separation.contract import (
     Keys,
     Status,
     input_key,
-    normalize_track,
     output_key,
     parse_job,
+    split_track_name,
 )
+from separation.formats import Encoding, all_encodings, check_format_fields
 from separation.joins import MAX_JOINED, JoinFull
+from separation.retention import expires_at, iso_utc
 from separation.webhook import send_outcome
 
 log = logging.getLogger("rest")
@@ -63,6 +70,7 @@ class QueueResponse(BaseModel):
 class RemoveResponse(BaseModel):
     hash: str
     removed: list[str]
+    upload_removed: bool
     reason: str
 
 
@@ -77,7 +85,9 @@ _FORM_SCHEMA = {
     "type": "object", "required": ["file"],
     "properties": {"file": {"type": "string", "format": "binary"}, "model": {"type": "string"},
                    "stems": {"type": "array", "items": {"type": "string"}},
-                   "callback": {"type": "string", "description": "a JSON object"}},
+                   "callback": {"type": "string", "description": "a JSON object"},
+                   "format": {"type": "string", "enum": ["mp3", "flac", "wav"]},
+                   "bitrate": {"type": "integer"}, "bit_depth": {"type": "integer"}},
 }
 _SEPARATE_BODY = {"requestBody": {"required": True, "content": {
     "application/json": {"schema": SeparateRequest.model_json_schema()},
@@ -119,7 +129,8 @@ def submit(backend: Backend, upload: Upload) -> dict[str, str]:
     except InvalidJob as error:
         raise HTTPException(400, str(error).removeprefix("invalid job: ")) from None
     model = job.model or settings.demucs_model
-    existing = find_separated(backend, job, model)
+    encoding = job.encoding(settings.mp3_bitrate_kbps)
+    existing = find_separated(backend, job, model, encoding)
     if existing is not None:
         if job.callback is not None:
             backend.callbacks.submit(notify_done, backend, job, existing)
@@ -127,8 +138,9 @@ def submit(backend: Backend, upload: Upload) -> dict[str, str]:
         log.info("song %s: already separated with %s by job %s; not queued again",
                  upload.songhash, model, existing["id"])
         return {"hash": upload.songhash, "id": existing["id"],
-                "reason": f"Song already separated with model {model}: its tracks are ready"}
-    active = Keys.active(upload.songhash, model, job.tracks())
+                "reason": f"Song already separated with model {model} as "
+                          f"{encoding.variant or 'mp3'}: its tracks are ready"}
+    active = Keys.active(upload.songhash, model, job.tracks(), encoding.variant)
     holder = claim(backend, active, job)
     if holder != job.id:
         SONGS.labels("joined").inc()
@@ -138,7 +150,7 @@ def submit(backend: Backend, upload: Upload) -> dict[str, str]:
                 "reason": f"{ENQUEUED} (joined job {holder}, which has the same song, model "
                           "and stems)"}
     try:
-        enqueue(backend, upload, job, model)
+        enqueue(backend, upload, job, model, encoding)
     except BaseException:
         backend.joins.release(active, job.id or "")
         raise
@@ -157,27 +169,33 @@ def claim(backend: Backend, active: str, job: Job) -> str:
             headers={"Retry-After": "60"}) from None
 
 
-def enqueue(backend: Backend, upload: Upload, job: Job, model: str) -> None:
+def enqueue(backend: Backend, upload: Upload, job: Job, model: str, encoding: Encoding) -> None:
     """Store the input, record the job as queued, then push it: in that order."""
     settings = backend.settings
     backend.ensure_buckets()
     backend.storage.fput_object(settings.queue_bucket, input_key(upload.songhash),
                                 str(upload.path), content_type="audio/mpeg")
-    backend.status.queued(job.id or "", upload.songhash, model, upload.name)
+    backend.status.queued(job.id or "", upload.songhash, model, upload.name, encoding.variant,
+                          **encoding.fields())
     backend.queue.enqueue(job.to_json(), job.id)
     SONGS.labels("enqueued").inc()
     log.info("job %s: song %s (%.1f s, %d bytes) enqueued, model %s", job.id, upload.songhash,
              upload.duration_s, upload.size_bytes, model)
 
 
-def find_separated(backend: Backend, job: Job, model: str) -> dict[str, Any] | None:
-    """The done job of this song and model whose tracks, all that ``job`` asks for, exist."""
-    job_id = backend.status.job_for_song(job.songhash or "", model)
+def find_separated(backend: Backend, job: Job, model: str,
+                   encoding: Encoding) -> dict[str, Any] | None:
+    """The done job of this song, model and encoding whose tracks, all that ``job`` asks
+    for, exist (under the very keys this encoding has: never another format's)."""
+    songhash, settings = job.songhash or "", backend.settings
+    job_id = backend.status.job_for_song(songhash, model, encoding.variant)
     record = backend.status.get(job_id) if job_id else None
     if record is None or record.get("state") != Status.DONE.value:
         return None
     tracks: dict[str, str] = record["tracks"]
-    if any(track not in tracks for track in job.tracks()):
+    if any(tracks.get(track) != output_key(settings.output_key, songhash, track,
+                                           settings.key_model(model), encoding)
+           for track in job.tracks()):
         return None
     for track in job.tracks():
         try:
@@ -259,33 +277,79 @@ async def status(ref: str, backend: BackendDep) -> JSONResponse:
     record = await backend.status.get_async(ref) \
         if JOB_ID_RE.fullmatch(ref) or SONGHASH_RE.fullmatch(ref) else None
     if record is None:
-        raise HTTPException(404, f"no job or song {ref!r} is known (records expire after "
-                                 f"STATUS_TTL_S={backend.settings.status_ttl_s} s)")
+        raise HTTPException(404, f"no job or song {ref!r} is known: {kept_for(backend)}, so "
+                                 "it expired, or was never sent")
     songhash = record.get("songhash") or ""
-    model = backend.settings.key_model(record.get("model"))
-    which = f"?model={model}" if model else ""
+    expiry = results_expire_at(backend, record)
+    if expiry is not None and expiry <= time.time():
+        raise HTTPException(410, f"the results of job {record['id']} (song {songhash}) expired "
+                                 f"at {iso_utc(expiry)}: {kept_for(backend)}; send the song "
+                                 "again to separate it again")
+    encoding = record_encoding(backend, record)
     # how long a callback took would let a client time ports inside the service's network
     timings = {stage: s for stage, s in record.get("timings", {}).items() if stage != "webhook"}
-    result = {**record, "hash": songhash, "timings": timings,
-              "urls": {track: f"/apiv1/track/{songhash}/{track}{which}"
+    result = {**record, "hash": songhash, "timings": timings, "expires_at": expiry,
+              "urls": {track: track_url(backend, songhash, track, record.get("model"), encoding)
                        for track in record["tracks"]}}
     if record.get("state") == Status.QUEUED.value:
         result["position"] = await backend.queue.position_async(record["id"])
     return JSONResponse(result)
 
 
-@router.get("/track/{songhash}/{track}", response_class=Response,
-            responses={200: {"content": {"audio/mpeg": {}}}, 206: {}, 307: {}, 416: {}})
-def track(songhash: str, track: str, request: Request, backend: BackendDep,
-          redirect: bool = False, download: bool = False, model: str | None = None
-          ) -> Response:
-    """Stream a track's MP3 (Range requests answered 206); ``?redirect=1``: a presigned URL.
+def kept_for(backend: Backend) -> str:
+    days = backend.settings.retention_days
+    return f"results are kept RETENTION_DAYS={days} days" if days else \
+        f"job records are kept STATUS_TTL_S={backend.settings.status_ttl_s} s"
 
-    ``track`` may end in ``.mp3``; the lab's ``base`` means ``bass``. ``?model=`` names the
-    model whose track is wanted (default: the service's ``DEMUCS_MODEL``).
+
+def results_expire_at(backend: Backend, record: dict[str, Any]) -> float | None:
+    """When a done job's tracks expire (the worker records it as it stores them)."""
+    if record.get("state") != Status.DONE.value or not backend.settings.retention_days:
+        return None
+    if record.get("expires_at"):
+        return float(record["expires_at"])
+    finished = record.get("finished_at")
+    return expires_at(finished, backend.settings.retention_days) if finished else None
+
+
+def record_encoding(backend: Backend, record: dict[str, Any]) -> Encoding:
+    """How a job's tracks are encoded, from its status record (MP3 when it says nothing)."""
+    try:
+        check_format_fields(record.get("format") or None, record.get("bitrate") or None,
+                            record.get("bit_depth") or None)
+    except ValueError:
+        return Encoding.resolve(None, None, None, backend.settings.mp3_bitrate_kbps)
+    return Encoding.resolve(record.get("format") or None, record.get("bitrate") or None,
+                            record.get("bit_depth") or None, backend.settings.mp3_bitrate_kbps)
+
+
+def track_url(backend: Backend, songhash: str, track: str, model: str | None,
+              encoding: Encoding) -> str:
+    """``/apiv1/track/<songhash>/vocals.flac?model=...&bit_depth=24``: what serves a track."""
+    original = track == "original"
+    query = [f"model={m}" for m in [backend.settings.key_model(model)] if m]
+    if not original and encoding.query():
+        query.append(encoding.query())
+    extension = ".mp3" if original else encoding.extension
+    return f"/apiv1/track/{songhash}/{track}{extension}" + (f"?{'&'.join(query)}" if query
+                                                            else "")
+
+
+@router.get("/track/{songhash}/{track}", response_class=Response,
+            responses={200: {"content": {"audio/mpeg": {}, "audio/flac": {}, "audio/wav": {}}},
+                       206: {}, 307: {}, 416: {}})
+def track(songhash: str, track: str, request: Request, backend: BackendDep,
+          redirect: bool = False, download: bool = False, model: str | None = None,
+          bitrate: int | None = None, bit_depth: int | None = None) -> Response:
+    """Stream a track (Range requests answered 206); ``?redirect=1``: a presigned URL.
+
+    ``track`` may end in ``.mp3`` (the default), ``.flac`` or ``.wav``, with ``?bitrate=``
+    (MP3) or ``?bit_depth=24`` (FLAC, WAV) for the job's variant; the lab's ``base`` means
+    ``bass``. ``?model=`` names the model whose track is wanted (default: ``DEMUCS_MODEL``).
     """
-    name = track_name(track)
-    bucket, key = backend.settings.output_bucket, track_key(backend, songhash, name, model)
+    name, encoding = track_encoding(backend, track, bitrate, bit_depth)
+    bucket = backend.settings.output_bucket
+    key = track_key(backend, songhash, name, model, encoding)
     try:
         stat = backend.storage.stat_object(bucket, key)
     except S3Error as error:
@@ -297,35 +361,37 @@ def track(songhash: str, track: str, request: Request, backend: BackendDep,
             bucket, key, expires=timedelta(seconds=backend.settings.presign_ttl_s))
         return RedirectResponse(url, status_code=307)
     disposition = "attachment" if download else "inline"
-    headers = {"ETag": f'"{stat.etag}"',
-               "Content-Disposition": f'{disposition}; filename="{songhash[:12]}-{name}.mp3"'}
+    extension = ".mp3" if name == "original" else encoding.extension
+    headers = {"ETag": f'"{stat.etag}"', "Content-Disposition":
+               f'{disposition}; filename="{songhash[:12]}-{name}{extension}"'}
+    media_type = "audio/mpeg" if name == "original" else encoding.content_type
     return stream_track(backend.storage, bucket, key, int(stat.size or 0),
                         request.headers.get("range"), headers,
-                        head_only=request.method == "HEAD")
+                        head_only=request.method == "HEAD", media_type=media_type)
 
 
 @router.delete("/remove/{songhash}/{track}", response_model=RemoveResponse)
-def remove(songhash: str, track: str, backend: BackendDep, model: str | None = None
-           ) -> dict[str, Any]:
-    """Delete a track of a song; ``all`` deletes every track of it (of ``?model=``)."""
-    names = TRACKS if track == "all" else (track_name(track),)
-    bucket = backend.settings.output_bucket
-    removed = []
-    for name in names:
-        key = track_key(backend, songhash, name, model)
-        try:
-            backend.storage.stat_object(bucket, key)
-        except S3Error as error:
-            if error.code in MISSING_OBJECT:
-                continue
-            raise
-        backend.storage.remove_object(bucket, key)
-        removed.append(name)
-    backend.status.drop_tracks(songhash, model or backend.settings.demucs_model, removed)
-    if not removed:
+def remove(songhash: str, track: str, backend: BackendDep, model: str | None = None,
+           bitrate: int | None = None, bit_depth: int | None = None) -> dict[str, Any]:
+    """Delete a track of a song (``vocals.flac``: in that format); ``all`` deletes every track
+    of it in every format (of ``?model=``). The song's upload goes too once no job needs it."""
+    if track == "all":
+        track_key(backend, songhash, "vocals", model)  # 404 for a bad songhash or model
+        names: tuple[str, ...] = TRACKS
+        encodings = all_encodings(backend.settings.mp3_bitrate_kbps)
+    else:
+        name, encoding = track_encoding(backend, track, bitrate, bit_depth)
+        track_key(backend, songhash, name, model, encoding)
+        names, encodings = (name,), [encoding]
+    removed = remove_tracks(backend, songhash, model, names, encodings)
+    if not removed.labels:
         raise HTTPException(404, f"song {songhash} has no track {track!r} to remove")
-    log.info("song %s: removed %s", songhash, ", ".join(removed))
-    return {"hash": songhash, "removed": removed, "reason": f"Removed {', '.join(removed)}"}
+    log.info("song %s: removed %s%s", songhash, ", ".join(removed.labels),
+             " and its upload" if removed.upload_removed else "")
+    return {"hash": songhash, "removed": removed.labels,
+            "upload_removed": removed.upload_removed,
+            "reason": f"Removed {', '.join(removed.labels)}"
+                      + (" and the song's upload" if removed.upload_removed else "")}
 
 
 router.add_api_route("/track/{songhash}/{track}", track, methods=["HEAD"],
@@ -335,20 +401,28 @@ router.add_api_route("/remove/{songhash}/{track}", remove, methods=["GET"],
                      summary="Remove (with GET, as the lab's clients do)")
 
 
-def track_name(track: str) -> str:
+def track_encoding(backend: Backend, track: str, bitrate: int | None,
+                   bit_depth: int | None) -> tuple[str, Encoding]:
+    """The track a route names (``vocals.flac``) and the encoding it names with the query."""
     try:
-        return normalize_track(track)
+        name, fmt = split_track_name(track)
     except ValueError as error:
         raise HTTPException(404, str(error)) from None
+    try:
+        check_format_fields(fmt, bitrate, bit_depth)
+    except ValueError as error:
+        raise HTTPException(400, str(error)) from None
+    return name, Encoding.resolve(fmt, bitrate, bit_depth, backend.settings.mp3_bitrate_kbps)
 
 
-def track_key(backend: Backend, songhash: str, name: str, model: str | None = None) -> str:
+def track_key(backend: Backend, songhash: str, name: str, model: str | None = None,
+              encoding: Encoding | None = None) -> str:
     if not SONGHASH_RE.fullmatch(songhash):
         raise HTTPException(404, f"{songhash!r} is not a songhash (64 lowercase hex "
                                  "characters, the SHA-256 of the MP3)")
     try:
         return output_key(backend.settings.output_key, songhash, name,
-                          backend.settings.key_model(model))
+                          backend.settings.key_model(model), encoding)
     except ValueError:
         raise HTTPException(404, f"{model!r} is not a model name") from None
 
@@ -357,10 +431,16 @@ def absent_reason(backend: Backend, songhash: str, name: str) -> str:
     """Why a track is not there, from its song's latest job."""
     record = backend.status.get(songhash)
     if record is None:
-        return f"no song {songhash} is known: send it to /apiv1/separate first"
+        return (f"no song {songhash} is known ({kept_for(backend)}): send it to "
+                "/apiv1/separate")
+    expiry = results_expire_at(backend, record)
+    if expiry is not None and expiry <= time.time():
+        return (f"the tracks of song {songhash} expired at {iso_utc(expiry)} "
+                f"({kept_for(backend)}): send it to /apiv1/separate again")
     state = record.get("state")
     if state in (Status.QUEUED.value, Status.RUNNING.value):
         return f"song {songhash} is not separated yet: {state}, {record['progress']:.0f}%"
     if state == Status.FAILED.value:
         return f"separation of song {songhash} failed: {record.get('error')}"
-    return f"track {name} of song {songhash} does not exist (removed, or not among its stems)"
+    return (f"track {name} of song {songhash} does not exist in that format (removed, not "
+            "among its stems, or made in another format: see its status' urls)")

@@ -98,3 +98,10 @@ def check_format_fields(fmt: str | None, bitrate_kbps: int | None,
             raise ValueError("bit_depth applies to formats flac and wav only")
         if bit_depth not in BIT_DEPTHS:
             raise ValueError("bit_depth must be 16 or 24")
+
+
+def all_encodings(default_bitrate_kbps: int) -> list[Encoding]:
+    """Every encoding a job can ask for (what ``remove .../all`` looks for)."""
+    mp3 = [Encoding.resolve("mp3", rate, None, default_bitrate_kbps) for rate in MP3_BITRATES_KBPS]
+    return [*mp3, *(Encoding.resolve(fmt, None, depth, default_bitrate_kbps)
+                    for fmt in ("flac", "wav") for depth in BIT_DEPTHS)]
