@@ -325,12 +325,13 @@ def record_encoding(backend: Backend, record: dict[str, Any]) -> Encoding:
 
 def track_url(backend: Backend, songhash: str, track: str, model: str | None,
               encoding: Encoding) -> str:
-    """``/apiv1/track/<songhash>/vocals.flac?model=...&bit_depth=24``: what serves a track."""
+    """``/apiv1/track/<songhash>/vocals.flac?model=...&bit_depth=24``: what serves a track
+    (for the default MP3, the name alone, as before formats existed)."""
     original = track == "original"
     query = [f"model={m}" for m in [backend.settings.key_model(model)] if m]
     if not original and encoding.query():
         query.append(encoding.query())
-    extension = ".mp3" if original else encoding.extension
+    extension = "" if original or encoding.default else encoding.extension
     return f"/apiv1/track/{songhash}/{track}{extension}" + (f"?{'&'.join(query)}" if query
                                                             else "")
 

@@ -191,7 +191,8 @@ def download(base: str, record: dict[str, Any], folder: Path) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for track, path in sorted(record.get("urls", {}).items()):
-        target = folder / f"{track}{Path(path.split('?')[0]).suffix or '.mp3'}"
+        suffix = Path(path.split("?")[0]).suffix  # none: the default MP3
+        target = folder / f"{track}{suffix if suffix in ('.flac', '.wav', '.mp3') else '.mp3'}"
         response = call("GET", f"{base}{path}", stream=True)
         with target.open("wb") as handle:
             for chunk in response.iter_content(chunk_size=1 << 16):

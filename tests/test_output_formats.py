@@ -116,7 +116,7 @@ def test_flac_after_mp3_is_flac_and_each_format_is_deduplicated(stack, rest, son
                           json={"mp3": b64(song), "stems": ["vocals"]}).json()
     mp3 = wait_done(rest, first["id"])
     assert mp3["tracks"] == {"vocals": f"{songhash}-vocals.mp3"}
-    assert mp3["urls"] == {"vocals": f"/apiv1/track/{songhash}/vocals.mp3"}
+    assert mp3["urls"] == {"vocals": f"/apiv1/track/{songhash}/vocals"}  # as before formats
 
     # the same song and stems as FLAC (a multipart upload): separated again, as FLAC
     flac_answer = requests.post(
