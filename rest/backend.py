@@ -20,14 +20,10 @@ from rest.callbacks import CallbackSender
 from rest.owners import Owners
 from rest.ratelimit import RateLimit
 from separation.clients import parse_api_keys
-from separation.connections import (
-    connect_minio,
-    connect_redis,
-    connect_redis_async,
-    ensure_bucket,
-)
+from separation.connections import connect_minio, connect_redis, connect_redis_async
 from separation.joins import Joins
 from separation.queue import JobQueue
+from separation.retention import prepare_bucket
 from separation.settings import Settings
 from separation.status import StatusStore
 
@@ -69,10 +65,11 @@ class Backend:
         return bool(self.settings.api_keys)
 
     def ensure_buckets(self) -> None:
-        """Create the input and output buckets once; retried on the next upload if it fails."""
+        """Create the input and output buckets and set their expiry (``RETENTION_DAYS``) once;
+        retried on the next upload if it fails."""
         if not self.buckets_ready:
             for bucket in (self.settings.queue_bucket, self.settings.output_bucket):
-                ensure_bucket(self.storage, bucket)
+                prepare_bucket(self.storage, bucket, self.settings.retention_days)
             self.buckets_ready = True
 
 

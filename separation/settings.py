@@ -17,9 +17,13 @@ from pathlib import Path
 from separation.clients import parse_api_keys
 from separation.contract import MODEL_RE, check_output_key_pattern
 from separation.egress import EgressPolicy
+from separation.formats import MP3_BITRATES_KBPS
 from separation.logs import LOG_ENTRY_MAX_BYTES
 
 LOCAL_DEV_MINIO_USER = "minioadmin"  # MinIO's documented default, for a laptop only
+DAY_S = 24 * 3600
+STATUS_TTL_KEPT_FOREVER_S = 7 * DAY_S
+"""How long job records live when tracks never expire (``RETENTION_DAYS=0``)."""
 
 
 def available_cpus() -> int:
@@ -70,7 +74,8 @@ class Settings:
     heartbeat_ttl_s: float = 30.0
     cancel_poll_s: float = 0.5  # how often a worker reads the cancel keys of its jobs
     poll_s: float = 2.0
-    status_ttl_s: int = 7 * 24 * 3600
+    retention_days: int = 7  # songs and tracks expire this long after written; 0: never
+    status_ttl_s: int = 0  # 0: RETENTION_DAYS + 1 day (7 days when RETENTION_DAYS=0)
     webhook_timeout_s: float = 10.0
     webhook_secret: str | None = None
     metrics_port: int = 8000
@@ -105,6 +110,12 @@ class Settings:
         settings.check()
         return settings
 
+    def __post_init__(self) -> None:
+        if self.status_ttl_s == 0:  # records outlive the lifecycle's rounding to midnight UTC
+            derived = (self.retention_days + 1) * DAY_S if self.retention_days > 0 \
+                else STATUS_TTL_KEPT_FOREVER_S
+            object.__setattr__(self, "status_ttl_s", derived)
+
     def check(self) -> None:
         check_output_key_pattern(self.output_key)
         if not MODEL_RE.fullmatch(self.demucs_model) or ".." in self.demucs_model:
@@ -132,6 +143,15 @@ class Settings:
         parse_api_keys(self.api_keys, self.api_token)  # ValueError
         if not 0 < self.cancel_poll_s <= 1:
             raise ValueError("CANCEL_POLL_S must be in (0, 1]: a cancel stops Demucs within 2 s")
+        if self.mp3_bitrate_kbps not in MP3_BITRATES_KBPS:
+            raise ValueError(f"MP3_BITRATE must be one of "
+                             f"{', '.join(map(str, MP3_BITRATES_KBPS))}")
+        if self.retention_days < 0:
+            raise ValueError("RETENTION_DAYS must be >= 0 (0 keeps songs and tracks forever)")
+        if self.retention_days and self.status_ttl_s < (self.retention_days + 1) * DAY_S:
+            raise ValueError(f"STATUS_TTL_S={self.status_ttl_s} would drop job records before "
+                             f"their tracks expire: make it at least RETENTION_DAYS + 1 day "
+                             f"({(self.retention_days + 1) * DAY_S}), or leave it unset")
         if self.poll_s >= 5:
             raise ValueError("POLL_S must stay under redis-py's 5 s socket timeout")
 

@@ -246,7 +246,8 @@ def test_worker_and_rest_share_buckets_and_keys(rendered: dict) -> None:
     worker = app_settings(rendered["local"], "demucs-worker")
     rest = app_settings(rendered["local"], "demucs-rest")
     for name in ("queue_bucket", "output_bucket", "output_key", "redis_host", "redis_port",
-                 "minio_endpoint", "max_input_mb", "max_duration_s", "status_ttl_s"):
+                 "minio_endpoint", "max_input_mb", "max_duration_s", "status_ttl_s",
+                 "retention_days", "mp3_bitrate_kbps"):
         assert getattr(worker, name) == getattr(rest, name), name
 
 

@@ -148,3 +148,25 @@ def test_webhook_receiver_trusts_only_fresh_signed_deliveries(stack, tmp_path):
     refusals = log_path.read_text()
     assert refusals.count("refused a delivery") == 7, refusals
     assert "replayed" in refusals and "too old" in refusals
+
+
+def test_scripts_ask_for_a_format(stack, rest, make_song, tmp_path):
+    stack.start_worker()
+    out = tmp_path / "tracks"
+    result = run_script("short-sample-request.py", "--out", str(out), "--stems", "vocals",
+                        "--format", "flac", env={**stack.env, "REST": rest.host})
+    assert result.returncode == 0, result.stdout + result.stderr
+    folder = next(out.iterdir())
+    assert [p.name for p in folder.iterdir()] == ["vocals.flac"]
+    assert (folder / "vocals.flac").read_bytes()[:4] == b"fLaC"
+
+    result = run_script("push-job.py", "--file", str(make_song(seconds=1)), "--stems", "bass",
+                        "--format", "wav", "--bit-depth", "24", env=stack.env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    queued = next(line for line in result.stdout.splitlines() if line.startswith("queued job"))
+    job = json.loads(queued.split(": ", 1)[1])  # the worker may have taken it already
+    assert (job["format"], job["bit_depth"]) == ("wav", 24)
+    record = stack.wait_for(job["id"])
+    assert record["tracks"] == {"bass": f"{job['songhash']}-bass-24bit.wav"}, record
+    refused = run_script("push-job.py", "--format", "flac", "--bitrate", "192", env=stack.env)
+    assert refused.returncode == 2 and "bitrate applies to format mp3 only" in refused.stderr

@@ -54,6 +54,7 @@ class DemucsOptions:
     shifts: int = 0
     segment: int | None = None
     repo: str | None = None
+    int24: bool = False  # 24-bit stems (``--int24``) for jobs that want 24-bit tracks
 
 
 @dataclass(frozen=True)
@@ -77,6 +78,8 @@ def build_command(options: DemucsOptions, out_dir: Path, inputs: Sequence[Path])
         command += ["--repo", options.repo]
     if options.segment is not None:
         command += ["--segment", str(options.segment)]
+    if options.int24:
+        command.append("--int24")
     return [*command, "--", *(str(path) for path in inputs)]
 
 

@@ -1,4 +1,5 @@
-"""Tracks from Demucs' WAV stems: mixed and encoded to MP3 once each.
+"""Tracks from Demucs' WAV stems: mixed, and encoded once each to MP3, FLAC or WAV
+(``worker.encoders``).
 
 Derived tracks are mixed from the lossless WAV stems, block by block, so memory stays flat
 with song length, and every track is encoded exactly once (``acapella`` is the vocals file).
@@ -15,11 +16,13 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from pathlib import Path
 
-import lameenc
 import numpy as np
 
 from separation.contract import DEMUCS_STEMS
+from separation.formats import Encoding
 from worker.chunking import write_wav
+from worker.encoders import TrackWriter, open_writer
+from worker.pcm import clip24, read_block
 
 BLOCK_S = 10
 MIX = "mix"
@@ -45,6 +48,7 @@ def write_mix(input_path: Path, stem_dir: Path) -> Path:
 
     with wave.open(str(stem_dir / "vocals.wav"), "rb") as vocals:
         channels, rate, count = vocals.getnchannels(), vocals.getframerate(), vocals.getnframes()
+        width = vocals.getsampwidth()
     data, input_rate = sphn.read(str(input_path))
     if int(input_rate) != rate:
         data, _ = sphn.read(str(input_path), sample_rate=rate)
@@ -54,34 +58,30 @@ def write_mix(input_path: Path, stem_dir: Path) -> Path:
     frames = min(count, data.shape[1])
     samples[:frames] = data[:channels, :frames].T
     target = stem_dir / f"{MIX}.wav"
-    write_wav(target, samples, rate)
+    write_wav(target, samples, rate, width)
     return target
 
 
-def _encoder(channels: int, sample_rate: int, bitrate_kbps: int) -> lameenc.Encoder:
-    encoder = lameenc.Encoder()
-    encoder.set_bit_rate(bitrate_kbps)
-    encoder.set_in_sample_rate(sample_rate)
-    encoder.set_channels(channels)
-    encoder.set_quality(2)  # Demucs' default MP3 preset
-    return encoder
-
-
 def _mix(track: str, stems: dict[str, np.ndarray]) -> np.ndarray:
+    """A derived track's block, from stem blocks at the 24-bit scale (``worker.pcm``)."""
     if track == "instrumental":
-        total = stems[MIX].astype(np.int32) - stems["vocals"]
+        total = stems[MIX] - stems["vocals"]
     else:  # full
-        total = sum(stems[s].astype(np.int32) for s in DEMUCS_STEMS)  # type: ignore[assignment]
-    return np.clip(total, -32768, 32767).astype(np.int16)
+        total = sum(stems[s] for s in DEMUCS_STEMS)  # type: ignore[assignment]
+    return clip24(total)
 
 
-def mix_and_encode(stem_dir: Path, tracks: Iterable[str], out_dir: Path, bitrate_kbps: int,
-                   threads: int) -> dict[str, Path]:
+def mix_and_encode(stem_dir: Path, tracks: Iterable[str], out_dir: Path,
+                   encoding: Encoding | int, threads: int) -> dict[str, Path]:
     """Encode the stems and mixes named in ``tracks`` from ``<stem_dir>/<stem>.wav`` (and
     ``mix.wav`` for ``instrumental``), reading only the stems those tracks need.
 
-    Returns ``{track: mp3 path}``; ``original`` is not made here (the input is the original).
+    ``encoding``: MP3, FLAC or WAV (an int: MP3 at that bitrate). Stems may be 16- or 24-bit.
+    Returns ``{track: file path}``, each ending in the format's extension; ``original`` is not
+    made here (the input is the original).
     """
+    if isinstance(encoding, int):
+        encoding = Encoding("mp3", encoding)
     wanted = [t for t in tracks if t != "original"]
     if not wanted:
         return {}
@@ -89,28 +89,24 @@ def mix_and_encode(stem_dir: Path, tracks: Iterable[str], out_dir: Path, bitrate
     if "acapella" in wanted and "vocals" not in encoded:
         encoded.append("vocals")
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths = {track: out_dir / f"{track}.mp3" for track in encoded}
+    paths = {track: out_dir / f"{track}{encoding.extension}" for track in encoded}
     with ExitStack() as stack, ThreadPoolExecutor(max(1, threads)) as pool:
         inputs = [*sources_for(wanted), *([MIX] if "instrumental" in wanted else [])]
         readers = {s: stack.enter_context(wave.open(str(stem_dir / f"{s}.wav"), "rb"))
                    for s in inputs}
         channels, rate = _check_same_format(readers)
-        encoders = {t: _encoder(channels, rate, bitrate_kbps) for t in encoded}
-        files = {t: stack.enter_context(paths[t].open("wb")) for t in encoded}
+        writers: dict[str, TrackWriter] = {}
+        for track in encoded:
+            writers[track] = open_writer(paths[track], encoding, channels, rate)
+            stack.callback(writers[track].close)
         block_frames = BLOCK_S * rate
         while True:
-            stems = {s: np.frombuffer(r.readframes(block_frames), dtype=np.int16)
-                     for s, r in readers.items()}
+            stems = {s: read_block(r, block_frames) for s, r in readers.items()}
             if not next(iter(stems.values())).size:
                 break
             pcm = {t: stems[t] if t in stems else _mix(t, stems) for t in encoded}
-            chunks = pool.map(lambda t, block=pcm: encoders[t].encode(block[t].tobytes()),
-                              encoded)
-            for track, chunk in zip(encoded, chunks, strict=True):
-                files[track].write(chunk)
-        for track in encoded:
-            files[track].write(encoders[track].flush())
-    paths["acapella"] = paths.get("vocals", out_dir / "vocals.mp3")  # the same audio
+            list(pool.map(lambda t, block=pcm: writers[t].write(block[t]), encoded))
+    paths["acapella"] = paths.get("vocals", out_dir / f"vocals{encoding.extension}")
     return {t: paths[t] for t in wanted}
 
 
@@ -120,6 +116,6 @@ def _check_same_format(readers: dict[str, wave.Wave_read]) -> tuple[int, int]:
     if len(formats) != 1:
         raise ValueError(f"Demucs stems differ in format: {sorted(formats)}")
     channels, width, rate, _ = formats.pop()
-    if width != 2:
-        raise ValueError(f"expected 16-bit WAV stems from Demucs, got {8 * width}-bit")
+    if width not in (2, 3):
+        raise ValueError(f"expected 16- or 24-bit WAV stems from Demucs, got {8 * width}-bit")
     return channels, rate

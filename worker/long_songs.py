@@ -5,7 +5,8 @@
                      input bucket, and pushed as chunk jobs; the parent's record shows
                      ``chunks_done`` / ``chunks_total``.
 2. ``store_stems``   a worker that separated a chunk stores its WAV stems (those the song's
-                     tracks need: chunk jobs carry the parent's ``stems``) next to it,
+                     tracks need: chunk jobs carry the parent's ``stems``, and its ``format``
+                     and ``bit_depth``, so a 24-bit song has 24-bit stems) next to it,
    ``complete``      then counts it; the count that completes the set pushes the join job
                      (``JobQueue.complete_chunk``: exactly one join, even with redeliveries).
 3. ``prepare_join``  the join stitches each stem with a crossfade over the overlaps; the worker
@@ -29,6 +30,7 @@ from separation.settings import Settings
 from separation.status import StatusStore
 from worker.chunking import cut_chunks, plan_chunks, stitch
 from worker.encode import sources_for
+from worker.pcm import convert_width
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +75,8 @@ class LongSongs:
                   "songhash": songhash, "parent": parent.to_json()}
         jobs = [Job(id=f"{parent_id[:50]}-c{chunk.index}", bucket=bucket,
                     object=f"{chunk_prefix(parent_id)}c{chunk.index}.wav", model=model,
-                    stems=parent.stems, chunk_of=parent_id, chunk=chunk.index).to_json()
+                    stems=parent.stems, format=parent.format, bit_depth=parent.bit_depth,
+                    chunk_of=parent_id, chunk=chunk.index).to_json()
                 for chunk in chunks]
         self.queue.enqueue_chunks(parent_id, record, jobs, self.settings.status_ttl_s)
         self.status.update(parent_id, stage="separating chunks", progress=5,
@@ -86,7 +89,11 @@ class LongSongs:
         return record is not None and record["state"] == Status.FAILED.value
 
     def store_stems(self, chunk: Job, stem_dir: Path) -> None:
+        """Store a chunk's stems, all of the width its song needs (a chunk that shared a Demucs
+        call with a 24-bit job got 24-bit stems: a 16-bit song's are brought back to 16)."""
+        width = chunk.encoding(self.settings.mp3_bitrate_kbps).stem_width_bytes
         for stem in sources_for(chunk.tracks()):
+            convert_width(stem_dir / f"{stem}.wav", width)
             self.storage.fput_object(
                 self.settings.queue_bucket,
                 f"{chunk_prefix(chunk.chunk_of or '')}c{chunk.chunk}-{stem}.wav",

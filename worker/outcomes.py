@@ -159,7 +159,8 @@ class Webhooks:
     def notify(self, job: Job, songhash: str | None, state: str, tracks: dict[str, str],
                error: str | None) -> None:
         active = None if not songhash else \
-            Keys.active(songhash, job.model or self.settings.demucs_model, job.tracks())
+            Keys.active(songhash, job.model or self.settings.demucs_model, job.tracks(),
+                        job.encoding(self.settings.mp3_bitrate_kbps).variant)
         joined = self.joins.settle(job, active)
         refused = send_outcome(job, songhash, state, tracks, error, self.settings, joined)
         if refused is not None and job.id:

@@ -81,7 +81,9 @@ class Separator:
             log.info("jobs %s: running %s", ",".join(t.id for t in tasks), pruned.description())
         options = DemucsOptions(model=model, device=device, threads=self.settings.threads,
                                 shifts=self.settings.demucs_shifts,
-                                segment=self.settings.demucs_segment, repo=repo)
+                                segment=self.settings.demucs_segment, repo=repo,
+                                int24=any(t.subject.encoding(self.settings.mp3_bitrate_kbps)
+                                          .bit_depth == 24 for t in tasks))
         inputs = [t.input_path for t in tasks if t.input_path is not None]
         progress = _ProgressWriter(self.status, tasks)
         run = run_demucs(options, out_dir, inputs, self.settings.job_timeout_s * len(tasks),

@@ -17,8 +17,8 @@ A job's lifecycle, one method each, in the order ``run_batch`` calls them:
 4. ``separate``    one Demucs CLI call for all of a batch's jobs of one model, with its
                    fallbacks (``worker.separator``).
 5. ``deliver``     a chunk's stems are stored for its join (``store_chunk``); a song's or
-                   join's tracks are mixed from the WAV stems, encoded once each, and
-                   ``fput_object``-ed (``upload_tracks``).
+                   join's tracks are mixed from the WAV stems, encoded once each in the job's
+                   format (MP3, FLAC, WAV), and ``fput_object``-ed (``upload_tracks``).
    A cancel (``worker.cancel``) is checked when a job is taken, before each step, and by a
    thread while Demucs runs (which it stops).
 6. ``settle``      the one place a taken job ends: its ``Outcome`` (``worker.outcomes``) goes
@@ -49,18 +49,21 @@ from minio import Minio
 from minio.error import S3Error
 from urllib3.exceptions import HTTPError
 
-from separation.connections import connect_minio, connect_redis, ensure_bucket
+from separation.connections import connect_minio, connect_redis
 from separation.contract import (
     InvalidJob,
+    Job,
     claimed_job_id,
     input_key,
     parse_job,
     sha256_file,
 )
+from separation.formats import Encoding
 from separation.joins import Joins
 from separation.logs import configure_logging
 from separation.observability import serve
 from separation.queue import JobQueue
+from separation.retention import expires_at, prepare_bucket
 from separation.settings import Settings
 from separation.status import StatusStore
 from worker import errors
@@ -247,7 +250,8 @@ class Worker:
                 duration_s = self.inputs.probe(task.input_path, f"s3://{bucket}/{key}")
                 if task.songhash is None:
                     task.songhash = sha256_file(task.input_path)
-                    self.status.link_song(task.id, task.songhash, self.model_of(job.model))
+                self.status.link_song(task.id, task.songhash, self.model_of(job.model),
+                                      self.encoding_of(job).variant)
         self.status.update(task.id, songhash=task.songhash or "", duration_s=round(duration_s, 3))
         if task.kind is JobKind.SONG and self.long_songs.should_split(duration_s):
             self.split(task, duration_s)
@@ -316,15 +320,17 @@ class Worker:
     def upload_tracks(self, task: Task) -> dict[str, str]:
         if task.stem_dir is None or task.input_path is None or not task.songhash:
             raise RuntimeError(f"job {task.id} reached delivery without stems or input")
+        encoding = self.encoding_of(task.subject)
         self.status.update(task.subject_id, stage="encoding", progress=90)
         with timed(task, "encode"):
             files = self.tracks.encode(task.subject, task.stem_dir, task.input_path,
-                                       task.work_dir / "tracks")
+                                       task.work_dir / "tracks", encoding)
         self.cancels.check(task)  # past this point a cancel comes too late: the job ends done
-        self.status.update(task.subject_id, stage="uploading", progress=95)
+        self.status.update(task.subject_id, stage="uploading", progress=95, **encoding.fields(),
+                           expires_at=expires_at(time.time(), self.settings.retention_days) or "")
         with timed(task, "upload"):
             return self.tracks.upload(files, task.songhash, self.model_of(task.subject.model),
-                                      task.subject_id)
+                                      task.subject_id, encoding)
 
     # -- 6. settle -------------------------------------------------------------------------
     def settle(self, task: Task, outcome: Outcome) -> None:
@@ -374,10 +380,13 @@ class Worker:
 
     def ensure_buckets(self) -> None:
         for bucket in (self.settings.queue_bucket, self.settings.output_bucket):
-            ensure_bucket(self.storage, bucket)
+            prepare_bucket(self.storage, bucket, self.settings.retention_days)
 
     def model_of(self, model: str | None) -> str:
         return model or self.settings.demucs_model
+
+    def encoding_of(self, job: Job) -> Encoding:
+        return job.encoding(self.settings.mp3_bitrate_kbps)
 
 
 def main(argv: list[str] | None = None) -> int:
