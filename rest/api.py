@@ -77,7 +77,8 @@ _FORM_SCHEMA = {
     "type": "object", "required": ["file"],
     "properties": {"file": {"type": "string", "format": "binary"}, "model": {"type": "string"},
                    "stems": {"type": "array", "items": {"type": "string"}},
-                   "callback": {"type": "string", "description": "a JSON object"}},
+                   "callback": {"type": "string", "description": "a JSON object"},
+                   "priority": {"type": "string", "enum": ["high", "normal"]}},
 }
 _SEPARATE_BODY = {"requestBody": {"required": True, "content": {
     "application/json": {"schema": SeparateRequest.model_json_schema()},
@@ -164,10 +165,11 @@ def enqueue(backend: Backend, upload: Upload, job: Job, model: str) -> None:
     backend.storage.fput_object(settings.queue_bucket, input_key(upload.songhash),
                                 str(upload.path), content_type="audio/mpeg")
     backend.status.queued(job.id or "", upload.songhash, model, upload.name)
-    backend.queue.enqueue(job.to_json(), job.id)
+    backend.queue.enqueue(job.to_json())
     SONGS.labels("enqueued").inc()
-    log.info("job %s: song %s (%.1f s, %d bytes) enqueued, model %s", job.id, upload.songhash,
-             upload.duration_s, upload.size_bytes, model)
+    log.info("job %s: song %s (%.1f s, %d bytes) enqueued, model %s, priority %s", job.id,
+             upload.songhash, upload.duration_s, upload.size_bytes, model,
+             job.priority or "normal")
 
 
 def find_separated(backend: Backend, job: Job, model: str) -> dict[str, Any] | None:

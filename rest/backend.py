@@ -42,7 +42,9 @@ class Backend:
     @classmethod
     def connect(cls, settings: Settings) -> Backend:
         client, async_client = connect_redis(settings), connect_redis_async(settings)
-        return cls(settings, client, connect_minio(settings), JobQueue(client, async_client),
+        queue = JobQueue(client, async_client, high_burst=settings.high_burst,
+                         route_batch=settings.queue_route_batch)
+        return cls(settings, client, connect_minio(settings), queue,
                    StatusStore(client, settings.status_ttl_s, async_client),
                    Joins(client, settings.status_ttl_s),
                    RateLimit(client, settings.rate_limit_per_min))

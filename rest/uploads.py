@@ -2,8 +2,8 @@
 
 Both are streamed as they arrive (``rest.json_stream``, ``rest.multipart_stream``) into a temp
 file (``rest.song_sink``), and end as an ``Upload``: the MP3 in that file, its songhash and the
-request's optional fields (``model``, ``stems``, ``callback``). No body is ever held whole:
-memory is bounded by the settings (MAX_CONCURRENT_UPLOADS), not by what clients send.
+request's optional fields (``model``, ``stems``, ``callback``, ``priority``). No body is ever
+held whole: memory is bounded by the settings (MAX_CONCURRENT_UPLOADS), not by what clients send.
 Whatever makes the request unusable becomes an ``HTTPException`` with a reason a person can
 act on: 400 for bad data, 413 for too much (as soon as it is too much), 503 when busy.
 """
@@ -26,7 +26,7 @@ from rest.json_stream import JsonScanner
 from rest.multipart_stream import FormReader, boundary_of
 from rest.song_sink import Base64Decoder, SongFile
 from separation.audio import NotAudio, TooLong, probe_mp3
-from separation.contract import normalize_track
+from separation.contract import Priority, normalize_track
 from separation.settings import Settings
 
 log = logging.getLogger("rest")
@@ -49,6 +49,9 @@ class SeparateRequest(BaseModel):
                           "original full (default all; 'base' means bass)")
     callback: dict[str, Any] | None = Field(
         None, description='{"url": "http://...", "data": {...}}: POSTed the job\'s outcome')
+    priority: Priority | None = Field(
+        None, description='"high": taken before normal jobs (see the README\'s Priority); '
+                          'default "normal"')
 
 
 @dataclass
@@ -204,6 +207,8 @@ class _FormBody:
                  if s.strip()]
         if stems:
             fields["stems"] = stems
+        if priority := form.get("priority", [""])[0]:
+            fields["priority"] = priority  # checked with the job (400 unless high or normal)
         if callback := form.get("callback", [""])[0]:
             scanner = JsonScanner(None, FIELDS_SLACK_BYTES, JSON_MAX_DEPTH, "'callback'")
             scanner.feed(callback.encode())
@@ -246,5 +251,5 @@ def _explain(error: ValidationError) -> str:
     if first["type"] == "missing" and where == "mp3":
         return 'missing the song: send {"mp3": "<base64 of the file>"}'
     if first["type"] == "extra_forbidden":
-        return f"unknown field {where!r}; fields are mp3, model, stems, callback"
+        return f"unknown field {where!r}; fields are mp3, model, stems, callback, priority"
     return f"{where}: {first['msg']}"

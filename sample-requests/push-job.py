@@ -2,6 +2,7 @@
 """Queue a song without the REST service: upload it to the input bucket, push the raw job.
 
     python sample-requests/push-job.py --file song.mp3 [--model htdemucs] [--stems vocals bass]
+                                       [--priority high]
 
 For users who talk to Redis and MinIO directly. It does what ``POST /apiv1/separate`` does:
 stores the MP3 as ``<songhash>.mp3`` in ``QUEUE_BUCKET``, records the job as queued, then
@@ -47,6 +48,8 @@ def main() -> int:
     parser.add_argument("--model", help="Demucs model (default: the worker's DEMUCS_MODEL)")
     parser.add_argument("--stems", nargs="+", help="tracks to make (default: all)")
     parser.add_argument("--callback", help="webhook URL for the job's outcome")
+    parser.add_argument("--priority", choices=("high", "normal"),
+                        help="high: taken before normal jobs (default: normal)")
     args = parser.parse_args()
 
     if args.file is not None and not args.file.is_file():
@@ -62,7 +65,8 @@ def main() -> int:
 def push(args: argparse.Namespace, settings: Settings, song: Path) -> int:
     songhash = sha256_file(song)
     fields = {"id": uuid.uuid4().hex, "songhash": songhash, "model": args.model,
-              "stems": args.stems, "callback": {"url": args.callback} if args.callback else None}
+              "stems": args.stems, "callback": {"url": args.callback} if args.callback else None,
+              "priority": args.priority}
     try:
         job = parse_job(json.dumps({k: v for k, v in fields.items() if v is not None}))
     except InvalidJob as error:
@@ -76,7 +80,8 @@ def push(args: argparse.Namespace, settings: Settings, song: Path) -> int:
         client = connect_redis(settings)
         StatusStore(client, settings.status_ttl_s).queued(
             job.id or "", songhash, job.model or settings.demucs_model)
-        JobQueue(client).enqueue(job.to_json(), job.id)
+        JobQueue(client, high_burst=settings.high_burst,
+                 route_batch=settings.queue_route_batch).enqueue(job.to_json())
     except (S3Error, HTTPError, RedisError) as error:
         print(f"error: could not queue the job: {error}", file=sys.stderr)
         return 2

@@ -4,8 +4,8 @@ A record holds ``id state songhash name model stage progress attempts worker err
 created_at started_at finished_at updated_at elapsed_s``; ``tracks`` is a JSON object
 ``{track: object key}``. Every write refreshes the record's TTL (``STATUS_TTL_S``). Two index
 keys, ``song:<songhash>`` and ``song:<songhash>:<model>``, point at a song's latest job.
-``JobQueue`` adds ``queue_position`` and ``queue_taken`` to a queued job's hash (its place in
-line); ``get`` leaves them out of the record.
+``JobQueue`` adds ``queue_lane``, ``queue_position`` and ``queue_taken`` to a queued job's hash
+(its place in line); ``get`` leaves them out of the record.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ return attempts
 """
 
 
-QUEUE_FIELDS = ("queue_position", "queue_taken")
+QUEUE_FIELDS = ("queue_lane", "queue_position", "queue_taken")
 """Written by ``JobQueue`` to compute a waiting job's position; not part of the record."""
 
 

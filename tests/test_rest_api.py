@@ -97,7 +97,7 @@ def test_separate_then_status_tracks_dedup_and_remove(stack, rest, song, webhook
     again = requests.post(f"{rest.url}/apiv1/separate", timeout=TIMEOUT_S, json={
         "mp3": b64(song), "callback": {"url": webhook.url, "data": {"n": 2}}}).json()
     assert again["id"] == body["id"] and "already separated" in again["reason"], again
-    assert stack.redis.llen(Keys.QUEUE) == 0
+    assert len(stack.waiting()) == 0
     wait_for_calls(webhook, 2)
     second = json.loads(webhook.calls[1][0])
     assert second["data"] == {"n": 2} and second["tracks"]["vocals"] == f"{songhash}-vocals.mp3"
@@ -209,7 +209,7 @@ def test_multipart_upload_with_fields(stack, rest, make_song):
             data={"model": "demucs_unittest", "stems": ["vocals,base", "drums"],
                   "callback": json.dumps({"url": "http://127.0.0.1:9/hook", "data": {"k": 1}})})
     assert response.status_code == 200, response.text
-    job = json.loads(stack.redis.lindex(Keys.QUEUE, 0))
+    job = json.loads(stack.waiting()[0])
     assert job == {"id": response.json()["id"], "songhash": response.json()["hash"],
                    "model": "demucs_unittest", "stems": ["vocals", "bass", "drums"],
                    "callback": {"url": "http://127.0.0.1:9/hook", "data": {"k": 1}}}
@@ -242,7 +242,7 @@ def test_bad_requests_answer_400_and_enqueue_nothing(stack, rest, make_song, tmp
     ]
     for kwargs, text in cases:
         assert_error(requests.post(url, timeout=TIMEOUT_S, **kwargs), 400, text)
-    assert stack.redis.llen(Keys.QUEUE) == 0
+    assert len(stack.waiting()) == 0
     assert not list(stack.minio.list_objects(stack.queue_bucket))
 
 
@@ -290,7 +290,7 @@ def test_over_max_input_mb_answers_413(stack, start_rest, make_song):
     answer = connection.getresponse()
     assert answer.status == 413 and "MAX_INPUT_MB" in json.loads(answer.read())["error"]
     connection.close()
-    assert stack.redis.llen(Keys.QUEUE) == 1
+    assert len(stack.waiting()) == 1
 
 
 def test_api_token_guards_every_apiv1_route(stack, start_rest, make_song):
@@ -306,7 +306,7 @@ def test_api_token_guards_every_apiv1_route(stack, start_rest, make_song):
         assert requests.get(rest.url + path, timeout=TIMEOUT_S).status_code == 401, path
     assert requests.post(f"{rest.url}/apiv1/separate", timeout=TIMEOUT_S,
                          json={"mp3": b64(make_song(seconds=1))}).status_code == 401
-    assert stack.redis.llen(Keys.QUEUE) == 0
+    assert len(stack.waiting()) == 0
     good = {"Authorization": "Bearer test-token-123"}
     assert requests.get(queue_url, headers=good, timeout=TIMEOUT_S).json()["queue"] == []
     assert requests.get(queue_url + "?access_token=test-token-123", timeout=TIMEOUT_S).ok

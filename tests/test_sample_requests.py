@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 import devstack
-from separation.contract import TRACKS, Keys
+from separation.contract import TRACKS
 
 SCRIPTS = devstack.ROOT / "sample-requests"
 
@@ -66,7 +66,7 @@ def test_push_job_uploads_and_queues_the_raw_job(stack, make_song):
     result = run_script("push-job.py", "--file", str(song), "--stems", "vocals",
                         env=stack.env)
     assert result.returncode == 0, result.stdout + result.stderr
-    job = json.loads(stack.redis.lindex(Keys.QUEUE, 0))
+    job = json.loads(stack.waiting()[0])
     assert job["stems"] == ["vocals"] and len(job["songhash"]) == 64
     port = stack.env["REDIS_PORT"]
     assert f"redis-cli -p {port} LPUSH toWorkers '{json.dumps(job, separators=(',', ':'))}'" \

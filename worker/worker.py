@@ -5,7 +5,8 @@ Run as ``python worker/worker.py``; every setting comes from the environment
 
 A job's lifecycle, one method each:
 
-1. ``take_jobs``      BLMOVE from ``toWorkers`` into this worker's processing list, plus up to
+1. ``take_jobs``      the next job by priority (``JobQueue.take``: high before normal, chunks of
+                      songs under way first) into this worker's processing list, plus up to
                       ``BATCH_MAX - 1`` jobs already waiting (a batch never waits for more).
 2. ``start_job``      validate the payload (a malformed one goes straight to the dead-letter
                       list), count the attempt, mark the job running.
@@ -69,7 +70,14 @@ from separation.demucs_cli import DemucsOptions, cuda_present, failure_of, run_d
 from separation.joins import Joins
 from separation.logs import configure_logging
 from separation.long_songs import LongSongs, wav_duration_s
-from separation.observability import IN_FLIGHT, JOB_SECONDS, JOBS, QUEUE_DEPTH, STAGE_SECONDS, serve
+from separation.observability import (
+    IN_FLIGHT,
+    JOB_SECONDS,
+    JOBS,
+    STAGE_SECONDS,
+    record_queue_depths,
+    serve,
+)
 from separation.queue import JobQueue
 from separation.settings import Settings
 from separation.status import StatusStore
@@ -107,7 +115,8 @@ class Worker:
 
     def __init__(self, settings: Settings, client: redis.Redis, storage: Minio) -> None:
         self.settings = settings
-        self.queue = JobQueue(client)
+        self.queue = JobQueue(client, high_burst=settings.high_burst,
+                              route_batch=settings.queue_route_batch)
         self.status = StatusStore(client, settings.status_ttl_s)
         self.joins = Joins(client, settings.status_ttl_s)
         self.storage = storage
@@ -507,7 +516,7 @@ class Worker:
                 self._beat()
                 for raw in self.queue.redeliver_dead():
                     log.warning("redelivered a job of a dead worker: %.120r", raw)
-                QUEUE_DEPTH.set(self.queue.depth())
+                record_queue_depths(self.queue.depths())
             except redis.RedisError as error:
                 log.warning("heartbeat failed: %s", error)
 
