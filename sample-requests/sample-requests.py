@@ -41,6 +41,8 @@ def main() -> int:
     parser.add_argument("--stems", nargs="+", help="tracks to make (default: all)")
     parser.add_argument("--callback", help="webhook URL (default: the service's own root)")
     parser.add_argument("--no-callback", action="store_true", help="send no callback")
+    parser.add_argument("--priority", choices=("high", "normal"),
+                        help="high: taken before normal jobs (default: normal)")
     parser.add_argument("--timeout-s", type=float, default=1800, help="give up waiting after")
     args = parser.parse_args()
 
@@ -60,7 +62,8 @@ def separate(args: argparse.Namespace, songs: list[Path]) -> int:
     base = base_url(args.host)
     callback = None if args.no_callback else (args.callback or f"{base}/")
     try:
-        answers = {song: submit(base, song, callback, args.model, args.stems) for song in songs}
+        answers = {song: submit(base, song, callback, args.model, args.stems, args.priority)
+                   for song in songs}
         for song, answer in answers.items():
             print(f"{song.name}: {json.dumps(answer, sort_keys=True)}")
         records = wait(base, [a["id"] for a in answers.values()], args.timeout_s)

@@ -103,7 +103,7 @@ def synthetic_song(folder: Path, seconds: float = 6.0, seed: int = 0) -> Path:
 
 
 def submit(base: str, song: Path, callback_url: str | None, model: str | None = None,
-           stems: Sequence[str] | None = None) -> dict[str, Any]:
+           stems: Sequence[str] | None = None, priority: str | None = None) -> dict[str, Any]:
     """POST the song as the lab's clients do (JSON, base64) and return the answer."""
     body: dict[str, Any] = {"mp3": base64.b64encode(song.read_bytes()).decode("ascii")}
     if callback_url:
@@ -113,6 +113,8 @@ def submit(base: str, song: Path, callback_url: str | None, model: str | None = 
         body["model"] = model
     if stems:
         body["stems"] = list(stems)
+    if priority:
+        body["priority"] = priority
     return call("POST", f"{base}/apiv1/separate", json=body).json()
 
 

@@ -43,6 +43,8 @@ def main() -> int:
     parser.add_argument("--stems", nargs="+", help="tracks to make (default: all)")
     parser.add_argument("--callback", help="webhook URL (default: the service's own root)")
     parser.add_argument("--no-callback", action="store_true", help="send no callback")
+    parser.add_argument("--priority", choices=("high", "normal"),
+                        help="high: taken before normal jobs (default: normal)")
     parser.add_argument("--timeout-s", type=float, default=900, help="give up waiting after")
     args = parser.parse_args()
 
@@ -61,7 +63,7 @@ def separate(args: argparse.Namespace, song: Path) -> int:
     base = base_url(args.host)
     callback = None if args.no_callback else (args.callback or f"{base}/")
     try:
-        answer = submit(base, song, callback, args.model, args.stems)
+        answer = submit(base, song, callback, args.model, args.stems, args.priority)
         print(json.dumps(answer, indent=4, sort_keys=True))
         record = wait(base, [answer["id"]], args.timeout_s)[answer["id"]]
         paths = download(base, record, args.out / f"{song.stem}-{answer['hash'][:8]}") \
