@@ -134,10 +134,12 @@ local function lane_of(raw)
   return NORMAL, nil
 end
 
+-- Record a routed or given-back job's place in its status hash, if it has one (taken: the
+-- lane's counter, read here when not given).
 local function note_place(key, lane, place, taken)
   if redis.call('TYPE', key)['ok'] == 'hash' then
     redis.call('HSET', key, 'queue_lane', LANE_NAMES[lane], 'queue_position', place,
-               'queue_taken', taken)
+               'queue_taken', taken or redis.call('GET', KEYS[lane + 2]) or 0)
   end
 end
 
@@ -147,9 +149,7 @@ local function route()
     if not raw then return 0 end
     local lane, id = lane_of(raw)
     local place = redis.call('LPUSH', KEYS[lane], raw)
-    if lane ~= CHUNKS and id then
-      note_place(JOB_PREFIX .. id, lane, place, redis.call('GET', KEYS[lane + 2]) or 0)
-    end
+    if lane ~= CHUNKS and id then note_place(JOB_PREFIX .. id, lane, place) end
   end
   return redis.call('LLEN', KEYS[INTAKE])
 end
