@@ -174,25 +174,32 @@ def test_queue_lists_songs_in_the_order_they_will_run(stack, rest, make_song):
         stack.push({"id": f"long-c{index}", "bucket": stack.queue_bucket, "chunk": index,
                     "object": f"chunks/long/c{index}.wav", "chunk_of": "long"})
     stack.push({"id": "long-join", "join_of": "long"})
+    # a song under way runs first: its chunks and join, then the songs queued, in order
     queue = requests.get(f"{rest.url}/apiv1/queue", timeout=TIMEOUT_S)
     assert queue.status_code == 200 and queue.json() == {
-        "queue": [*hashes, long_song], "total": 7, "offset": 0, "limit": 100, "next": None}
-    for position, job_id in enumerate(ids, start=1):
+        "queue": [long_song, *hashes], "total": 7, "offset": 0, "limit": 100, "next": None}
+    for position, job_id in enumerate(ids, start=4):
         record = requests.get(f"{rest.url}/apiv1/status/{job_id}", timeout=TIMEOUT_S).json()
         assert record["state"] == "queued" and record["position"] == position
         assert record["attempts"] == 0 and record["tracks"] == {}
-        assert "queue_position" not in record and "queue_taken" not in record
+        assert not any(name.startswith("queue_") for name in record)
     # pages: a bounded slice and the path of the next; the limit is capped by the setting
-    first = requests.get(f"{rest.url}/apiv1/queue?limit=2", timeout=TIMEOUT_S).json()
-    assert first["queue"] == hashes[:2] and first["next"] == "/apiv1/queue?offset=2&limit=2"
+    first = requests.get(f"{rest.url}/apiv1/queue?limit=3", timeout=TIMEOUT_S).json()
+    assert first["queue"] == [long_song] and first["next"] == "/apiv1/queue?offset=3&limit=3"
     second = requests.get(f"{rest.url}{first['next']}", timeout=TIMEOUT_S).json()
-    assert second["queue"] == hashes[2:] and second["total"] == 7  # the broken job is skipped
+    assert second["queue"] == hashes and second["next"] == "/apiv1/queue?offset=6&limit=3"
+    third = requests.get(f"{rest.url}{second['next']}", timeout=TIMEOUT_S).json()
+    assert third["queue"] == [] and third["total"] == 7  # the broken job is skipped
+    assert third["next"] is None
     assert requests.get(f"{rest.url}/apiv1/queue?offset=4&limit=5000",
                         timeout=TIMEOUT_S).json()["limit"] == 1000
     assert_error(requests.get(f"{rest.url}/apiv1/queue?limit=0", timeout=TIMEOUT_S), 400,
                  "limit")
-    # a worker takes the first song; a Redis-only producer's job lands behind: positions move
-    assert JobQueue(stack.redis).take("w", 0.1) is not None
+    # a worker takes the long song's jobs and the first song; a Redis-only producer's job
+    # lands behind: positions move
+    queue = JobQueue(stack.redis)
+    assert [json.loads(queue.take("w", 0.1))["id"] for _ in range(4)] == [
+        "long-c0", "long-c1", "long-join", ids[0]]
     stack.push({"songhash": "ef" * 32})
     assert [requests.get(f"{rest.url}/apiv1/status/{job_id}", timeout=TIMEOUT_S).json()[
         "position"] for job_id in ids[1:]] == [1, 2]
@@ -371,7 +378,7 @@ def test_health_metrics_and_outages_answer_json(stack, rest, start_rest):
     metrics = requests.get(f"{rest.url}/metrics", timeout=TIMEOUT_S).text
     assert 'demucs_rest_requests_total{method="GET",route="/apiv1/queue",status="200"} 1.0' \
         in metrics
-    assert "demucs_rest_queue_depth 0.0" in metrics
+    assert 'demucs_rest_queue_depth{lane="normal"} 0.0' in metrics
 
     # Redis and MinIO gone: every answer is still JSON, with no traceback
     down = start_rest(REDIS_PORT=str(_closed_port()), MINIO_ENDPOINT=f"127.0.0.1:{_closed_port()}")
@@ -454,4 +461,5 @@ def test_probes_answer_on_a_port_of_their_own(stack, rest):
     stack.redis.lpush(Keys.QUEUE, '{"songhash": "' + "e" * 64 + '"}')
     metrics = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=TIMEOUT_S).text
     assert 'demucs_rest_requests_total{method="GET",route="/apiv1/queue"' in metrics
-    assert "demucs_rest_queue_depth 1.0" in metrics  # read at the scrape, on this port too
+    assert 'demucs_rest_queue_depth{lane="intake"} 1.0' in metrics  # read at the scrape,
+    # on this port too
