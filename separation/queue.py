@@ -9,13 +9,16 @@ This is the one place the protocol is written down. Key names come from
    jobs enter at its left end and are taken from its right end, the *taking end*.
    **Anti-starvation:** after ``HIGH_BURST`` high jobs taken in a row while normal ones wait
    (counted in ``toWorkers:high-streak`` by every worker), the next take is a normal job;
-   so at least one take in ``HIGH_BURST + 1`` serves the normal lane while it has jobs.
+   so while both lanes hold jobs, at least one of every ``HIGH_BURST + 1`` jobs taken from
+   them is a normal one.
 1. **Enqueue.** A producer ``LPUSH``es the job's JSON onto ``toWorkers``, the *intake*, as the
    lab's clients and Redis-only users always have. **Route:** one Lua script moves up to
    ``QUEUE_ROUTE_BATCH`` jobs from the intake's taking end into their lanes, oldest first,
    reading each one's lane with ``cjson.decode`` (payloads that do not decode, or are over
    4 x ``MAX_JOB_JSON_BYTES``, go to the normal lane, where the worker's parse refuses them).
-   A job with a status hash ``job:<id>`` gets its place recorded there (see *Positions*).
+   Each job is read at the intake's end (``LINDEX``) and moved by one ``LMOVE``, so it is
+   never only in the script's memory. A job with a status hash ``job:<id>`` gets its place
+   recorded there (see *Positions*).
    Routing runs before every take, every position and every page, in calls of one batch
    until the intake is empty, so each job is routed once (amortised O(1)) and no read ever
    skips an unrouted job; ``enqueue`` pushes, then routes.
@@ -88,7 +91,7 @@ from separation.contract import MAX_JOB_JSON_BYTES, Keys
 
 DEFAULT_HIGH_BURST = 4
 """High jobs taken in a row while normal ones wait before one normal job (``HIGH_BURST``)."""
-DEFAULT_ROUTE_BATCH = 1000
+DEFAULT_ROUTE_BATCH = 500
 """Jobs one routing call moves from the intake into the lanes (``QUEUE_ROUTE_BATCH``)."""
 LANE_JSON_MAX_BYTES = 4 * MAX_JOB_JSON_BYTES
 """Payloads longer than this are not decoded to find their lane (UTF-8: 4 bytes a char at
@@ -134,22 +137,24 @@ local function lane_of(raw)
   return NORMAL, nil
 end
 
--- Record a routed or given-back job's place in its status hash, if it has one (taken: the
--- lane's counter, read here when not given).
+-- Record a routed or given-back job's place in its status hash, if it has one (place: the
+-- lane's length, taken: its counter, each read here when not given).
 local function note_place(key, lane, place, taken)
   if redis.call('TYPE', key)['ok'] == 'hash' then
-    redis.call('HSET', key, 'queue_lane', LANE_NAMES[lane], 'queue_position', place,
+    redis.call('HSET', key, 'queue_lane', LANE_NAMES[lane],
+               'queue_position', place or redis.call('LLEN', KEYS[lane]),
                'queue_taken', taken or redis.call('GET', KEYS[lane + 2]) or 0)
   end
 end
 
+-- Each job is read at the intake's taking end, then moved by one LMOVE: never only in here.
 local function route()
   for _ = 1, BATCH do
-    local raw = redis.call('RPOP', KEYS[INTAKE])
+    local raw = redis.call('LINDEX', KEYS[INTAKE], -1)
     if not raw then return 0 end
     local lane, id = lane_of(raw)
-    local place = redis.call('LPUSH', KEYS[lane], raw)
-    if lane ~= CHUNKS and id then note_place(JOB_PREFIX .. id, lane, place) end
+    redis.call('LMOVE', KEYS[INTAKE], KEYS[lane], 'RIGHT', 'LEFT')
+    if lane ~= CHUNKS and id then note_place(JOB_PREFIX .. id, lane) end
   end
   return redis.call('LLEN', KEYS[INTAKE])
 end
@@ -205,10 +210,10 @@ local dead_at = redis.call('ZSCORE', KEYS[9], ARGV[5])
 if dead_at and tonumber(dead_at) > now_ms then return {} end
 local moved = {}
 while true do
-  local raw = redis.call('LPOP', KEYS[8])
+  local raw = redis.call('LINDEX', KEYS[8], 0)
   if not raw then break end
   local lane = lane_of(raw)
-  redis.call('RPUSH', KEYS[lane], raw)
+  redis.call('LMOVE', KEYS[8], KEYS[lane], 'LEFT', 'RIGHT')
   if lane ~= CHUNKS then redis.call('DECR', KEYS[lane + 2]) end
   moved[#moved + 1] = raw
 end
