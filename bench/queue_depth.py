@@ -52,7 +52,7 @@ import redis
 
 import devstack
 from separation.contract import Keys
-from separation.queue import JobQueue
+from separation.queue import QUEUE_KEYS, JobQueue
 from separation.status import StatusStore
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -221,7 +221,7 @@ def load(rest: Rest, client: redis.Redis, path: str, clients: int, duration_s: f
 
 def fill(client: redis.Redis, depth: int) -> str:
     """Make ``toWorkers`` ``depth`` Redis-only jobs long, then queue one tracked job; its id."""
-    client.delete(Keys.QUEUE)
+    client.delete(*QUEUE_KEYS)
     batch = 5000
     for start in range(0, depth, batch):
         with client.pipeline(transaction=False) as pipe:
@@ -231,7 +231,7 @@ def fill(client: redis.Redis, depth: int) -> str:
             pipe.execute()
     job_id = uuid.uuid4().hex
     StatusStore(client, 3600).queued(job_id, os.urandom(32).hex(), "htdemucs")
-    JobQueue(client).enqueue(json.dumps({"id": job_id, "songhash": "0" * 64}), job_id)
+    JobQueue(client).enqueue(json.dumps({"id": job_id, "songhash": "0" * 64}))
     return job_id
 
 

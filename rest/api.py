@@ -97,7 +97,8 @@ _FORM_SCHEMA = {
                    "stems": {"type": "array", "items": {"type": "string"}},
                    "callback": {"type": "string", "description": "a JSON object"},
                    "format": {"type": "string", "enum": ["mp3", "flac", "wav"]},
-                   "bitrate": {"type": "integer"}, "bit_depth": {"type": "integer"}},
+                   "bitrate": {"type": "integer"}, "bit_depth": {"type": "integer"},
+                   "priority": {"type": "string", "enum": ["high", "normal"]}},
 }
 _SEPARATE_BODY = {"requestBody": {"required": True, "content": {
     "application/json": {"schema": SeparateRequest.model_json_schema()},
@@ -221,10 +222,11 @@ def enqueue(backend: Backend, upload: Upload, job: Job, model: str, encoding: En
                           **encoding.fields(), **owner)
     if caller is not None:
         backend.owners.owned_job(caller, job.id or "", upload.songhash, waiting=True)
-    backend.queue.enqueue(job.to_json(), job.id)
+    backend.queue.enqueue(job.to_json())
     SONGS.labels("enqueued").inc()
-    log.info("job %s: song %s (%.1f s, %d bytes) enqueued, model %s", job.id, upload.songhash,
-             upload.duration_s, upload.size_bytes, model)
+    log.info("job %s: song %s (%.1f s, %d bytes) enqueued, model %s, priority %s", job.id,
+             upload.songhash, upload.duration_s, upload.size_bytes, model,
+             job.priority or "normal")
 
 
 def find_separated(backend: Backend, job: Job, model: str,

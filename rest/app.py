@@ -62,7 +62,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         openapi_url="/openapi.json", title="Music source separation - docs"),
         include_in_schema=False, dependencies=guarded)
     app.state.backend = Backend.connect(settings)
-    QUEUE_DEPTH.set_function(QueueDepthAtScrape(app.state.backend))
+    QUEUE_DEPTH.read = app.state.backend.queue.depths
     app.state.probe = HealthProbe(settings)
     app.state.page = PAGE_PATH.read_text(encoding="utf-8")
     app.state.upload_slots = UploadSlots(settings.max_concurrent_uploads)
@@ -172,20 +172,6 @@ async def healthz(request: Request) -> JSONResponse:
     return JSONResponse({"ok": healthy, "reason": reason}, status_code=200 if healthy else 503)
 
 
-class QueueDepthAtScrape:
-    """``demucs_rest_queue_depth``, read from Redis at each scrape of ``METRICS_PORT``'s
-    ``/metrics``; the last value known while Redis does not answer."""
-
-    def __init__(self, backend: Backend) -> None:
-        self.backend = backend
-        self.last = 0.0
-
-    def __call__(self) -> float:
-        try:
-            self.last = float(self.backend.queue.depth())
-        except redis.RedisError as error:
-            log.warning("metrics: queue depth unknown: %s", error)
-        return self.last
 
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:

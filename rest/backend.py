@@ -48,7 +48,8 @@ class Backend:
     @classmethod
     def connect(cls, settings: Settings) -> Backend:
         client, async_client = connect_redis(settings), connect_redis_async(settings)
-        queue = JobQueue(client, async_client)
+        queue = JobQueue(client, async_client, high_burst=settings.high_burst,
+                         route_batch=settings.queue_route_batch)
         status = StatusStore(client, settings.status_ttl_s, async_client)
         clients = {name: _digest(key) for name, key in
                    parse_api_keys(settings.api_keys, settings.api_token).items()}

@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+import logging
 import time
+from collections.abc import Callable, Iterator, Mapping
 
-from prometheus_client import Counter, Gauge, Histogram
+import redis
+from prometheus_client import REGISTRY, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from separation.queue import LANES
+
+log = logging.getLogger("rest")
 
 REQUESTS = Counter("demucs_rest_requests_total", "HTTP requests, by route and status code",
                    ["method", "route", "status"])
@@ -16,7 +25,38 @@ SONGS = Counter("demucs_rest_songs_total", "Separation requests accepted, by out
                 ["outcome"])
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
 """Methods counted under their own name; any other is counted as ``other``."""
-QUEUE_DEPTH = Gauge("demucs_rest_queue_depth", "Jobs waiting in toWorkers, seen by REST")
+
+
+class QueueDepths(Collector):
+    """``demucs_rest_queue_depth{lane}``: the waiting jobs by lane (``JobQueue.depths``), read
+    from Redis at each scrape, on either port (the API's ``/metrics`` or ``METRICS_PORT``'s);
+    the last values known while Redis does not answer. Their sum is the queue."""
+
+    NAME = "demucs_rest_queue_depth"
+    HELP = ("Jobs waiting, seen by REST, by lane: intake (pushed, not yet routed), chunks (of "
+            "long songs under way), high, normal")
+
+    def __init__(self) -> None:
+        self.read: Callable[[], Mapping[str, int]] | None = None
+        self.last: dict[str, int] = dict.fromkeys(LANES, 0)
+
+    def describe(self) -> list[GaugeMetricFamily]:
+        return [GaugeMetricFamily(self.NAME, self.HELP, labels=["lane"])]
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        if self.read is not None:
+            try:
+                self.last = dict(self.read())
+            except redis.RedisError as error:
+                log.warning("metrics: queue depth unknown: %s", error)
+        family = GaugeMetricFamily(self.NAME, self.HELP, labels=["lane"])
+        for lane, jobs in self.last.items():
+            family.add_metric([lane], jobs)
+        yield family
+
+
+QUEUE_DEPTH = QueueDepths()
+REGISTRY.register(QUEUE_DEPTH)
 
 
 SHED = Counter("demucs_rest_shed_total",

@@ -3,7 +3,7 @@
 Both are streamed as they arrive (``rest.json_stream``, ``rest.multipart_stream``) into a temp
 file (``rest.song_sink``), and end as an ``Upload``: the MP3 in that file, its songhash and the
 request's optional fields (``model``, ``stems``, ``callback``, ``format``, ``bitrate``,
-``bit_depth``). No body is ever held whole:
+``bit_depth``, ``priority``). No body is ever held whole:
 memory is bounded by the settings (MAX_CONCURRENT_UPLOADS), not by what clients send.
 Whatever makes the request unusable becomes an ``HTTPException`` with a reason a person can
 act on: 400 for bad data, 413 for too much (as soon as it is too much), 503 when busy.
@@ -27,7 +27,7 @@ from rest.json_stream import JsonScanner
 from rest.multipart_stream import FormReader, boundary_of
 from rest.song_sink import Base64Decoder, SongFile
 from separation.audio import NotAudio, TooLong, probe_mp3
-from separation.contract import normalize_track
+from separation.contract import Priority, normalize_track
 from separation.formats import MP3_BITRATES_KBPS
 from separation.settings import Settings
 
@@ -56,6 +56,9 @@ class SeparateRequest(BaseModel):
         None, description=f"kb/s of MP3 tracks, one of {', '.join(map(str, MP3_BITRATES_KBPS))}"
                           " (default MP3_BITRATE)")
     bit_depth: int | None = Field(None, description="16 (default) or 24, for flac and wav")
+    priority: Priority | None = Field(
+        None, description='"high": taken before normal jobs (see the README\'s Priority); '
+                          'default "normal"')
 
 
 @dataclass
@@ -214,6 +217,8 @@ class _FormBody:
         for name in ("format", "bitrate", "bit_depth"):
             if value := form.get(name, [""])[0].strip():
                 fields[name] = int(value) if name != "format" and value.isdigit() else value
+        if priority := form.get("priority", [""])[0]:
+            fields["priority"] = priority  # checked with the job (400 unless high or normal)
         if callback := form.get("callback", [""])[0]:
             scanner = JsonScanner(None, FIELDS_SLACK_BYTES, JSON_MAX_DEPTH, "'callback'")
             scanner.feed(callback.encode())
@@ -257,5 +262,5 @@ def _explain(error: ValidationError) -> str:
         return 'missing the song: send {"mp3": "<base64 of the file>"}'
     if first["type"] == "extra_forbidden":
         return (f"unknown field {where!r}; fields are mp3, model, stems, callback, format, "
-                "bitrate, bit_depth")
+                "bitrate, bit_depth, priority")
     return f"{where}: {first['msg']}"

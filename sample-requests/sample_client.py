@@ -104,8 +104,11 @@ def synthetic_song(folder: Path, seconds: float = 6.0, seed: int = 0) -> Path:
     return write_song(folder / f"synthetic-{seed}.mp3", seconds=seconds, seed=seed)
 
 
-def add_format_options(parser: argparse.ArgumentParser) -> None:
-    """``--format``, ``--bitrate`` and ``--bit-depth``: how the tracks are encoded."""
+def add_job_options(parser: argparse.ArgumentParser) -> None:
+    """``--format``, ``--bitrate`` and ``--bit-depth`` (how the tracks are encoded) and
+    ``--priority``."""
+    parser.add_argument("--priority", choices=("high", "normal"),
+                        help="high: taken before normal jobs (default: normal)")
     parser.add_argument("--format", choices=("mp3", "flac", "wav"),
                         help="format of the tracks (default: the service's, MP3)")
     parser.add_argument("--bitrate", type=int, help="kb/s of MP3 tracks (default: the "
@@ -114,16 +117,17 @@ def add_format_options(parser: argparse.ArgumentParser) -> None:
                         help="bits per sample of FLAC or WAV tracks (default: 16)")
 
 
-def format_fields(args: argparse.Namespace) -> dict[str, Any]:
-    """The request fields the format options name (none for the defaults)."""
-    fields = {"format": args.format, "bitrate": args.bitrate, "bit_depth": args.bit_depth}
+def job_fields(args: argparse.Namespace) -> dict[str, Any]:
+    """The request fields ``add_job_options`` names (none for the defaults)."""
+    fields = {"format": args.format, "bitrate": args.bitrate, "bit_depth": args.bit_depth,
+              "priority": args.priority}
     return {name: value for name, value in fields.items() if value is not None}
 
 
 def submit(base: str, song: Path, callback_url: str | None, model: str | None = None,
            stems: Sequence[str] | None = None, **fields: Any) -> dict[str, Any]:
     """POST the song as the lab's clients do (JSON, base64) and return the answer;
-    ``fields``: more request fields (``format``, ``bitrate``, ``bit_depth``)."""
+    ``fields``: more request fields (``format``, ``bitrate``, ``bit_depth``, ``priority``)."""
     body: dict[str, Any] = {"mp3": base64.b64encode(song.read_bytes()).decode("ascii"), **fields}
     if callback_url:
         body["callback"] = {"url": callback_url,

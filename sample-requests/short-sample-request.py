@@ -21,12 +21,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from sample_client import (  # after the path above
     ClientError,
-    add_format_options,
+    add_job_options,
     base_url,
     cancel,
     default_host,
     download,
-    format_fields,
+    job_fields,
     report,
     submit,
     synthetic_song,
@@ -46,7 +46,7 @@ def main() -> int:
     parser.add_argument("--stems", nargs="+", help="tracks to make (default: all)")
     parser.add_argument("--callback", help="webhook URL (default: the service's own root)")
     parser.add_argument("--no-callback", action="store_true", help="send no callback")
-    add_format_options(parser)
+    add_job_options(parser)
     parser.add_argument("--timeout-s", type=float, default=900, help="give up waiting after")
     parser.add_argument("--cancel", metavar="JOB", help="cancel a job (its id or songhash) and "
                                                         "exit")
@@ -75,7 +75,7 @@ def separate(args: argparse.Namespace, song: Path) -> int:
     base = base_url(args.host)
     callback = None if args.no_callback else (args.callback or f"{base}/")
     try:
-        answer = submit(base, song, callback, args.model, args.stems, **format_fields(args))
+        answer = submit(base, song, callback, args.model, args.stems, **job_fields(args))
         print(json.dumps(answer, indent=4, sort_keys=True))
         record = wait(base, [answer["id"]], args.timeout_s)[answer["id"]]
         paths = download(base, record, args.out / f"{song.stem}-{answer['hash'][:8]}") \

@@ -10,6 +10,7 @@ A job is JSON pushed onto the Redis list ``toWorkers``::
     {"bucket": "songs", "object": "a/b.mp3"}    # any stored MP3; songhash = SHA-256 of it
     optional: "id", "model", "stems": [...], "callback": {"url": ..., "data": {...}},
               "format": "mp3" | "flac" | "wav", "bitrate": 192 (mp3), "bit_depth": 24 (flac, wav)
+              "priority": "high" | "normal"     # absent: normal (see separation.queue)
 
 Unknown fields are refused, so a typo never silently changes what a job does.
 """
@@ -50,6 +51,9 @@ Track = Literal[
     "vocals", "drums", "bass", "other", "instrumental", "acapella", "original", "full",
 ]
 
+Priority = Literal["high", "normal"]
+"""A job's ``priority``: high jobs are taken before normal ones (``separation.queue``)."""
+
 SONGHASH_RE = re.compile(r"[0-9a-f]{64}")
 JOB_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 MODEL_RE = re.compile(r"[A-Za-z0-9_./-]{1,100}")
@@ -77,10 +81,18 @@ class Keys:
     """Every Redis key of the service. See ``separation.queue`` for how they are used."""
 
     QUEUE = "toWorkers"
+    """The intake: producers push jobs here; workers route them into the lanes below."""
+    LANE_CHUNKS = "toWorkers:chunks"
+    """The chunks and joins of long songs already under way: taken before any lane below."""
+    LANE_HIGH = "toWorkers:high"
+    LANE_NORMAL = "toWorkers:normal"
+    HIGH_TAKEN = "toWorkers:high:taken"
+    """Jobs taken from the high lane's taking end, less those pushed back onto it."""
+    NORMAL_TAKEN = "toWorkers:normal:taken"
+    HIGH_STREAK = "toWorkers:high-streak"
+    """High jobs taken in a row while normal ones waited (the anti-starvation rule)."""
     DEAD_LETTER = "toWorkers:dead"
     PROCESSING_PREFIX = "toWorkers:processing:"
-    QUEUE_TAKEN = "toWorkers:taken"
-    """Jobs taken from the queue's taking end, less those pushed back onto it."""
     WORKERS = "toWorkers:workers"
     """Sorted set: worker id -> the time (ms, Redis' clock) past which it counts as dead."""
     LOGGING = "logging"
@@ -202,6 +214,7 @@ class Job(BaseModel):
     format: str | None = None
     bitrate: int | None = Field(None, strict=True)
     bit_depth: int | None = Field(None, strict=True)
+    priority: Priority | None = None
     # set by workers only, for the chunks of a long song and their join (worker.long_songs)
     chunk_of: str | None = None
     chunk: int | None = None

@@ -19,6 +19,7 @@ from separation.contract import MODEL_RE, check_output_key_pattern
 from separation.egress import EgressPolicy
 from separation.formats import MP3_BITRATES_KBPS
 from separation.logs import LOG_ENTRY_MAX_BYTES
+from separation.queue import DEFAULT_HIGH_BURST, DEFAULT_ROUTE_BATCH
 
 LOCAL_DEV_MINIO_USER = "minioadmin"  # MinIO's documented default, for a laptop only
 DAY_S = 24 * 3600
@@ -66,6 +67,8 @@ class Settings:
     job_timeout_s: float = 1800.0
     max_attempts: int = 3
     batch_max: int = 4
+    high_burst: int = DEFAULT_HIGH_BURST  # high jobs in a row while normal ones wait, then one
+    queue_route_batch: int = DEFAULT_ROUTE_BATCH  # jobs one Lua call moves from the intake
     chunk_over_s: int = 300  # songs longer than this are split across workers; 0: never
     chunk_s: int = 60
     chunk_overlap_s: int = 10
@@ -126,6 +129,8 @@ class Settings:
         if self.max_attempts < 1 or self.batch_max < 1 or self.max_concurrent_uploads < 1:
             raise ValueError("MAX_ATTEMPTS, BATCH_MAX and MAX_CONCURRENT_UPLOADS must be at "
                              "least 1")
+        if self.high_burst < 1 or self.queue_route_batch < 1:
+            raise ValueError("HIGH_BURST and QUEUE_ROUTE_BATCH must be at least 1")
         if self.chunk_overlap_s < 1 or self.model_segment_s < 0:
             raise ValueError("CHUNK_OVERLAP_S must be >= 1 and MODEL_SEGMENT_S >= 0")
         EgressPolicy.parse(self.webhook_allow_local, self.webhook_allowlist)  # ValueError

@@ -7,8 +7,8 @@ created_at started_at finished_at updated_at elapsed_s``; ``tracks`` is a JSON o
 TTL (``STATUS_TTL_S``). Index keys, ``song:<songhash>`` and ``song:<songhash>:<model>`` (with
 ``:as:<variant>`` for an encoding other than the default), point at a song's latest job; the
 set ``songjobs:<songhash>`` holds all of a song's jobs.
-``JobQueue`` adds ``queue_position`` and ``queue_taken`` to a queued job's hash (its place in
-line); ``get`` leaves them out of the record.
+``JobQueue`` adds ``queue_lane``, ``queue_position`` and ``queue_taken`` to a queued job's
+hash (its place in line); ``get`` leaves them out of the record.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ return attempts
 """
 
 
-QUEUE_FIELDS = ("queue_position", "queue_taken")
+QUEUE_FIELDS = ("queue_lane", "queue_position", "queue_taken")
 """Written by ``JobQueue`` to compute a waiting job's position; not part of the record."""
 
 

@@ -26,6 +26,7 @@ import devstack
 from devstack.synth import write_song
 from separation.connections import connect_minio, connect_redis
 from separation.contract import Keys, input_key, sha256_file
+from separation.queue import WAITING_LISTS
 from separation.settings import Settings
 from separation.status import StatusStore
 from worker.worker import Worker
@@ -105,9 +106,13 @@ class Stack:
         """Jobs taken by workers and not yet finished or given back (their processing lists)."""
         return sum(self.redis.llen(k) for k in self.redis.scan_iter(Keys.PROCESSING_PREFIX + "*"))
 
+    def waiting(self) -> list[bytes]:
+        """Every waiting payload: the intake's and each lane's, each list's newest first."""
+        return [raw for key in WAITING_LISTS.values() for raw in self.redis.lrange(key, 0, -1)]
+
     def held_jobs(self) -> int:
-        """Jobs anywhere in the queue protocol: waiting on ``toWorkers`` or being processed."""
-        return self.processing() + self.redis.llen(Keys.QUEUE)
+        """Jobs anywhere in the queue protocol: waiting (intake or a lane) or being processed."""
+        return self.processing() + len(self.waiting())
 
     def wait_for(self, job_id: str, states: tuple[str, ...] = ("done", "failed"),
                  timeout_s: float = 120.0) -> dict[str, Any]:

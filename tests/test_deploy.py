@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 import yaml
 
-from separation.contract import Keys
+from separation.queue import WAITING_LISTS
 from separation.settings import LOCAL_DEV_MINIO_USER, Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -470,14 +470,21 @@ def test_keda_scales_the_worker_on_the_queue(rendered: dict) -> None:
     assert (target["kind"], target["name"]) == ("Deployment", workload["metadata"]["name"])
     assert "replicas" not in workload["spec"]  # a re-apply must not reset KEDA's count
     assert 1 <= scaled["spec"]["minReplicaCount"] <= scaled["spec"]["maxReplicaCount"]
-    (trigger,) = scaled["spec"]["triggers"]
-    meta = trigger["metadata"]
-    assert trigger["type"] == "redis" and meta["listName"] == Keys.QUEUE
-    host, port = meta["address"].rsplit(":", 1)
+    # the sum of every list where jobs wait, the intake and each lane
+    triggers = scaled["spec"]["triggers"]
+    lists = {trigger["name"]: trigger["metadata"]["listName"] for trigger in triggers}
+    assert lists == dict(WAITING_LISTS)
+    modifiers = scaled["spec"]["advanced"]["scalingModifiers"]
+    assert sorted(modifiers["formula"].split(" + ")) == sorted(WAITING_LISTS)
+    assert float(modifiers["target"]) == 1
     redis_service = get(docs, "Service", "redis")
-    assert host.split(".")[:2] == ["redis", redis_service["metadata"]["namespace"]]
-    assert int(port) == redis_service["spec"]["ports"][0]["port"]
-    assert meta["passwordFromEnv"] in {item["name"] for item in container["env"]}
+    for trigger in triggers:
+        meta = trigger["metadata"]
+        assert trigger["type"] == "redis"
+        host, port = meta["address"].rsplit(":", 1)
+        assert host.split(".")[:2] == ["redis", redis_service["metadata"]["namespace"]]
+        assert int(port) == redis_service["spec"]["ports"][0]["port"]
+        assert meta["passwordFromEnv"] in {item["name"] for item in container["env"]}
     settings = app_settings(docs, "demucs-worker")
     scale_down = scaled["spec"]["advanced"]["horizontalPodAutoscalerConfig"]["behavior"][
         "scaleDown"]

@@ -94,7 +94,7 @@ def test_clients_see_and_remove_only_their_own_songs(stack, start_rest, make_son
     b_shared = bob.send(shared, webhook.url)
     assert b_shared["id"] != a_shared["id"] and b_shared["hash"] == shared_hash
     assert a_shared["id"] not in json.dumps(b_shared)  # Bob is never told Alice's job
-    assert stack.redis.llen(Keys.QUEUE) == 2  # the shared song is queued once
+    assert len(stack.waiting()) == 2  # the shared song is queued once
     assert alice.queue() == {"queue": [private_hash, shared_hash], "total": 2, "offset": 0,
                              "limit": 100, "next": None}
     assert bob.queue()["queue"] == [shared_hash] and bob.queue()["total"] == 1
@@ -180,7 +180,7 @@ def test_keys_are_required_and_checked(stack, start_rest, make_song):
     song = make_song(seconds=1)
     answer = requests.post(f"{rest.url}/apiv1/separate", timeout=TIMEOUT_S,
                            json={"mp3": base64.b64encode(song.read_bytes()).decode()})
-    assert answer.status_code == 401 and stack.redis.llen(Keys.QUEUE) == 0
+    assert answer.status_code == 401 and not stack.waiting()
     # API_TOKEN is one more client, "default": it owns what it sends, like any other
     token = {"Authorization": "Bearer the-old-shared-token"}
     sent = requests.post(f"{rest.url}/apiv1/separate", headers=token, timeout=TIMEOUT_S,

@@ -9,14 +9,28 @@ import random
 import redis.asyncio
 
 from separation.contract import Keys
-from separation.queue import JobQueue
+from separation.queue import DEFAULT_HIGH_BURST, JobQueue
 from separation.status import StatusStore
 from tests.waiting import wait_until
 
 
-def waiting(stack) -> list[bytes]:
-    """Every queued payload in the order they will run (the service itself never reads all)."""
-    return list(reversed(stack.redis.lrange(Keys.QUEUE, 0, -1)))
+def waiting(stack, burst: int = DEFAULT_HIGH_BURST) -> list[bytes]:
+    """Every queued payload in the order they will run, by a step-by-step simulation of the
+    rule (the service itself never reads all, and computes places in closed form)."""
+    JobQueue(stack.redis, high_burst=burst).route()
+    assert stack.redis.llen(Keys.QUEUE) == 0
+    chunks, high, normal = (list(reversed(stack.redis.lrange(key, 0, -1)))
+                            for key in (Keys.LANE_CHUNKS, Keys.LANE_HIGH, Keys.LANE_NORMAL))
+    streak = int(stack.redis.get(Keys.HIGH_STREAK) or 0)
+    order = chunks
+    while high or normal:
+        if normal and (streak >= burst or not high):
+            order.append(normal.pop(0))
+            streak = 0
+        else:
+            order.append(high.pop(0))
+            streak = streak + 1 if normal else 0
+    return order
 
 
 def redis_now_ms(stack) -> float:
@@ -114,23 +128,31 @@ def test_a_worker_that_beats_again_in_time_keeps_its_jobs(stack):
 
 
 def test_positions_from_counters_match_the_list_whoever_pushes_and_takes(stack):
-    """Random REST enqueues, Redis-only pushes, takes, batches, give-backs, joins and deaths."""
-    queue = JobQueue(stack.redis)
+    """Random REST enqueues and Redis-only pushes of both priorities, chunks, takes, batches,
+    give-backs, joins and deaths: every tracked job's position is its place in the run order,
+    and the workers then take the jobs in exactly that order."""
+    burst = 2
+    queue = JobQueue(stack.redis, high_burst=burst, route_batch=3)
     status = StatusStore(stack.redis, ttl_s=600)
     rng = random.Random(23)
     tracked: set[str] = set()
     held: dict[str, list[bytes]] = {"w1": [], "w2": []}
     for step in range(400):
-        op = rng.choice(["rest", "rest", "redis-only", "take", "batch", "give-back", "join",
-                         "die"])
+        op = rng.choice(["rest", "rest", "redis-only", "redis-only", "chunk", "take", "batch",
+                         "batch", "give-back", "join", "die"])
         worker = rng.choice(list(held))
+        priority = rng.choice([{}, {"priority": "high"}, {"priority": "normal"}])
         if op == "rest":
             job_id = f"r{step}"
             status.queued(job_id, None, "m")
-            queue.enqueue(json.dumps({"id": job_id}), job_id)
+            queue.enqueue(json.dumps({"id": job_id, **priority}))
             tracked.add(job_id)
         elif op == "redis-only":
-            stack.redis.lpush(Keys.QUEUE, json.dumps({"id": f"x{step}"}))
+            for n in range(rng.randrange(1, 5)):  # routed later, in batches of 3
+                stack.redis.lpush(Keys.QUEUE, json.dumps({"id": f"x{step}-{n}", **priority}))
+        elif op == "chunk":
+            stack.redis.lpush(Keys.QUEUE, json.dumps({"id": f"x{step}-c0", "chunk_of": "p",
+                                                      "chunk": 0}))
         elif op in ("take", "batch"):
             take = queue.take(worker, 0.01) if op == "take" else queue.take_waiting(worker)
             if take is not None:
@@ -146,15 +168,23 @@ def test_positions_from_counters_match_the_list_whoever_pushes_and_takes(stack):
         elif op == "join":
             parent = f"p{step}"
             stack.redis.hset(Keys.chunks(parent), "total", 1)
-            queue.complete_chunk(parent, 0, json.dumps({"id": f"x{step}-join"}), 60)
+            queue.complete_chunk(parent, 0, json.dumps({"id": f"x{step}-join",
+                                                        "join_of": parent}), 60)
         elif op == "die" and held[worker]:
             queue.beat(worker, 0.001)
             wait_until(lambda dying=worker: queue.redeliver_dead() is not None
                        and stack.redis.zscore(Keys.WORKERS, dying) is None)
             held[worker] = []
-        in_line = [json.loads(raw)["id"] for raw in waiting(stack)]
+        positions = {job_id: queue.position(job_id) for job_id in tracked}  # routes first
+        in_line = [json.loads(raw)["id"] for raw in waiting(stack, burst)]
         for job_id in tracked:
-            assert queue.position(job_id) == in_line.index(job_id) + 1, (step, op, job_id)
+            assert positions[job_id] == in_line.index(job_id) + 1, (step, op, job_id)
+    expected = waiting(stack, burst)
+    assert len(expected) > 20 and any(b'"high"' in raw for raw in expected)
+    taken = []
+    while (raw := queue.take_waiting("drain")) is not None:
+        taken.append(raw)
+    assert taken == expected
 
 
 def test_a_page_of_the_queue_reads_only_that_page(stack):
@@ -167,3 +197,30 @@ def test_a_page_of_the_queue_reads_only_that_page(stack):
             return [await queue.page(0, 3), await queue.page(8, 5), await queue.page(10, 5)]
 
     assert asyncio.run(pages()) == [(10, [b"0", b"1", b"2"]), (10, [b"8", b"9"]), (10, [])]
+
+
+def test_pages_of_mixed_lanes_follow_the_run_order(stack):
+    """Chunks, high and normal jobs (some still in the intake): every page is its slice of
+    the order the jobs are then taken in."""
+    rng = random.Random(7)
+    for n in range(60):
+        kind = rng.choice(["normal", "normal", "high", "chunk"])
+        job = {"id": f"j{n}", "priority": "high"} if kind == "high" else \
+            {"id": f"j{n}", "chunk_of": "p", "chunk": n} if kind == "chunk" else {"id": f"j{n}"}
+        stack.redis.lpush(Keys.QUEUE, json.dumps(job))
+    stack.redis.set(Keys.HIGH_STREAK, 1)
+
+    async def all_pages() -> list[tuple[int, list[bytes]]]:
+        port = stack.redis.connection_pool.connection_kwargs["port"]
+        async with redis.asyncio.Redis(port=port) as aio:
+            queue = JobQueue(stack.redis, aio, high_burst=3, route_batch=7)
+            return [await queue.page(offset, 7) for offset in range(0, 63, 7)]
+
+    pages = asyncio.run(all_pages())
+    assert {total for total, _ in pages} == {60}
+    listed = [raw for _, raws in pages for raw in raws]
+    queue = JobQueue(stack.redis, high_burst=3)
+    taken = []
+    while (raw := queue.take_waiting("w")) is not None:
+        taken.append(raw)
+    assert listed == taken and len(taken) == 60

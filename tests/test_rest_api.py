@@ -97,7 +97,7 @@ def test_separate_then_status_tracks_dedup_and_remove(stack, rest, song, webhook
     again = requests.post(f"{rest.url}/apiv1/separate", timeout=TIMEOUT_S, json={
         "mp3": b64(song), "callback": {"url": webhook.url, "data": {"n": 2}}}).json()
     assert again["id"] == body["id"] and "already separated" in again["reason"], again
-    assert stack.redis.llen(Keys.QUEUE) == 0
+    assert len(stack.waiting()) == 0
     wait_for_calls(webhook, 2)
     second = json.loads(webhook.calls[1][0])
     assert second["data"] == {"n": 2} and second["tracks"]["vocals"] == f"{songhash}-vocals.mp3"
@@ -174,25 +174,32 @@ def test_queue_lists_songs_in_the_order_they_will_run(stack, rest, make_song):
         stack.push({"id": f"long-c{index}", "bucket": stack.queue_bucket, "chunk": index,
                     "object": f"chunks/long/c{index}.wav", "chunk_of": "long"})
     stack.push({"id": "long-join", "join_of": "long"})
+    # a song under way runs first: its chunks and join, then the songs queued, in order
     queue = requests.get(f"{rest.url}/apiv1/queue", timeout=TIMEOUT_S)
     assert queue.status_code == 200 and queue.json() == {
-        "queue": [*hashes, long_song], "total": 7, "offset": 0, "limit": 100, "next": None}
-    for position, job_id in enumerate(ids, start=1):
+        "queue": [long_song, *hashes], "total": 7, "offset": 0, "limit": 100, "next": None}
+    for position, job_id in enumerate(ids, start=4):
         record = requests.get(f"{rest.url}/apiv1/status/{job_id}", timeout=TIMEOUT_S).json()
         assert record["state"] == "queued" and record["position"] == position
         assert record["attempts"] == 0 and record["tracks"] == {}
-        assert "queue_position" not in record and "queue_taken" not in record
+        assert not any(name.startswith("queue_") for name in record)
     # pages: a bounded slice and the path of the next; the limit is capped by the setting
-    first = requests.get(f"{rest.url}/apiv1/queue?limit=2", timeout=TIMEOUT_S).json()
-    assert first["queue"] == hashes[:2] and first["next"] == "/apiv1/queue?offset=2&limit=2"
+    first = requests.get(f"{rest.url}/apiv1/queue?limit=3", timeout=TIMEOUT_S).json()
+    assert first["queue"] == [long_song] and first["next"] == "/apiv1/queue?offset=3&limit=3"
     second = requests.get(f"{rest.url}{first['next']}", timeout=TIMEOUT_S).json()
-    assert second["queue"] == hashes[2:] and second["total"] == 7  # the broken job is skipped
+    assert second["queue"] == hashes and second["next"] == "/apiv1/queue?offset=6&limit=3"
+    third = requests.get(f"{rest.url}{second['next']}", timeout=TIMEOUT_S).json()
+    assert third["queue"] == [] and third["total"] == 7  # the broken job is skipped
+    assert third["next"] is None
     assert requests.get(f"{rest.url}/apiv1/queue?offset=4&limit=5000",
                         timeout=TIMEOUT_S).json()["limit"] == 1000
     assert_error(requests.get(f"{rest.url}/apiv1/queue?limit=0", timeout=TIMEOUT_S), 400,
                  "limit")
-    # a worker takes the first song; a Redis-only producer's job lands behind: positions move
-    assert JobQueue(stack.redis).take("w", 0.1) is not None
+    # a worker takes the long song's jobs and the first song; a Redis-only producer's job
+    # lands behind: positions move
+    queue = JobQueue(stack.redis)
+    assert [json.loads(queue.take("w", 0.1))["id"] for _ in range(4)] == [
+        "long-c0", "long-c1", "long-join", ids[0]]
     stack.push({"songhash": "ef" * 32})
     assert [requests.get(f"{rest.url}/apiv1/status/{job_id}", timeout=TIMEOUT_S).json()[
         "position"] for job_id in ids[1:]] == [1, 2]
@@ -209,7 +216,7 @@ def test_multipart_upload_with_fields(stack, rest, make_song):
             data={"model": "demucs_unittest", "stems": ["vocals,base", "drums"],
                   "callback": json.dumps({"url": "http://127.0.0.1:9/hook", "data": {"k": 1}})})
     assert response.status_code == 200, response.text
-    job = json.loads(stack.redis.lindex(Keys.QUEUE, 0))
+    job = json.loads(stack.waiting()[0])
     assert job == {"id": response.json()["id"], "songhash": response.json()["hash"],
                    "model": "demucs_unittest", "stems": ["vocals", "bass", "drums"],
                    "callback": {"url": "http://127.0.0.1:9/hook", "data": {"k": 1}}}
@@ -242,7 +249,7 @@ def test_bad_requests_answer_400_and_enqueue_nothing(stack, rest, make_song, tmp
     ]
     for kwargs, text in cases:
         assert_error(requests.post(url, timeout=TIMEOUT_S, **kwargs), 400, text)
-    assert stack.redis.llen(Keys.QUEUE) == 0
+    assert len(stack.waiting()) == 0
     assert not list(stack.minio.list_objects(stack.queue_bucket))
 
 
@@ -290,7 +297,7 @@ def test_over_max_input_mb_answers_413(stack, start_rest, make_song):
     answer = connection.getresponse()
     assert answer.status == 413 and "MAX_INPUT_MB" in json.loads(answer.read())["error"]
     connection.close()
-    assert stack.redis.llen(Keys.QUEUE) == 1
+    assert len(stack.waiting()) == 1
 
 
 def test_api_token_guards_every_apiv1_route(stack, start_rest, make_song):
@@ -306,7 +313,7 @@ def test_api_token_guards_every_apiv1_route(stack, start_rest, make_song):
         assert requests.get(rest.url + path, timeout=TIMEOUT_S).status_code == 401, path
     assert requests.post(f"{rest.url}/apiv1/separate", timeout=TIMEOUT_S,
                          json={"mp3": b64(make_song(seconds=1))}).status_code == 401
-    assert stack.redis.llen(Keys.QUEUE) == 0
+    assert len(stack.waiting()) == 0
     good = {"Authorization": "Bearer test-token-123"}
     assert requests.get(queue_url, headers=good, timeout=TIMEOUT_S).json()["queue"] == []
     assert requests.get(queue_url + "?access_token=test-token-123", timeout=TIMEOUT_S).ok
@@ -371,7 +378,7 @@ def test_health_metrics_and_outages_answer_json(stack, rest, start_rest):
     metrics = metrics_text(rest)
     assert 'demucs_rest_requests_total{method="GET",route="/apiv1/queue",status="200"} 1.0' \
         in metrics
-    assert "demucs_rest_queue_depth 0.0" in metrics
+    assert 'demucs_rest_queue_depth{lane="normal"} 0.0' in metrics
 
     # Redis and MinIO gone: every answer is still JSON, with no traceback
     down = start_rest(REDIS_PORT=str(_closed_port()), MINIO_ENDPOINT=f"127.0.0.1:{_closed_port()}")
@@ -466,4 +473,5 @@ def test_probes_answer_on_a_port_of_their_own(stack, rest):
     stack.redis.lpush(Keys.QUEUE, '{"songhash": "' + "e" * 64 + '"}')
     metrics = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=TIMEOUT_S).text
     assert 'demucs_rest_requests_total{method="GET",route="/apiv1/queue"' in metrics
-    assert "demucs_rest_queue_depth 1.0" in metrics  # read at the scrape, on this port too
+    assert 'demucs_rest_queue_depth{lane="intake"} 1.0' in metrics  # read at the scrape,
+    # on this port too

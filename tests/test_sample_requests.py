@@ -47,7 +47,7 @@ def test_sample_requests_separates_every_song_of_a_folder(stack, rest, make_song
     stack.start_worker()
     out = tmp_path / "tracks"
     result = run_script("sample-requests.py", "--host", rest.host, "--dir", str(songs),
-                        "--out", str(out), "--stems", "vocals", "base",
+                        "--out", str(out), "--stems", "vocals", "base", "--priority", "high",
                         env=stack.env)
     assert result.returncode == 0, result.stdout + result.stderr
     folders = sorted(p.name.split("-")[0] for p in out.iterdir())
@@ -69,10 +69,11 @@ def test_scripts_say_plainly_when_the_service_is_unreachable(stack, tmp_path):
 def test_push_job_uploads_and_queues_the_raw_job(stack, make_song):
     song = make_song(seconds=1)
     result = run_script("push-job.py", "--file", str(song), "--stems", "vocals",
-                        env=stack.env)
+                        "--priority", "high", env=stack.env)
     assert result.returncode == 0, result.stdout + result.stderr
-    job = json.loads(stack.redis.lindex(Keys.QUEUE, 0))
-    assert job["stems"] == ["vocals"] and len(job["songhash"]) == 64
+    job = json.loads(stack.redis.lindex(Keys.LANE_HIGH, 0))  # routed into the high lane
+    assert job["stems"] == ["vocals"] and len(job["songhash"]) == 64 and len(stack.waiting()) == 1
+    assert job["priority"] == "high"
     port = stack.env["REDIS_PORT"]
     assert f"redis-cli -p {port} LPUSH toWorkers '{json.dumps(job, separators=(',', ':'))}'" \
         in result.stdout

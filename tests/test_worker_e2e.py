@@ -149,7 +149,7 @@ def test_sigterm_past_the_grace_requeues_the_job(stack, song):
     assert worker.wait(timeout=30) == 0
     record = stack.status("requeued")
     assert record["state"] == "queued" and record["attempts"] == 0, record
-    assert stack.redis.llen(Keys.QUEUE) == 1 and stack.processing() == 0
+    assert len(stack.waiting()) == 1 and stack.processing() == 0
     stack.start_worker()
     assert stack.wait_for("requeued")["state"] == "done"
 

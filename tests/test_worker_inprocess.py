@@ -131,6 +131,6 @@ def test_a_stopping_worker_gives_the_job_back_without_counting_it(stack, make_so
     record = stack.status("returned")
     assert record["state"] == "queued" and record["attempts"] == 0, record
     assert "worker stopped" in record["error"]
-    assert stack.redis.llen(Keys.QUEUE) == 1 and stack.held_jobs() == 1  # waiting again
+    assert len(stack.waiting()) == 1 and stack.held_jobs() == 1  # waiting again
     stack.worker_in_process().run(burst=True)
     assert stack.status("returned")["state"] == "done"

@@ -11,7 +11,7 @@ from collections.abc import Callable
 import redis
 
 from separation.queue import JobQueue
-from worker.metrics import QUEUE_DEPTH
+from worker.metrics import record_queue_depths
 
 log = logging.getLogger("worker")
 
@@ -59,7 +59,7 @@ class Heartbeat:
                 self.beat()
                 for raw in self.queue.redeliver_dead():
                     log.warning("redelivered a job of a dead worker: %.120r", raw)
-                QUEUE_DEPTH.set(self.queue.depth())
+                record_queue_depths(self.queue.depths())
             except redis.RedisError as error:
                 log.warning("heartbeat failed: %s", error)
 

@@ -6,8 +6,9 @@ comes from the environment (``separation.settings``). The queue protocol is writ
 
 A job's lifecycle, one method each, in the order ``run_batch`` calls them:
 
-1. ``take_jobs``   BLMOVE from ``toWorkers`` into this worker's processing list, plus up to
-                   ``BATCH_MAX - 1`` jobs already waiting (a batch never waits for more).
+1. ``take_jobs``   the next job by priority (``JobQueue.take``: chunks of songs under way
+                   first, then high before normal) into this worker's processing list, plus
+                   up to ``BATCH_MAX - 1`` jobs already waiting (a batch never waits for more).
 2. ``start``       parse the payload and decide its kind (``worker.task.JobKind``: a song, a
                    chunk of a long song, or a join); count the attempt; mark it running.
 3. ``fetch``       a song or chunk: stat and ``fget_object`` its input into the batch's temp
@@ -102,7 +103,8 @@ class Worker:
     def __init__(self, settings: Settings, client: redis.Redis, storage: Minio) -> None:
         check_geometry(settings)
         self.settings = settings
-        self.queue = JobQueue(client)
+        self.queue = JobQueue(client, high_burst=settings.high_burst,
+                              route_batch=settings.queue_route_batch)
         self.status = StatusStore(client, settings.status_ttl_s)
         self.storage = storage
         self.long_songs = LongSongs(settings, self.queue, self.status, storage)

@@ -18,7 +18,10 @@ import psutil
 import redis as redis_lib
 
 import devstack
+from separation.contract import Keys
+from separation.queue import JobQueue
 from tests.reliability.accounting import TRIALS, FaultRow
+from tests.waiting import wait_until
 
 STEMS = ["vocals", "drums"]
 SEED = int(os.environ.get("RELIABILITY_SEED", str(int(time.time()))))
@@ -81,6 +84,37 @@ def test_sigkill_at_a_random_moment(stack, song, webhook, report):
     row = account(stack, "SIGKILL worker mid-job (random)", len(ids), ids, webhook)
     report(row)
     assert (row.done, row.lost, row.stuck) == (len(ids), 0, 0), (SEED, row)
+
+
+def test_sigkill_while_holding_a_high_job(stack, make_song, report):
+    """The high job a killed worker held goes back to the high lane's taking end (ahead of the
+    normal jobs that waited), runs before them, and nothing is lost or run twice."""
+    songhash = stack.upload_song(make_song(seconds=2))
+    queue = JobQueue(stack.redis)  # redelivers as a live worker's heartbeat thread would
+    ids = []
+    for trial in range(TRIALS):
+        normal, high = [f"hk{trial}-n0", f"hk{trial}-n1"], f"hk{trial}-high"
+        ids += [*normal, high]
+        for job_id in normal:
+            stack.push({"id": job_id, "songhash": songhash, "stems": STEMS})
+        stack.push({"id": high, "songhash": songhash, "stems": STEMS, "priority": "high"})
+        victim = stack.start_worker(BATCH_MAX="1")
+        stack.wait_for_stage(high, "separating")
+        victim.send_signal(signal.SIGKILL)
+        victim.wait()
+        assert json.loads(wait_until(queue.redeliver_dead)[0])["id"] == high
+        assert [json.loads(raw)["id"] for raw in stack.redis.lrange(Keys.LANE_HIGH, 0, -1)] \
+            == [high]
+        assert stack.redis.llen(Keys.LANE_NORMAL) == 2 and stack.processing() == 0
+        rescuer = stack.start_worker(BATCH_MAX="1")
+        records = {job_id: stack.wait_for(job_id, timeout_s=120) for job_id in (*normal, high)}
+        assert min(records, key=lambda j: records[j]["finished_at"] or 0) == high, records
+        assert records[high]["attempts"] == 2, records[high]
+        rescuer.send_signal(signal.SIGTERM)
+        assert rescuer.wait(timeout=60) == 0
+    row = account(stack, "SIGKILL worker holding a high job", TRIALS, ids)
+    report(row)
+    assert (row.done, row.lost, row.stuck) == (len(ids), 0, 0), row
 
 
 def test_sigterm_mid_job(stack, song, report):

@@ -169,7 +169,7 @@ def test_identical_uploads_join_one_job_and_each_gets_its_callback(stack, start_
         answers = list(pool.map(submit, range(5)))
     assert all(a.status_code == 200 for a in answers), [a.text for a in answers]
     ids = {a.json()["id"] for a in answers}
-    assert len(ids) == 1 and stack.redis.llen(Keys.QUEUE) == 1
+    assert len(ids) == 1 and len(stack.waiting()) == 1
     stack.start_worker()
     job_id = ids.pop()
     assert stack.wait_for(job_id)["state"] == "done"
@@ -200,7 +200,7 @@ def test_rate_limit_holds_across_replicas_and_ignores_forwarded_for(stack, start
     refused = answers[-1]
     assert 1 <= int(refused.headers["Retry-After"]) <= 60
     assert "RATE_LIMIT_PER_MIN" in refused.json()["error"]
-    assert stack.redis.llen(Keys.QUEUE) == 3
+    assert len(stack.waiting()) == 3
     assert requests.get(first.url + "/apiv1/queue", timeout=10).status_code == 200  # only uploads
 
 

@@ -25,7 +25,7 @@ def test_rest_refuses_a_lying_mp3(stack, rest):
     assert response.status_code == 400, response.text
     assert REASON in response.json()["error"]
     assert "MAX_DURATION_S=1200" in response.json()["error"]
-    assert stack.redis.llen(Keys.QUEUE) == 0
+    assert len(stack.waiting()) == 0
 
 
 def test_the_worker_fails_a_lying_mp3_fast_with_the_reason(stack, tmp_path):
