@@ -39,7 +39,7 @@ OWNER_FIELDS = ("client", "runs_as")
 """Fields of a status record that are bookkeeping, never shown to a client."""
 VIEW_OWN_FIELDS = ("id", "name", "created_at", *OWNER_FIELDS)
 """What a view keeps of its own; the rest is the working job's."""
-FINAL_STATES = (Status.DONE.value, Status.FAILED.value)
+FINAL_STATES = tuple(state.value for state in Status if state.final)
 
 # KEYS: owners set; ARGV: "<client>/<track>", "/<track>".
 # -1: the client did not own the track; else how many other clients still own it.

@@ -417,11 +417,13 @@ class JobQueue:
                                             self._args()))
 
     def positions(self, job_ids: list[str]) -> list[int | None]:
-        """``position`` of each of these jobs, in one round trip."""
+        """``position`` of each of these jobs: the intake routed, then one round trip."""
+        self.route()
         with self.redis.pipeline(transaction=False) as pipe:
             for job_id in job_ids:
-                self._position(keys=self._position_keys(job_id), client=pipe)
-            return list(pipe.execute())
+                self._position(keys=self._position_keys(job_id), args=self._args(), client=pipe)
+            return [None if _is_route_more(found) else self._run_place(found)
+                    for found in pipe.execute()]  # None: pushed meanwhile, not yet routed
 
     async def position_async(self, job_id: str) -> int | None:
         """``position`` on the asyncio client, for the REST status route."""
