@@ -88,6 +88,13 @@ class LongSongs:
         record = self.status.get(parent_id)
         return record is not None and record["state"] == Status.FAILED.value
 
+    def store_chunk(self, chunk: Job, stem_dir: Path) -> None:
+        """Store a chunk's stems for the join, then count it (the last one queues the join)."""
+        self.store_stems(chunk, stem_dir)
+        self.complete(chunk)
+        if self.parent_failed(chunk.chunk_of or ""):
+            self.cleanup(chunk.chunk_of or "")  # stored after the parent failed
+
     def store_stems(self, chunk: Job, stem_dir: Path) -> None:
         """Store a chunk's stems, all of the width its song needs (a chunk that shared a Demucs
         call with a 24-bit job got 24-bit stems: a 16-bit song's are brought back to 16)."""

@@ -17,9 +17,10 @@ A job's lifecycle, one method each, in the order ``run_batch`` calls them:
                    ``join`` stitches its long song's chunk stems.
 4. ``separate``    one Demucs CLI call for all of a batch's jobs of one model, with its
                    fallbacks (``worker.separator``).
-5. ``deliver``     a chunk's stems are stored for its join (``store_chunk``); a song's or
-                   join's tracks are mixed from the WAV stems, encoded once each in the job's
-                   format (MP3, FLAC, WAV), and ``fput_object``-ed (``upload_tracks``).
+5. ``deliver``     a chunk's stems are stored for its join (``LongSongs.store_chunk``); a
+                   song's or join's tracks are mixed from the WAV stems, encoded once each in
+                   the job's format (MP3, FLAC, WAV), and ``fput_object``-ed
+                   (``upload_tracks``).
    A cancel (``worker.cancel``) is checked when a job is taken, before each step, and by a
    thread while Demucs runs (which it stops).
 6. ``settle``      the one place a taken job ends: its ``Outcome`` (``worker.outcomes``) goes
@@ -303,21 +304,13 @@ class Worker:
     def deliver(self, task: Task) -> None:
         self.cancels.check(task)
         if task.kind is JobKind.CHUNK:
-            self.store_chunk(task)
+            if task.stem_dir is None:
+                raise RuntimeError(f"chunk {task.id} has no stems")
+            with timed(task, "upload"):
+                self.long_songs.store_chunk(task.subject, task.stem_dir)
             self.settle(task, Outcome.of(State.CHUNK_STORED))
         else:
             self.settle(task, Outcome.done(self.upload_tracks(task)))
-
-    def store_chunk(self, task: Task) -> None:
-        """Store a chunk's stems for the join, then count it (the last one queues the join)."""
-        chunk = task.subject
-        if task.stem_dir is None:
-            raise RuntimeError(f"chunk {task.id} has no stems")
-        with timed(task, "upload"):
-            self.long_songs.store_stems(chunk, task.stem_dir)
-        self.long_songs.complete(chunk)
-        if self.long_songs.parent_failed(chunk.chunk_of or ""):
-            self.long_songs.cleanup(chunk.chunk_of or "")  # stored after the parent failed
 
     def upload_tracks(self, task: Task) -> dict[str, str]:
         if task.stem_dir is None or task.input_path is None or not task.songhash:
