@@ -364,7 +364,7 @@ def rss_mb():
 import demucs.separate  # what ``python -m demucs`` imports: torch, Demucs
 imported = rss_mb()
 from demucs.pretrained import get_model
-get_model(sys.argv[1], repo=Path(sys.argv[2]))
+model = get_model(sys.argv[1], repo=Path(sys.argv[2]))  # held: freed, it would not count
 print(imported, rss_mb())
 """
 
