@@ -126,6 +126,20 @@ def _tree_cpu_s(process: psutil.Process) -> float:
     return times.user + times.system + times.children_user + times.children_system
 
 
+def _busy_cpu_s() -> float:
+    """CPU seconds the whole machine has been busy (every process, and time stolen by the
+    hypervisor for other guests)."""
+    t = psutil.cpu_times()
+    return t.user + t.nice + t.system + getattr(t, "irq", 0) + getattr(t, "softirq", 0) + \
+        getattr(t, "steal", 0)
+
+
+def others_cores(busy_before_s: float, own_cpu_s: float, wall_s: float) -> float:
+    """How many cores, on average over ``wall_s``, went to everything but the measured side
+    (other sessions on a shared machine): the load the figure was taken under."""
+    return round(max(0.0, _busy_cpu_s() - busy_before_s - own_cpu_s) / wall_s, 2)
+
+
 class Bench:
     """The services, and helpers to run the raw CLI and the pipeline on them."""
 
@@ -167,15 +181,16 @@ class Bench:
             command += ["--repo", repo]
         env = {**os.environ, "OMP_NUM_THREADS": str(self.threads),
                "MKL_NUM_THREADS": str(self.threads)}
-        started, cpu_before_s = time.monotonic(), _children_cpu_s()
+        started, cpu_before_s, busy_s = time.monotonic(), _children_cpu_s(), _busy_cpu_s()
         process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
                                    stderr=subprocess.DEVNULL)
         with PeakRss(process.pid) as rss:
             code = process.wait()
         if code != 0:
             raise RuntimeError(f"raw Demucs CLI failed with code {code}: {command}")
-        return {"wall_s": time.monotonic() - started, "peak_rss_mb": rss.peak_mb,
-                "cpu_s": _children_cpu_s() - cpu_before_s}
+        wall_s, cpu_s = time.monotonic() - started, _children_cpu_s() - cpu_before_s
+        return {"wall_s": wall_s, "peak_rss_mb": rss.peak_mb, "cpu_s": cpu_s,
+                "others_cores": others_cores(busy_s, cpu_s, wall_s)}
 
     def start_worker(self, model: str, repo: str | None, **overrides: str) -> subprocess.Popen:
         process = devstack.start_worker(self.env(model, repo, **overrides),
@@ -248,12 +263,14 @@ def bench_batch(bench: Bench, clips: list[Path], model: str, repo: str | None,
                 batch_max: int) -> dict[str, Any]:
     per_mode: dict[str, float] = {}
     cpu_s: dict[str, float] = {}
+    others: dict[str, float] = {}
     for mode, size in (("one_cli_per_job", 1), ("batched", batch_max)):
         worker = bench.start_worker(model, repo, BATCH_MAX=str(size))
         try:
-            cpu_before_s = _tree_cpu_s(psutil.Process(worker.pid))
+            cpu_before_s, busy_s = _tree_cpu_s(psutil.Process(worker.pid)), _busy_cpu_s()
             wall_s, _ = bench.run_jobs(clips, worker)
             cpu_s[mode] = _tree_cpu_s(psutil.Process(worker.pid)) - cpu_before_s
+            others[mode] = others_cores(busy_s, cpu_s[mode], wall_s)
         finally:
             devstack.stop(worker)
         per_mode[mode] = len(clips) / wall_s * 60
@@ -264,6 +281,7 @@ def bench_batch(bench: Bench, clips: list[Path], model: str, repo: str | None,
             "gain": round(per_mode["batched"] / per_mode["one_cli_per_job"], 2),
             "cpu_s": {k: round(v, 1) for k, v in cpu_s.items()},
             "cpu_gain": round(cpu_s["one_cli_per_job"] / cpu_s["batched"], 2),
+            "others_cores": others,
             "raw_cli": raw_cli_batching(bench, clips[:batch_max], model, repo)}
 
 
@@ -283,6 +301,8 @@ def raw_cli_batching(bench: Bench, clips: list[Path], model: str,
                        f"start_up_{unit}": round(one_s - per_clip_s, 2),
                        f"per_clip_{unit}": round(per_clip_s, 2),
                        f"{cpu}gain": round(len(clips) * one_s / all_s, 2)})
+    result["others_cores"] = round((one["others_cores"] * one["wall_s"] + every["others_cores"]
+                                    * every["wall_s"]) / (one["wall_s"] + every["wall_s"]), 2)
     print(f"  batch {model} raw CLI: {result}", flush=True)
     return result
 
@@ -423,10 +443,11 @@ def bench_karaoke(bench: Bench, song: Path, bag: str, repo: str) -> dict[str, An
           f"{raw['peak_rss_mb']:.0f} MB", flush=True)
     worker = bench.start_worker(bag, repo, BATCH_MAX="1", CHUNK_OVER_S="0")
     try:
-        cpu_before_s = _tree_cpu_s(psutil.Process(worker.pid))
+        cpu_before_s, busy_s = _tree_cpu_s(psutil.Process(worker.pid)), _busy_cpu_s()
         with PeakRss(worker.pid) as rss:
             wall_s, (record,) = bench.run_jobs([song], worker, stems=KARAOKE)
         cpu_s = _tree_cpu_s(psutil.Process(worker.pid)) - cpu_before_s
+        service_others = others_cores(busy_s, cpu_s, wall_s)
         worker_job_mb = PeakRss._high_water_bytes(worker.pid) / 2**20
     finally:
         devstack.stop(worker)
@@ -448,6 +469,7 @@ def bench_karaoke(bench: Bench, song: Path, bag: str, repo: str) -> dict[str, An
         "time_ratio": round(wall_s / raw["wall_s"], 3),
         "raw_cli_cpu_s": round(raw["cpu_s"], 1), "service_cpu_s": round(cpu_s, 1),
         "cpu_ratio": round(cpu_s / raw["cpu_s"], 3),
+        "others_cores": {"raw_cli": raw["others_cores"], "service": service_others},
         "raw_cli_peak_rss_mb": round(raw["peak_rss_mb"]),
         "service_peak_rss_mb": round(rss.peak_mb),
         "rss_ratio": round(rss.peak_mb / raw["peak_rss_mb"], 3),
