@@ -48,6 +48,7 @@ write_random_secrets() {
     echo "REDIS_PASSWORD=$(random_secret)"
     echo "WEBHOOK_SECRET="
     echo "API_TOKEN="
+    echo "API_KEYS="
   } >"$SECRETS"
   echo "wrote $SECRETS with random credentials"
 }

@@ -34,9 +34,9 @@ import numpy as np
 import devstack
 from bench.run import RESULTS, TINY, Bench, PeakRss, bench_model, write_results
 from devstack.synth import write_song
-from separation.chunking import cut_chunks, frames, plan_chunks, read_wav, stitch
 from separation.contract import DEMUCS_STEMS
 from separation.settings import Settings, available_cpus
+from worker.chunking import cut_chunks, frames, plan_chunks, read_wav, stitch
 
 
 def _read(path: Path) -> np.ndarray:

@@ -50,10 +50,10 @@ from bench.model import (
     cache_dir,
 )
 from devstack.synth import write_song
-from separation.audio import mix_and_encode
 from separation.contract import Keys, input_key, sha256_file
 from separation.settings import Settings, available_cpus
 from separation.status import StatusStore
+from worker.encode import mix_and_encode
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TINY = "demucs_unittest"

@@ -95,13 +95,15 @@ else
   fi
   "$venv/bin/python" -c '
 import importlib, pkgutil, runpy, sys
-import separation
-names = sorted(m.name for m in pkgutil.iter_modules(separation.__path__))
-for name in names:
-    importlib.import_module("separation." + name)
+import separation, worker
+names = []
+for package in (separation, worker):
+    for module in sorted(m.name for m in pkgutil.iter_modules(package.__path__)):
+        importlib.import_module(package.__name__ + "." + module)
+        names.append(package.__name__ + "." + module)
 runpy.run_path("worker/worker.py", run_name="import_check")  # defines, does not run
-print("Python %d.%d.%d: worker/worker.py and separation.%s import" % (
-    *sys.version_info[:3], "{" + ",".join(names) + "}"))
+print("Python %d.%d.%d: worker/worker.py and %s import" % (
+    *sys.version_info[:3], ", ".join(names)))
 '
 fi
 

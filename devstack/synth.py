@@ -5,6 +5,7 @@ The project ships no third-party music; this makes a few seconds of something so
 
 from __future__ import annotations
 
+import io
 import math
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import lameenc
 import numpy as np
 
 from separation.mp3_frames import Frame, parse_header
+from worker.chunking import write_wav
 
 SAMPLE_RATE = 44100
 
@@ -47,6 +49,20 @@ def encode_mp3(samples: np.ndarray, bitrate_kbps: int = 192,
     encoder.set_channels(samples.shape[1])
     encoder.set_quality(5)
     return bytes(encoder.encode(np.ascontiguousarray(samples).tobytes()) + encoder.flush())
+
+
+def wav_bytes(frames: int, channels: int = 2, sample_rate: int = SAMPLE_RATE) -> bytes:
+    """A silent 16-bit WAV file: audio that is not an MP3, whatever a name or header says."""
+    buffer = io.BytesIO()
+    write_wav(buffer, np.zeros((frames, channels)), sample_rate)
+    return buffer.getvalue()
+
+
+def undecodable_mp3(path: Path) -> Path:
+    """Valid MP3 headers (the probe accepts it) followed by garbage Demucs cannot decode."""
+    good = encode_mp3(synth_song(3.0, seed=5))
+    path.write_bytes(good[:2000] + bytes(range(256)) * 400)
+    return path
 
 
 def write_song(path: Path, seconds: float = 6.0, seed: int = 0) -> Path:

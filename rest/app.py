@@ -2,8 +2,9 @@
 
 Routes besides ``apiv1`` (``rest.api``): ``GET /`` (the page for a browser, a JSON 200 for
 anything else, such as a load balancer), ``POST /`` (job-outcome webhooks, logged),
-``/healthz``, ``/metrics`` and the OpenAPI docs at ``/docs``. Every error is JSON
-``{"error": ..., "reason": ...}``; no traceback ever reaches a client.
+``/healthz`` and the OpenAPI docs at ``/docs``. Prometheus' ``/metrics`` is served only on
+``METRICS_PORT`` (with the probes), never on the API's port, which the ingress routes. Every
+error is JSON ``{"error": ..., "reason": ...}``; no traceback ever reaches a client.
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.telemetry import TelemetryConfig
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
@@ -43,15 +43,15 @@ from separation.webhook import verify_delivery
 log = logging.getLogger("rest")
 PAGE_PATH = Path(__file__).with_name("page.html")
 CALLBACK_MAX_BYTES = 1 << 20
-# Metrics are Prometheus' (/metrics): FastAPI's OpenTelemetry hooks would cost every request a
-# look for providers that are never configured.
+# Metrics are Prometheus' (METRICS_PORT's /metrics): FastAPI's OpenTelemetry hooks would cost
+# every request a look for providers that are never configured.
 NO_OPENTELEMETRY = TelemetryConfig(tracing=False, metrics=False, logs=False)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings.from_env()
-    # With API_TOKEN set, the API's description is the token holders' business too.
-    guarded = [Depends(require_token)] if settings.api_token else []
+    # With API_TOKEN or API_KEYS set, the API's description is the key holders' business too.
+    guarded = [Depends(require_token)] if settings.api_token or settings.api_keys else []
     app = FastAPI(title="Music source separation", version="1.0",
                   description="Split songs into stems with Demucs. The lab's `apiv1` API.",
                   lifespan=_lifespan, docs_url=None, redoc_url=None, openapi_url=None,
@@ -76,7 +76,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.add_api_route(path, favicon, methods=["GET", "HEAD"], include_in_schema=False)
     app.add_api_route("/", callback, methods=["POST"], summary="Receive a job-outcome webhook")
     app.add_api_route("/healthz", healthz, methods=["GET"], summary="Redis and MinIO reachable")
-    app.add_api_route("/metrics", metrics, methods=["GET"], summary="Prometheus metrics")
     return app
 
 
@@ -103,7 +102,8 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
                         error)
     log.info("rest service ready: model %s, buckets %s -> %s, API token %s",
              settings.demucs_model, settings.queue_bucket, settings.output_bucket,
-             "required" if settings.api_token else "off")
+             f"required, {len(backend.clients)} clients owning their songs"
+             if backend.owned else "required" if settings.api_token else "off")
     yield
     if probes is not None:
         probes.shutdown()
@@ -172,13 +172,9 @@ async def healthz(request: Request) -> JSONResponse:
     return JSONResponse({"ok": healthy, "reason": reason}, status_code=200 if healthy else 503)
 
 
-def metrics() -> Response:
-    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
-
-
 class QueueDepthAtScrape:
-    """``demucs_rest_queue_depth``, read from Redis at each scrape, on either port (the API's
-    ``/metrics`` or ``METRICS_PORT``'s); the last value known while Redis does not answer."""
+    """``demucs_rest_queue_depth``, read from Redis at each scrape of ``METRICS_PORT``'s
+    ``/metrics``; the last value known while Redis does not answer."""
 
     def __init__(self, backend: Backend) -> None:
         self.backend = backend

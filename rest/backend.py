@@ -1,4 +1,9 @@
-"""What every route needs: the settings, the Redis and MinIO clients, and the API token check."""
+"""What every route needs: the settings, the Redis and MinIO clients, and who the caller is.
+
+``API_TOKEN`` alone: one shared token guards the API, as before. ``API_KEYS``: each client has
+a key of its own, ``API_TOKEN`` being one more (``default``), and owns what it sends
+(``rest.owners``). Keys are compared in constant time, each against every key.
+"""
 
 from __future__ import annotations
 
@@ -12,15 +17,13 @@ from fastapi import Depends, HTTPException, Request
 from minio import Minio
 
 from rest.callbacks import CallbackSender
+from rest.owners import Owners
 from rest.ratelimit import RateLimit
-from separation.connections import (
-    connect_minio,
-    connect_redis,
-    connect_redis_async,
-    ensure_bucket,
-)
+from separation.clients import parse_api_keys
+from separation.connections import connect_minio, connect_redis, connect_redis_async
 from separation.joins import Joins
 from separation.queue import JobQueue
+from separation.retention import prepare_bucket
 from separation.settings import Settings
 from separation.status import StatusStore
 
@@ -36,22 +39,37 @@ class Backend:
     status: StatusStore
     joins: Joins
     rate_limit: RateLimit
+    owners: Owners
+    clients: dict[str, bytes]
+    """SHA-256 of each client's key, by name: every key is compared at the same cost."""
     callbacks: CallbackSender = field(default_factory=CallbackSender)
     buckets_ready: bool = False
 
     @classmethod
     def connect(cls, settings: Settings) -> Backend:
         client, async_client = connect_redis(settings), connect_redis_async(settings)
-        return cls(settings, client, connect_minio(settings), JobQueue(client, async_client),
-                   StatusStore(client, settings.status_ttl_s, async_client),
+        queue = JobQueue(client, async_client)
+        status = StatusStore(client, settings.status_ttl_s, async_client)
+        clients = {name: _digest(key) for name, key in
+                   parse_api_keys(settings.api_keys, settings.api_token).items()}
+        return cls(settings, client, connect_minio(settings), queue, status,
                    Joins(client, settings.status_ttl_s),
-                   RateLimit(client, settings.rate_limit_per_min))
+                   RateLimit(client, settings.rate_limit_per_min),
+                   Owners(client, async_client, status, queue, settings.status_ttl_s,
+                          settings.client_max_waiting),
+                   clients)
+
+    @property
+    def owned(self) -> bool:
+        """Whether clients own what they send: ``API_KEYS`` is set."""
+        return bool(self.settings.api_keys)
 
     def ensure_buckets(self) -> None:
-        """Create the input and output buckets once; retried on the next upload if it fails."""
+        """Create the input and output buckets and set their expiry (``RETENTION_DAYS``) once;
+        retried on the next upload if it fails."""
         if not self.buckets_ready:
             for bucket in (self.settings.queue_bucket, self.settings.output_bucket):
-                ensure_bucket(self.storage, bucket)
+                prepare_bucket(self.storage, bucket, self.settings.retention_days)
             self.buckets_ready = True
 
 
@@ -79,16 +97,39 @@ def bearer_token(request: Request) -> str:
     return request.query_params.get("access_token", "")
 
 
-async def require_token(request: Request) -> None:
-    """401 unless ``API_TOKEN`` is unset or the request carries it (async: no thread needed)."""
-    expected = get_backend(request).settings.api_token
-    if not expected:
-        return
+def _digest(key: str) -> bytes:
+    return hashlib.sha256(key.encode()).digest()
+
+
+def client_named(clients: dict[str, bytes], given: str) -> str | None:
+    """The client whose key is ``given``: every key is compared, in constant time each."""
+    digest = _digest(given)
+    found = None
+    for name, expected in clients.items():
+        if hmac.compare_digest(digest, expected):
+            found = name
+    return found
+
+
+async def require_token(request: Request) -> str | None:
+    """401 unless no key is set or the request carries one (async: no thread needed).
+
+    Returns the caller's name when clients own what they send (``API_KEYS``), else None.
+    """
+    backend = get_backend(request)
+    if not backend.clients:
+        return None
     given = bearer_token(request)
-    if not given or not hmac.compare_digest(given.encode(), expected.encode()):
-        reason = "a valid API token is required: send 'Authorization: Bearer <API_TOKEN>'" \
-            if not given else "the API token is not valid"
+    name = client_named(backend.clients, given) if given else None
+    if name is None:
+        reason = "a valid API token is required: send 'Authorization: Bearer <API_TOKEN>' " \
+                 "(or your API key)" if not given else "the API token is not valid"
         raise HTTPException(401, reason, headers={"WWW-Authenticate": "Bearer"})
+    return name if backend.owned else None
+
+
+Caller = Annotated[str | None, Depends(require_token)]
+"""The calling client when ``API_KEYS`` is set (what it may see is its own), else None."""
 
 
 def client_of(request: Request) -> str:
@@ -99,7 +140,7 @@ def client_of(request: Request) -> str:
     uvicorn's ``FORWARDED_ALLOW_IPS`` (default ``127.0.0.1``), so a client cannot choose its
     own identity.
     """
-    token = bearer_token(request) if get_backend(request).settings.api_token else ""
+    token = bearer_token(request) if get_backend(request).clients else ""
     if token:
         return "token:" + hashlib.sha256(token.encode()).hexdigest()[:32]
     return "addr:" + (request.client.host if request.client else "unknown")

@@ -2,9 +2,10 @@
 
 A request over the limit costs no thread, no Redis or MinIO call: it gets
 ``503 {"error", "reason"}`` with ``Retry-After`` right away, instead of waiting in a queue for
-an answer its client may no longer want. Probes, the root page and metrics are never shed,
-nor counted. Work in progress is bounded by the limit, so an overloaded process recovers as
-soon as the load stops. A pure ASGI middleware: one integer, on the event loop.
+an answer its client may no longer want. Probes and the root page are never shed, nor counted
+(metrics are on ``METRICS_PORT``, apart from the API). Work in progress is bounded by the
+limit, so an overloaded process recovers as soon as the load stops. A pure ASGI middleware:
+one integer, on the event loop.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from rest.observability import SHED
 
-NEVER_SHED = frozenset({"/", "/healthz", "/metrics", "/favicon.svg", "/favicon.ico"})
+NEVER_SHED = frozenset({"/", "/healthz", "/favicon.svg", "/favicon.ico"})
 RETRY_AFTER_S = 1
 
 

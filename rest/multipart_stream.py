@@ -2,8 +2,8 @@
 
 The song part (``file``, or ``mp3``) goes straight to the upload's ``SongFile`` as its bytes
 arrive (through base64 when it is a text field rather than a file), so the size limit applies
-at once; the other fields (``model``, ``stems``, ``callback``) are kept, at most
-``fields_max_bytes`` in all. Nothing is spooled.
+at once; the other fields (``model``, ``stems``, ``callback``, ``format``, ``bitrate``,
+``bit_depth``) are kept, at most ``fields_max_bytes`` in all. Nothing is spooled.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from rest.song_sink import Base64Decoder, SongFile
 
 SONG_FIELDS = ("file", "mp3")
-OTHER_FIELDS = ("model", "stems", "callback")
+OTHER_FIELDS = ("model", "stems", "callback", "format", "bitrate", "bit_depth")
 MAX_PARTS = 20
 
 
@@ -113,7 +113,7 @@ class FormReader:
             self._write = self._keep
         else:
             raise HTTPException(400, f"unknown form field {self._name!r}; fields are file "
-                                     "(or mp3), model, stems, callback")
+                                     "(or mp3), " + ", ".join(OTHER_FIELDS))
 
     def _keep(self, data: bytes) -> None:
         self._take_field_bytes(len(data))

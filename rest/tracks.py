@@ -45,8 +45,9 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
 
 
 def stream_track(storage: Minio, bucket: str, key: str, size: int, range_header: str | None,
-                 headers: dict[str, str], head_only: bool = False) -> Response:
-    """A 200 or 206 response streaming the object (``audio/mpeg``); 416 past its end."""
+                 headers: dict[str, str], head_only: bool = False,
+                 media_type: str = "audio/mpeg") -> Response:
+    """A 200 or 206 response streaming the object (as ``media_type``); 416 past its end."""
     try:
         wanted = parse_range(range_header, size)
     except RangeNotSatisfiable:
@@ -61,11 +62,11 @@ def stream_track(storage: Minio, bucket: str, key: str, size: int, range_header:
         status = 206
     headers["Content-Length"] = str(length)
     if head_only or length == 0:
-        return Response(status_code=status, headers=headers, media_type="audio/mpeg")
+        return Response(status_code=status, headers=headers, media_type=media_type)
     # opened here, not in the generator, so a failure still becomes a JSON error response
     source = storage.get_object(bucket, key, offset=first, length=length)
     return StreamingResponse(_chunks(source), status_code=status, headers=headers,
-                             media_type="audio/mpeg")
+                             media_type=media_type)
 
 
 def _chunks(source: BaseHTTPResponse) -> Iterator[bytes]:

@@ -2,7 +2,8 @@
 
 Both are streamed as they arrive (``rest.json_stream``, ``rest.multipart_stream``) into a temp
 file (``rest.song_sink``), and end as an ``Upload``: the MP3 in that file, its songhash and the
-request's optional fields (``model``, ``stems``, ``callback``). No body is ever held whole:
+request's optional fields (``model``, ``stems``, ``callback``, ``format``, ``bitrate``,
+``bit_depth``). No body is ever held whole:
 memory is bounded by the settings (MAX_CONCURRENT_UPLOADS), not by what clients send.
 Whatever makes the request unusable becomes an ``HTTPException`` with a reason a person can
 act on: 400 for bad data, 413 for too much (as soon as it is too much), 503 when busy.
@@ -27,6 +28,7 @@ from rest.multipart_stream import FormReader, boundary_of
 from rest.song_sink import Base64Decoder, SongFile
 from separation.audio import NotAudio, TooLong, probe_mp3
 from separation.contract import normalize_track
+from separation.formats import MP3_BITRATES_KBPS
 from separation.settings import Settings
 
 log = logging.getLogger("rest")
@@ -49,6 +51,11 @@ class SeparateRequest(BaseModel):
                           "original full (default all; 'base' means bass)")
     callback: dict[str, Any] | None = Field(
         None, description='{"url": "http://...", "data": {...}}: POSTed the job\'s outcome')
+    format: str | None = Field(None, description="mp3 (default), flac or wav")
+    bitrate: int | None = Field(
+        None, description=f"kb/s of MP3 tracks, one of {', '.join(map(str, MP3_BITRATES_KBPS))}"
+                          " (default MP3_BITRATE)")
+    bit_depth: int | None = Field(None, description="16 (default) or 24, for flac and wav")
 
 
 @dataclass
@@ -204,6 +211,9 @@ class _FormBody:
                  if s.strip()]
         if stems:
             fields["stems"] = stems
+        for name in ("format", "bitrate", "bit_depth"):
+            if value := form.get(name, [""])[0].strip():
+                fields[name] = int(value) if name != "format" and value.isdigit() else value
         if callback := form.get("callback", [""])[0]:
             scanner = JsonScanner(None, FIELDS_SLACK_BYTES, JSON_MAX_DEPTH, "'callback'")
             scanner.feed(callback.encode())
@@ -246,5 +256,6 @@ def _explain(error: ValidationError) -> str:
     if first["type"] == "missing" and where == "mp3":
         return 'missing the song: send {"mp3": "<base64 of the file>"}'
     if first["type"] == "extra_forbidden":
-        return f"unknown field {where!r}; fields are mp3, model, stems, callback"
+        return (f"unknown field {where!r}; fields are mp3, model, stems, callback, format, "
+                "bitrate, bit_depth")
     return f"{where}: {first['msg']}"

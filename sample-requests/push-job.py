@@ -2,6 +2,7 @@
 """Queue a song without the REST service: upload it to the input bucket, push the raw job.
 
     python sample-requests/push-job.py --file song.mp3 [--model htdemucs] [--stems vocals bass]
+        [--format flac] [--bitrate 192] [--bit-depth 24]
 
 For users who talk to Redis and MinIO directly. It does what ``POST /apiv1/separate`` does:
 stores the MP3 as ``<songhash>.mp3`` in ``QUEUE_BUCKET``, records the job as queued, then
@@ -21,7 +22,8 @@ import uuid
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from sample_client import missing_module  # after the path above; reads a running demo's settings
+# after the path above; reads a running demo's settings
+from sample_client import add_format_options, format_fields, missing_module
 
 try:
     from minio.error import S3Error
@@ -47,6 +49,7 @@ def main() -> int:
     parser.add_argument("--model", help="Demucs model (default: the worker's DEMUCS_MODEL)")
     parser.add_argument("--stems", nargs="+", help="tracks to make (default: all)")
     parser.add_argument("--callback", help="webhook URL for the job's outcome")
+    add_format_options(parser)
     args = parser.parse_args()
 
     if args.file is not None and not args.file.is_file():
@@ -62,7 +65,8 @@ def main() -> int:
 def push(args: argparse.Namespace, settings: Settings, song: Path) -> int:
     songhash = sha256_file(song)
     fields = {"id": uuid.uuid4().hex, "songhash": songhash, "model": args.model,
-              "stems": args.stems, "callback": {"url": args.callback} if args.callback else None}
+              "stems": args.stems, "callback": {"url": args.callback} if args.callback else None,
+              **format_fields(args)}
     try:
         job = parse_job(json.dumps({k: v for k, v in fields.items() if v is not None}))
     except InvalidJob as error:
@@ -74,8 +78,10 @@ def push(args: argparse.Namespace, settings: Settings, song: Path) -> int:
         storage.fput_object(settings.queue_bucket, input_key(songhash), str(song),
                             content_type="audio/mpeg")
         client = connect_redis(settings)
+        encoding = job.encoding(settings.mp3_bitrate_kbps)
         StatusStore(client, settings.status_ttl_s).queued(
-            job.id or "", songhash, job.model or settings.demucs_model)
+            job.id or "", songhash, job.model or settings.demucs_model, "", encoding.variant,
+            **encoding.fields())
         JobQueue(client).enqueue(job.to_json(), job.id)
     except (S3Error, HTTPError, RedisError) as error:
         print(f"error: could not queue the job: {error}", file=sys.stderr)

@@ -20,9 +20,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from sample_client import (  # after the path above
     ClientError,
+    add_format_options,
     base_url,
     default_host,
     download,
+    format_fields,
     report,
     submit,
     synthetic_song,
@@ -41,6 +43,7 @@ def main() -> int:
     parser.add_argument("--stems", nargs="+", help="tracks to make (default: all)")
     parser.add_argument("--callback", help="webhook URL (default: the service's own root)")
     parser.add_argument("--no-callback", action="store_true", help="send no callback")
+    add_format_options(parser)
     parser.add_argument("--timeout-s", type=float, default=1800, help="give up waiting after")
     args = parser.parse_args()
 
@@ -60,7 +63,8 @@ def separate(args: argparse.Namespace, songs: list[Path]) -> int:
     base = base_url(args.host)
     callback = None if args.no_callback else (args.callback or f"{base}/")
     try:
-        answers = {song: submit(base, song, callback, args.model, args.stems) for song in songs}
+        answers = {song: submit(base, song, callback, args.model, args.stems,
+                                **format_fields(args)) for song in songs}
         for song, answer in answers.items():
             print(f"{song.name}: {json.dumps(answer, sort_keys=True)}")
         records = wait(base, [a["id"] for a in answers.values()], args.timeout_s)

@@ -1,14 +1,16 @@
 """What the sample request scripts share: talking to the REST service with ``requests``.
 
 The service is ``REST`` (``host:port``, as the lab's scripts take it) or ``--host``; while
-``make demo`` runs, its address is read from ``.run/demo/demo.env``. With ``API_TOKEN`` set,
-every request carries it. Errors a person can act on are raised as ``ClientError`` with one
+``make demo`` runs, its address is read from ``.run/demo/demo.env``. With ``API_KEY`` (a
+client's own key, when the service has ``API_KEYS``) or ``API_TOKEN`` set, every request
+carries it. Errors a person can act on are raised as ``ClientError`` with one
 plain sentence. The scripts run in the project's environment (``source .venv/bin/activate``):
 without it they say so in one line.
 """
 
 from __future__ import annotations
 
+import argparse
 import base64
 import os
 import sys
@@ -63,7 +65,7 @@ def call(method: str, url: str, **kwargs: Any) -> requests.Response:
     Over the service's rate limit (429), it waits the ``Retry-After`` it is told, a few times.
     """
     headers = kwargs.pop("headers", {})
-    if token := os.getenv("API_TOKEN"):
+    if token := os.getenv("API_KEY") or os.getenv("API_TOKEN"):
         headers["Authorization"] = f"Bearer {token}"
     timeout_s = kwargs.pop("timeout", REQUEST_TIMEOUT_S)
     for _ in range(RATE_LIMITED_TRIES):
@@ -102,10 +104,27 @@ def synthetic_song(folder: Path, seconds: float = 6.0, seed: int = 0) -> Path:
     return write_song(folder / f"synthetic-{seed}.mp3", seconds=seconds, seed=seed)
 
 
+def add_format_options(parser: argparse.ArgumentParser) -> None:
+    """``--format``, ``--bitrate`` and ``--bit-depth``: how the tracks are encoded."""
+    parser.add_argument("--format", choices=("mp3", "flac", "wav"),
+                        help="format of the tracks (default: the service's, MP3)")
+    parser.add_argument("--bitrate", type=int, help="kb/s of MP3 tracks (default: the "
+                                                    "service's MP3_BITRATE, 320)")
+    parser.add_argument("--bit-depth", type=int, choices=(16, 24),
+                        help="bits per sample of FLAC or WAV tracks (default: 16)")
+
+
+def format_fields(args: argparse.Namespace) -> dict[str, Any]:
+    """The request fields the format options name (none for the defaults)."""
+    fields = {"format": args.format, "bitrate": args.bitrate, "bit_depth": args.bit_depth}
+    return {name: value for name, value in fields.items() if value is not None}
+
+
 def submit(base: str, song: Path, callback_url: str | None, model: str | None = None,
-           stems: Sequence[str] | None = None) -> dict[str, Any]:
-    """POST the song as the lab's clients do (JSON, base64) and return the answer."""
-    body: dict[str, Any] = {"mp3": base64.b64encode(song.read_bytes()).decode("ascii")}
+           stems: Sequence[str] | None = None, **fields: Any) -> dict[str, Any]:
+    """POST the song as the lab's clients do (JSON, base64) and return the answer;
+    ``fields``: more request fields (``format``, ``bitrate``, ``bit_depth``)."""
+    body: dict[str, Any] = {"mp3": base64.b64encode(song.read_bytes()).decode("ascii"), **fields}
     if callback_url:
         body["callback"] = {"url": callback_url,
                             "data": {"mp3": song.name, "data": "to be returned"}}
@@ -114,6 +133,14 @@ def submit(base: str, song: Path, callback_url: str | None, model: str | None = 
     if stems:
         body["stems"] = list(stems)
     return call("POST", f"{base}/apiv1/separate", json=body).json()
+
+
+FINAL = ("done", "failed", "cancelled")
+
+
+def cancel(base: str, ref: str) -> dict[str, Any]:
+    """Cancel a job (by id or songhash): a queued one never starts, a running one stops."""
+    return call("POST", f"{base}/apiv1/cancel/{ref}").json()
 
 
 def status(base: str, job_id: str) -> dict[str, Any]:
@@ -127,10 +154,10 @@ def wait(base: str, job_ids: Sequence[str], timeout_s: float) -> dict[str, dict[
     progress = Progress()
     while True:
         for job_id in job_ids:
-            if records.get(job_id, {}).get("state") not in ("done", "failed"):
+            if records.get(job_id, {}).get("state") not in FINAL:
                 records[job_id] = status(base, job_id)
         progress.show(list(records.values()))
-        if all(r["state"] in ("done", "failed") for r in records.values()):
+        if all(r["state"] in FINAL for r in records.values()):
             progress.close()
             return records
         if time.monotonic() > deadline:
@@ -169,11 +196,12 @@ class Progress:
 
 
 def download(base: str, record: dict[str, Any], folder: Path) -> list[Path]:
-    """Fetch every track of a done job into ``folder``; return the files."""
+    """Fetch every track of a done job into ``folder`` (``vocals.flac``...); return the files."""
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for track, path in sorted(record.get("urls", {}).items()):
-        target = folder / f"{track}.mp3"
+        suffix = Path(path.split("?")[0]).suffix  # none: the default MP3
+        target = folder / f"{track}{suffix if suffix in ('.flac', '.wav', '.mp3') else '.mp3'}"
         response = call("GET", f"{base}{path}", stream=True)
         with target.open("wb") as handle:
             for chunk in response.iter_content(chunk_size=1 << 16):

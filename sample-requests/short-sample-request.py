@@ -21,9 +21,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from sample_client import (  # after the path above
     ClientError,
+    add_format_options,
     base_url,
+    cancel,
     default_host,
     download,
+    format_fields,
     report,
     submit,
     synthetic_song,
@@ -43,8 +46,19 @@ def main() -> int:
     parser.add_argument("--stems", nargs="+", help="tracks to make (default: all)")
     parser.add_argument("--callback", help="webhook URL (default: the service's own root)")
     parser.add_argument("--no-callback", action="store_true", help="send no callback")
+    add_format_options(parser)
     parser.add_argument("--timeout-s", type=float, default=900, help="give up waiting after")
+    parser.add_argument("--cancel", metavar="JOB", help="cancel a job (its id or songhash) and "
+                                                        "exit")
     args = parser.parse_args()
+
+    if args.cancel:
+        try:
+            print(json.dumps(cancel(base_url(args.host), args.cancel), sort_keys=True))
+        except ClientError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+        return 0
 
     if args.file is not None:
         if not args.file.is_file():
@@ -61,7 +75,7 @@ def separate(args: argparse.Namespace, song: Path) -> int:
     base = base_url(args.host)
     callback = None if args.no_callback else (args.callback or f"{base}/")
     try:
-        answer = submit(base, song, callback, args.model, args.stems)
+        answer = submit(base, song, callback, args.model, args.stems, **format_fields(args))
         print(json.dumps(answer, indent=4, sort_keys=True))
         record = wait(base, [answer["id"]], args.timeout_s)[answer["id"]]
         paths = download(base, record, args.out / f"{song.stem}-{answer['hash'][:8]}") \

@@ -8,7 +8,8 @@ A job is JSON pushed onto the Redis list ``toWorkers``::
 
     {"songhash": "<64 hex>"}                    # input object <songhash>.mp3 in QUEUE_BUCKET
     {"bucket": "songs", "object": "a/b.mp3"}    # any stored MP3; songhash = SHA-256 of it
-    optional: "id", "model", "stems": [...], "callback": {"url": ..., "data": {...}}
+    optional: "id", "model", "stems": [...], "callback": {"url": ..., "data": {...}},
+              "format": "mp3" | "flac" | "wav", "bitrate": 192 (mp3), "bit_depth": 24 (flac, wav)
 
 Unknown fields are refused, so a typo never silently changes what a job does.
 """
@@ -23,7 +24,16 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from separation.formats import FORMATS, Encoding, check_format_fields
 
 DEMUCS_STEMS: tuple[str, ...] = ("drums", "bass", "other", "vocals")
 """The four sources every Demucs 4-stem model writes."""
@@ -56,6 +66,11 @@ class Status(str, Enum):
     RUNNING = "running"
     DONE = "done"
     FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def final(self) -> bool:
+        return self in (Status.DONE, Status.FAILED, Status.CANCELLED)
 
 
 class Keys:
@@ -87,6 +102,11 @@ class Keys:
         return f"job:{job_id}"
 
     @staticmethod
+    def cancel(job_id: str) -> str:
+        """Present while a cancel of the job is asked (``JobQueue.request_cancel``)."""
+        return f"job:{job_id}:cancel"
+
+    @staticmethod
     def chunks(parent_id: str) -> str:
         """A long song's chunking record: total, the parent's payload, joined flag."""
         return f"job:{parent_id}:chunks"
@@ -97,14 +117,22 @@ class Keys:
         return f"job:{parent_id}:chunks-done"
 
     @staticmethod
-    def song(songhash: str, model: str) -> str:
-        """The latest job of a song separated with a model."""
-        return f"song:{songhash}:{model}"
+    def song(songhash: str, model: str, variant: str = "") -> str:
+        """The latest job of a song separated with a model (in an encoding other than the
+        default one: ``Encoding.variant``)."""
+        return f"song:{songhash}:{model}" + (f":as:{variant}" if variant else "")
 
     @staticmethod
-    def active(songhash: str, model: str, tracks: tuple[str, ...]) -> str:
+    def active(songhash: str, model: str, tracks: tuple[str, ...], variant: str = "") -> str:
         """The job that queued or runs this content, which later requests join."""
-        return f"song:{songhash}:{model}:active:{','.join(tracks)}"
+        return f"song:{songhash}:{model}:active:{','.join(tracks)}" + \
+            (f":as:{variant}" if variant else "")
+
+    @staticmethod
+    def song_jobs(songhash: str) -> str:
+        """The set of the jobs recorded for a song, whatever their model or encoding: what
+        decides whether its upload is still needed (``separation.retention``)."""
+        return f"songjobs:{songhash}"
 
     @staticmethod
     def joined(job_id: str) -> str:
@@ -115,6 +143,22 @@ class Keys:
     def song_latest(songhash: str) -> str:
         """The latest job of a song, whatever its model."""
         return f"song:{songhash}"
+
+    # With API_KEYS, what each client owns (``rest.owners``); client names are checked whole.
+    @staticmethod
+    def owners(songhash: str, model: str) -> str:
+        """Set of ``<client>/<track>``: who owns each track of a song made with a model."""
+        return f"owners:{songhash}:{model}"
+
+    @staticmethod
+    def client_song(client: str, songhash: str) -> str:
+        """A client's latest job of a song: what ``/status/<songhash>`` shows it."""
+        return f"client:{client}:song:{songhash}"
+
+    @staticmethod
+    def client_waiting(client: str) -> str:
+        """Sorted set of a client's jobs that may still be waiting (by enqueue time)."""
+        return f"client:{client}:waiting"
 
 
 class InvalidJob(ValueError):
@@ -155,7 +199,10 @@ class Job(BaseModel):
     model: str | None = None
     stems: tuple[Track, ...] | None = None
     callback: Callback | None = None
-    # set by workers only, for the chunks of a long song and their join (separation.long_songs)
+    format: str | None = None
+    bitrate: int | None = Field(None, strict=True)
+    bit_depth: int | None = Field(None, strict=True)
+    # set by workers only, for the chunks of a long song and their join (worker.long_songs)
     chunk_of: str | None = None
     chunk: int | None = None
     join_of: str | None = None
@@ -206,6 +253,18 @@ class Job(BaseModel):
             value = tuple(dict.fromkeys(value))  # drop repeats, keep order
         return value
 
+    @field_validator("format")
+    @classmethod
+    def _format(cls, value: str | None) -> str | None:
+        if value is not None and value not in FORMATS:
+            raise ValueError(f"format must be one of {', '.join(FORMATS)}")
+        return value
+
+    @model_validator(mode="after")
+    def _encoding(self) -> Job:
+        check_format_fields(self.format, self.bitrate, self.bit_depth)
+        return self
+
     @model_validator(mode="after")
     def _source(self) -> Job:
         if (self.chunk_of is None) != (self.chunk is None) or (self.chunk or 0) < 0:
@@ -224,6 +283,10 @@ class Job(BaseModel):
     def tracks(self) -> tuple[str, ...]:
         """The tracks to deliver, in the contract's order."""
         return tuple(t for t in TRACKS if self.stems is None or t in self.stems)
+
+    def encoding(self, default_bitrate_kbps: int) -> Encoding:
+        """How this job's tracks are encoded (``MP3_BITRATE`` for an MP3 job naming none)."""
+        return Encoding.resolve(self.format, self.bitrate, self.bit_depth, default_bitrate_kbps)
 
     def to_json(self) -> str:
         return self.model_dump_json(exclude_none=True)
@@ -310,11 +373,22 @@ def parse_job(raw: str | bytes) -> Job:
 
 def normalize_track(name: str) -> str:
     """``vocals.mp3``, ``vocals`` and the lab's ``base.mp3`` → the contract's track name."""
-    stem = name[:-4] if name.lower().endswith(".mp3") else name
+    return split_track_name(name)[0]
+
+
+def split_track_name(name: str) -> tuple[str, str | None]:
+    """``vocals.flac`` → ``("vocals", "flac")``; ``vocals`` → ``("vocals", None)``.
+
+    The extension, if any, names a format (``mp3``, ``flac``, ``wav``); ``base`` means bass.
+    """
+    stem, dot, extension = name.rpartition(".")
+    fmt = extension.lower() if dot and extension.lower() in FORMATS else None
+    stem = stem if fmt else name
     stem = TRACK_ALIASES.get(stem, stem)
     if stem not in TRACKS:
-        raise ValueError(f"unknown track {name!r}; tracks are {', '.join(TRACKS)}")
-    return stem
+        raise ValueError(f"unknown track {name!r}; tracks are {', '.join(TRACKS)}, with "
+                         f"an optional extension ({', '.join('.' + f for f in FORMATS)})")
+    return stem, fmt
 
 
 def input_key(songhash: str) -> str:
@@ -333,18 +407,23 @@ def check_output_key_pattern(pattern: str) -> None:
     check_object_key(sample)
 
 
-def output_key(pattern: str, songhash: str, track: str, model: str | None = None) -> str:
+def output_key(pattern: str, songhash: str, track: str, model: str | None = None,
+               encoding: Encoding | None = None) -> str:
     """The object key of one track, e.g. ``<songhash>-vocals.mp3``.
 
     ``model`` is None for the service's default model, whose tracks keep the lab's keys;
     another model's tracks live under ``models/<model>/``, so that separating a song with a
-    second model never overwrites (nor stands for) the first one's.
+    second model never overwrites (nor stands for) the first one's. ``encoding`` other than
+    the default replaces the key's ``.mp3`` (or adds to a key without it) with its own tail:
+    ``<songhash>-vocals.flac``. ``original`` is the input MP3 itself, in every encoding.
     """
     if not SONGHASH_RE.fullmatch(songhash) or track not in TRACKS:
         raise ValueError(f"bad songhash or track: {songhash!r}, {track!r}")
     if model is not None and (not MODEL_RE.fullmatch(model) or ".." in model):
         raise ValueError(f"bad model name: {model!r}")
     key = pattern.format(songhash=songhash, track=track)
+    if encoding is not None and not encoding.default and track != "original":
+        key = (key[:-4] if key.lower().endswith(".mp3") else key) + encoding.key_tail
     return key if model is None else f"models/{model}/{key}"
 
 

@@ -10,12 +10,13 @@ script, so a request joins either before (and is called back) or after (and queu
 
 from __future__ import annotations
 
+import json
 import logging
 
 import redis
-from pydantic import ValidationError
+from pydantic import ValidationError, field_validator
 
-from separation.contract import Callback, Job, Keys
+from separation.contract import JOB_ID_RE, Callback, Job, Keys
 
 log = logging.getLogger(__name__)
 MAX_JOINED = 20
@@ -53,6 +54,20 @@ return joined
 """
 
 
+class JoinedCallback(Callback):
+    """A joined request's callback. ``job_id``: the id that request was answered with, when it
+    is not the job's own (with API_KEYS each client's request has an id of its own)."""
+
+    job_id: str | None = None
+
+    @field_validator("job_id")
+    @classmethod
+    def _job_id(cls, value: str | None) -> str | None:
+        if value is not None and not JOB_ID_RE.fullmatch(value):
+            raise ValueError("job_id must be 1-64 characters of letters, digits, '_' or '-'")
+        return value
+
+
 class JoinFull(Exception):
     """The job already carries ``MAX_JOINED`` callbacks of joined requests."""
 
@@ -70,12 +85,17 @@ class Joins:
         self._claim = client.register_script(_CLAIM)
         self._settle = client.register_script(_SETTLE)
 
-    def claim(self, active: str, job: Job) -> str:
+    def claim(self, active: str, job: Job, answered_as: str | None = None) -> str:
         """The id of the job that runs this content: ``job``'s own if it claimed it.
 
-        Raises JoinFull when the running job has no room for ``job``'s callback.
+        ``answered_as``: the id the request is answered with if it joins another job; its
+        callback then names that id. Raises JoinFull when the running job has no room for
+        ``job``'s callback.
         """
-        callback = job.callback.model_dump_json() if job.callback else ""
+        callback = ""
+        if job.callback is not None:
+            callback = job.callback.model_dump_json() if answered_as is None else \
+                json.dumps({**job.callback.model_dump(), "job_id": answered_as})
         for _ in range(5):  # the holder changed between the read and the script: read again
             seen = self.redis.get(active)
             holder = "" if seen is None else seen.decode()
@@ -97,14 +117,14 @@ class Joins:
         """The claiming request failed before its job was queued."""
         self._settle(keys=[Keys.joined(job_id), active], args=[job_id])
 
-    def settle(self, job: Job, active: str | None) -> list[Callback]:
+    def settle(self, job: Job, active: str | None) -> list[JoinedCallback]:
         """The callbacks of the requests that joined ``job``, which ended; frees its content."""
         keys = [Keys.joined(job.id or ""), *([active] if active else [])]
         raws = self._settle(keys=keys, args=[job.id or ""])
         callbacks = []
         for raw in raws:
             try:
-                callbacks.append(Callback.model_validate_json(raw))
+                callbacks.append(JoinedCallback.model_validate_json(raw))
             except ValidationError as error:
                 log.warning("job %s: a joined callback is invalid, skipped: %s", job.id, error)
         return callbacks

@@ -45,6 +45,11 @@ This is the one place the protocol is written down. Key names come from
 8. **Stop.** On SIGTERM a worker stops taking jobs and finishes the current one within its
    grace; past it, it kills Demucs and moves the job back onto ``toWorkers`` without counting
    the attempt.
+9. **Cancel.** ``request_cancel`` sets ``job:<id>:cancel`` (a plain key with the status' TTL:
+   a Redis-only user cancels with ``SET job:<id>:cancel 1 EX 604800``). A worker that takes
+   a job whose key (or whose long song's key) is set acknowledges it without running it; a
+   worker running one reads the keys of its jobs (one ``MGET``) every ``CANCEL_POLL_S``,
+   kills Demucs, and acknowledges it with status ``cancelled``.
 
 **Positions.** ``toWorkers:taken`` counts the jobs that left the taking end less those pushed
 back onto it. Pushes at the other end land behind every waiting job, so a job recorded at
@@ -191,6 +196,13 @@ class JobQueue:
         """The 1-based place of a waiting job, from the counters (see *Positions*)."""
         return self._position(keys=self._position_keys(job_id))
 
+    def positions(self, job_ids: list[str]) -> list[int | None]:
+        """``position`` of each of these jobs, in one round trip."""
+        with self.redis.pipeline(transaction=False) as pipe:
+            for job_id in job_ids:
+                self._position(keys=self._position_keys(job_id), client=pipe)
+            return list(pipe.execute())
+
     async def position_async(self, job_id: str) -> int | None:
         """``position`` on the asyncio client, for the REST status route."""
         if self._position_async is None:
@@ -250,6 +262,12 @@ class JobQueue:
     def in_flight(self, worker_id: str) -> list[bytes]:
         return list(self.redis.lrange(Keys.processing(worker_id), 0, -1))
 
+    def give_back_held(self, worker_id: str) -> None:
+        """Give back every job ``worker_id``'s processing list still holds (after an outage
+        of Redis, the worker cannot know which of its jobs were settled)."""
+        for raw in self.in_flight(worker_id):
+            self.give_back(worker_id, raw)
+
     # 6. finish
     def ack(self, worker_id: str, raw: bytes) -> None:
         self.redis.lrem(Keys.processing(worker_id), 1, raw)
@@ -286,6 +304,25 @@ class JobQueue:
             for payload in payloads:
                 pipe.lpush(Keys.QUEUE, payload)
             pipe.execute()
+
+    def chunk_record(self, parent_id: str) -> dict[str, str]:
+        """A long song's chunking record (empty when it expired or was cleaned up)."""
+        return {_text(k): _text(v) for k, v in self.redis.hgetall(Keys.chunks(parent_id)).items()}
+
+    def forget_chunks(self, parent_id: str) -> None:
+        """Delete a long song's chunking record and its set of stored chunks."""
+        self.redis.delete(Keys.chunks(parent_id), Keys.chunks_done(parent_id))
+
+    # 9. cancel
+    def request_cancel(self, job_id: str, ttl_s: int) -> None:
+        self.redis.set(Keys.cancel(job_id), 1, ex=ttl_s)
+
+    def cancels_requested(self, job_ids: list[str]) -> set[str]:
+        """Which of ``job_ids`` a cancel was asked for (one ``MGET``)."""
+        if not job_ids:
+            return set()
+        found = self.redis.mget([Keys.cancel(job_id) for job_id in job_ids])
+        return {job_id for job_id, value in zip(job_ids, found, strict=True) if value is not None}
 
     def dead_letters(self) -> list[dict[str, object]]:
         return [json.loads(e) for e in self.redis.lrange(Keys.DEAD_LETTER, 0, -1)]

@@ -14,12 +14,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from separation.chunking import geometry
+from separation.clients import parse_api_keys
 from separation.contract import MODEL_RE, check_output_key_pattern
 from separation.egress import EgressPolicy
+from separation.formats import MP3_BITRATES_KBPS
 from separation.logs import LOG_ENTRY_MAX_BYTES
 
 LOCAL_DEV_MINIO_USER = "minioadmin"  # MinIO's documented default, for a laptop only
+DAY_S = 24 * 3600
+STATUS_TTL_KEPT_FOREVER_S = 7 * DAY_S
+"""How long job records live when tracks never expire (``RETENTION_DAYS=0``)."""
 
 
 def available_cpus() -> int:
@@ -68,8 +72,10 @@ class Settings:
     model_segment_s: float = 7.8  # the model's Demucs segment (htdemucs*); 0: chunks off-grid
     shutdown_grace_s: float = 60.0
     heartbeat_ttl_s: float = 30.0
+    cancel_poll_s: float = 0.5  # how often a worker reads the cancel keys of its jobs
     poll_s: float = 2.0
-    status_ttl_s: int = 7 * 24 * 3600
+    retention_days: int = 7  # songs and tracks expire this long after written; 0: never
+    status_ttl_s: int = 0  # 0: RETENTION_DAYS + 1 day (7 days when RETENTION_DAYS=0)
     webhook_timeout_s: float = 10.0
     webhook_secret: str | None = None
     metrics_port: int = 8000
@@ -79,6 +85,8 @@ class Settings:
     work_dir: str | None = None  # parent of per-job temp dirs; None: the system's
     host: str = socket.gethostname()
     api_token: str | None = None
+    api_keys: str | None = None  # name:key,... : clients that each see only their own songs
+    client_max_waiting: int = 1000  # with API_KEYS: a client's jobs waiting at once; more: 429
     presign_ttl_s: int = 3600  # lifetime of a ?redirect=1 presigned track URL
     webhook_allow_local: bool = False  # callbacks to loopback/private addresses (make demo)
     webhook_allowlist: str | None = None  # hosts and CIDRs allowed even when local ones are not
@@ -102,6 +110,12 @@ class Settings:
         settings.check()
         return settings
 
+    def __post_init__(self) -> None:
+        if self.status_ttl_s == 0:  # records outlive the lifecycle's rounding to midnight UTC
+            derived = (self.retention_days + 1) * DAY_S if self.retention_days > 0 \
+                else STATUS_TTL_KEPT_FOREVER_S
+            object.__setattr__(self, "status_ttl_s", derived)
+
     def check(self) -> None:
         check_output_key_pattern(self.output_key)
         if not MODEL_RE.fullmatch(self.demucs_model) or ".." in self.demucs_model:
@@ -114,7 +128,6 @@ class Settings:
                              "least 1")
         if self.chunk_overlap_s < 1 or self.model_segment_s < 0:
             raise ValueError("CHUNK_OVERLAP_S must be >= 1 and MODEL_SEGMENT_S >= 0")
-        geometry(self.chunk_s, self.chunk_overlap_s, self.chunk_segment_s)  # ValueError if no fit
         EgressPolicy.parse(self.webhook_allow_local, self.webhook_allowlist)  # ValueError
         if not 1 <= self.presign_ttl_s <= 7 * 24 * 3600:
             raise ValueError("PRESIGN_TTL_S must be between 1 s and 7 days (S3's limit)")
@@ -123,8 +136,22 @@ class Settings:
                              f"{LOG_ENTRY_MAX_BYTES} (one entry)")
         if self.rate_limit_per_min < 0 or self.webhook_timeout_s <= 0:
             raise ValueError("RATE_LIMIT_PER_MIN must be >= 0 and WEBHOOK_TIMEOUT_S > 0")
-        if self.queue_page_max_jobs < 1 or self.rest_max_in_flight < 1:
-            raise ValueError("QUEUE_PAGE_MAX_JOBS and REST_MAX_IN_FLIGHT must be at least 1")
+        if self.queue_page_max_jobs < 1 or self.rest_max_in_flight < 1 or \
+                self.client_max_waiting < 1:
+            raise ValueError("QUEUE_PAGE_MAX_JOBS, REST_MAX_IN_FLIGHT and CLIENT_MAX_WAITING "
+                             "must be at least 1")
+        parse_api_keys(self.api_keys, self.api_token)  # ValueError
+        if not 0 < self.cancel_poll_s <= 1:
+            raise ValueError("CANCEL_POLL_S must be in (0, 1]: a cancel stops Demucs within 2 s")
+        if self.mp3_bitrate_kbps not in MP3_BITRATES_KBPS:
+            raise ValueError(f"MP3_BITRATE must be one of "
+                             f"{', '.join(map(str, MP3_BITRATES_KBPS))}")
+        if self.retention_days < 0:
+            raise ValueError("RETENTION_DAYS must be >= 0 (0 keeps songs and tracks forever)")
+        if self.retention_days and self.status_ttl_s < (self.retention_days + 1) * DAY_S:
+            raise ValueError(f"STATUS_TTL_S={self.status_ttl_s} would drop job records before "
+                             f"their tracks expire: make it at least RETENTION_DAYS + 1 day "
+                             f"({(self.retention_days + 1) * DAY_S}), or leave it unset")
         if self.poll_s >= 5:
             raise ValueError("POLL_S must stay under redis-py's 5 s socket timeout")
 

@@ -2,8 +2,11 @@
 
 A record holds ``id state songhash name model stage progress attempts worker error tracks
 created_at started_at finished_at updated_at elapsed_s``; ``tracks`` is a JSON object
-``{track: object key}``. Every write refreshes the record's TTL (``STATUS_TTL_S``). Two index
-keys, ``song:<songhash>`` and ``song:<songhash>:<model>``, point at a song's latest job.
+``{track: object key}``; ``format`` with ``bitrate`` or ``bit_depth`` says how they are encoded,
+``expires_at`` when they expire (``separation.retention``). Every write refreshes the record's
+TTL (``STATUS_TTL_S``). Index keys, ``song:<songhash>`` and ``song:<songhash>:<model>`` (with
+``:as:<variant>`` for an encoding other than the default), point at a song's latest job; the
+set ``songjobs:<songhash>`` holds all of a song's jobs.
 ``JobQueue`` adds ``queue_position`` and ``queue_taken`` to a queued job's hash (its place in
 line); ``get`` leaves them out of the record.
 """
@@ -59,14 +62,17 @@ class StatusStore:
             pipe.expire(Keys.job(job_id), self.ttl_s)
             pipe.execute()
 
-    def queued(self, job_id: str, songhash: str | None, model: str, name: str = "") -> None:
-        """A producer's record of a job it has just pushed; ``name``: the song's file name."""
+    def queued(self, job_id: str, songhash: str | None, model: str, name: str = "",
+               variant: str = "", **fields: Any) -> None:
+        """A producer's record of a job it has just pushed; ``name``: the song's file name;
+        ``variant`` and ``fields``: its encoding (``Encoding.variant``, ``Encoding.fields``) and
+        the client that owns it (``rest.owners``)."""
         now = time.time()
         self._write(job_id, id=job_id, state=Status.QUEUED.value, songhash=songhash or "",
                     name=name, model=model, stage="queued", progress=0, attempts=0, error="",
-                    tracks={}, created_at=now, started_at="", finished_at="")
+                    tracks={}, created_at=now, started_at="", finished_at="", **fields)
         if songhash:
-            self.link_song(job_id, songhash, model)
+            self.link_song(job_id, songhash, model, variant)
 
     def start_attempt(self, job_id: str, worker_id: str) -> int:
         """Mark the job running on this worker; return which attempt this is."""
@@ -80,11 +86,26 @@ class StatusStore:
     def update(self, job_id: str, **fields: Any) -> None:
         self._write(job_id, **fields)
 
-    def link_song(self, job_id: str, songhash: str, model: str) -> None:
+    def link_song(self, job_id: str, songhash: str, model: str, variant: str = "") -> None:
         with self.redis.pipeline(transaction=True) as pipe:
-            pipe.set(Keys.song(songhash, model), job_id, ex=self.ttl_s)
+            pipe.set(Keys.song(songhash, model, variant), job_id, ex=self.ttl_s)
             pipe.set(Keys.song_latest(songhash), job_id, ex=self.ttl_s)
+            pipe.sadd(Keys.song_jobs(songhash), job_id)
+            pipe.expire(Keys.song_jobs(songhash), self.ttl_s)
             pipe.execute()
+
+    def song_records(self, songhash: str) -> list[dict[str, Any]]:
+        """The records of every job of a song still kept (the expired ones leave the set)."""
+        job_ids = sorted(_decode(j) for j in self.redis.smembers(Keys.song_jobs(songhash)))
+        with self.redis.pipeline(transaction=False) as pipe:
+            for job_id in job_ids:
+                pipe.hgetall(Keys.job(job_id))
+            raws = pipe.execute()
+        records = [_record(raw) for raw in raws]
+        gone = [job_id for job_id, rec in zip(job_ids, records, strict=True) if rec is None]
+        if gone:
+            self.redis.srem(Keys.song_jobs(songhash), *gone)
+        return [rec for rec in records if rec is not None]
 
     def done(self, job_id: str, tracks: dict[str, str], elapsed_s: float) -> None:
         self._write(job_id, state=Status.DONE.value, stage="done", progress=100, tracks=tracks,
@@ -95,12 +116,17 @@ class StatusStore:
                     finished_at=time.time(),
                     elapsed_s="" if elapsed_s is None else round(elapsed_s, 3))
 
+    def cancelled(self, job_id: str, reason: str) -> None:
+        self._write(job_id, state=Status.CANCELLED.value, stage="cancelled", error=reason,
+                    finished_at=time.time())
+
     def requeued(self, job_id: str, reason: str) -> None:
         self._write(job_id, state=Status.QUEUED.value, stage="queued", progress=0, error=reason)
 
-    def drop_tracks(self, songhash: str, model: str, names: list[str]) -> None:
-        """Tracks of a song removed from storage: its job with ``model`` no longer lists them."""
-        job_id = self.job_for_song(songhash, model)
+    def drop_tracks(self, songhash: str, model: str, names: list[str], variant: str = "") -> None:
+        """Tracks of a song removed from storage: its job with ``model`` (and the encoding of
+        ``variant``) no longer lists them."""
+        job_id = self.job_for_song(songhash, model, variant)
         record = self.get(job_id) if job_id else None
         if record is None or not record["tracks"]:
             return
@@ -108,8 +134,9 @@ class StatusStore:
         if kept != record["tracks"]:
             self._write(record["id"], tracks=kept)
 
-    def job_for_song(self, songhash: str, model: str | None = None) -> str | None:
-        key = Keys.song(songhash, model) if model else Keys.song_latest(songhash)
+    def job_for_song(self, songhash: str, model: str | None = None,
+                     variant: str = "") -> str | None:
+        key = Keys.song(songhash, model, variant) if model else Keys.song_latest(songhash)
         job_id = self.redis.get(key)
         return None if job_id is None else _decode(job_id)
 
@@ -158,9 +185,12 @@ def _record(raw: dict[bytes, bytes]) -> dict[str, Any] | None:
     record["attempts"] = int(record.get("attempts") or 0)
     record["progress"] = float(record.get("progress") or 0)
     for name in ("created_at", "started_at", "finished_at", "updated_at", "elapsed_s",
-                 "duration_s"):
+                 "duration_s", "expires_at"):
         value = record.get(name)
         record[name] = float(value) if value else None
+    for name in ("bitrate", "bit_depth"):
+        if record.get(name):
+            record[name] = int(record[name])
     return record
 
 

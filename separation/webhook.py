@@ -42,6 +42,7 @@ from standardwebhooks import Webhook, WebhookVerificationError
 
 from separation.contract import Callback, Job
 from separation.egress import EgressPolicy, RefusedTarget, Target, check_target
+from separation.joins import JoinedCallback
 from separation.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -88,7 +89,9 @@ def send_outcome(job: Job, songhash: str | None, state: str, tracks: dict[str, s
     policy = egress_policy(settings)
 
     def send(callback: Callback) -> tuple[bool, str | None]:
-        return deliver(callback.url, {**payload, "data": callback.data},
+        # a joined request answered with an id of its own (API_KEYS) hears of that id
+        job_id = callback.job_id if isinstance(callback, JoinedCallback) else None
+        return deliver(callback.url, {**payload, "id": job_id or job.id, "data": callback.data},
                        settings.webhook_secret, settings.webhook_timeout_s, policy)
 
     if len(callbacks) <= 1:

@@ -24,8 +24,11 @@ from minio import Minio
 
 import devstack
 from devstack.synth import write_song
+from separation.connections import connect_minio, connect_redis
 from separation.contract import Keys, input_key, sha256_file
+from separation.settings import Settings
 from separation.status import StatusStore
+from worker.worker import Worker
 
 SHARED_SAMPLES = devstack.ROOT.parent / "shared" / "samples"
 
@@ -84,6 +87,13 @@ class Stack:
             self.minio.make_bucket(self.queue_bucket)
         self.minio.fput_object(self.queue_bucket, input_key(songhash), str(path))
         return songhash
+
+    def worker_in_process(self, **overrides: str) -> Worker:
+        """A worker in this process (``run(burst=True)`` returns once the queue is empty),
+        on the same real Redis, S3 and Demucs CLI as the subprocess ones."""
+        settings = Settings.from_env({**self.env, "WORK_DIR": str(self.work_dir),
+                                      "METRICS_PORT": "0", **overrides})
+        return Worker(settings, connect_redis(settings), connect_minio(settings))
 
     def push(self, job: dict[str, Any] | str) -> None:
         self.redis.lpush(Keys.QUEUE, job if isinstance(job, str) else json.dumps(job))

@@ -19,8 +19,8 @@ import pytest
 from bench.long_songs import snr_db
 from bench.model import build_specialist_bag
 from devstack.synth import write_song
-from separation import bags
-from separation.chunking import read_wav
+from worker import bags
+from worker.chunking import read_wav
 
 SMALL = {"channels": 8, "t_layers": 1}
 

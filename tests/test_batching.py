@@ -4,14 +4,7 @@ from __future__ import annotations
 
 import signal
 
-from devstack.synth import encode_mp3, synth_song
-
-
-def _undecodable_mp3(path):
-    """Valid MP3 headers (the probe accepts it) followed by garbage Demucs cannot decode."""
-    good = encode_mp3(synth_song(3.0, seed=5))
-    path.write_bytes(good[:2000] + bytes(range(256)) * 400)
-    return path
+from devstack.synth import undecodable_mp3
 
 
 def _demucs_calls(stack) -> list[str]:
@@ -35,7 +28,7 @@ def test_one_demucs_call_serves_the_whole_batch(stack, make_song):
 
 def test_a_bad_file_in_a_batch_fails_alone(stack, make_song, tmp_path):
     good = [stack.upload_song(make_song(seconds=1.5, seed=i, name=f"g{i}.mp3")) for i in range(2)]
-    bad = stack.upload_song(_undecodable_mp3(tmp_path / "bad.mp3"))
+    bad = stack.upload_song(undecodable_mp3(tmp_path / "bad.mp3"))
     stack.push({"songhash": good[0], "id": "good-0", "stems": ["drums"]})
     stack.push({"songhash": bad, "id": "bad", "stems": ["drums"]})
     stack.push({"songhash": good[1], "id": "good-1", "stems": ["drums"]})

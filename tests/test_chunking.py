@@ -9,7 +9,7 @@ import pytest
 import sphn
 
 from devstack.synth import write_song
-from separation.chunking import (
+from worker.chunking import (
     cut_chunks,
     frames,
     geometry,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from separation.demucs_cli import (
+from worker.demucs_cli import (
     DemucsOptions,
     DemucsRun,
     build_command,
@@ -15,6 +15,7 @@ from separation.demucs_cli import (
     parse_progress,
     parse_track,
 )
+from worker.errors import Code
 
 
 def test_command_is_an_argument_list_with_the_shared_flags():
@@ -59,15 +60,15 @@ def test_failure_reasons_name_what_to_do():
         return DemucsRun(returncode=code, output_tail=tail, elapsed_s=1.0, timed_out=timed_out)
 
     timeout = failure_of(run(code=None, timed_out=True), cpu, 90)
-    assert timeout.code == "timeout" and "JOB_TIMEOUT_S=90" in timeout.reason
+    assert timeout.code is Code.TIMEOUT and "JOB_TIMEOUT_S=90" in timeout.reason
     decode = failure_of(run("x\ndemucs.audio.LoadAudioError: bad header\n"), cpu, 90)
-    assert decode.code == "bad_input" and decode.permanent and "bad header" in decode.reason
+    assert decode.code is Code.BAD_INPUT and decode.permanent and "bad header" in decode.reason
     offline = failure_of(run("FileNotFoundError: No such file or directory: '/models/a.th'"),
                          cpu, 90)
-    assert offline.code == "model_unavailable" and "repo /models" in offline.reason
+    assert offline.code is Code.MODEL_UNAVAILABLE and "repo /models" in offline.reason
     cuda = "RuntimeError: CUDA out of memory"
-    assert failure_of(run(cuda), gpu, 90).code == "cuda"
-    assert failure_of(run(cuda), cpu, 90).code == "demucs_failed"  # no GPU to blame on the CPU
+    assert failure_of(run(cuda), gpu, 90).code is Code.CUDA
+    assert failure_of(run(cuda), cpu, 90).code is Code.DEMUCS_FAILED  # no GPU to blame on the CPU
     killed = failure_of(run(code=-9), cpu, 90)
     assert "SIGKILL" in killed.reason and "out of memory?" in killed.reason
     assert failure_of(run("boom\n", code=3), cpu, 90).reason == "Demucs exited with code 3: boom"

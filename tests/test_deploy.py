@@ -246,7 +246,8 @@ def test_worker_and_rest_share_buckets_and_keys(rendered: dict) -> None:
     worker = app_settings(rendered["local"], "demucs-worker")
     rest = app_settings(rendered["local"], "demucs-rest")
     for name in ("queue_bucket", "output_bucket", "output_key", "redis_host", "redis_port",
-                 "minio_endpoint", "max_input_mb", "max_duration_s", "status_ttl_s"):
+                 "minio_endpoint", "max_input_mb", "max_duration_s", "status_ttl_s",
+                 "retention_days", "mp3_bitrate_kbps"):
         assert getattr(worker, name) == getattr(rest, name), name
 
 
@@ -284,8 +285,10 @@ def test_rest_probes_hit_the_probe_port_and_the_service_the_rest_port(rendered: 
     assert int(annotations["prometheus.io/port"]) == settings.metrics_port
 
 
-def test_rest_serves_the_probed_paths() -> None:
-    assert {"/healthz", "/", "/metrics"} <= rest_routes()
+def test_rest_serves_the_probed_paths_and_no_metrics_on_the_api_port() -> None:
+    routes = rest_routes()
+    assert {"/healthz", "/"} <= routes
+    assert "/metrics" not in routes  # Prometheus scrapes METRICS_PORT, which no Service exposes
 
 
 def test_services_select_pods_and_name_their_ports(rendered: dict) -> None:
@@ -584,9 +587,9 @@ def test_worker_image_runs_the_daemon_as_pid_1() -> None:
     entrypoint = json.loads(next(a for i, a in steps if i == "ENTRYPOINT"))
     assert entrypoint[0] == "python3"  # exec form, not the base image's `bash -c`
     script = entrypoint[1]
-    assert ("COPY", f"worker/worker.py {script}") in steps
+    assert script == "/app/worker/worker.py" and ("COPY", "worker/ /app/worker/") in steps
     assert (ROOT / "worker" / "worker.py").exists()
-    assert ("COPY", "separation/ /app/separation/") in steps
+    assert ("COPY", "separation/ /app/separation/") in steps  # the worker's own and the shared
     assert not any(i == "CMD" for i, _ in steps)
 
 

@@ -227,6 +227,19 @@ def test_page_says_a_song_was_already_separated(stack, rest, song, browser_page)
                            ".startsWith('Already separated')", timeout=15_000)
 
 
+def test_page_cancels_a_queued_job(stack, rest, song, browser_page):
+    page = browser_page  # no worker: the job waits
+    page.goto(rest.url + "/")
+    page.set_input_files("#file", str(song))
+    page.wait_for_selector("#cancel:not([hidden])", timeout=30_000)
+    page.click("#cancel")
+    page.wait_for_function("document.querySelector('#state').textContent === 'cancelled'",
+                           timeout=15_000)
+    assert page.is_hidden("#cancel")
+    job_id = page.inner_text("#ids").split()[1]
+    assert stack.status(job_id)["state"] == "cancelled"
+
+
 def test_page_shows_a_refused_upload(rest, browser_page, tmp_path):
     page = browser_page
     not_a_song = tmp_path / "notes.mp3"

@@ -310,7 +310,7 @@ def test_api_token_guards_every_apiv1_route(stack, start_rest, make_song):
     good = {"Authorization": "Bearer test-token-123"}
     assert requests.get(queue_url, headers=good, timeout=TIMEOUT_S).json()["queue"] == []
     assert requests.get(queue_url + "?access_token=test-token-123", timeout=TIMEOUT_S).ok
-    for method, path in (("GET", "/"), ("POST", "/"), ("GET", "/healthz"), ("GET", "/metrics")):
+    for method, path in (("GET", "/"), ("POST", "/"), ("GET", "/healthz")):
         assert requests.request(method, rest.url + path, json={}, timeout=TIMEOUT_S).ok, path
     for path in ("/docs", "/openapi.json"):  # the API's description is the holders' business
         assert requests.get(rest.url + path, timeout=TIMEOUT_S).status_code == 401, path
@@ -368,7 +368,7 @@ def test_health_metrics_and_outages_answer_json(stack, rest, start_rest):
     health = requests.get(f"{rest.url}/healthz", timeout=TIMEOUT_S)
     assert health.status_code == 200 and health.json() == {"ok": True, "reason": "ok"}
     requests.get(f"{rest.url}/apiv1/queue", timeout=TIMEOUT_S)
-    metrics = requests.get(f"{rest.url}/metrics", timeout=TIMEOUT_S).text
+    metrics = metrics_text(rest)
     assert 'demucs_rest_requests_total{method="GET",route="/apiv1/queue",status="200"} 1.0' \
         in metrics
     assert "demucs_rest_queue_depth 0.0" in metrics
@@ -383,6 +383,18 @@ def test_health_metrics_and_outages_answer_json(stack, rest, start_rest):
     assert_error(requests.get(f"{down.url}/apiv1/track/{'0' * 64}/vocals", timeout=TIMEOUT_S),
                  503, "MinIO")
     assert requests.get(f"{down.url}/", timeout=TIMEOUT_S).status_code == 200
+
+
+def metrics_text(rest) -> str:
+    """Prometheus' page of a REST service: on METRICS_PORT, never on the API's port."""
+    port = rest.service.extra["metrics_port"]
+    return requests.get(f"http://127.0.0.1:{port}/metrics", timeout=TIMEOUT_S).text
+
+
+def test_metrics_are_not_on_the_api_port(rest):
+    """The ingress routes the API's port: Prometheus' page is on METRICS_PORT only."""
+    assert_error(requests.get(f"{rest.url}/metrics", timeout=TIMEOUT_S), 404, "Not Found")
+    assert "demucs_rest_requests_total" in metrics_text(rest)
 
 
 def _closed_port() -> int:

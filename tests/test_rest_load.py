@@ -39,7 +39,9 @@ def test_past_the_limit_the_api_answers_503_at_once_and_probes_still_answer(star
     assert requests.get(f"{rest.url}/healthz", timeout=TIMEOUT_S).json() == {
         "ok": True, "reason": "ok"}
     assert requests.get(f"{rest.url}/", timeout=TIMEOUT_S).status_code == 200
-    assert requests.get(f"{rest.url}/metrics", timeout=TIMEOUT_S).status_code == 200
+    metrics_port = rest.service.extra["metrics_port"]
+    assert requests.get(f"http://127.0.0.1:{metrics_port}/metrics",
+                        timeout=TIMEOUT_S).status_code == 200
 
     for connection in held:  # the clients give up: their places are free again
         connection.close()

@@ -5,9 +5,14 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
+
+import requests
 
 import devstack
 from separation.contract import TRACKS, Keys
+from separation.settings import Settings
+from separation.webhook import egress_policy, post_webhook, signature_headers
 
 SCRIPTS = devstack.ROOT / "sample-requests"
 
@@ -99,3 +104,69 @@ def test_scripts_leave_no_synthetic_song_behind(stack, rest, tmp_path):
     result = run_script("push-job.py", env={**stack.env, "TMPDIR": str(scratch)})
     assert result.returncode == 0, result.stdout + result.stderr
     assert list(scratch.iterdir()) == []
+
+
+def test_webhook_receiver_trusts_only_fresh_signed_deliveries(stack, tmp_path):
+    """The sample receiver verifies with ``standardwebhooks``: a delivery the service sends is
+    accepted; a tampered, unsigned, old or replayed one is refused."""
+    port = devstack.free_port()
+    secret = "receiver-test-secret"
+    log_path = tmp_path / "receiver.log"
+    with log_path.open("w") as log:
+        receiver = subprocess.Popen(  # stdout: the accepted deliveries; stderr: the refusals
+            [sys.executable, str(SCRIPTS / "webhook-receiver.py"), "--port", str(port)],
+            env={**stack.env, "WEBHOOK_SECRET": secret}, stdout=subprocess.PIPE, stderr=log,
+            text=True)
+    try:
+        devstack.wait_for_port(port, timeout_s=30, process=receiver)
+        url = f"http://127.0.0.1:{port}/"
+        payload = {"id": "job-1", "status": "done", "songhash": "ab" * 32, "data": {"n": 1}}
+        settings = Settings.from_env(stack.env)
+        # a real delivery, as the worker and REST send it
+        assert post_webhook(url, payload, secret, 10, egress_policy(settings))
+        body = json.dumps(payload).encode()
+        fresh = signature_headers(body, secret)
+        assert requests.post(url, data=body, headers=fresh, timeout=10).status_code == 204
+        refused = {
+            "replayed": (body, fresh),
+            "tampered": (body.replace(b"done", b"fail"), signature_headers(body, secret)),
+            "unsigned": (body, {}),
+            "another key": (body, signature_headers(body, "not-the-secret")),
+            "old": (body, signature_headers(body, secret, now_s=time.time() - 600)),
+            "malformed": (body, {**fresh, "webhook-signature": "v1"}),
+        }
+        for why, (data, headers) in refused.items():
+            answer = requests.post(url, data=data, headers=headers, timeout=10)
+            assert answer.status_code == 401, why
+        assert not post_webhook(url, payload, "not-the-secret", 10, egress_policy(settings))
+    finally:
+        receiver.terminate()
+        out, _ = receiver.communicate(timeout=10)
+    accepted = [json.loads(line) for line in out.splitlines()]
+    assert [line["id"] for line in accepted] == ["job-1", "job-1"]
+    assert accepted[0]["data"] == {"n": 1} and accepted[1]["webhook-id"] == fresh["webhook-id"]
+    refusals = log_path.read_text()
+    assert refusals.count("refused a delivery") == 7, refusals
+    assert "replayed" in refusals and "too old" in refusals
+
+
+def test_scripts_ask_for_a_format(stack, rest, make_song, tmp_path):
+    stack.start_worker()
+    out = tmp_path / "tracks"
+    result = run_script("short-sample-request.py", "--out", str(out), "--stems", "vocals",
+                        "--format", "flac", env={**stack.env, "REST": rest.host})
+    assert result.returncode == 0, result.stdout + result.stderr
+    folder = next(out.iterdir())
+    assert [p.name for p in folder.iterdir()] == ["vocals.flac"]
+    assert (folder / "vocals.flac").read_bytes()[:4] == b"fLaC"
+
+    result = run_script("push-job.py", "--file", str(make_song(seconds=1)), "--stems", "bass",
+                        "--format", "wav", "--bit-depth", "24", env=stack.env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    queued = next(line for line in result.stdout.splitlines() if line.startswith("queued job"))
+    job = json.loads(queued.split(": ", 1)[1])  # the worker may have taken it already
+    assert (job["format"], job["bit_depth"]) == ("wav", 24)
+    record = stack.wait_for(job["id"])
+    assert record["tracks"] == {"bass": f"{job['songhash']}-bass-24bit.wav"}, record
+    refused = run_script("push-job.py", "--format", "flac", "--bitrate", "192", env=stack.env)
+    assert refused.returncode == 2 and "bitrate applies to format mp3 only" in refused.stderr

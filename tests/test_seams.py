@@ -17,8 +17,8 @@ import numpy as np
 from bench.long_songs import snr_db
 from bench.model import build_htdemucs
 from devstack.synth import write_song
-from separation.chunking import cut_chunks, plan_chunks, read_wav, stitch
 from separation.contract import DEMUCS_STEMS
+from worker.chunking import cut_chunks, plan_chunks, read_wav, stitch
 
 SONG_S = 22.0
 

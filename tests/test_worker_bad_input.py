@@ -6,30 +6,21 @@ Demucs run. Each row: how the job is made, and a phrase its recorded reason must
 
 from __future__ import annotations
 
-import io
 import json
 import os
 
-import numpy as np
-
-from devstack.synth import encode_mp3, lying_mp3, synth_song
-from separation.chunking import write_wav
+from devstack.synth import encode_mp3, lying_mp3, synth_song, wav_bytes
 from separation.contract import Keys, claimed_job_id
 
 GOOD = "f" * 64  # replaced by the real songhash of an uploaded file where needed
 
-
-def _wav_bytes() -> bytes:
-    buffer = io.BytesIO()
-    write_wav(buffer, np.zeros((22050, 2)), 44100)
-    return buffer.getvalue()
 
 
 # (case, uploaded bytes or None, job (dict, or a str sent verbatim), phrase in the reason)
 FILES = {
     "empty": b"",
     "random": os.urandom(30_000),
-    "wav": _wav_bytes(),
+    "wav": wav_bytes(22050),
     "oversize": encode_mp3(synth_song(8.0, seed=3), bitrate_kbps=192),   # ~190 KB > 100 KB
     "too-long": encode_mp3(synth_song(7.0, seed=4), bitrate_kbps=32),    # 7 s > 5 s
     "lying-header": lying_mp3(claimed_s=1.0, real_s=20.0),  # Xing says 1 s; 20 s > 5 s

@@ -1,46 +1,44 @@
 """The worker daemon: a job from Redis in, Demucs in the middle, tracks out to MinIO.
 
-Run as ``python worker/worker.py``; every setting comes from the environment
-(``separation.settings``). The queue protocol is written down in ``separation.queue``.
+Run as ``python worker/worker.py`` (``--burst``: return once the queue is empty); every setting
+comes from the environment (``separation.settings``). The queue protocol is written down in
+``separation.queue``; every Redis command of it is a ``JobQueue`` method.
 
-A job's lifecycle, one method each:
+A job's lifecycle, one method each, in the order ``run_batch`` calls them:
 
-1. ``take_jobs``      BLMOVE from ``toWorkers`` into this worker's processing list, plus up to
-                      ``BATCH_MAX - 1`` jobs already waiting (a batch never waits for more).
-2. ``start_job``      validate the payload (a malformed one goes straight to the dead-letter
-                      list), count the attempt, mark the job running.
-3. ``fetch_input``    stat and ``fget_object`` the MP3 into the batch's temp dir; refuse it if it
-                      is too big, too long or not audio.
-4. ``separate``       one Demucs CLI call for all of a batch's jobs of one model (a bag pruned
-                      to the sources they need, ``separation.bags``, is a model of its own); if
-                      it fails, each job not yet separated runs alone so one bad file fails
-                      only itself.
-5. ``deliver_tracks`` mix the derived tracks from the WAV stems, encode each track to MP3 once,
-                      ``fput_object`` each one.
-6. ``finish_job``     status ``done``, webhooks (``notify``: the job's callback and those of
-                      the requests that joined it), acknowledge (LREM).
-   ``fail_job``       retry (back onto the queue) or fail for good (dead-letter list), webhook.
+1. ``take_jobs``   BLMOVE from ``toWorkers`` into this worker's processing list, plus up to
+                   ``BATCH_MAX - 1`` jobs already waiting (a batch never waits for more).
+2. ``start``       parse the payload and decide its kind (``worker.task.JobKind``: a song, a
+                   chunk of a long song, or a join); count the attempt; mark it running.
+3. ``fetch``       a song or chunk: stat and ``fget_object`` its input into the batch's temp
+                   dir and check what it really is (too big, too long, not audio); a song
+                   longer than ``CHUNK_OVER_S`` is ``split`` into chunk jobs here. A join:
+                   ``join`` stitches its long song's chunk stems.
+4. ``separate``    one Demucs CLI call for all of a batch's jobs of one model, with its
+                   fallbacks (``worker.separator``).
+5. ``deliver``     a chunk's stems are stored for its join (``store_chunk``); a song's or
+                   join's tracks are mixed from the WAV stems, encoded once each in the job's
+                   format (MP3, FLAC, WAV), and ``fput_object``-ed (``upload_tracks``).
+   A cancel (``worker.cancel``) is checked when a job is taken, before each step, and by a
+   thread while Demucs runs (which it stops).
+6. ``settle``      the one place a taken job ends: its ``Outcome`` (``worker.outcomes``) goes
+                   to the observers (status, webhooks, long songs, metrics, log) and the queue
+                   acknowledges, dead-letters or gives back the payload.
 
-Long songs (``separation.long_songs``): ``split_long_song`` replaces steps 4-6 of a song longer
-than ``CHUNK_OVER_S`` by chunk jobs; ``finish_chunk`` stores a chunk's stems and counts it; the
-last one queues a join job, whose ``prepare_join`` stitches the stems and then runs steps 5-6 as
-its parent job.
-
-``job_outcome`` is the one place where exceptions become job outcomes. SIGTERM stops taking
-jobs; the current batch finishes within ``SHUTDOWN_GRACE_S`` or goes back onto the queue.
+``outcome_of`` is the one place where exceptions become outcomes. SIGTERM stops taking jobs;
+the current batch finishes within ``SHUTDOWN_GRACE_S`` or goes back onto the queue.
 """
 
 from __future__ import annotations
 
+import argparse
 import logging
 import signal
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script: make the repository's packages importable
@@ -51,95 +49,105 @@ from minio import Minio
 from minio.error import S3Error
 from urllib3.exceptions import HTTPError
 
-from separation import errors
-from separation.audio import NotAudio, TooLong, mix_and_encode, probe_mp3, sources_for, write_mix
-from separation.bags import PrunedBag, pruned_bag
-from separation.connections import connect_minio, connect_redis, ensure_bucket
+from separation.connections import connect_minio, connect_redis
 from separation.contract import (
     InvalidJob,
     Job,
-    Keys,
     claimed_job_id,
     input_key,
-    output_key,
     parse_job,
     sha256_file,
 )
-from separation.demucs_cli import DemucsOptions, cuda_present, failure_of, run_demucs
+from separation.formats import Encoding
 from separation.joins import Joins
 from separation.logs import configure_logging
-from separation.long_songs import LongSongs, wav_duration_s
-from separation.observability import IN_FLIGHT, JOB_SECONDS, JOBS, QUEUE_DEPTH, STAGE_SECONDS, serve
+from separation.observability import serve
 from separation.queue import JobQueue
+from separation.retention import expires_at, prepare_bucket
 from separation.settings import Settings
 from separation.status import StatusStore
-from separation.webhook import send_outcome
+from worker import errors
+from worker.bags import PrunedBag, pruned_bag
+from worker.cancel import CancelWatch
+from worker.chunking import check_geometry
+from worker.demucs_cli import cuda_present
+from worker.encode import sources_for
+from worker.inputs import Inputs
+from worker.long_songs import LongSongs, wav_duration_s
+from worker.metrics import IN_FLIGHT
+from worker.outcomes import (
+    CANCELLED,
+    LongSongUpkeep,
+    Outcome,
+    Settlement,
+    State,
+    StatusRecorder,
+    Webhooks,
+    count,
+    log_outcome,
+    outcome_of_error,
+    remove_work_dir,
+)
+from worker.separator import Separator
+from worker.task import JobKind, Task, live, timed
+from worker.tracks import Tracks
+from worker.upkeep import Heartbeat, StopSignal, until_up
 
 log = logging.getLogger("worker")
-
-
-@dataclass
-class Task:
-    """One taken job while this worker holds it."""
-
-    raw: bytes
-    job: Job
-    attempt: int
-    work_dir: Path
-    taken_at: float = field(default_factory=time.monotonic)
-    songhash: str | None = None
-    input_path: Path | None = None
-    stem_dir: Path | None = None
-    join_of: str | None = None  # a join task runs as its parent job once prepared
-    finished: bool = False
-    timings: dict[str, float] = field(default_factory=dict)
-
-    @property
-    def id(self) -> str:
-        return self.job.id or ""
-
-    def elapsed_s(self) -> float:
-        return time.monotonic() - self.taken_at
 
 
 class Worker:
     """Takes batches of jobs until told to stop. See the module docstring for the steps."""
 
     def __init__(self, settings: Settings, client: redis.Redis, storage: Minio) -> None:
+        check_geometry(settings)
         self.settings = settings
         self.queue = JobQueue(client)
         self.status = StatusStore(client, settings.status_ttl_s)
-        self.joins = Joins(client, settings.status_ttl_s)
         self.storage = storage
         self.long_songs = LongSongs(settings, self.queue, self.status, storage)
+        self.inputs = Inputs(settings, storage)
+        self.tracks = Tracks(settings, storage)
         self.worker_id = f"{settings.host}-{id(self):x}-{int(time.time() * 1000) % 10**8}"
-        self.stopping = threading.Event()
-        self.abort = threading.Event()
-        self.exited = threading.Event()
+        self.stop = StopSignal(settings.shutdown_grace_s)  # the SIGTERM and SIGINT handler
+        self.stopping, self.abort = self.stop.stopping, self.stop.abort
         self.holds_stale_jobs = False
-        self.last_beat = 0.0
-        self.device = self._resolve_device()
+        self.heartbeat = Heartbeat(self.queue, self.worker_id, settings.heartbeat_ttl_s)
+        device = settings.demucs_device
+        self.device = device if device != "auto" else "cuda" if cuda_present() else "cpu"
+        self.cancels = CancelWatch(self.queue, settings.cancel_poll_s)
+        self.separator = Separator(settings, self.status, self.device, self.abort, self.cancels)
+        status = StatusRecorder(self.status)
+        webhooks = Webhooks(settings, self.status, Joins(client, settings.status_ttl_s))
+        long_songs = LongSongUpkeep(self.long_songs, self.status, webhooks)
+        # What an outcome touches, in order: before the queue lets go of the job (a crash
+        # there runs the job again), and after.
+        self.before_settle = [remove_work_dir, status.before_settle, webhooks.before_settle]
+        self.after_settle = [status.after_settle, long_songs.after_settle, count, log_outcome]
 
     # -- main loop -------------------------------------------------------------------------
-    def run(self) -> int:
-        """check stop → take jobs → run them → record outcomes; exit 0 after a clean stop."""
-        self.ensure_buckets()
-        self.wait_for_redis()
+    def run(self, burst: bool = False) -> int:
+        """Take and run batches until stopped (or, with ``burst``, until the queue is empty)."""
+        until_up(self.stopping, "MinIO", self.ensure_buckets, (S3Error, HTTPError, OSError))
+        until_up(self.stopping, "Redis", self.queue.ping, (redis.RedisError,))
         if self.stopping.is_set():  # told to stop before Redis or MinIO ever answered
             log.info("worker %s stopped before it started", self.worker_id)
             return 0
-        self.start_heartbeat()
+        self.heartbeat.start()
+        self.cancels.start()
         if self.settings.metrics_port:
-            serve(self.settings.metrics_port, self.health)
-        log.info("worker %s ready: device=%s threads=%d model=%s batch_max=%d", self.worker_id,
-                 self.device, self.settings.threads, self.settings.demucs_model,
-                 self.settings.batch_max)
+            serve(self.settings.metrics_port, self.heartbeat.health)
+        log.info("worker %s ready: device=%s threads=%d model=%s batch_max=%d%s",
+                 self.worker_id, self.device, self.settings.threads,
+                 self.settings.demucs_model, self.settings.batch_max, " burst" if burst else "")
         backoff_s = 0.5
         while not self.stopping.is_set():
             try:
                 if self.holds_stale_jobs:
                     self.return_held_jobs()
-                raws = self.take_jobs()
+                raws = self.take_jobs(block=not burst)
+                if not raws and burst:
+                    break
                 if raws:
                     self.run_batch(raws)
                 backoff_s = 0.5
@@ -156,42 +164,29 @@ class Worker:
             batch_dir = tempfile.TemporaryDirectory(prefix="demucs-batch-",
                                                     dir=self.settings.work_dir)
         except OSError as error:
-            self.fail_batch(raws, errors.JobFailure(
-                f"cannot create a temp dir for the job: {error}", "disk", permanent=False))
+            failure = errors.disk_failed(f"cannot create a temp dir for the job: {error}")
+            for task in filter(None, (self.start(raw, Path(tempfile.gettempdir()))
+                                      for raw in raws)):
+                self.settle(task, self.failure_outcome(task, failure))
             return
         with batch_dir as tmp:
-            tasks = [t for i, raw in enumerate(raws)
-                     if (t := self.start_job(raw, Path(tmp) / f"j{i}")) is not None]
+            tasks = [t for i, raw in enumerate(raws) if (t := self.start(raw, Path(tmp) / f"j{i}"))]
             IN_FLIGHT.set(len(tasks))
-            for task in _live(tasks):
-                with self.job_outcome(task):
-                    self.fetch_input(task)
-            runs = {task.id: self._run_of(task) for task in tasks}
-            for model, pruned in dict.fromkeys(runs.values()):
-                group = [t for t in _live(tasks)
-                         if t.stem_dir is None and runs[t.id] == (model, pruned)]
-                try:
-                    failures = self.separate(group, model, pruned) if group else {}
-                except Exception as error:  # noqa: BLE001 - job_outcome below gives each its outcome
-                    failures = {task.id: error for task in group}
-                for task in group:
-                    if task.id in failures:
-                        with self.job_outcome(task):
-                            raise failures[task.id]
-            for task in _live(tasks):
-                with self.job_outcome(task):
+            self.cancels.watch(tasks)
+            for task in live(tasks):
+                with self.outcome_of(task):
+                    self.fetch(task)
+            self.separate(live(tasks))
+            for task in live(tasks):
+                with self.outcome_of(task):
                     self.deliver(task)
+            self.cancels.watch([])
             IN_FLIGHT.set(0)
 
-    def fail_batch(self, raws: list[bytes], failure: errors.JobFailure) -> None:
-        for raw in raws:
-            task = self.start_job(raw, Path(tempfile.gettempdir()))
-            if task is not None:
-                self.fail_job(task, failure)
-
     # -- 1. take ---------------------------------------------------------------------------
-    def take_jobs(self) -> list[bytes]:
-        first = self.queue.take(self.worker_id, self.settings.poll_s)
+    def take_jobs(self, block: bool = True) -> list[bytes]:
+        first = self.queue.take(self.worker_id, self.settings.poll_s) if block else \
+            self.queue.take_waiting(self.worker_id)
         if first is None:
             return []
         raws = [first]
@@ -203,344 +198,179 @@ class Worker:
         return raws
 
     # -- 2. start --------------------------------------------------------------------------
-    def start_job(self, raw: bytes, work_dir: Path) -> Task | None:
+    def start(self, raw: bytes, work_dir: Path) -> Task | None:
+        """The task of a taken payload, or None when it ended here (refused or skipped)."""
         try:
             job = parse_job(raw)
         except InvalidJob as error:
-            job_id = claimed_job_id(raw)
-            log.error("job %s refused: %s; payload %.200r", job_id, error, raw)
-            self.status.failed(job_id, str(error))
-            self.queue.dead_letter(self.worker_id, raw, str(error), attempts=1)
-            JOBS.labels("failed", "invalid_job").inc()
+            task = Task(raw, claimed_job_id(raw), None, JobKind.INVALID, 1, work_dir)
+            self.settle(task, Outcome(State.FAILED, failure=errors.invalid_job(str(error))))
             return None
-        task = Task(raw, job, self.status.start_attempt(job.id or "", self.worker_id), work_dir)
-        task.songhash = job.songhash
-        self.status.update(task.id, model=self._model(task), songhash=job.songhash or "",
+        if self.cancels.requested(job):  # cancelled while it waited: it never starts
+            task = Task(raw, job.id or "", job, JobKind.of(job), 0, work_dir)
+            self.settle(task, Outcome.of(State.CANCELLED, CANCELLED))
+            return None
+        task = Task(raw, job.id or "", job, JobKind.of(job),
+                    self.status.start_attempt(job.id or "", self.worker_id), work_dir,
+                    songhash=job.songhash)
+        self.status.update(task.id, model=self.model_of(job.model), songhash=job.songhash or "",
                            stage="starting")
         log.info("job %s: attempt %d/%d started", task.id, task.attempt,
                  self.settings.max_attempts)
-        if job.chunk_of and self.long_songs.parent_failed(job.chunk_of):
-            self.status.failed(task.id, f"job {job.chunk_of}, whose chunk this is, failed")
-            self.queue.ack(self.worker_id, raw)
-            return None
-        if task.attempt > self.settings.max_attempts:
-            record = self.status.get(task.id) or {}
-            last = record.get("error") or "the worker running it stopped or died"
-            self.fail_job(task, errors.attempts_exhausted(
-                f"gave up after {self.settings.max_attempts} attempts; last error: {last}"))
-            return None
-        return task
+        if task.kind is JobKind.CHUNK and self.long_songs.parent_failed(job.chunk_of or ""):
+            self.settle(task, Outcome.of(State.SKIPPED,
+                                         f"job {job.chunk_of}, whose chunk this is, failed"))
+        elif task.attempt > self.settings.max_attempts:
+            last = (self.status.get(task.id) or {}).get("error") or \
+                "the worker running it stopped or died"
+            self.settle(task, self.failure_outcome(task, errors.attempts_exhausted(
+                f"gave up after {self.settings.max_attempts} attempts; last error: {last}")))
+        return None if task.settled else task
 
     # -- 3. fetch --------------------------------------------------------------------------
-    def fetch_input(self, task: Task) -> None:
-        """Download and check the input; a join stitches its chunks; a long song is split."""
-        if task.job.join_of:
-            return self.prepare_join(task)
-        bucket = task.job.bucket or self.settings.queue_bucket
-        key = task.job.object or input_key(task.songhash or "")
-        where = f"s3://{bucket}/{key}"
-        self._stage(task, "downloading", 1)
-        with self._timed(task, "download"):
-            size = self._stat_size(bucket, key, where)
-            if size > self.settings.max_input_bytes:
-                raise errors.bad_input(f"input {where} is {size / 2**20:.1f} MB, over "
-                                       f"MAX_INPUT_MB={self.settings.max_input_mb:g}")
-            task.work_dir.mkdir(parents=True)
-            suffix = ".wav" if task.job.chunk_of else ".mp3"
-            task.input_path = task.work_dir / f"{task.work_dir.name}{suffix}"
-            self.storage.fget_object(bucket, key, str(task.input_path))
-        with self._timed(task, "probe"):
-            if task.job.chunk_of:  # a WAV this service cut
+    def fetch(self, task: Task) -> None:
+        """Download and check a song's or chunk's input (splitting a long song); a join
+        stitches its chunks."""
+        self.cancels.check(task)
+        if task.kind is JobKind.JOIN:
+            return self.join(task)
+        job = task.subject
+        bucket = job.bucket or self.settings.queue_bucket
+        key = job.object or input_key(task.songhash or "")
+        self.status.update(task.id, stage="downloading", progress=1)
+        task.work_dir.mkdir(parents=True)
+        suffix = ".wav" if task.kind is JobKind.CHUNK else ".mp3"
+        task.input_path = task.work_dir / f"{task.work_dir.name}{suffix}"
+        with timed(task, "download"):
+            self.inputs.download(bucket, key, task.input_path)
+        with timed(task, "probe"):
+            if task.kind is JobKind.CHUNK:  # a WAV this service cut
                 duration_s = wav_duration_s(task.input_path)
             else:
-                duration_s = self._probe(task.input_path, where)
+                duration_s = self.inputs.probe(task.input_path, f"s3://{bucket}/{key}")
                 if task.songhash is None:
                     task.songhash = sha256_file(task.input_path)
-                    self.status.link_song(task.id, task.songhash, self._model(task))
+                self.status.link_song(task.id, task.songhash, self.model_of(job.model),
+                                      self.encoding_of(job).variant)
         self.status.update(task.id, songhash=task.songhash or "", duration_s=round(duration_s, 3))
-        if self.long_songs.should_split(task.job, duration_s):
-            self.split_long_song(task, duration_s)
+        if task.kind is JobKind.SONG and self.long_songs.should_split(duration_s):
+            self.split(task, duration_s)
         return None
 
-    def split_long_song(self, task: Task, duration_s: float) -> None:
+    def split(self, task: Task, duration_s: float) -> None:
+        """Hand a long song over to chunk jobs; they carry the work from here."""
         if task.input_path is None or task.songhash is None:
             raise RuntimeError("a song is split only after its input was fetched")
-        self._stage(task, "splitting", 2)
-        with self._timed(task, "split"):
-            self.long_songs.split(task.job, task.songhash, self._model(task), task.input_path,
-                                  duration_s, task.work_dir)
-        self.queue.ack(self.worker_id, task.raw)  # its chunk jobs carry the work from here
-        task.finished = True
+        self.status.update(task.id, stage="splitting", progress=2)
+        with timed(task, "split"):
+            self.long_songs.split(task.subject, task.songhash, self.model_of(task.subject.model),
+                                  task.input_path, duration_s, task.work_dir)
+        self.settle(task, Outcome.of(State.SPLIT))
 
-    def prepare_join(self, task: Task) -> None:
-        """Stitch a long song's chunk stems; from here the task runs as its parent job."""
-        parent_id = task.job.join_of or ""
-        task.join_of = parent_id
-        task.job, task.songhash = self.long_songs.parent(parent_id)
+    def join(self, task: Task) -> None:
+        """Stitch a long song's chunk stems; the task then delivers that song's tracks."""
+        task.parent, task.songhash = self.long_songs.parent(task.subject.join_of or "")
         task.work_dir.mkdir(parents=True)
-        self._stage(task, "joining", 90)
-        with self._timed(task, "join"):
-            task.stem_dir, task.input_path = self.long_songs.prepare_join(parent_id,
+        self.status.update(task.subject_id, stage="joining", progress=90)
+        with timed(task, "join"):
+            task.stem_dir, task.input_path = self.long_songs.prepare_join(task.subject_id,
                                                                           task.work_dir)
 
-    def _stat_size(self, bucket: str, key: str, where: str) -> int:
-        try:
-            return int(self.storage.stat_object(bucket, key).size or 0)
-        except S3Error as error:
-            if error.code in ("NoSuchKey", "NoSuchBucket", "NoSuchObject"):
-                raise errors.bad_input(f"input {where} does not exist ({error.code})") from None
-            raise
+    # -- 4. separate ----------------------------------------------------------------------
+    def separate(self, tasks: list[Task]) -> None:
+        """One Demucs run (``worker.separator``) for each model the jobs without stems need."""
+        runs = {task.id: self.run_of(task) for task in tasks if task.stem_dir is None}
+        for model, pruned in dict.fromkeys(runs.values()):
+            group = [t for t in tasks if runs.get(t.id) == (model, pruned)]
+            try:
+                failures = self.separator.separate(group, model, pruned)
+            except Exception as error:  # noqa: BLE001 - outcome_of below gives each its outcome
+                failures = {task.id: error for task in group}
+            for task in group:
+                if task.id in failures:
+                    with self.outcome_of(task):
+                        raise failures[task.id]
 
-    def _probe(self, path: Path, where: str) -> float:
-        if path.stat().st_size > self.settings.max_input_bytes:
-            raise errors.bad_input(f"input {where} is over MAX_INPUT_MB")
-        try:
-            return probe_mp3(path, self.settings.max_duration_s)
-        except NotAudio as error:
-            raise errors.bad_input(f"{where}: {error}") from None
-        except TooLong as error:
-            raise errors.bad_input(f"input {where} {error}, over "
-                                   f"MAX_DURATION_S={self.settings.max_duration_s:g}") from None
-
-    # -- 4. separate -----------------------------------------------------------------------
-    def separate(self, tasks: list[Task], model: str,
-                 pruned: PrunedBag | None) -> dict[str, Exception]:
-        """Run Demucs over ``tasks`` (with ``pruned``, only the sub-models of ``model`` that
-        their sources need); return what each job that got no stems must raise."""
-        failures = self._run_cli(tasks, model, self.device, pruned)
-        if any(isinstance(f, errors.ShutdownRequested) for f in failures.values()):
-            return failures
-        if failures and self.device != "cpu" and all(
-                getattr(f, "code", "") == "cuda" for f in failures.values()):
-            log.warning("Demucs failed on %s; retrying once on the CPU", self.device)
-            failures = self._run_cli([t for t in tasks if t.id in failures], model, "cpu",
-                                     pruned)
-        if failures and len(tasks) > 1 and not all(
-                getattr(f, "code", "") == "model_unavailable" for f in failures.values()):
-            log.warning("batch of %d failed for %d jobs; running those alone", len(tasks),
-                        len(failures))
-            alone = [t for t in tasks if t.id in failures]
-            failures = {}
-            for task in alone:
-                failures.update(self._run_cli([task], model, self.device, pruned))
-        return failures
-
-    def _run_cli(self, tasks: list[Task], model: str, device: str,
-                 pruned: PrunedBag | None) -> dict[str, Exception]:
-        for task in tasks:
-            self._stage(task, "separating", 5)
-        out_dir = Path(tempfile.mkdtemp(prefix=f"demucs-{device}-", dir=tasks[0].work_dir.parent))
-        repo = self.settings.demucs_repo
-        if pruned is not None:
-            model, repo = pruned.name, str(pruned.write(out_dir.with_name(out_dir.name + "-bag")))
-            log.info("jobs %s: running %s", ",".join(t.id for t in tasks), pruned.description())
-        options = DemucsOptions(model=model, device=device, threads=self.settings.threads,
-                                shifts=self.settings.demucs_shifts,
-                                segment=self.settings.demucs_segment, repo=repo)
-        inputs = [t.input_path for t in tasks if t.input_path is not None]
-        progress = _ProgressWriter(self.status, tasks)
-        run = run_demucs(options, out_dir, inputs, self.settings.job_timeout_s * len(tasks),
-                         self.abort, progress.report)
-        if run.aborted:
-            return {task.id: errors.ShutdownRequested() for task in tasks}
-        failures: dict[str, Exception] = {}
-        for index, task in enumerate(tasks):
-            task.timings["demucs"] = run.elapsed_s / len(tasks)
-            stems = next(out_dir.glob(f"*/{task.work_dir.name}"), None)
-            # after a crash, only inputs Demucs finished before moving on have whole stems
-            complete = run.returncode == 0 or index < run.inputs_started - 1
-            if stems is not None and complete:
-                task.stem_dir = stems
-            else:
-                failures[task.id] = failure_of(run, options, self.settings.job_timeout_s,
-                                               [task.work_dir.parent])
-        return failures
+    def run_of(self, task: Task) -> tuple[str, PrunedBag | None]:
+        """The model a job runs, and the pruned bag its sources need (None: all of it)."""
+        model = self.model_of(task.subject.model)
+        return model, pruned_bag(model, self.settings.demucs_repo,
+                                 sources_for(task.subject.tracks()))
 
     # -- 5. deliver ------------------------------------------------------------------------
     def deliver(self, task: Task) -> None:
-        if task.job.chunk_of:
-            self.finish_chunk(task)
-            return
-        self.finish_job(task, self.deliver_tracks(task, self._model(task)))
-        if task.join_of:
-            self.long_songs.cleanup(task.join_of)
+        self.cancels.check(task)
+        if task.kind is JobKind.CHUNK:
+            self.store_chunk(task)
+            self.settle(task, Outcome.of(State.CHUNK_STORED))
+        else:
+            self.settle(task, Outcome.done(self.upload_tracks(task)))
 
-    def finish_chunk(self, task: Task) -> None:
+    def store_chunk(self, task: Task) -> None:
         """Store a chunk's stems for the join, then count it (the last one queues the join)."""
+        chunk = task.subject
         if task.stem_dir is None:
             raise RuntimeError(f"chunk {task.id} has no stems")
-        with self._timed(task, "upload"):
-            self.long_songs.store_stems(task.job, task.stem_dir)
-        self.status.done(task.id, {}, task.elapsed_s())
-        self.long_songs.complete(task.job)
-        if self.long_songs.parent_failed(task.job.chunk_of or ""):
-            self.long_songs.cleanup(task.job.chunk_of or "")  # stored after the parent failed
-        self.queue.ack(self.worker_id, task.raw)
-        task.finished = True
-        log.info("job %s: chunk %s of %s stored in %.1f s", task.id, task.job.chunk,
-                 task.job.chunk_of, task.elapsed_s())
+        with timed(task, "upload"):
+            self.long_songs.store_stems(chunk, task.stem_dir)
+        self.long_songs.complete(chunk)
+        if self.long_songs.parent_failed(chunk.chunk_of or ""):
+            self.long_songs.cleanup(chunk.chunk_of or "")  # stored after the parent failed
 
-    def deliver_tracks(self, task: Task, model: str) -> dict[str, str]:
+    def upload_tracks(self, task: Task) -> dict[str, str]:
         if task.stem_dir is None or task.input_path is None or not task.songhash:
             raise RuntimeError(f"job {task.id} reached delivery without stems or input")
-        self._stage(task, "encoding", 90)
-        with self._timed(task, "encode"):
-            if "instrumental" in task.job.tracks():
-                write_mix(task.input_path, task.stem_dir)
-            files = mix_and_encode(task.stem_dir, task.job.tracks(), task.work_dir / "tracks",
-                                   self.settings.mp3_bitrate_kbps, self.settings.threads)
-        if "original" in task.job.tracks():
-            files["original"] = task.input_path
-        self._stage(task, "uploading", 95)
-        keys: dict[str, str] = {}
-        metadata = {"model": model, "songhash": task.songhash, "job-id": task.id}
-        with self._timed(task, "upload"):
-            for track in task.job.tracks():
-                key = output_key(self.settings.output_key, task.songhash, track,
-                                 self.settings.key_model(model))
-                self.storage.fput_object(self.settings.output_bucket, key, str(files[track]),
-                                         content_type="audio/mpeg",
-                                         metadata={**metadata, "track": track})
-                keys[track] = key
-        return keys
+        encoding = self.encoding_of(task.subject)
+        self.status.update(task.subject_id, stage="encoding", progress=90)
+        with timed(task, "encode"):
+            files = self.tracks.encode(task.subject, task.stem_dir, task.input_path,
+                                       task.work_dir / "tracks", encoding)
+        self.cancels.check(task)  # past this point a cancel comes too late: the job ends done
+        self.status.update(task.subject_id, stage="uploading", progress=95, **encoding.fields(),
+                           expires_at=expires_at(time.time(), self.settings.retention_days) or "")
+        with timed(task, "upload"):
+            return self.tracks.upload(files, task.songhash, self.model_of(task.subject.model),
+                                      task.subject_id, encoding)
 
-    # -- 6. finish -------------------------------------------------------------------------
-    def finish_job(self, task: Task, tracks: dict[str, str]) -> None:
-        self.status.done(task.id, tracks, task.elapsed_s())
-        with self._timed(task, "webhook"):
-            self.notify(task.job, task.songhash, "done", tracks, None)
-        self.status.update(task.id, timings={k: round(v, 3) for k, v in task.timings.items()})
-        self.queue.ack(self.worker_id, task.raw)
-        task.finished = True
-        JOBS.labels("done", "").inc()
-        JOB_SECONDS.observe(task.elapsed_s())
-        log.info("job %s: done in %.1f s, %d tracks of %s", task.id, task.elapsed_s(),
-                 len(tracks), task.songhash)
-
-    def fail_job(self, task: Task, failure: errors.JobFailure) -> None:
-        task.finished = True
-        if failure.permanent or task.attempt >= self.settings.max_attempts:
-            self.status.failed(task.id, failure.reason, task.elapsed_s())
-            self.queue.dead_letter(self.worker_id, task.raw, failure.reason, task.attempt)
-            self.notify(task.job, task.songhash, "failed", {}, failure.reason)
-            JOBS.labels("failed", failure.code).inc()
-            log.error("job %s: failed for good after %.1f s (attempt %d): %s", task.id,
-                      task.elapsed_s(), task.attempt, failure.reason)
-            if task.job.chunk_of:
-                self.fail_parent(task.job, failure.reason)
-            elif task.join_of:
-                self.long_songs.cleanup(task.join_of)
+    # -- 6. settle -------------------------------------------------------------------------
+    def settle(self, task: Task, outcome: Outcome) -> None:
+        """The one place a taken job ends: observers, then the queue, then observers."""
+        task.outcome = outcome
+        for observe in self.before_settle:
+            observe(task, outcome)
+        if outcome.settlement is Settlement.ACK:
+            self.queue.ack(self.worker_id, task.raw)
+        elif outcome.settlement is Settlement.DEAD_LETTER:
+            self.queue.dead_letter(self.worker_id, task.raw, outcome.reason, task.attempt)
         else:
-            self.status.requeued(task.id, failure.reason)
-            self.queue.give_back(self.worker_id, task.raw, task.id)
-            JOBS.labels("retried", failure.code).inc()
-            pause_s = min(2.0 ** task.attempt, 30.0)
-            log.warning("job %s: attempt %d failed, requeued; pausing %.0f s: %s", task.id,
-                        task.attempt, pause_s, failure.reason)
-            self.stopping.wait(pause_s)  # what failed (storage, GPU) gets time to come back
+            self.queue.give_back(self.worker_id, task.raw, task.subject_id)
+        for observe in self.after_settle:
+            observe(task, outcome)
+        if outcome.state is State.RETRY:  # what failed (storage, GPU) gets time to come back
+            self.stopping.wait(min(2.0 ** task.attempt, 30.0))
 
-    def fail_parent(self, chunk: Job, reason: str) -> None:
-        """A chunk that failed for good fails its long song, whose intermediates go."""
-        parent_id = chunk.chunk_of or ""
-        try:
-            parent, songhash = self.long_songs.parent(parent_id)
-        except LookupError:
-            parent, songhash = None, None
-        message = f"chunk {chunk.chunk} failed: {reason}"
-        self.status.failed(parent_id, message)
-        if parent is not None:
-            self.notify(parent, songhash, "failed", {}, message)
-        self.long_songs.cleanup(parent_id)
-        log.error("job %s: failed for good: %s", parent_id, message)
-
-    def give_back(self, task: Task) -> None:
-        task.finished = True
-        self.status.uncount_attempt(task.id)
-        self.status.requeued(task.id, "the worker stopped during the job; requeued")
-        self.queue.give_back(self.worker_id, task.raw, task.id)
-        log.warning("job %s: worker stopping, job put back onto the queue", task.id)
-
-    def notify(self, job: Job, songhash: str | None, state: str, tracks: dict[str, str],
-               error: str | None) -> None:
-        """Send a job's outcome to its callback and those of the requests that joined it."""
-        active = None if job.chunk_of or not songhash else \
-            Keys.active(songhash, job.model or self.settings.demucs_model, job.tracks())
-        joined = self.joins.settle(job, active)
-        refused = send_outcome(job, songhash, state, tracks, error, self.settings, joined)
-        if refused is not None and job.id:
-            log.warning("job %s: callback refused: %s", job.id, refused)
-            self.status.update(job.id, callback_error=refused)
+    def failure_outcome(self, task: Task, failure: errors.JobFailure) -> Outcome:
+        return Outcome.of_failure(failure, task.attempt, self.settings.max_attempts)
 
     @contextmanager
-    def job_outcome(self, task: Task) -> Iterator[None]:
-        """Run a step of a job; turn what it raises into the job's outcome."""
+    def outcome_of(self, task: Task) -> Iterator[None]:
+        """Run a step of a job; settle the job with the outcome of what it raises."""
         try:
             yield
-        except errors.ShutdownRequested:
-            self.give_back(task)
-        except errors.JobFailure as failure:
-            self.fail_job(task, failure)
-        except (S3Error, HTTPError, OSError) as error:
-            self.fail_job(task, errors.storage_failed(
-                _without_work_dir(f"storage or disk error: {error}", task)))
         except redis.RedisError:
             raise  # the job stays in the processing list and is redelivered
-        except Exception as error:
-            log.exception("job %s: unexpected error", task.id)
-            self.fail_job(task, errors.JobFailure(
-                _without_work_dir(f"internal error: {error!r}", task), "internal",
-                permanent=False))
+        except Exception as error:  # noqa: BLE001 - every exception becomes an outcome
+            self.settle(task, outcome_of_error(error, task, self.settings.max_attempts))
 
-    # -- heartbeat, health, stop -----------------------------------------------------------
-    def start_heartbeat(self) -> None:
-        self._beat()
-        threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True).start()
-
-    def _beat(self) -> None:
-        self.queue.beat(self.worker_id, self.settings.heartbeat_ttl_s)
-        self.last_beat = time.monotonic()
-
-    def _heartbeat_loop(self) -> None:
-        interval_s = self.settings.heartbeat_ttl_s / 3
-        while not self.exited.wait(interval_s):
-            try:
-                self._beat()
-                for raw in self.queue.redeliver_dead():
-                    log.warning("redelivered a job of a dead worker: %.120r", raw)
-                QUEUE_DEPTH.set(self.queue.depth())
-            except redis.RedisError as error:
-                log.warning("heartbeat failed: %s", error)
-
-    def health(self) -> tuple[bool, str]:
-        age_s = time.monotonic() - self.last_beat
-        if age_s > self.settings.heartbeat_ttl_s:
-            return False, f"last heartbeat {age_s:.0f} s ago"
-        try:
-            self.queue.ping()
-        except redis.RedisError as error:
-            return False, f"Redis unreachable: {error}"
-        return True, "ok"
-
-    def request_stop(self, signum: int, _frame: object) -> None:
-        if self.stopping.is_set():
-            log.warning("second signal %d: aborting the current job now", signum)
-            self.abort.set()
-            return
-        log.info("signal %d: finishing the current job within %.0f s, taking no more", signum,
-                 self.settings.shutdown_grace_s)
-        self.stopping.set()
-        timer = threading.Timer(self.settings.shutdown_grace_s, self.abort.set)
-        timer.daemon = True
-        timer.start()
-
+    # -- leave -----------------------------------------------------------------------------
     def return_held_jobs(self) -> None:
         """Put back what this worker's processing list still holds (after a Redis outage)."""
-        for raw in self.queue.in_flight(self.worker_id):
-            self.queue.give_back(self.worker_id, raw)
+        self.queue.give_back_held(self.worker_id)
         self.holds_stale_jobs = False
 
     def leave(self) -> None:
-        self.exited.set()
+        self.heartbeat.stop()
+        self.cancels.stop()
         try:
             self.return_held_jobs()  # nothing should be left; be sure
             self.queue.forget(self.worker_id)
@@ -549,93 +379,30 @@ class Worker:
         log.info("worker %s stopped", self.worker_id)
 
     def ensure_buckets(self) -> None:
-        delay_s = 0.5
-        while not self.stopping.is_set():
-            try:
-                for bucket in (self.settings.queue_bucket, self.settings.output_bucket):
-                    ensure_bucket(self.storage, bucket)
-                return
-            except (S3Error, HTTPError, OSError) as error:
-                log.warning("MinIO unreachable (%s); retrying in %.1f s", error, delay_s)
-                self.stopping.wait(delay_s)
-                delay_s = min(delay_s * 2, 30)
+        for bucket in (self.settings.queue_bucket, self.settings.output_bucket):
+            prepare_bucket(self.storage, bucket, self.settings.retention_days)
 
-    def wait_for_redis(self) -> None:
-        delay_s = 0.5
-        while not self.stopping.is_set():
-            try:
-                self.queue.ping()
-                return
-            except redis.RedisError as error:
-                log.warning("Redis unreachable (%s); retrying in %.1f s", error, delay_s)
-                self.stopping.wait(delay_s)
-                delay_s = min(delay_s * 2, 30)
+    def model_of(self, model: str | None) -> str:
+        return model or self.settings.demucs_model
 
-    # -- helpers ---------------------------------------------------------------------------
-    def _resolve_device(self) -> str:
-        if self.settings.demucs_device != "auto":
-            return self.settings.demucs_device
-        return "cuda" if cuda_present() else "cpu"
-
-    def _model(self, task: Task) -> str:
-        return task.job.model or self.settings.demucs_model
-
-    def _run_of(self, task: Task) -> tuple[str, PrunedBag | None]:
-        """The model a job runs, and the pruned bag its sources need (None: all of it)."""
-        model = self._model(task)
-        return model, pruned_bag(model, self.settings.demucs_repo,
-                                 sources_for(task.job.tracks()))
-
-    def _stage(self, task: Task, stage: str, progress: float) -> None:
-        self.status.update(task.id, stage=stage, progress=progress)
-
-    @contextmanager
-    def _timed(self, task: Task, stage: str) -> Iterator[None]:
-        started = time.monotonic()
-        try:
-            yield
-        finally:
-            task.timings[stage] = time.monotonic() - started
-            STAGE_SECONDS.labels(stage).observe(task.timings[stage])
+    def encoding_of(self, job: Job) -> Encoding:
+        return job.encoding(self.settings.mp3_bitrate_kbps)
 
 
-class _ProgressWriter:
-    """Writes Demucs' progress of each input into its job's status, at most once a second."""
-
-    def __init__(self, status: StatusStore, tasks: list[Task]) -> None:
-        self.status = status
-        self.tasks = [t for t in tasks if t.input_path is not None]
-        self.last_write: dict[int, float] = {}
-        self.best: dict[int, float] = {}
-
-    def report(self, index: int, fraction: float) -> None:
-        if index >= len(self.tasks):
-            return
-        self.best[index] = max(self.best.get(index, 0.0), fraction)
-        now = time.monotonic()
-        if now - self.last_write.get(index, 0.0) >= 1.0 or fraction >= 1.0:
-            self.last_write[index] = now
-            self.status.update(self.tasks[index].id, progress=round(5 + 85 * self.best[index], 1))
-
-
-def _without_work_dir(reason: str, task: Task) -> str:
-    """A failure reason goes to clients: the job's temp dirs are named, not spelled."""
-    return reason.replace(f"{task.work_dir.parent}/", "<work dir>/")
-
-
-def _live(tasks: list[Task]) -> list[Task]:
-    return [task for task in tasks if not task.finished]
-
-
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="The separation worker; settings come from "
+                                     "the environment (README, 'Settings').")
+    parser.add_argument("--burst", action="store_true",
+                        help="return once the queue is empty (a Kubernetes Job, a cron run)")
+    burst = parser.parse_args(argv).burst
     settings = Settings.from_env()
     log_client = connect_redis(settings, fail_fast=True)
     configure_logging(log_client, settings.host, "worker", settings.log_list_max,
                       settings.log_list_max_bytes)
     worker = Worker(settings, connect_redis(settings), connect_minio(settings))
-    signal.signal(signal.SIGTERM, worker.request_stop)
-    signal.signal(signal.SIGINT, worker.request_stop)
-    return worker.run()
+    signal.signal(signal.SIGTERM, worker.stop)
+    signal.signal(signal.SIGINT, worker.stop)
+    return worker.run(burst=burst)
 
 
 if __name__ == "__main__":

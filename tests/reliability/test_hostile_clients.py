@@ -115,9 +115,10 @@ def test_tarpit_callbacks_do_not_freeze_the_rest_service(stack, start_rest, tarp
                                timeout=10)
         assert answer.status_code == 200 and "already separated" in answer.json()["reason"]
     worst_s = 0.0
-    for path in ("/healthz", "/", "/metrics", "/apiv1/queue") * 3:
+    metrics = f"http://127.0.0.1:{rest.service.extra['metrics_port']}/metrics"
+    for url in [rest.url + "/healthz", rest.url + "/", metrics, rest.url + "/apiv1/queue"] * 3:
         started = time.monotonic()
-        assert requests.get(rest.url + path, timeout=10).status_code == 200, path
+        assert requests.get(url, timeout=10).status_code == 200, url
         worst_s = max(worst_s, time.monotonic() - started)
     print(f"FIGURE 40 tarpit callbacks held by REST: slowest of 12 probes {worst_s:.3f} s")
     assert tarpit.connections <= 4 + 1  # the callback pool's threads, nothing else
@@ -242,7 +243,8 @@ def test_smaller_attacks_get_4xx_and_no_internal_error(stack, start_rest):
     for n in range(30):  # refused by the HTTP parser (httptools), or counted as "other" (h11)
         answer = requests.request(f"HACK{n}", rest.url + "/", timeout=10)
         assert 400 <= answer.status_code < 500, answer.status_code
-    metrics = requests.get(rest.url + "/metrics", timeout=10).text
+    metrics_port = rest.service.extra["metrics_port"]
+    metrics = requests.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).text
     assert "HACK" not in metrics  # no label value per made-up method
     _disconnect_mid_upload(rest.url)
     _disconnect_mid_upload(rest.url, multipart=True)

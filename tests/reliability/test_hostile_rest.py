@@ -8,24 +8,16 @@ reliability suite's hostile-input table.
 from __future__ import annotations
 
 import base64
-import io
 import json
 import os
 
-import numpy as np
 import requests
 
-from devstack.synth import encode_mp3, synth_song
-from separation.chunking import write_wav
+from devstack.synth import encode_mp3, synth_song, wav_bytes
 from separation.contract import Keys
 
 TOKEN = "test-token-123"
 
-
-def _wav() -> bytes:
-    buffer = io.BytesIO()
-    write_wav(buffer, np.zeros((8000, 1)), 8000)
-    return buffer.getvalue()
 
 
 MP3 = encode_mp3(synth_song(1.0, seed=2))
@@ -51,7 +43,8 @@ CASES = [
      {"data": json.dumps({"mp3": base64.b64encode(os.urandom(5000)).decode()}),
       "headers": JSON}, 400, "MP3"),
     ("wav upload", "post", "/apiv1/separate",
-     {"files": {"file": ("a.mp3", _wav(), "audio/mpeg")}, "headers": AUTH}, 400, "MP3"),
+     {"files": {"file": ("a.mp3", wav_bytes(8000, 1, 8000), "audio/mpeg")}, "headers": AUTH},
+     400, "MP3"),
     ("multipart without file", "post", "/apiv1/separate",
      {"files": {"model": (None, "htdemucs")}, "headers": AUTH}, 400, ""),
     ("file:// callback", "post", "/apiv1/separate",

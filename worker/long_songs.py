@@ -1,11 +1,12 @@
 """Long songs across workers: split into chunk jobs, store each chunk's stems, join them once.
 
 1. ``split``         a song longer than ``CHUNK_OVER_S`` is cut losslessly into overlapping
-                     WAV chunks (``separation.chunking``), stored under ``chunks/<job>/`` in the
+                     WAV chunks (``worker.chunking``), stored under ``chunks/<job>/`` in the
                      input bucket, and pushed as chunk jobs; the parent's record shows
                      ``chunks_done`` / ``chunks_total``.
 2. ``store_stems``   a worker that separated a chunk stores its WAV stems (those the song's
-                     tracks need: chunk jobs carry the parent's ``stems``) next to it,
+                     tracks need: chunk jobs carry the parent's ``stems``, and its ``format``
+                     and ``bit_depth``, so a 24-bit song has 24-bit stems) next to it,
    ``complete``      then counts it; the count that completes the set pushes the join job
                      (``JobQueue.complete_chunk``: exactly one join, even with redeliveries).
 3. ``prepare_join``  the join stitches each stem with a crossfade over the overlaps; the worker
@@ -23,12 +24,13 @@ from pathlib import Path
 
 from minio import Minio
 
-from separation.audio import sources_for
-from separation.chunking import cut_chunks, plan_chunks, stitch
-from separation.contract import Job, Keys, Status, input_key
+from separation.contract import Job, Status, input_key
 from separation.queue import JobQueue
 from separation.settings import Settings
 from separation.status import StatusStore
+from worker.chunking import cut_chunks, plan_chunks, stitch
+from worker.encode import sources_for
+from worker.pcm import convert_width
 
 log = logging.getLogger(__name__)
 
@@ -52,9 +54,9 @@ class LongSongs:
         self.status = status
         self.storage = storage
 
-    def should_split(self, job: Job, duration_s: float) -> bool:
-        return (self.settings.chunk_over_s > 0 and duration_s > self.settings.chunk_over_s
-                and job.chunk_of is None and job.join_of is None)
+    def should_split(self, duration_s: float) -> bool:
+        """Whether a song (never a chunk or a join) of ``duration_s`` is split."""
+        return self.settings.chunk_over_s > 0 and duration_s > self.settings.chunk_over_s
 
     def split(self, parent: Job, songhash: str, model: str, input_path: Path,
               duration_s: float, work_dir: Path) -> int:
@@ -73,7 +75,8 @@ class LongSongs:
                   "songhash": songhash, "parent": parent.to_json()}
         jobs = [Job(id=f"{parent_id[:50]}-c{chunk.index}", bucket=bucket,
                     object=f"{chunk_prefix(parent_id)}c{chunk.index}.wav", model=model,
-                    stems=parent.stems, chunk_of=parent_id, chunk=chunk.index).to_json()
+                    stems=parent.stems, format=parent.format, bit_depth=parent.bit_depth,
+                    chunk_of=parent_id, chunk=chunk.index).to_json()
                 for chunk in chunks]
         self.queue.enqueue_chunks(parent_id, record, jobs, self.settings.status_ttl_s)
         self.status.update(parent_id, stage="separating chunks", progress=5,
@@ -86,7 +89,11 @@ class LongSongs:
         return record is not None and record["state"] == Status.FAILED.value
 
     def store_stems(self, chunk: Job, stem_dir: Path) -> None:
+        """Store a chunk's stems, all of the width its song needs (a chunk that shared a Demucs
+        call with a 24-bit job got 24-bit stems: a 16-bit song's are brought back to 16)."""
+        width = chunk.encoding(self.settings.mp3_bitrate_kbps).stem_width_bytes
         for stem in sources_for(chunk.tracks()):
+            convert_width(stem_dir / f"{stem}.wav", width)
             self.storage.fput_object(
                 self.settings.queue_bucket,
                 f"{chunk_prefix(chunk.chunk_of or '')}c{chunk.chunk}-{stem}.wav",
@@ -98,14 +105,13 @@ class LongSongs:
         join = Job(id=f"{parent_id[:59]}-join", join_of=parent_id).to_json()
         done, pushed = self.queue.complete_chunk(parent_id, chunk.chunk or 0, join,
                                                  self.settings.status_ttl_s)
-        total = int(self.queue.redis.hget(Keys.chunks(parent_id), "total") or done)
+        total = int(self.queue.chunk_record(parent_id).get("total") or done)
         self.status.update(parent_id, chunks_done=done, progress=round(5 + 85 * done / total, 1),
                            stage="joining" if pushed else "separating chunks")
         return pushed
 
     def _record(self, parent_id: str) -> dict[str, str]:
-        record = {k.decode(): v.decode() for k, v in
-                  self.queue.redis.hgetall(Keys.chunks(parent_id)).items()}
+        record = self.queue.chunk_record(parent_id)
         if not record:
             raise LookupError(f"no chunking record for job {parent_id} (expired?)")
         return record
@@ -145,7 +151,7 @@ class LongSongs:
         for item in self.storage.list_objects(bucket, prefix=chunk_prefix(parent_id),
                                               recursive=True):
             self.storage.remove_object(bucket, item.object_name)
-        self.queue.redis.delete(Keys.chunks(parent_id), Keys.chunks_done(parent_id))
+        self.queue.forget_chunks(parent_id)
 
 
 def _parent_of(record: dict[str, str]) -> tuple[Job, str]:

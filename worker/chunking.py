@@ -27,6 +27,9 @@ from typing import BinaryIO
 
 import numpy as np
 
+from separation.settings import Settings
+from worker.pcm import FULL_SCALE_24, pack, unpack
+
 PREROLL_S = 1  # the decoder settles within this after a seek
 BLOCK_FRAMES = 10 * 44100
 DEMUCS_OVERLAP = 0.25  # Demucs' default --overlap between its segments; the worker keeps it
@@ -75,6 +78,11 @@ def geometry(chunk_s: float, overlap_s: float, segment_s: float) -> tuple[int, i
     return hop_ms, overlap_ms, margin_ms
 
 
+def check_geometry(settings: Settings) -> None:
+    """Raise ValueError at start when the chunk settings cannot make a chunk."""
+    geometry(settings.chunk_s, settings.chunk_overlap_s, settings.chunk_segment_s)
+
+
 def plan_chunks(duration_s: float, chunk_s: float, overlap_s: float,
                 segment_s: float = 0.0) -> ChunkPlan:
     """The chunks covering ``duration_s``; one chunk when the song is not longer than one."""
@@ -112,14 +120,18 @@ def cut_chunks(mp3_path: Path, chunks: list[Chunk], out_dir: Path, duration_s: f
     return paths
 
 
-def write_wav(target: Path | BinaryIO, samples: np.ndarray, rate: int) -> None:
-    """Write float samples in [-1, 1], shape (frames, channels), as 16-bit PCM."""
-    pcm = np.clip(np.round(samples * 32768), -32768, 32767).astype("<i2")
+def write_wav(target: Path | BinaryIO, samples: np.ndarray, rate: int, width: int = 2) -> None:
+    """Write float samples in [-1, 1], shape (frames, channels), as 16-bit PCM (or 24-bit:
+    ``width`` 3)."""
+    if width == 2:
+        data = np.clip(np.round(samples * 32768), -32768, 32767).astype("<i2").tobytes()
+    else:
+        data = pack(np.round(samples * FULL_SCALE_24).astype(np.int64), width)
     with wave.open(str(target) if isinstance(target, Path) else target, "wb") as out:
-        out.setnchannels(pcm.shape[1])
-        out.setsampwidth(2)
+        out.setnchannels(samples.shape[1])
+        out.setsampwidth(width)
         out.setframerate(rate)
-        out.writeframes(pcm.tobytes())
+        out.writeframes(data)
 
 
 def read_wav(path: Path) -> np.ndarray:
@@ -129,14 +141,15 @@ def read_wav(path: Path) -> np.ndarray:
         return data.reshape(-1, reader.getnchannels())
 
 
-def _blocks(reader: wave.Wave_read, frames: int) -> Iterator[np.ndarray]:
-    channels = reader.getnchannels()
+def _blocks(reader: wave.Wave_read, frames: int) -> Iterator[bytes]:
+    """Up to ``frames`` frames of ``reader``, as raw PCM bytes, block by block."""
+    frame_bytes = reader.getnchannels() * reader.getsampwidth()
     while frames > 0:
-        data = np.frombuffer(reader.readframes(min(frames, BLOCK_FRAMES)), dtype="<i2")
-        if not data.size:
+        data = reader.readframes(min(frames, BLOCK_FRAMES))
+        if not data:
             return
-        frames -= data.size // channels
-        yield data.reshape(-1, channels)
+        frames -= len(data) // frame_bytes
+        yield data
 
 
 def stitch(parts: list[Path], overlap_ms: int, out_path: Path, fade_margin_ms: int = 0) -> int:
@@ -145,27 +158,33 @@ def stitch(parts: list[Path], overlap_ms: int, out_path: Path, fade_margin_ms: i
     Over each overlap the previous chunk holds for ``fade_margin_ms``, a linear crossfade runs
     (both sides estimate the same signal, so a linear fade keeps its level), and the next chunk
     holds for the last ``fade_margin_ms``. Holds one overlap in memory, whatever the length.
+    Parts are 16- or 24-bit PCM, all of one width, which the joined file keeps.
     """
     held: np.ndarray | None = None  # the previous part's last overlap, not yet written
     total = 0
+    width, scale = 2, 256
     with wave.open(str(out_path), "wb") as out:
         for index, part in enumerate(parts):
             with wave.open(str(part), "rb") as reader:
                 rate, channels = reader.getframerate(), reader.getnchannels()
                 if index == 0:
+                    width = reader.getsampwidth()
+                    scale = 256 if width == 2 else 1  # fade at the parts' own scale
                     out.setnchannels(channels)
-                    out.setsampwidth(2)
+                    out.setsampwidth(width)
                     out.setframerate(rate)
+                elif reader.getsampwidth() != width:
+                    raise ValueError(f"chunk {index} is {8 * reader.getsampwidth()}-bit, "
+                                     f"chunk 0 {8 * width}-bit")
                 overlap = frames(overlap_ms, rate)
                 count = reader.getnframes()
                 if held is not None:
-                    head = np.frombuffer(reader.readframes(overlap), dtype="<i2")
-                    head = head.reshape(-1, channels)
+                    head = unpack(reader.readframes(overlap), width, channels) / scale
                     if head.shape != held.shape:
                         raise ValueError(f"chunk {index} is shorter than the overlap")
                     fade = _fade(overlap, frames(fade_margin_ms, rate))
                     mixed = held * (1 - fade) + head * fade
-                    out.writeframes(np.round(mixed).astype("<i2").tobytes())
+                    out.writeframes(pack(np.round(mixed).astype(np.int64) * scale, width))
                     total += overlap
                     count -= overlap
                 last = index == len(parts) - 1
@@ -173,10 +192,10 @@ def stitch(parts: list[Path], overlap_ms: int, out_path: Path, fade_margin_ms: i
                 if count < keep:
                     raise ValueError(f"chunk {index} is shorter than the overlap")
                 for block in _blocks(reader, count - keep):
-                    out.writeframes(block.tobytes())
-                    total += block.shape[0]
-                held = None if last else np.frombuffer(
-                    reader.readframes(keep), dtype="<i2").reshape(-1, channels).astype(np.float64)
+                    out.writeframes(block)
+                    total += len(block) // (channels * width)
+                held = None if last else unpack(
+                    reader.readframes(keep), width, channels) / scale
     return total
 
 

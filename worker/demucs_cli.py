@@ -19,8 +19,9 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
-from separation import errors
+from worker import errors
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,7 @@ class DemucsOptions:
     shifts: int = 0
     segment: int | None = None
     repo: str | None = None
+    int24: bool = False  # 24-bit stems (``--int24``) for jobs that want 24-bit tracks
 
 
 @dataclass(frozen=True)
@@ -76,6 +78,8 @@ def build_command(options: DemucsOptions, out_dir: Path, inputs: Sequence[Path])
         command += ["--repo", options.repo]
     if options.segment is not None:
         command += ["--segment", str(options.segment)]
+    if options.int24:
+        command.append("--int24")
     return [*command, "--", *(str(path) for path in inputs)]
 
 
@@ -143,9 +147,16 @@ class _OutputReader(threading.Thread):
             log.debug("progress callback failed", exc_info=True)
 
 
+class Stop(Protocol):
+    """What ``run_demucs`` checks to kill Demucs: a ``threading.Event`` or the like."""
+
+    def is_set(self) -> bool: ...
+
+
 def run_demucs(options: DemucsOptions, out_dir: Path, inputs: Sequence[Path], timeout_s: float,
-               abort: threading.Event, on_progress: Callable[[int, float], None]) -> DemucsRun:
-    """Run one CLI call; kill its whole process group on timeout or when ``abort`` is set."""
+               abort: Stop, on_progress: Callable[[int, float], None]) -> DemucsRun:
+    """Run one CLI call; kill its whole process group on timeout or once ``abort`` is set
+    (checked every 0.25 s)."""
     command = build_command(options, out_dir, inputs)
     log.info("running %s", " ".join(command))
     started = time.monotonic()
@@ -212,7 +223,7 @@ def failure_of(run: DemucsRun, options: DemucsOptions, timeout_s: float,
         return errors.model_unavailable(
             f"weights of model '{options.model}' could not be had from {where}: {last[0]}")
     if options.device != "cpu" and any(hint in tail for hint in _CUDA_HINTS):
-        return errors.JobFailure(f"Demucs failed on {options.device}: {last[0]}", "cuda", False)
+        return errors.cuda_failed(f"Demucs failed on {options.device}: {last[0]}")
     if run.returncode is not None and run.returncode < 0:
         name = signal.Signals(-run.returncode).name
         hint = " (out of memory? raise the memory limit or lower MAX_DURATION_S)" \

@@ -1,0 +1,193 @@
+"""Who owns what, when ``API_KEYS`` names the clients: each sees and removes only its own.
+
+Every job, status, track (``original`` included) and removal belongs to the client that sent
+the song. Another client is answered 404, exactly as for a song nobody sent, never 403 (which
+would confirm that the song exists). Without ``API_KEYS`` nothing here is used: every route
+behaves as it always did.
+
+What is kept in Redis (key names in ``separation.contract.Keys``):
+
+- ``job:<id>`` has a ``client`` field: the job's owner. A request that is served by another
+  client's work (the same song, model and stems already queued, running or done: separated
+  once) gets a *view* of its own: a record ``job:<its id>`` with its own ``client``, ``name``
+  and ``created_at`` and ``runs_as``, the id of the job that does the work. Its status is that
+  job's state, progress and tracks under the view's id; its webhook names the view's id.
+- ``owners:<songhash>:<model>``: the set of ``<client>/<track>``, who owns each track. Granted
+  when a request is accepted, before any dedup check; a removal takes the caller's name out,
+  and the object is deleted only when no other client still owns it (one Lua script decides).
+  Never expires, like the objects themselves.
+- ``client:<name>:song:<songhash>``: the client's latest job of a song (``/status/<songhash>``).
+- ``client:<name>:waiting``: a sorted set of the client's jobs that may still wait, which
+  ``/apiv1/queue`` reads instead of the queue: its cost is the client's own waiting jobs, at
+  most ``CLIENT_MAX_WAITING`` (past it a request is answered 429), whatever the queue's depth.
+  Jobs that ended are dropped from it when it is read.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import redis
+import redis.asyncio
+
+from separation.contract import JOB_ID_RE, SONGHASH_RE, Keys, Status
+from separation.queue import JobQueue
+from separation.status import StatusStore
+
+OWNER_FIELDS = ("client", "runs_as")
+"""Fields of a status record that are bookkeeping, never shown to a client."""
+VIEW_OWN_FIELDS = ("id", "name", "created_at", *OWNER_FIELDS)
+"""What a view keeps of its own; the rest is the working job's."""
+FINAL_STATES = (Status.DONE.value, Status.FAILED.value)
+
+# KEYS: owners set; ARGV: "<client>/<track>", "/<track>".
+# -1: the client did not own the track; else how many other clients still own it.
+_RELEASE = """
+if redis.call('SREM', KEYS[1], ARGV[1]) == 0 then return -1 end
+local others = 0
+for _, member in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  if string.sub(member, -string.len(ARGV[2])) == ARGV[2] then others = others + 1 end
+end
+return others
+"""
+
+
+class Owners:
+    """The ownership records of ``API_KEYS``' clients (see the module's docstring)."""
+
+    def __init__(self, client: redis.Redis, async_client: redis.asyncio.Redis,
+                 status: StatusStore, queue: JobQueue, ttl_s: int, max_waiting: int) -> None:
+        self.redis = client
+        self.async_redis = async_client
+        self.status = status
+        self.queue = queue
+        self.ttl_s = ttl_s
+        self.max_waiting = max_waiting
+        self._release = client.register_script(_RELEASE)
+
+    # --- accepting a request (the request's thread) ---
+
+    def has_room(self, client: str) -> bool:
+        """Whether the client has fewer than ``CLIENT_MAX_WAITING`` jobs waiting."""
+        if self.redis.zcard(Keys.client_waiting(client)) < self.max_waiting:
+            return True
+        return len(self._waiting(client)) < self.max_waiting  # drops the jobs that ended
+
+    def grant(self, client: str, songhash: str, model: str, tracks: tuple[str, ...]) -> None:
+        """The client owns these tracks of the song made with ``model`` (made or not yet)."""
+        self.redis.sadd(Keys.owners(songhash, model), *(f"{client}/{t}" for t in tracks))
+
+    def owned_job(self, client: str, job_id: str, songhash: str, waiting: bool) -> None:
+        """Index the client's own job: its latest of the song, and waiting if queued."""
+        with self.redis.pipeline(transaction=True) as pipe:
+            pipe.set(Keys.client_song(client, songhash), job_id, ex=self.ttl_s)
+            if waiting:
+                pipe.zadd(Keys.client_waiting(client), {job_id: time.time()})
+                pipe.expire(Keys.client_waiting(client), self.ttl_s)
+            pipe.execute()
+
+    def view(self, client: str, view_id: str, runs_as: str, songhash: str, model: str,
+             name: str, waiting: bool) -> None:
+        """Record the client's own view of another job's work (the same content)."""
+        now = time.time()
+        self.status.update(view_id, id=view_id, state=Status.QUEUED.value, stage="queued",
+                           songhash=songhash, name=name, model=model, progress=0, attempts=0,
+                           error="", tracks={}, created_at=now, started_at="",
+                           finished_at="", client=client, runs_as=runs_as)
+        self.owned_job(client, view_id, songhash, waiting)
+
+    # --- reading ---
+
+    async def status_async(self, client: str, ref: str) -> tuple[dict[str, Any], str] | None:
+        """The client's record of ``ref`` (its job id, or its latest job of a songhash) and
+        the id of the job doing the work; None when the client has no such job."""
+        job_id: str | None = None
+        if SONGHASH_RE.fullmatch(ref):
+            found = await self.async_redis.get(Keys.client_song(client, ref))
+            job_id = None if found is None else found.decode()
+        elif JOB_ID_RE.fullmatch(ref):
+            job_id = ref
+        record = None if job_id is None else await self.status.get_async(job_id)
+        if record is None or record.get("client") != client:
+            return None
+        run_id = record.get("runs_as") or record["id"]
+        run = record if run_id == record["id"] else await self.status.get_async(run_id)
+        owned = await self.async_redis.smembers(
+            Keys.owners(record.get("songhash") or "", record.get("model") or ""))
+        return shown(record, run, owned, client), run_id
+
+    def latest(self, client: str, songhash: str) -> dict[str, Any] | None:
+        """The client's latest job of a song, as ``status_async`` shows it, or None."""
+        found = self.redis.get(Keys.client_song(client, songhash))
+        record = None if found is None else self.status.get(found.decode())
+        if record is None or record.get("client") != client:
+            return None
+        run_id = record.get("runs_as") or record["id"]
+        run = record if run_id == record["id"] else self.status.get(run_id)
+        owned = self.redis.smembers(Keys.owners(songhash, record.get("model") or ""))
+        return shown(record, run, owned, client)
+
+    def owns(self, client: str, songhash: str, model: str, track: str) -> bool:
+        return bool(self.redis.sismember(Keys.owners(songhash, model), f"{client}/{track}"))
+
+    def waiting(self, client: str, offset: int, limit: int) -> tuple[int, list[str]]:
+        """How many of the client's jobs wait, and the songhashes of one page of them, in
+        the order they will run. Costs the client's waiting jobs, never the queue's depth."""
+        jobs = self._waiting(client)
+        return len(jobs), [songhash for songhash, _ in jobs[offset:offset + limit]]
+
+    def _waiting(self, client: str) -> list[tuple[str, int | None]]:
+        """``(songhash, position)`` of the client's waiting jobs, by position; the jobs that
+        ended (or whose records expired) leave the index."""
+        key = Keys.client_waiting(client)
+        ids = [raw.decode() for raw in self.redis.zrange(key, 0, -1)]
+        if not ids:
+            return []
+        with self.redis.pipeline(transaction=False) as pipe:
+            for job_id in ids:
+                pipe.hmget(Keys.job(job_id), "songhash", "runs_as")
+            rows = pipe.execute()
+        runs = [(runs_as or b"").decode() or job_id
+                for job_id, (_, runs_as) in zip(ids, rows, strict=True)]
+        with self.redis.pipeline(transaction=False) as pipe:
+            for run_id in runs:
+                pipe.hget(Keys.job(run_id), "state")
+            states = [None if s is None else s.decode() for s in pipe.execute()]
+        ended = [job_id for job_id, state in zip(ids, states, strict=True)
+                 if state is None or state in FINAL_STATES]
+        if ended:
+            self.redis.zrem(key, *ended)
+        queued = [(row[0].decode(), run_id) for row, run_id, state
+                  in zip(rows, runs, states, strict=True)
+                  if state == Status.QUEUED.value and row[0]]
+        positions = self.queue.positions([run_id for _, run_id in queued])
+        jobs = [(songhash, position) for (songhash, _), position
+                in zip(queued, positions, strict=True)]
+        jobs.sort(key=lambda job: (job[1] is None, job[1] or 0))
+        return jobs
+
+    # --- removing ---
+
+    def release(self, client: str, songhash: str, model: str, track: str) -> int:
+        """Take the client's ownership of a track away: -1 if it had none, else how many
+        other clients still own the track (0: the object may go)."""
+        return int(self._release(keys=[Keys.owners(songhash, model)],
+                                 args=[f"{client}/{track}", f"/{track}"]))
+
+
+def shown(record: dict[str, Any], run: dict[str, Any] | None, owned: set[bytes],
+          client: str) -> dict[str, Any]:
+    """What a client sees of its job: a view shows its working job's state under its own id,
+    name and time; only the tracks the client still owns are listed."""
+    if run is None:  # a view whose working job's record expired first
+        run = {**record, "state": Status.FAILED.value, "stage": Status.FAILED.value,
+               "error": "the job that did this work is no longer known (records expire "
+                        "after STATUS_TTL_S)"}
+    merged = {**run, **{name: record.get(name) for name in VIEW_OWN_FIELDS}}
+    if record.get("state") == Status.CANCELLED.value:  # the client cancelled its view
+        merged.update({name: record.get(name) for name in ("state", "stage", "error")})
+    mine = {member.decode().removeprefix(f"{client}/") for member in owned
+            if member.decode().startswith(f"{client}/")}
+    merged["tracks"] = {t: key for t, key in (run.get("tracks") or {}).items() if t in mine}
+    return merged

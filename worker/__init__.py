@@ -1,0 +1,1 @@
+"""The separation worker: the daemon (``worker.worker``) and the code only it runs."""

@@ -1,0 +1,90 @@
+"""Cancels (queue protocol step 9): which of the jobs this worker holds a client cancelled.
+
+A job's cancel key is its own, or its long song's for a chunk or a join. ``CancelWatch`` reads
+the keys of the jobs being run every ``CANCEL_POLL_S`` from a thread of its own (one ``MGET``
+for the batch), so a cancel stops Demucs within a poll and Demucs' own 0.25 s check.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+import redis
+
+from separation.contract import Job
+from separation.queue import JobQueue
+from worker.errors import Cancelled
+from worker.task import Task
+
+log = logging.getLogger("worker")
+
+
+def cancel_ids(job: Job) -> list[str]:
+    """The ids whose cancel cancels ``job``: its own, and its long song's."""
+    return [i for i in (job.id, job.chunk_of, job.join_of) if i]
+
+
+class CancelWatch:
+    def __init__(self, queue: JobQueue, poll_s: float) -> None:
+        self.queue = queue
+        self.poll_s = poll_s
+        self.stopped = threading.Event()
+        self.lock = threading.Lock()
+        self.watched: dict[str, list[str]] = {}  # task id -> its cancel ids
+        self.cancelled: set[str] = set()  # task ids
+
+    def start(self) -> None:
+        threading.Thread(target=self._loop, name="cancel-watch", daemon=True).start()
+
+    def stop(self) -> None:
+        self.stopped.set()
+
+    def requested(self, job: Job) -> bool:
+        """Whether a cancel of ``job`` was asked (read now, from Redis)."""
+        return bool(self.queue.cancels_requested(cancel_ids(job)))
+
+    def watch(self, tasks: list[Task]) -> None:
+        """Watch these tasks (a batch) from now on, instead of those before."""
+        with self.lock:
+            self.watched = {t.id: cancel_ids(t.job) for t in tasks if t.job is not None}
+            self.cancelled = set()
+
+    def is_cancelled(self, task: Task) -> bool:
+        with self.lock:
+            return task.id in self.cancelled
+
+    def check(self, task: Task) -> None:
+        """Raise ``Cancelled`` if a cancel of ``task`` was seen."""
+        if self.is_cancelled(task):
+            raise Cancelled
+
+    def poll(self) -> None:
+        with self.lock:
+            watched = dict(self.watched)
+        ids = sorted({i for ids in watched.values() for i in ids})
+        found = self.queue.cancels_requested(ids)
+        if found:
+            with self.lock:
+                for task_id, ids in watched.items():
+                    if task_id in self.watched and found.intersection(ids):
+                        self.cancelled.add(task_id)
+
+    def _loop(self) -> None:
+        while not self.stopped.wait(self.poll_s):
+            try:
+                self.poll()
+            except redis.RedisError as error:
+                log.warning("cannot read cancels: %s", error)
+
+
+class Interrupt:
+    """What stops one Demucs run: the worker's abort, or a cancel of one of its jobs."""
+
+    def __init__(self, abort: threading.Event, watch: CancelWatch, tasks: list[Task]) -> None:
+        self.abort = abort
+        self.watch = watch
+        self.tasks = tasks
+
+    def is_set(self) -> bool:
+        return self.abort.is_set() or any(self.watch.is_cancelled(t) for t in self.tasks)

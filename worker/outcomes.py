@@ -1,0 +1,257 @@
+"""How a taken job ends: its ``Outcome``, what the queue does with it, and the observers that
+``Worker.settle`` calls around that (status, webhooks, long songs, metrics, log).
+
+A new concern that reacts to job outcomes is one more observer in ``Worker.settle``'s lists,
+not an edit in each place a job can end.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from enum import Enum
+
+from minio.error import S3Error
+from urllib3.exceptions import HTTPError
+
+from separation.contract import Job, Keys, Status
+from separation.joins import Joins
+from separation.settings import Settings
+from separation.status import StatusStore
+from separation.webhook import send_outcome
+from worker import errors
+from worker.long_songs import LongSongs
+from worker.metrics import JOB_SECONDS, JOBS
+from worker.task import JobKind, Task, timed
+
+log = logging.getLogger("worker")
+
+
+class Settlement(Enum):
+    """What the queue does with a settled job's payload (``JobQueue``, steps 6 and 8)."""
+
+    ACK = "ack"                  # LREM from the processing list: the job is over
+    DEAD_LETTER = "dead_letter"  # to toWorkers:dead with its reason: failed for good
+    GIVE_BACK = "give_back"      # back to the taking end of the queue: it runs again
+
+
+class State(Enum):
+    DONE = "done"                  # every track stored
+    CHUNK_STORED = "chunk_stored"  # a chunk's stems stored and counted
+    SPLIT = "split"                # a long song handed over to its chunk jobs
+    SKIPPED = "skipped"            # a chunk of a song that already failed: not run
+    FAILED = "failed"              # failed for good
+    RETRY = "retry"                # failed; runs again (the attempt counts)
+    RETURNED = "returned"          # the worker stopped: runs again (the attempt does not count)
+    CANCELLED = "cancelled"        # a client cancelled it: ends without tracks
+
+
+_SETTLEMENT = {State.DONE: Settlement.ACK, State.CHUNK_STORED: Settlement.ACK,
+               State.SPLIT: Settlement.ACK, State.SKIPPED: Settlement.ACK,
+               State.FAILED: Settlement.DEAD_LETTER, State.RETRY: Settlement.GIVE_BACK,
+               State.RETURNED: Settlement.GIVE_BACK, State.CANCELLED: Settlement.ACK}
+
+
+@dataclass(frozen=True)
+class Outcome:
+    state: State
+    tracks: Mapping[str, str] = field(default_factory=dict)
+    failure: errors.JobFailure | None = None
+    note: str = ""  # why a job was skipped
+
+    @property
+    def settlement(self) -> Settlement:
+        return _SETTLEMENT[self.state]
+
+    @property
+    def reason(self) -> str:
+        return self.failure.reason if self.failure is not None else self.note
+
+    @classmethod
+    def done(cls, tracks: Mapping[str, str]) -> Outcome:
+        return cls(State.DONE, tracks)
+
+    @classmethod
+    def of(cls, state: State, note: str = "") -> Outcome:
+        """An outcome without tracks or failure (a ``SKIPPED`` one says why)."""
+        return cls(state, note=note)
+
+    @classmethod
+    def of_failure(cls, failure: errors.JobFailure, attempt: int, max_attempts: int
+                   ) -> Outcome:
+        """Failed for good when no retry can mend it or the attempts are used up."""
+        final = failure.permanent or attempt >= max_attempts
+        return cls(State.FAILED if final else State.RETRY, failure=failure)
+
+
+Observer = Callable[[Task, Outcome], None]
+CANCELLED = "cancelled by the client"
+
+
+def outcome_of_error(error: Exception, task: Task, max_attempts: int) -> Outcome:
+    """The one place an exception raised by a job's step becomes the job's outcome."""
+    if isinstance(error, errors.ShutdownRequested):
+        return Outcome.of(State.RETURNED)
+    if isinstance(error, errors.Cancelled):
+        return Outcome.of(State.CANCELLED, CANCELLED)
+    if isinstance(error, errors.JobFailure):
+        failure = error
+    elif isinstance(error, (S3Error, HTTPError, OSError)):
+        failure = errors.storage_failed(_without_work_dir(f"storage or disk error: {error}", task))
+    else:
+        log.exception("job %s: unexpected error", task.id, exc_info=error)
+        failure = errors.internal(_without_work_dir(f"internal error: {error!r}", task))
+    return Outcome.of_failure(failure, task.attempt, max_attempts)
+
+
+def _without_work_dir(reason: str, task: Task) -> str:
+    """A failure reason goes to clients: the job's temp dirs are named, not spelled."""
+    return reason.replace(f"{task.work_dir.parent}/", "<work dir>/")
+
+
+class StatusRecorder:
+    """The job's status hash: what a client polling it reads."""
+
+    def __init__(self, status: StatusStore) -> None:
+        self.status = status
+
+    def before_settle(self, task: Task, outcome: Outcome) -> None:
+        state = outcome.state
+        if state is State.DONE:
+            self.status.done(task.subject_id, dict(outcome.tracks), task.elapsed_s())
+        elif state is State.CHUNK_STORED:
+            self.status.done(task.id, {}, task.elapsed_s())
+        elif state in (State.FAILED, State.SKIPPED):
+            elapsed_s = task.elapsed_s() if state is State.FAILED else None
+            self.status.failed(task.subject_id, outcome.reason, elapsed_s)
+        elif state is State.RETRY:
+            self.status.requeued(task.subject_id, outcome.reason)
+        elif state is State.CANCELLED:
+            self.status.cancelled(task.subject_id, outcome.reason)
+        elif state is State.RETURNED:
+            self.status.uncount_attempt(task.id)
+            self.status.requeued(task.subject_id, "the worker stopped during the job; requeued")
+
+    def after_settle(self, task: Task, outcome: Outcome) -> None:
+        if outcome.state is State.DONE:  # the webhook's time included; the REST hides it
+            self.status.update(task.subject_id,
+                               timings={k: round(v, 3) for k, v in task.timings.items()})
+
+
+class Webhooks:
+    """The outcome to the job's callback and to those of the requests that joined it."""
+
+    def __init__(self, settings: Settings, status: StatusStore, joins: Joins) -> None:
+        self.settings = settings
+        self.status = status
+        self.joins = joins
+
+    def before_settle(self, task: Task, outcome: Outcome) -> None:
+        if task.kind in (JobKind.INVALID, JobKind.CHUNK):  # a chunk reports through its song
+            return
+        if outcome.state in (State.DONE, State.FAILED, State.CANCELLED):
+            with timed(task, "webhook"):
+                self.notify(task.subject, task.songhash, outcome.state.value,
+                            dict(outcome.tracks), outcome.reason or None)
+
+    def notify(self, job: Job, songhash: str | None, state: str, tracks: dict[str, str],
+               error: str | None) -> None:
+        active = None if not songhash else \
+            Keys.active(songhash, job.model or self.settings.demucs_model, job.tracks(),
+                        job.encoding(self.settings.mp3_bitrate_kbps).variant)
+        joined = self.joins.settle(job, active)
+        refused = send_outcome(job, songhash, state, tracks, error, self.settings, joined)
+        if refused is not None and job.id:
+            log.warning("job %s: callback refused: %s", job.id, refused)
+            self.status.update(job.id, callback_error=refused)
+
+
+class LongSongUpkeep:
+    """A chunk that failed for good fails its song; a join that ended removes the song's
+    intermediates (after the acknowledgement: a rerun join still finds them)."""
+
+    def __init__(self, long_songs: LongSongs, status: StatusStore, webhooks: Webhooks) -> None:
+        self.long_songs = long_songs
+        self.status = status
+        self.webhooks = webhooks
+
+    def after_settle(self, task: Task, outcome: Outcome) -> None:
+        if task.job is None:
+            return
+        if task.kind is JobKind.CHUNK and outcome.state is State.FAILED:
+            self.fail_song(task.job, outcome.reason)
+        elif task.kind is JobKind.CHUNK and outcome.state is State.CANCELLED:
+            self.cancel_song(task.job.chunk_of or "")
+        elif task.kind is JobKind.JOIN and outcome.state in (State.DONE, State.FAILED):
+            self.long_songs.cleanup(task.job.join_of or "")
+        elif task.kind is JobKind.JOIN and outcome.state is State.CANCELLED:
+            self.cancel_song(task.job.join_of or "")
+
+    def cancel_song(self, parent_id: str) -> None:
+        """The first of a cancelled long song's chunks (or its join) to end says so."""
+        record = self.status.get(parent_id) or {}
+        if record.get("state") != Status.CANCELLED.value:
+            self.status.cancelled(parent_id, CANCELLED)
+            try:
+                parent, songhash = self.long_songs.parent(parent_id)
+                self.webhooks.notify(parent, songhash, Status.CANCELLED.value, {}, CANCELLED)
+            except LookupError:
+                pass
+        self.long_songs.cleanup(parent_id)
+
+    def fail_song(self, chunk: Job, reason: str) -> None:
+        parent_id = chunk.chunk_of or ""
+        try:
+            parent, songhash = self.long_songs.parent(parent_id)
+        except LookupError:
+            parent, songhash = None, None
+        message = f"chunk {chunk.chunk} failed: {reason}"
+        self.status.failed(parent_id, message)
+        if parent is not None:
+            self.webhooks.notify(parent, songhash, "failed", {}, message)
+        self.long_songs.cleanup(parent_id)
+        log.error("job %s: failed for good: %s", parent_id, message)
+
+
+def count(task: Task, outcome: Outcome) -> None:
+    """Prometheus: jobs by outcome and failure code, and the time of finished ones."""
+    if outcome.state is State.DONE:
+        JOBS.labels("done", "").inc()
+        JOB_SECONDS.observe(task.elapsed_s())
+    elif outcome.state is State.CANCELLED:
+        JOBS.labels("cancelled", "").inc()
+    elif outcome.state in (State.FAILED, State.RETRY) and outcome.failure is not None:
+        label = "failed" if outcome.state is State.FAILED else "retried"
+        JOBS.labels(label, outcome.failure.code.value).inc()
+
+
+def log_outcome(task: Task, outcome: Outcome) -> None:
+    state = outcome.state
+    if state is State.DONE:
+        log.info("job %s: done in %.1f s, %d tracks of %s", task.subject_id, task.elapsed_s(),
+                 len(outcome.tracks), task.songhash)
+    elif state is State.CHUNK_STORED and task.job is not None:
+        log.info("job %s: chunk %s of %s stored in %.1f s", task.id, task.job.chunk,
+                 task.job.chunk_of, task.elapsed_s())
+    elif state is State.FAILED and task.kind is JobKind.INVALID:
+        log.error("job %s refused: %s; payload %.200r", task.id, outcome.reason, task.raw)
+    elif state is State.FAILED:
+        log.error("job %s: failed for good after %.1f s (attempt %d): %s", task.subject_id,
+                  task.elapsed_s(), task.attempt, outcome.reason)
+    elif state is State.RETRY:
+        log.warning("job %s: attempt %d failed, requeued: %s", task.subject_id, task.attempt,
+                    outcome.reason)
+    elif state is State.RETURNED:
+        log.warning("job %s: worker stopping, job put back onto the queue", task.subject_id)
+    elif state is State.SKIPPED:
+        log.info("job %s: not run: %s", task.id, outcome.reason)
+    elif state is State.CANCELLED:
+        log.info("job %s: cancelled after %.1f s", task.subject_id, task.elapsed_s())
+
+
+def remove_work_dir(task: Task, outcome: Outcome) -> None:
+    """A cancelled job's temp files go at once, not with its batch."""
+    if outcome.state is State.CANCELLED:
+        shutil.rmtree(task.work_dir, ignore_errors=True)

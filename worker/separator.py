@@ -1,0 +1,132 @@
+"""Step 4 of a batch: one Demucs CLI run for the batch's jobs of one model, with fallbacks.
+
+A cancelled job's run is stopped (the others of the batch run again without it); a CUDA
+failure runs the failed jobs again on the CPU; a failed batch runs each job not yet
+separated alone, so one bad file fails only itself. A bag pruned to the sources the jobs need
+(``worker.bags``) is written as a ``--repo`` of its own and run as a model.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from separation.settings import Settings
+from separation.status import StatusStore
+from worker import errors
+from worker.bags import PrunedBag
+from worker.cancel import CancelWatch, Interrupt
+from worker.demucs_cli import DemucsOptions, failure_of, run_demucs
+from worker.task import Task
+
+log = logging.getLogger("worker")
+
+
+class Separator:
+    def __init__(self, settings: Settings, status: StatusStore, device: str,
+                 abort: threading.Event, cancels: CancelWatch) -> None:
+        self.settings = settings
+        self.status = status
+        self.device = device
+        self.abort = abort  # set: kill Demucs now (the worker's grace is over)
+        self.cancels = cancels
+
+    def separate(self, tasks: list[Task], model: str,
+                 pruned: PrunedBag | None) -> dict[str, Exception]:
+        """Run Demucs over ``tasks``; set each one's ``stem_dir``, and return what each job
+        that got no stems must raise."""
+        failures = self.run(tasks, model, self.device, pruned)
+        ended = {i: f for i, f in failures.items()
+                 if isinstance(f, (errors.Cancelled, errors.ShutdownRequested))}
+        if any(isinstance(f, errors.ShutdownRequested) for f in ended.values()):
+            return failures
+        failures = {i: f for i, f in failures.items() if i not in ended}
+        if self.device != "cpu" and errors.all_of(failures, errors.Code.CUDA):
+            log.warning("Demucs failed on %s; retrying once on the CPU", self.device)
+            failures = self.run([t for t in tasks if t.id in failures], model, "cpu", pruned)
+        if failures and len(tasks) - len(ended) > 1 and \
+                not errors.all_of(failures, errors.Code.MODEL_UNAVAILABLE):
+            log.warning("batch of %d failed for %d jobs; running those alone", len(tasks),
+                        len(failures))
+            alone = [t for t in tasks if t.id in failures]
+            failures = {}
+            for task in alone:
+                failures.update(self.run([task], model, self.device, pruned))
+        return {**failures, **ended}
+
+    def run(self, tasks: list[Task], model: str, device: str,
+            pruned: PrunedBag | None) -> dict[str, Exception]:
+        """Demucs over ``tasks`` on ``device``; the jobs of a run stopped for another job's
+        cancel run again without it."""
+        failures = self.run_once(tasks, model, device, pruned)
+        while again := [t for t in tasks if isinstance(failures.get(t.id), errors.Interrupted)]:
+            log.info("jobs %s: run again without the cancelled ones",
+                     ",".join(t.id for t in again))
+            failures.update(self.run_once(again, model, device, pruned))
+        return failures
+
+    def run_once(self, tasks: list[Task], model: str, device: str,
+                 pruned: PrunedBag | None) -> dict[str, Exception]:
+        """One Demucs CLI call over ``tasks`` on ``device``."""
+        for task in tasks:
+            self.status.update(task.subject_id, stage="separating", progress=5)
+        out_dir = Path(tempfile.mkdtemp(prefix=f"demucs-{device}-", dir=tasks[0].work_dir.parent))
+        repo = self.settings.demucs_repo
+        if pruned is not None:
+            model, repo = pruned.name, str(pruned.write(out_dir.with_name(out_dir.name + "-bag")))
+            log.info("jobs %s: running %s", ",".join(t.id for t in tasks), pruned.description())
+        options = DemucsOptions(model=model, device=device, threads=self.settings.threads,
+                                shifts=self.settings.demucs_shifts,
+                                segment=self.settings.demucs_segment, repo=repo,
+                                int24=any(t.subject.encoding(self.settings.mp3_bitrate_kbps)
+                                          .bit_depth == 24 for t in tasks))
+        inputs = [t.input_path for t in tasks if t.input_path is not None]
+        progress = _ProgressWriter(self.status, tasks)
+        run = run_demucs(options, out_dir, inputs, self.settings.job_timeout_s * len(tasks),
+                         Interrupt(self.abort, self.cancels, tasks), progress.report)
+        if run.aborted:
+            shutil.rmtree(out_dir, ignore_errors=True)
+            return {task.id: self._why_stopped(task) for task in tasks}
+        failures: dict[str, Exception] = {}
+        for index, task in enumerate(tasks):
+            task.timings["demucs"] = run.elapsed_s / len(tasks)
+            stems = next(out_dir.glob(f"*/{task.work_dir.name}"), None)
+            # after a crash, only inputs Demucs finished before moving on have whole stems
+            complete = run.returncode == 0 or index < run.inputs_started - 1
+            if stems is not None and complete:
+                task.stem_dir = stems
+            else:
+                failures[task.id] = failure_of(run, options, self.settings.job_timeout_s,
+                                               [task.work_dir.parent])
+        return failures
+
+    def _why_stopped(self, task: Task) -> Exception:
+        if self.cancels.is_cancelled(task):
+            return errors.Cancelled()
+        if self.abort.is_set():
+            return errors.ShutdownRequested()
+        return errors.Interrupted()
+
+
+class _ProgressWriter:
+    """Writes Demucs' progress of each input into its job's status, at most once a second."""
+
+    def __init__(self, status: StatusStore, tasks: list[Task]) -> None:
+        self.status = status
+        self.tasks = [t for t in tasks if t.input_path is not None]
+        self.last_write: dict[int, float] = {}
+        self.best: dict[int, float] = {}
+
+    def report(self, index: int, fraction: float) -> None:
+        if index >= len(self.tasks):
+            return
+        self.best[index] = max(self.best.get(index, 0.0), fraction)
+        now = time.monotonic()
+        if now - self.last_write.get(index, 0.0) >= 1.0 or fraction >= 1.0:
+            self.last_write[index] = now
+            self.status.update(self.tasks[index].subject_id,
+                               progress=round(5 + 85 * self.best[index], 1))
