@@ -409,7 +409,7 @@ def karaoke_memory(raw_peak_mb: float, rss: PeakRss, bag: str, repo: str,
     Demucs) and the models — and the rest, which the separation itself uses (one segment's
     forward pass, the song-length output buffers, and what the allocator keeps of them).
     ``floor_ratio`` is the ratio if that rest were zero on both sides."""
-    from separation.bags import pruned_bag
+    from worker.bags import pruned_bag
 
     pruned = pruned_bag(bag, repo, ["vocals"])
     if pruned is None:
