@@ -71,6 +71,7 @@ class PeakRss:
     def __init__(self, pid: int) -> None:
         self.process = psutil.Process(pid)
         self.peak_bytes = 0
+        self.root_at_peak_bytes = 0  # the process itself, in the sample that set the peak
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
 
@@ -99,12 +100,18 @@ class PeakRss:
                 tree = [self.process, *self.process.children(recursive=True)]
             except psutil.Error:
                 return
-            total = sum(self._high_water_bytes(proc.pid) for proc in tree)
-            self.peak_bytes = max(self.peak_bytes, total)
+            marks = [self._high_water_bytes(proc.pid) for proc in tree]
+            if sum(marks) > self.peak_bytes:
+                self.peak_bytes, self.root_at_peak_bytes = sum(marks), marks[0]
 
     @property
     def peak_mb(self) -> float:
         return self.peak_bytes / 2**20
+
+    @property
+    def children_at_peak_mb(self) -> float:
+        """The descendants' part of the peak (for the worker: its Demucs child)."""
+        return (self.peak_bytes - self.root_at_peak_bytes) / 2**20
 
 
 def _children_cpu_s() -> float:
@@ -117,6 +124,20 @@ def _tree_cpu_s(process: psutil.Process) -> float:
     """CPU seconds of ``process`` and of its children that have ended (Demucs calls)."""
     times = process.cpu_times()
     return times.user + times.system + times.children_user + times.children_system
+
+
+def _busy_cpu_s() -> float:
+    """CPU seconds the whole machine has been busy (every process, and time stolen by the
+    hypervisor for other guests)."""
+    t = psutil.cpu_times()
+    return t.user + t.nice + t.system + getattr(t, "irq", 0) + getattr(t, "softirq", 0) + \
+        getattr(t, "steal", 0)
+
+
+def others_cores(busy_before_s: float, own_cpu_s: float, wall_s: float) -> float:
+    """How many cores, on average over ``wall_s``, went to everything but the measured side
+    (other sessions on a shared machine): the load the figure was taken under."""
+    return round(max(0.0, _busy_cpu_s() - busy_before_s - own_cpu_s) / wall_s, 2)
 
 
 class Bench:
@@ -160,15 +181,16 @@ class Bench:
             command += ["--repo", repo]
         env = {**os.environ, "OMP_NUM_THREADS": str(self.threads),
                "MKL_NUM_THREADS": str(self.threads)}
-        started, cpu_before_s = time.monotonic(), _children_cpu_s()
+        started, cpu_before_s, busy_s = time.monotonic(), _children_cpu_s(), _busy_cpu_s()
         process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
                                    stderr=subprocess.DEVNULL)
         with PeakRss(process.pid) as rss:
             code = process.wait()
         if code != 0:
             raise RuntimeError(f"raw Demucs CLI failed with code {code}: {command}")
-        return {"wall_s": time.monotonic() - started, "peak_rss_mb": rss.peak_mb,
-                "cpu_s": _children_cpu_s() - cpu_before_s}
+        wall_s, cpu_s = time.monotonic() - started, _children_cpu_s() - cpu_before_s
+        return {"wall_s": wall_s, "peak_rss_mb": rss.peak_mb, "cpu_s": cpu_s,
+                "others_cores": others_cores(busy_s, cpu_s, wall_s)}
 
     def start_worker(self, model: str, repo: str | None, **overrides: str) -> subprocess.Popen:
         process = devstack.start_worker(self.env(model, repo, **overrides),
@@ -240,30 +262,47 @@ def bench_overhead(bench: Bench, songs: dict[str, Path]) -> dict[str, Any]:
 def bench_batch(bench: Bench, clips: list[Path], model: str, repo: str | None,
                 batch_max: int) -> dict[str, Any]:
     per_mode: dict[str, float] = {}
+    cpu_s: dict[str, float] = {}
+    others: dict[str, float] = {}
     for mode, size in (("one_cli_per_job", 1), ("batched", batch_max)):
         worker = bench.start_worker(model, repo, BATCH_MAX=str(size))
         try:
+            cpu_before_s, busy_s = _tree_cpu_s(psutil.Process(worker.pid)), _busy_cpu_s()
             wall_s, _ = bench.run_jobs(clips, worker)
+            cpu_s[mode] = _tree_cpu_s(psutil.Process(worker.pid)) - cpu_before_s
+            others[mode] = others_cores(busy_s, cpu_s[mode], wall_s)
         finally:
             devstack.stop(worker)
         per_mode[mode] = len(clips) / wall_s * 60
-        print(f"  batch {model} {mode}: {per_mode[mode]:.1f} songs/min", flush=True)
+        print(f"  batch {model} {mode}: {per_mode[mode]:.1f} songs/min, CPU {cpu_s[mode]:.1f} s",
+              flush=True)
     return {"clips": len(clips), "batch_max": batch_max,
             "songs_per_min": {k: round(v, 2) for k, v in per_mode.items()},
             "gain": round(per_mode["batched"] / per_mode["one_cli_per_job"], 2),
+            "cpu_s": {k: round(v, 1) for k, v in cpu_s.items()},
+            "cpu_gain": round(cpu_s["one_cli_per_job"] / cpu_s["batched"], 2),
+            "others_cores": others,
             "raw_cli": raw_cli_batching(bench, clips[:batch_max], model, repo)}
 
 
 def raw_cli_batching(bench: Bench, clips: list[Path], model: str,
                      repo: str | None) -> dict[str, float]:
     """The most batching can give: the raw CLI on one clip vs ``clips`` in one call, split
-    into a start-up (imports, model load) paid once per call and a separation per clip."""
-    one_s = bench.raw_cli(clips[0], model, repo)["wall_s"]
-    all_s = bench.raw_cli(clips, model, repo)["wall_s"]
-    per_clip_s = (all_s - one_s) / (len(clips) - 1)
-    result = {"one_clip_s": round(one_s, 2), f"{len(clips)}_clips_one_call_s": round(all_s, 2),
-              "start_up_s": round(one_s - per_clip_s, 2), "per_clip_s": round(per_clip_s, 2),
-              "gain": round(len(clips) * one_s / all_s, 2)}
+    into a start-up (imports, model load) paid once per call and a separation per clip, in
+    wall and in CPU seconds (the start-up runs on one core, the separation on all)."""
+    one, every = bench.raw_cli(clips[0], model, repo), bench.raw_cli(clips, model, repo)
+    result: dict[str, float] = {}
+    for unit, key in (("s", "wall_s"), ("cpu_s", "cpu_s")):
+        one_s, all_s = one[key], every[key]
+        per_clip_s = (all_s - one_s) / (len(clips) - 1)
+        cpu = "" if unit == "s" else "cpu_"
+        result.update({f"one_clip_{unit}": round(one_s, 2),
+                       f"{len(clips)}_clips_one_call_{unit}": round(all_s, 2),
+                       f"start_up_{unit}": round(one_s - per_clip_s, 2),
+                       f"per_clip_{unit}": round(per_clip_s, 2),
+                       f"{cpu}gain": round(len(clips) * one_s / all_s, 2)})
+    result["others_cores"] = round((one["others_cores"] * one["wall_s"] + every["others_cores"]
+                                    * every["wall_s"]) / (one["wall_s"] + every["wall_s"]), 2)
     print(f"  batch {model} raw CLI: {result}", flush=True)
     return result
 
@@ -334,6 +373,62 @@ def bench_ingest(bench: Bench, uploads: int, size_mb: float) -> dict[str, Any]:
     return result
 
 
+_RESIDENT = """
+import sys
+from pathlib import Path
+
+def rss_mb():
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) / 1024 for line in status if line.startswith("VmRSS:"))
+
+import demucs.separate  # what ``python -m demucs`` imports: torch, Demucs
+imported = rss_mb()
+from demucs.pretrained import get_model
+model = get_model(sys.argv[1], repo=Path(sys.argv[2]))  # held: freed, it would not count
+print(imported, rss_mb())
+"""
+
+
+def demucs_resident_mb(model: str, repo: Path) -> dict[str, float]:
+    """What a Demucs CLI process holds before it separates anything: the RSS after its
+    imports, and what loading ``model`` (every model of a bag) adds."""
+    done = subprocess.run([sys.executable, "-c", _RESIDENT, model, str(repo)], check=True,
+                          capture_output=True, text=True)
+    imported, loaded = map(float, done.stdout.split())
+    return {"imports_mb": round(imported), "models_mb": round(loaded - imported)}
+
+
+def allocator_env() -> dict[str, str]:
+    """The allocator settings of this run (inherited by the raw CLI and the worker alike)."""
+    return {k: v for k, v in os.environ.items() if k.startswith("MALLOC_") or k == "LD_PRELOAD"}
+
+
+def karaoke_memory(raw_peak_mb: float, rss: PeakRss, bag: str, repo: str,
+                   root: Path) -> dict[str, Any]:
+    """The peak RSS of both sides split into what neither can shed — the imports (torch,
+    Demucs) and the models — and the rest, which the separation itself uses (one segment's
+    forward pass, the song-length output buffers, and what the allocator keeps of them).
+    ``floor_ratio`` is the ratio if that rest were zero on both sides."""
+    from worker.bags import pruned_bag
+
+    pruned = pruned_bag(bag, repo, ["vocals"])
+    if pruned is None:
+        raise RuntimeError(f"bag {bag} cannot be pruned to vocals")
+    whole = demucs_resident_mb(bag, Path(repo))
+    kept = demucs_resident_mb(pruned.name, pruned.write(root / "karaoke-pruned-bag"))
+    worker_mb, demucs_mb = rss.peak_mb - rss.children_at_peak_mb, rss.children_at_peak_mb
+    raw_fixed = whole["imports_mb"] + whole["models_mb"]
+    service_fixed = worker_mb + kept["imports_mb"] + kept["models_mb"]
+    return {
+        "worker_at_peak_mb": round(worker_mb), "demucs_at_peak_mb": round(demucs_mb),
+        "imports_mb": kept["imports_mb"], "raw_models_mb": whole["models_mb"],
+        "service_models_mb": kept["models_mb"],
+        "raw_separation_mb": round(raw_peak_mb - raw_fixed),
+        "service_separation_mb": round(demucs_mb - kept["imports_mb"] - kept["models_mb"]),
+        "floor_ratio": round(service_fixed / raw_fixed, 3),
+    }
+
+
 def bench_karaoke(bench: Bench, song: Path, bag: str, repo: str) -> dict[str, Any]:
     """A karaoke job through the service (the bag pruned to its vocals model) vs the raw CLI
     running the whole bag with ``--two-stems vocals``; their vocals compared. Besides wall
@@ -348,11 +443,12 @@ def bench_karaoke(bench: Bench, song: Path, bag: str, repo: str) -> dict[str, An
           f"{raw['peak_rss_mb']:.0f} MB", flush=True)
     worker = bench.start_worker(bag, repo, BATCH_MAX="1", CHUNK_OVER_S="0")
     try:
-        cpu_before_s = _tree_cpu_s(psutil.Process(worker.pid))
+        cpu_before_s, busy_s = _tree_cpu_s(psutil.Process(worker.pid)), _busy_cpu_s()
         with PeakRss(worker.pid) as rss:
             wall_s, (record,) = bench.run_jobs([song], worker, stems=KARAOKE)
         cpu_s = _tree_cpu_s(psutil.Process(worker.pid)) - cpu_before_s
-        worker_own_mb = PeakRss._high_water_bytes(worker.pid) / 2**20
+        service_others = others_cores(busy_s, cpu_s, wall_s)
+        worker_job_mb = PeakRss._high_water_bytes(worker.pid) / 2**20
     finally:
         devstack.stop(worker)
     ran = [line for line in (bench.root / "worker.log").read_text().splitlines()
@@ -373,10 +469,13 @@ def bench_karaoke(bench: Bench, song: Path, bag: str, repo: str) -> dict[str, An
         "time_ratio": round(wall_s / raw["wall_s"], 3),
         "raw_cli_cpu_s": round(raw["cpu_s"], 1), "service_cpu_s": round(cpu_s, 1),
         "cpu_ratio": round(cpu_s / raw["cpu_s"], 3),
+        "others_cores": {"raw_cli": raw["others_cores"], "service": service_others},
         "raw_cli_peak_rss_mb": round(raw["peak_rss_mb"]),
         "service_peak_rss_mb": round(rss.peak_mb),
         "rss_ratio": round(rss.peak_mb / raw["peak_rss_mb"], 3),
-        "worker_own_peak_rss_mb": round(worker_own_mb),
+        "worker_own_peak_rss_mb": round(worker_job_mb),  # reached encoding, Demucs gone
+        "memory": karaoke_memory(raw["peak_rss_mb"], rss, bag, repo, bench.root),
+        "allocator_env": allocator_env(),
         "vocals_mp3_identical": service_mp3.read_bytes() == raw_mp3.read_bytes(),
         "vocals_snr_db": snr if math.isfinite(snr) else "inf",
         "ran": ran[-1].split("running ", 1)[-1] if ran else "the whole bag",
@@ -384,7 +483,7 @@ def bench_karaoke(bench: Bench, song: Path, bag: str, repo: str) -> dict[str, An
     }
     print(f"  karaoke service: {wall_s:.1f} s ({result['time_ratio']}x), CPU {cpu_s:.0f} s "
           f"({result['cpu_ratio']}x), {rss.peak_mb:.0f} MB ({result['rss_ratio']}x), vocals "
-          f"SNR {result['vocals_snr_db']} dB", flush=True)
+          f"SNR {result['vocals_snr_db']} dB; memory {result['memory']}", flush=True)
     return result
 
 
@@ -446,7 +545,8 @@ def main(argv: list[str] | None = None) -> int:
                 bag = "bench_small_ft" if args.quick else "bench_htdemucs_ft"
                 bag_repo = build_specialist_bag(cache_dir() / "models", bag, channels=8,
                                                 t_layers=1) if args.quick else build_real_size_bag()
-                report["karaoke"] = {bag: bench_karaoke(
+                label = bag + ("_tuned_allocator" if allocator_env() else "")
+                report["karaoke"] = {label: bench_karaoke(
                     bench, song(15.0 if args.quick else 60.0, 3), bag, str(bag_repo))}
             if "ingest" in parts:
                 report["ingest"] = bench_ingest(bench, 4 if args.quick else 20,
