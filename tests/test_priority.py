@@ -179,11 +179,12 @@ def test_rest_takes_priority_and_shows_places_across_lanes(stack, rest, make_son
 
     # depth per lane in /metrics: Redis-only pushes wait in the intake until routed
     stack.redis.lpush(Keys.QUEUE, '{"songhash": "' + "e" * 64 + '", "priority": "high"}')
-    metrics = requests.get(f"{rest.url}/metrics", timeout=TIMEOUT_S).text
+    metrics_url = f"http://127.0.0.1:{rest.service.extra['metrics_port']}/metrics"  # not the API's
+    metrics = requests.get(metrics_url, timeout=TIMEOUT_S).text
     assert _parse_gauges(metrics, "demucs_rest_queue_depth") == {
         "intake": 1, "chunks": 0, "high": 2, "normal": 2}
     requests.get(f"{rest.url}/apiv1/queue", timeout=TIMEOUT_S)  # routes the intake
-    metrics = requests.get(f"{rest.url}/metrics", timeout=TIMEOUT_S).text
+    metrics = requests.get(metrics_url, timeout=TIMEOUT_S).text
     assert _parse_gauges(metrics, "demucs_rest_queue_depth") == {
         "intake": 0, "chunks": 0, "high": 3, "normal": 2}
 
