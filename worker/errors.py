@@ -20,6 +20,10 @@ class Code(str, Enum):
     DISK = "disk"
     INTERNAL = "internal"
 
+    def failure(self, reason: str) -> JobFailure:
+        """A failure with this code and ``reason``."""
+        return JobFailure(reason, self)
+
 
 # Codes of failures that no retry can mend.
 PERMANENT = frozenset({Code.BAD_INPUT, Code.INVALID_JOB, Code.MODEL_UNAVAILABLE,
@@ -39,44 +43,17 @@ class JobFailure(Exception):
         return self.code in PERMANENT
 
 
-def bad_input(reason: str) -> JobFailure:
-    return JobFailure(reason, Code.BAD_INPUT)
-
-
-def invalid_job(reason: str) -> JobFailure:
-    return JobFailure(reason, Code.INVALID_JOB)
-
-
-def model_unavailable(reason: str) -> JobFailure:
-    return JobFailure(reason, Code.MODEL_UNAVAILABLE)
-
-
-def attempts_exhausted(reason: str) -> JobFailure:
-    return JobFailure(reason, Code.ATTEMPTS_EXHAUSTED)
-
-
-def demucs_failed(reason: str) -> JobFailure:
-    return JobFailure(reason, Code.DEMUCS_FAILED)
-
-
-def cuda_failed(reason: str) -> JobFailure:
-    return JobFailure(reason, Code.CUDA)
-
-
-def demucs_timeout(reason: str) -> JobFailure:
-    return JobFailure(reason, Code.TIMEOUT)
-
-
-def storage_failed(reason: str) -> JobFailure:
-    return JobFailure(reason, Code.STORAGE)
-
-
-def disk_failed(reason: str) -> JobFailure:
-    return JobFailure(reason, Code.DISK)
-
-
-def internal(reason: str) -> JobFailure:
-    return JobFailure(reason, Code.INTERNAL)
+# The factories: ``errors.bad_input(reason)`` is ``JobFailure(reason, Code.BAD_INPUT)``.
+bad_input = Code.BAD_INPUT.failure
+invalid_job = Code.INVALID_JOB.failure
+model_unavailable = Code.MODEL_UNAVAILABLE.failure
+attempts_exhausted = Code.ATTEMPTS_EXHAUSTED.failure
+demucs_failed = Code.DEMUCS_FAILED.failure
+cuda_failed = Code.CUDA.failure
+demucs_timeout = Code.TIMEOUT.failure
+storage_failed = Code.STORAGE.failure
+disk_failed = Code.DISK.failure
+internal = Code.INTERNAL.failure
 
 
 def all_of(failures: dict[str, Exception], code: Code) -> bool:
