@@ -387,10 +387,15 @@ async def cancel(ref: str, backend: BackendDep, caller: Caller) -> JSONResponse:
     job_id, state = record["id"], Status(record["state"])
     if state.final:
         raise HTTPException(409, f"job {job_id} is already {state.value}: nothing to cancel")
-    return await run_in_threadpool(cancel_job, backend, job_id, run_id, state)
+    return await run_in_threadpool(cancel_job, backend, caller, job_id, run_id, state)
 
 
-def cancel_job(backend: Backend, job_id: str, run_id: str, state: Status) -> JSONResponse:
+def cancel_job(backend: Backend, caller: str | None, job_id: str, run_id: str, state: Status
+               ) -> JSONResponse:
+    if caller is not None and run_id == job_id and \
+            backend.owners.followed_by_others(job_id, caller):
+        raise HTTPException(409, f"job {job_id} also serves other clients' requests for the "
+                                 "same song: it goes on for them; its tracks stay yours")
     if run_id != job_id:  # the caller's view of another client's work: that work goes on
         backend.status.cancelled(job_id, "cancelled by the client")
         return JSONResponse({"id": job_id, "state": Status.CANCELLED.value,

@@ -95,7 +95,24 @@ class Owners:
                            songhash=songhash, name=name, model=model, progress=0, attempts=0,
                            error="", tracks={}, created_at=now, started_at="",
                            finished_at="", client=client, runs_as=runs_as)
+        with self.redis.pipeline(transaction=True) as pipe:
+            pipe.sadd(Keys.followers(runs_as), f"{client}/{view_id}")
+            pipe.expire(Keys.followers(runs_as), self.ttl_s)
+            pipe.execute()
         self.owned_job(client, view_id, songhash, waiting)
+
+    def followed_by_others(self, run_id: str, client: str) -> bool:
+        """Whether another client's request, not yet ended, follows job ``run_id``'s work."""
+        others = [member.decode().split("/", 1) for member in
+                  self.redis.smembers(Keys.followers(run_id))]
+        views = [view_id for owner, view_id in others if owner != client]
+        if not views:
+            return False
+        with self.redis.pipeline(transaction=False) as pipe:
+            for view_id in views:
+                pipe.hget(Keys.job(view_id), "state")
+            states = pipe.execute()
+        return any(state is not None and state.decode() not in FINAL_STATES for state in states)
 
     # --- reading ---
 

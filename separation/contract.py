@@ -168,6 +168,11 @@ class Keys:
         return f"client:{client}:song:{songhash}"
 
     @staticmethod
+    def followers(run_id: str) -> str:
+        """Set of ``<client>/<job id>``: other requests whose job follows this job's work."""
+        return f"job:{run_id}:followers"
+
+    @staticmethod
     def client_waiting(client: str) -> str:
         """Sorted set of a client's jobs that may still be waiting (by enqueue time)."""
         return f"client:{client}:waiting"

@@ -154,14 +154,20 @@ def test_with_api_keys_a_client_cancels_only_its_own(stack, start_rest, make_son
     denied = requests.post(f"{rest.url}/apiv1/cancel/{ids['alice']}", headers=bob,
                            timeout=TIMEOUT_S)
     assert denied.status_code == 404  # not 403: another's job is not confirmed to exist
+    shared = requests.post(f"{rest.url}/apiv1/cancel/{ids['alice']}", headers=alice,
+                           timeout=TIMEOUT_S)  # bob's request follows alice's separation
+    assert shared.status_code == 409 and "other clients" in shared.json()["reason"]
     own = requests.post(f"{rest.url}/apiv1/cancel/{ids['bob']}", headers=bob, timeout=TIMEOUT_S)
     assert own.status_code == 200 and own.json()["state"] == "cancelled"
-    stack.start_worker(BATCH_MAX="1")
-    # bob's request followed alice's work of the same song: alice's job still runs to the end
-    assert stack.wait_for(ids["alice"])["state"] == "done"
     bob_view = requests.get(f"{rest.url}/apiv1/status/{ids['bob']}", headers=bob,
                             timeout=TIMEOUT_S).json()
-    assert bob_view["state"] == "cancelled"
+    alice_view = requests.get(f"{rest.url}/apiv1/status/{ids['alice']}", headers=alice,
+                              timeout=TIMEOUT_S).json()
+    assert bob_view["state"] == "cancelled" and alice_view["state"] == "queued"
+    # nobody else waits on alice's separation any more: she may cancel it
+    mine = requests.post(f"{rest.url}/apiv1/cancel/{ids['alice']}", headers=alice,
+                         timeout=TIMEOUT_S)
+    assert mine.status_code == 200 and mine.json()["state"] == "cancelled"
 
 
 def test_the_sample_client_cancels(stack, rest, make_song):
