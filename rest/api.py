@@ -333,7 +333,7 @@ async def find_job(backend: Backend, caller: str | None, ref: str
         record = await backend.status.get_async(ref)
         run_id = record["id"] if record is not None else ""
     if record is None:
-        raise HTTPException(404, f"no job or song {ref!r} is known: {kept_for(backend)}, so "
+        raise HTTPException(404, f"no job or song {ref[:100]!r} is known: {kept_for(backend)}, so "
                                  "it expired, or was never sent")
     return record, run_id
 

@@ -23,7 +23,7 @@ from separation.clients import parse_api_keys
 from separation.connections import connect_minio, connect_redis, connect_redis_async
 from separation.joins import Joins
 from separation.queue import JobQueue
-from separation.retention import prepare_bucket
+from separation.retention import prepare_buckets
 from separation.settings import Settings
 from separation.status import StatusStore
 
@@ -69,8 +69,7 @@ class Backend:
         """Create the input and output buckets and set their expiry (``RETENTION_DAYS``) once;
         retried on the next upload if it fails."""
         if not self.buckets_ready:
-            for bucket in (self.settings.queue_bucket, self.settings.output_bucket):
-                prepare_bucket(self.storage, bucket, self.settings.retention_days)
+            prepare_buckets(self.storage, self.settings)
             self.buckets_ready = True
 
 

@@ -26,6 +26,7 @@ from minio.lifecycleconfig import Expiration, LifecycleConfig, Rule
 
 from separation.connections import ensure_bucket
 from separation.contract import Status
+from separation.settings import Settings
 from separation.status import StatusStore
 
 log = logging.getLogger(__name__)
@@ -33,6 +34,12 @@ RULE_ID = "demucs-retention"
 DAY_S = 24 * 3600
 MISSING_OBJECT = ("NoSuchKey", "NoSuchObject", "NoSuchBucket")
 REFUSED = ("AccessDenied", "NotImplemented", "MethodNotAllowed")
+
+
+def prepare_buckets(client: Minio, settings: Settings) -> None:
+    """The service's input and output buckets, each with its expiry rule (``prepare_bucket``)."""
+    for bucket in (settings.queue_bucket, settings.output_bucket):
+        prepare_bucket(client, bucket, settings.retention_days)
 
 
 def prepare_bucket(client: Minio, bucket: str, retention_days: int) -> None:

@@ -194,25 +194,24 @@ class LongSongUpkeep:
         record = self.status.get(parent_id) or {}
         if record.get("state") != Status.CANCELLED.value:
             self.status.cancelled(parent_id, CANCELLED)
-            try:
-                parent, songhash = self.long_songs.parent(parent_id)
-                self.webhooks.notify(parent, songhash, Status.CANCELLED.value, {}, CANCELLED)
-            except LookupError:
-                pass
+            self.announce(parent_id, Status.CANCELLED, CANCELLED)
         self.long_songs.cleanup(parent_id)
 
     def fail_song(self, chunk: Job, reason: str) -> None:
         parent_id = chunk.chunk_of or ""
+        message = f"chunk {chunk.chunk} failed: {reason}"
+        self.status.failed(parent_id, message)
+        self.announce(parent_id, Status.FAILED, message)
+        self.long_songs.cleanup(parent_id)
+        log.error("job %s: failed for good: %s", parent_id, message)
+
+    def announce(self, parent_id: str, state: Status, reason: str) -> None:
+        """The long song's webhook, from its chunking record (none once that expired)."""
         try:
             parent, songhash = self.long_songs.parent(parent_id)
         except LookupError:
-            parent, songhash = None, None
-        message = f"chunk {chunk.chunk} failed: {reason}"
-        self.status.failed(parent_id, message)
-        if parent is not None:
-            self.webhooks.notify(parent, songhash, "failed", {}, message)
-        self.long_songs.cleanup(parent_id)
-        log.error("job %s: failed for good: %s", parent_id, message)
+            return
+        self.webhooks.notify(parent, songhash, state.value, {}, reason)
 
 
 def count(task: Task, outcome: Outcome) -> None:

@@ -65,7 +65,7 @@ from separation.joins import Joins
 from separation.logs import configure_logging
 from separation.observability import serve
 from separation.queue import JobQueue
-from separation.retention import expires_at, prepare_bucket
+from separation.retention import expires_at, prepare_buckets
 from separation.settings import Settings
 from separation.status import StatusStore
 from worker import errors
@@ -80,6 +80,7 @@ from worker.metrics import IN_FLIGHT
 from worker.outcomes import (
     CANCELLED,
     LongSongUpkeep,
+    Observer,
     Outcome,
     Settlement,
     State,
@@ -125,13 +126,16 @@ class Worker:
         long_songs = LongSongUpkeep(self.long_songs, self.status, webhooks)
         # What an outcome touches, in order: before the queue lets go of the job (a crash
         # there runs the job again), and after.
-        self.before_settle = [remove_work_dir, status.before_settle, webhooks.before_settle]
-        self.after_settle = [status.after_settle, long_songs.after_settle, count, log_outcome]
+        self.before_settle: list[Observer] = [remove_work_dir, status.before_settle,
+                                              webhooks.before_settle]
+        self.after_settle: list[Observer] = [status.after_settle, long_songs.after_settle,
+                                             count, log_outcome]
 
     # -- main loop -------------------------------------------------------------------------
     def run(self, burst: bool = False) -> int:
         """Take and run batches until stopped (or, with ``burst``, until the queue is empty)."""
-        until_up(self.stopping, "MinIO", self.ensure_buckets, (S3Error, HTTPError, OSError))
+        until_up(self.stopping, "MinIO", lambda: prepare_buckets(self.storage, self.settings),
+                 (S3Error, HTTPError, OSError))
         until_up(self.stopping, "Redis", self.queue.ping, (redis.RedisError,))
         if self.stopping.is_set():  # told to stop before Redis or MinIO ever answered
             log.info("worker %s stopped before it started", self.worker_id)
@@ -372,10 +376,6 @@ class Worker:
         except redis.RedisError as error:  # the heartbeat expires; another worker redelivers
             log.warning("could not leave cleanly: %s", error)
         log.info("worker %s stopped", self.worker_id)
-
-    def ensure_buckets(self) -> None:
-        for bucket in (self.settings.queue_bucket, self.settings.output_bucket):
-            prepare_bucket(self.storage, bucket, self.settings.retention_days)
 
     def model_of(self, model: str | None) -> str:
         return model or self.settings.demucs_model
