@@ -1,5 +1,5 @@
 # Music source separation service — developer entry points.
-#   make setup   install what a fresh machine lacks (redis-server, the Python environment)
+#   make setup   install what a fresh machine lacks (redis-server, tcmalloc, the Python environment)
 #   make test    run the test suite (real redis-server, S3 server and Demucs CLI)
 #   make demo    run the whole pipeline locally on a sample song
 SHELL := /bin/bash
@@ -27,6 +27,14 @@ setup: $(VENV)/.installed
 	  $$SUDO apt-get install -y -q redis-server >/dev/null 2>&1 || \
 	  { $$SUDO apt-get update -q >/dev/null && $$SUDO apt-get install -y -q redis-server >/dev/null; }; }
 	@command -v redis-server >/dev/null || { echo "redis-server is missing and could not be installed"; exit 1; }
+	@/sbin/ldconfig -p 2>/dev/null | grep -q libtcmalloc_minimal || { \
+	  echo "installing libtcmalloc-minimal4 (Demucs runs with it: DEMUCS_ALLOCATOR)"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get install -y -q libtcmalloc-minimal4 >/dev/null 2>&1 || \
+	  { $$SUDO apt-get update -q >/dev/null 2>&1 && $$SUDO apt-get install -y -q libtcmalloc-minimal4 >/dev/null 2>&1; }; } || true
+	@/sbin/ldconfig -p 2>/dev/null | grep -q libtcmalloc_minimal || echo "note: libtcmalloc-minimal4" \
+	  "could not be installed: Demucs runs with the system's malloc (slower, more memory)" \
+	  "and tests/test_allocator.py skips"
 	@command -v chromium >/dev/null || { \
 	  echo "installing chromium (only the page's browser test uses it)"; \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \

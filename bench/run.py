@@ -9,6 +9,8 @@
              specialists, one-hot weights), LPUSH → tracks stored, vs the raw
              ``python -m demucs -n <bag> --two-stems vocals`` on the same 60 s clip: time, peak
              RSS, and the service's vocals against the raw CLI's (``--only karaoke``).
+6. allocator the Demucs CLI on a 60 s clip with the system's malloc vs the allocator the worker
+             preloads (``DEMUCS_ALLOCATOR``, tcmalloc): time, CPU, peak RSS, stems compared.
 
 Models: the real-size random-weight model (bench/model.py) unless ``BENCH_MODEL`` (with
 ``DEMUCS_REPO``) names real weights, and the tiny ``demucs_unittest`` for the batch figure.
@@ -53,6 +55,7 @@ from devstack.synth import write_song
 from separation.contract import Keys, input_key, sha256_file
 from separation.settings import Settings, available_cpus
 from separation.status import StatusStore
+from worker.demucs_cli import allocator_library
 from worker.encode import mix_and_encode
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -170,8 +173,9 @@ class Bench:
 
     def raw_cli(self, song: Path | list[Path], model: str, repo: str | None,
                 flags: tuple[str, ...] = ("--mp3", "--mp3-bitrate", "320"),
-                out: Path | None = None) -> dict[str, float]:
-        """The baseline: Demucs' own CLI writing MP3 stems (``flags``), as a user would run it."""
+                out: Path | None = None, **env_vars: str) -> dict[str, float]:
+        """The baseline: Demucs' own CLI writing MP3 stems (``flags``), as a user would run it
+        (in this process's environment, plus ``env_vars``)."""
         out = out or Path(tempfile.mkdtemp(dir=self.root))
         command = [sys.executable, "-m", "demucs", "-n", model, "-d",
                    os.environ.get("BENCH_DEVICE", "cpu"), *flags,
@@ -180,7 +184,7 @@ class Bench:
         if repo:
             command += ["--repo", repo]
         env = {**os.environ, "OMP_NUM_THREADS": str(self.threads),
-               "MKL_NUM_THREADS": str(self.threads)}
+               "MKL_NUM_THREADS": str(self.threads), **env_vars}
         started, cpu_before_s, busy_s = time.monotonic(), _children_cpu_s(), _busy_cpu_s()
         process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
                                    stderr=subprocess.DEVNULL)
@@ -398,6 +402,35 @@ def demucs_resident_mb(model: str, repo: Path) -> dict[str, float]:
     return {"imports_mb": round(imported), "models_mb": round(loaded - imported)}
 
 
+def bench_allocator(bench: Bench, song: Path) -> dict[str, Any]:
+    """The same Demucs CLI call (WAV stems) with the system's malloc and with the library the
+    worker preloads into Demucs: the worker's default, measured on its own."""
+    preload = allocator_library(Settings.from_env().demucs_allocator)
+    if preload is None:
+        return {"skipped": "DEMUCS_ALLOCATOR finds no library to preload here"}
+    runs, stems = {}, {}
+    for label, extra in (("system", {}), ("preloaded", {"LD_PRELOAD": preload})):
+        out = bench.root / f"allocator-{label}"
+        runs[label] = bench.raw_cli(song, bench.model, bench.repo, flags=(), out=out, **extra)
+        stems[label] = sorted((out / bench.model / song.stem).glob("*.wav"))
+        print(f"  allocator {label}: {runs[label]['wall_s']:.1f} s, CPU "
+              f"{runs[label]['cpu_s']:.1f} s, {runs[label]['peak_rss_mb']:.0f} MB", flush=True)
+    system, preloaded = runs["system"], runs["preloaded"]
+    import sphn
+
+    return {
+        "library": preload, "song_s": round(float(sphn.FileReader(str(song)).duration_sec), 1),
+        "system": {k: round(v, 2) for k, v in system.items()},
+        "preloaded": {k: round(v, 2) for k, v in preloaded.items()},
+        "time_ratio": round(preloaded["wall_s"] / system["wall_s"], 3),
+        "cpu_ratio": round(preloaded["cpu_s"] / system["cpu_s"], 3),
+        "rss_ratio": round(preloaded["peak_rss_mb"] / system["peak_rss_mb"], 3),
+        "stems_identical": len(stems["system"]) == 4 and all(
+            a.name == b.name and a.read_bytes() == b.read_bytes()
+            for a, b in zip(stems["system"], stems["preloaded"], strict=True)),
+    }
+
+
 def allocator_env() -> dict[str, str]:
     """The allocator settings of this run (inherited by the raw CLI and the worker alike)."""
     return {k: v for k, v in os.environ.items() if k.startswith("MALLOC_") or k == "LD_PRELOAD"}
@@ -476,6 +509,8 @@ def bench_karaoke(bench: Bench, song: Path, bag: str, repo: str) -> dict[str, An
         "worker_own_peak_rss_mb": round(worker_job_mb),  # reached encoding, Demucs gone
         "memory": karaoke_memory(raw["peak_rss_mb"], rss, bag, repo, bench.root),
         "allocator_env": allocator_env(),
+        "service_demucs_allocator": allocator_library(Settings.from_env().demucs_allocator)
+        or "system",
         "vocals_mp3_identical": service_mp3.read_bytes() == raw_mp3.read_bytes(),
         "vocals_snr_db": snr if math.isfinite(snr) else "inf",
         "ran": ran[-1].split("running ", 1)[-1] if ran else "the whole bag",
@@ -510,7 +545,7 @@ def write_results(path: Path, report: dict[str, Any]) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes: a smoke test")
-    parser.add_argument("--only", default="overhead,batch,memory,ingest,karaoke")
+    parser.add_argument("--only", default="overhead,batch,memory,ingest,karaoke,allocator")
     args = parser.parse_args(argv)
     parts = set(args.only.split(","))
     model, repo, threads = bench_model(args.quick)
@@ -548,6 +583,8 @@ def main(argv: list[str] | None = None) -> int:
                 label = bag + ("_tuned_allocator" if allocator_env() else "")
                 report["karaoke"] = {label: bench_karaoke(
                     bench, song(15.0 if args.quick else 60.0, 3), bag, str(bag_repo))}
+            if "allocator" in parts:
+                report["allocator"] = bench_allocator(bench, song(15.0 if args.quick else 60.0, 3))
             if "ingest" in parts:
                 report["ingest"] = bench_ingest(bench, 4 if args.quick else 20,
                                                 1.0 if args.quick else 10.0)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
@@ -22,6 +23,8 @@ from separation.logs import LOG_ENTRY_MAX_BYTES
 from separation.queue import DEFAULT_HIGH_BURST, DEFAULT_ROUTE_BATCH
 
 LOCAL_DEV_MINIO_USER = "minioadmin"  # MinIO's documented default, for a laptop only
+ALLOCATOR_RE = re.compile(r"tcmalloc|system|/[A-Za-z0-9_.+/-]{1,200}\.so(?:\.[0-9]+)*")
+"""``DEMUCS_ALLOCATOR``: one path, never a list ``LD_PRELOAD`` would split."""
 DAY_S = 24 * 3600
 STATUS_TTL_KEPT_FOREVER_S = 7 * DAY_S
 """How long job records live when tracks never expire (``RETENTION_DAYS=0``)."""
@@ -60,6 +63,7 @@ class Settings:
     demucs_threads: int = 0  # 0: every CPU the process may use
     demucs_shifts: int = 0  # Demucs CLI: 1, one random offset that averages nothing
     demucs_segment: int | None = None
+    demucs_allocator: str = "tcmalloc"  # malloc of the Demucs process: tcmalloc, system, a .so
     mp3_bitrate_kbps: int = 320
     max_input_mb: float = 100.0
     max_duration_s: float = 1200.0
@@ -126,6 +130,10 @@ class Settings:
         if self.demucs_device not in ("auto", "cpu", "cuda") and not \
                 self.demucs_device.startswith("cuda:"):
             raise ValueError("DEMUCS_DEVICE must be auto, cpu, cuda or cuda:N")
+        if not ALLOCATOR_RE.fullmatch(self.demucs_allocator):
+            raise ValueError("DEMUCS_ALLOCATOR must be tcmalloc, system or the absolute path "
+                             "of a shared library (e.g. /usr/lib/x86_64-linux-gnu/"
+                             "libjemalloc.so.2)")
         if self.max_attempts < 1 or self.batch_max < 1 or self.max_concurrent_uploads < 1:
             raise ValueError("MAX_ATTEMPTS, BATCH_MAX and MAX_CONCURRENT_UPLOADS must be at "
                              "least 1")

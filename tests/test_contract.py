@@ -83,7 +83,12 @@ def test_settings_from_env():
     assert settings.mp3_bitrate_kbps == 192 and settings.threads == 3 and settings.host == "pod-1"
     assert settings.max_input_bytes == 512 * 1024
     assert Settings.from_env({}).threads >= 1
+    assert Settings.from_env({}).demucs_allocator == "tcmalloc"
+    for allocator in ("system", "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2"):
+        assert Settings.from_env({"DEMUCS_ALLOCATOR": allocator}).demucs_allocator == allocator
     for bad in ({"REDIS_PORT": "x"}, {"MINIO_SECURE": "maybe"}, {"DEMUCS_DEVICE": "tpu"},
-                {"OUTPUT_KEY": "{track}"}, {"POLL_S": "10"}, {"DEMUCS_MODEL": "a;b"}):
+                {"OUTPUT_KEY": "{track}"}, {"POLL_S": "10"}, {"DEMUCS_MODEL": "a;b"},
+                {"DEMUCS_ALLOCATOR": "libjemalloc.so.2"},  # relative: searched, not named
+                {"DEMUCS_ALLOCATOR": "/a.so /b.so"}, {"DEMUCS_ALLOCATOR": "/a.so:/b.so"}):
         with pytest.raises(ValueError):
             Settings.from_env(bad)

@@ -2,11 +2,18 @@
 
 Only flags that both Demucs 4.1.0 and the production image's Demucs (commit b9ab48c) accept
 are used. Several input files go to one call, so the model loads once for a batch.
+
+Demucs runs with tcmalloc preloaded where the system has it (``DEMUCS_ALLOCATOR``): glibc's
+malloc hands Demucs' large, short-lived tensors back and forth to the kernel (a fifth of a
+CPU run's time in page faults) and keeps fragments of them; tcmalloc reuses them. Measured on
+a 60 s song with a real-size htdemucs: 18 % less time, 12 % lower peak RSS, the same stems
+bit for bit (README "Benchmarks").
 """
 
 from __future__ import annotations
 
 import ctypes
+import ctypes.util
 import logging
 import os
 import re
@@ -55,6 +62,7 @@ class DemucsOptions:
     segment: int | None = None
     repo: str | None = None
     int24: bool = False  # 24-bit stems (``--int24``) for jobs that want 24-bit tracks
+    preload: str | None = None  # the malloc library Demucs runs with (``allocator_library``)
 
 
 @dataclass(frozen=True)
@@ -84,11 +92,39 @@ def build_command(options: DemucsOptions, out_dir: Path, inputs: Sequence[Path])
 
 
 def child_env(options: DemucsOptions) -> dict[str, str]:
-    """The worker's environment with CPU threads set (the image pins OMP_NUM_THREADS=1)."""
+    """The worker's environment with CPU threads set (the image pins OMP_NUM_THREADS=1) and
+    ``options.preload`` preloaded, unless the worker's own environment names an
+    ``LD_PRELOAD`` already (an operator's choice is kept as it is)."""
     env = dict(os.environ)
     threads = str(max(1, options.threads))
     env.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads, PYTHONUNBUFFERED="1")
+    if options.preload and not env.get("LD_PRELOAD"):
+        env["LD_PRELOAD"] = options.preload
+        # tcmalloc reports allocations over 1 GiB on stderr, which would bury Demucs' own last
+        # lines (the failure reasons) under a long song's buffers
+        env.setdefault("TCMALLOC_LARGE_ALLOC_REPORT_THRESHOLD", str(1 << 40))
     return env
+
+
+TCMALLOC_LIBRARIES = ("tcmalloc_minimal", "tcmalloc")
+"""gperftools' libraries (Debian/Ubuntu ``libtcmalloc-minimal4``), the lighter first."""
+
+
+def allocator_library(setting: str) -> str | None:
+    """What ``DEMUCS_ALLOCATOR`` preloads into Demucs: for ``tcmalloc``, gperftools' library
+    where the dynamic linker knows one (None, the system's malloc, where not); for
+    ``system``, None; else the path given, which must exist (ValueError)."""
+    if setting == "system":
+        return None
+    if setting != "tcmalloc":
+        if not Path(setting).is_file():
+            raise ValueError(f"DEMUCS_ALLOCATOR={setting}: no such file")
+        return setting
+    for name in TCMALLOC_LIBRARIES:
+        found = ctypes.util.find_library(name)  # a soname such as libtcmalloc_minimal.so.4
+        if found:
+            return found
+    return None
 
 
 def parse_progress(segment: str) -> float | None:

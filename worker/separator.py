@@ -20,7 +20,7 @@ from separation.status import StatusStore
 from worker import errors
 from worker.bags import PrunedBag
 from worker.cancel import CancelWatch, Interrupt
-from worker.demucs_cli import DemucsOptions, failure_of, run_demucs
+from worker.demucs_cli import DemucsOptions, allocator_library, failure_of, run_demucs
 from worker.task import Task
 
 log = logging.getLogger("worker")
@@ -34,6 +34,12 @@ class Separator:
         self.device = device
         self.abort = abort  # set: kill Demucs now (the worker's grace is over)
         self.cancels = cancels
+        self.preload = allocator_library(settings.demucs_allocator)  # ValueError: bad path
+        if self.preload:
+            log.info("Demucs runs with %s preloaded (DEMUCS_ALLOCATOR)", self.preload)
+        elif settings.demucs_allocator == "tcmalloc":
+            log.info("tcmalloc not found: Demucs runs with the system's malloc (install "
+                     "libtcmalloc-minimal4 for less time and memory per job)")
 
     def separate(self, tasks: list[Task], model: str,
                  pruned: PrunedBag | None) -> dict[str, Exception]:
@@ -82,6 +88,7 @@ class Separator:
         options = DemucsOptions(model=model, device=device, threads=self.settings.threads,
                                 shifts=self.settings.demucs_shifts,
                                 segment=self.settings.demucs_segment, repo=repo,
+                                preload=self.preload,
                                 int24=any(t.subject.encoding(self.settings.mp3_bitrate_kbps)
                                           .bit_depth == 24 for t in tasks))
         inputs = [t.input_path for t in tasks if t.input_path is not None]
