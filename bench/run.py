@@ -393,6 +393,37 @@ print(imported, rss_mb())
 """
 
 
+_FORWARD_LIVE = """
+import sys
+from pathlib import Path
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+from demucs.pretrained import get_model
+
+model = get_model(sys.argv[1], repo=Path(sys.argv[2])).models[0].eval()
+mix = torch.randn(1, model.audio_channels, int(model.samplerate * model.segment))
+with torch.no_grad(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    model(mix)
+events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
+live = peak = 0
+for event in sorted(events, key=lambda e: e.start_ns()):  # + allocated, - freed
+    live += event.nbytes()
+    peak = max(peak, live)
+print(peak / 2**20)
+"""
+
+
+def forward_live_mb(model: str, repo: Path) -> float:
+    """The most bytes of tensors alive at once in one segment's forward pass of the first
+    model of ``model`` (torch's profiler counts each allocation and free): what any allocator
+    must hold, however well it reuses memory."""
+    done = subprocess.run([sys.executable, "-c", _FORWARD_LIVE, model, str(repo)], check=True,
+                          capture_output=True, text=True,
+                          env={**os.environ, "OMP_NUM_THREADS": str(available_cpus())})
+    return float(done.stdout.split()[-1])
+
+
 def demucs_resident_mb(model: str, repo: Path) -> dict[str, float]:
     """What a Demucs CLI process holds before it separates anything: the RSS after its
     imports, and what loading ``model`` (every model of a bag) adds."""
@@ -437,7 +468,7 @@ def allocator_env() -> dict[str, str]:
 
 
 def karaoke_memory(raw_peak_mb: float, rss: PeakRss, bag: str, repo: str,
-                   root: Path) -> dict[str, Any]:
+                   root: Path, song_s: float) -> dict[str, Any]:
     """The peak RSS of both sides split into what neither can shed — the imports (torch,
     Demucs) and the models — and the rest, which the separation itself uses (one segment's
     forward pass, the song-length output buffers, and what the allocator keeps of them).
@@ -452,6 +483,8 @@ def karaoke_memory(raw_peak_mb: float, rss: PeakRss, bag: str, repo: str,
     worker_mb, demucs_mb = rss.peak_mb - rss.children_at_peak_mb, rss.children_at_peak_mb
     raw_fixed = whole["imports_mb"] + whole["models_mb"]
     service_fixed = worker_mb + kept["imports_mb"] + kept["models_mb"]
+    forward_mb = forward_live_mb(pruned.name, root / "karaoke-pruned-bag")
+    output_mb = 4 * 2 * 44100 * song_s * 4 / 2**20  # Demucs' song-length estimates, float32
     return {
         "worker_at_peak_mb": round(worker_mb), "demucs_at_peak_mb": round(demucs_mb),
         "imports_mb": kept["imports_mb"], "raw_models_mb": whole["models_mb"],
@@ -459,6 +492,9 @@ def karaoke_memory(raw_peak_mb: float, rss: PeakRss, bag: str, repo: str,
         "raw_separation_mb": round(raw_peak_mb - raw_fixed),
         "service_separation_mb": round(demucs_mb - kept["imports_mb"] - kept["models_mb"]),
         "floor_ratio": round(service_fixed / raw_fixed, 3),
+        "forward_live_mb": round(forward_mb), "output_buffer_mb": round(output_mb),
+        # what the service holds at once during a forward pass with no allocator slack at all
+        "live_floor_ratio": round((service_fixed + forward_mb + output_mb) / raw_peak_mb, 3),
     }
 
 
@@ -496,8 +532,9 @@ def bench_karaoke(bench: Bench, song: Path, bag: str, repo: str) -> dict[str, An
 
     ours, theirs = (sphn.read(str(path))[0].astype("float64") for path in (service_mp3, raw_mp3))
     snr = snr_db(theirs, ours)
+    song_s = float(sphn.FileReader(str(song)).duration_sec)
     result = {
-        "song_s": round(float(sphn.FileReader(str(song)).duration_sec), 1),
+        "song_s": round(song_s, 1),
         "raw_cli_two_stems_s": round(raw["wall_s"], 2), "service_karaoke_s": round(wall_s, 2),
         "time_ratio": round(wall_s / raw["wall_s"], 3),
         "raw_cli_cpu_s": round(raw["cpu_s"], 1), "service_cpu_s": round(cpu_s, 1),
@@ -507,7 +544,7 @@ def bench_karaoke(bench: Bench, song: Path, bag: str, repo: str) -> dict[str, An
         "service_peak_rss_mb": round(rss.peak_mb),
         "rss_ratio": round(rss.peak_mb / raw["peak_rss_mb"], 3),
         "worker_own_peak_rss_mb": round(worker_job_mb),  # reached encoding, Demucs gone
-        "memory": karaoke_memory(raw["peak_rss_mb"], rss, bag, repo, bench.root),
+        "memory": karaoke_memory(raw["peak_rss_mb"], rss, bag, repo, bench.root, song_s),
         "allocator_env": allocator_env(),
         "service_demucs_allocator": allocator_library(Settings.from_env().demucs_allocator)
         or "system",

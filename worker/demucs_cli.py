@@ -3,11 +3,11 @@
 Only flags that both Demucs 4.1.0 and the production image's Demucs (commit b9ab48c) accept
 are used. Several input files go to one call, so the model loads once for a batch.
 
-Demucs runs with tcmalloc preloaded where the system has it (``DEMUCS_ALLOCATOR``): glibc's
-malloc hands Demucs' large, short-lived tensors back and forth to the kernel (a fifth of a
-CPU run's time in page faults) and keeps fragments of them; tcmalloc reuses them. Measured on
-a 60 s song with a real-size htdemucs: 18 % less time, 12 % lower peak RSS, the same stems
-bit for bit (README "Benchmarks").
+On the CPU, Demucs runs with tcmalloc preloaded where the system has it (``DEMUCS_ALLOCATOR``):
+glibc's malloc hands Demucs' large, short-lived tensors back and forth to the kernel (a fifth
+of a CPU run's time in page faults) and keeps fragments of them; tcmalloc reuses them. The
+same stems bit for bit, less time and a lower peak (README "Benchmarks"). On CUDA it saved no
+time and raised the host's peak RSS, so GPU runs keep the system's malloc.
 """
 
 from __future__ import annotations
@@ -92,13 +92,13 @@ def build_command(options: DemucsOptions, out_dir: Path, inputs: Sequence[Path])
 
 
 def child_env(options: DemucsOptions) -> dict[str, str]:
-    """The worker's environment with CPU threads set (the image pins OMP_NUM_THREADS=1) and
-    ``options.preload`` preloaded, unless the worker's own environment names an
+    """The worker's environment with CPU threads set (the image pins OMP_NUM_THREADS=1) and,
+    on the CPU, ``options.preload`` preloaded, unless the worker's own environment names an
     ``LD_PRELOAD`` already (an operator's choice is kept as it is)."""
     env = dict(os.environ)
     threads = str(max(1, options.threads))
     env.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads, PYTHONUNBUFFERED="1")
-    if options.preload and not env.get("LD_PRELOAD"):
+    if options.preload and options.device == "cpu" and not env.get("LD_PRELOAD"):
         env["LD_PRELOAD"] = options.preload
         # tcmalloc reports allocations over 1 GiB on stderr, which would bury Demucs' own last
         # lines (the failure reasons) under a long song's buffers

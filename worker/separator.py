@@ -36,7 +36,7 @@ class Separator:
         self.cancels = cancels
         self.preload = allocator_library(settings.demucs_allocator)  # ValueError: bad path
         if self.preload:
-            log.info("Demucs runs with %s preloaded (DEMUCS_ALLOCATOR)", self.preload)
+            log.info("Demucs on the CPU runs with %s preloaded (DEMUCS_ALLOCATOR)", self.preload)
         elif settings.demucs_allocator == "tcmalloc":
             log.info("tcmalloc not found: Demucs runs with the system's malloc (install "
                      "libtcmalloc-minimal4 for less time and memory per job)")
