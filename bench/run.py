@@ -9,8 +9,9 @@
              specialists, one-hot weights), LPUSH → tracks stored, vs the raw
              ``python -m demucs -n <bag> --two-stems vocals`` on the same 60 s clip: time, peak
              RSS, and the service's vocals against the raw CLI's (``--only karaoke``).
-6. allocator the Demucs CLI on a 60 s clip with the system's malloc vs the allocator the worker
-             preloads (``DEMUCS_ALLOCATOR``, tcmalloc): time, CPU, peak RSS, stems compared.
+6. allocator the Demucs CLI on 60 s and 300 s songs with the system's malloc vs the allocator
+             the worker preloads on the CPU (``DEMUCS_ALLOCATOR``, tcmalloc): time, CPU, peak
+             RSS, stems compared.
 
 Models: the real-size random-weight model (bench/model.py) unless ``BENCH_MODEL`` (with
 ``DEMUCS_REPO``) names real weights, and the tiny ``demucs_unittest`` for the batch figure.
@@ -433,33 +434,36 @@ def demucs_resident_mb(model: str, repo: Path) -> dict[str, float]:
     return {"imports_mb": round(imported), "models_mb": round(loaded - imported)}
 
 
-def bench_allocator(bench: Bench, song: Path) -> dict[str, Any]:
+def bench_allocator(bench: Bench, songs: dict[str, Path]) -> dict[str, Any]:
     """The same Demucs CLI call (WAV stems) with the system's malloc and with the library the
-    worker preloads into Demucs: the worker's default, measured on its own."""
+    worker preloads into Demucs on the CPU: the worker's default, measured on its own, for
+    each song of ``songs``."""
     preload = allocator_library(Settings.from_env().demucs_allocator)
     if preload is None:
         return {"skipped": "DEMUCS_ALLOCATOR finds no library to preload here"}
-    runs, stems = {}, {}
-    for label, extra in (("system", {}), ("preloaded", {"LD_PRELOAD": preload})):
-        out = bench.root / f"allocator-{label}"
-        runs[label] = bench.raw_cli(song, bench.model, bench.repo, flags=(), out=out, **extra)
-        stems[label] = sorted((out / bench.model / song.stem).glob("*.wav"))
-        print(f"  allocator {label}: {runs[label]['wall_s']:.1f} s, CPU "
-              f"{runs[label]['cpu_s']:.1f} s, {runs[label]['peak_rss_mb']:.0f} MB", flush=True)
-    system, preloaded = runs["system"], runs["preloaded"]
-    import sphn
-
-    return {
-        "library": preload, "song_s": round(float(sphn.FileReader(str(song)).duration_sec), 1),
-        "system": {k: round(v, 2) for k, v in system.items()},
-        "preloaded": {k: round(v, 2) for k, v in preloaded.items()},
-        "time_ratio": round(preloaded["wall_s"] / system["wall_s"], 3),
-        "cpu_ratio": round(preloaded["cpu_s"] / system["cpu_s"], 3),
-        "rss_ratio": round(preloaded["peak_rss_mb"] / system["peak_rss_mb"], 3),
-        "stems_identical": len(stems["system"]) == 4 and all(
-            a.name == b.name and a.read_bytes() == b.read_bytes()
-            for a, b in zip(stems["system"], stems["preloaded"], strict=True)),
-    }
+    results: dict[str, Any] = {"library": preload}
+    for size, song in songs.items():
+        runs, stems = {}, {}
+        for label, extra in (("system", {}), ("preloaded", {"LD_PRELOAD": preload})):
+            out = bench.root / f"allocator-{size}-{label}"
+            runs[label] = bench.raw_cli(song, bench.model, bench.repo, flags=(), out=out,
+                                        **extra)
+            stems[label] = sorted((out / bench.model / song.stem).glob("*.wav"))
+            print(f"  allocator {size} {label}: {runs[label]['wall_s']:.1f} s, CPU "
+                  f"{runs[label]['cpu_s']:.1f} s, {runs[label]['peak_rss_mb']:.0f} MB",
+                  flush=True)
+        system, preloaded = runs["system"], runs["preloaded"]
+        results[size] = {
+            "system": {k: round(v, 2) for k, v in system.items()},
+            "preloaded": {k: round(v, 2) for k, v in preloaded.items()},
+            "time_ratio": round(preloaded["wall_s"] / system["wall_s"], 3),
+            "cpu_ratio": round(preloaded["cpu_s"] / system["cpu_s"], 3),
+            "rss_ratio": round(preloaded["peak_rss_mb"] / system["peak_rss_mb"], 3),
+            "stems_identical": len(stems["system"]) == 4 and all(
+                a.name == b.name and a.read_bytes() == b.read_bytes()
+                for a, b in zip(stems["system"], stems["preloaded"], strict=True)),
+        }
+    return results
 
 
 def allocator_env() -> dict[str, str]:
@@ -621,7 +625,9 @@ def main(argv: list[str] | None = None) -> int:
                 report["karaoke"] = {label: bench_karaoke(
                     bench, song(15.0 if args.quick else 60.0, 3), bag, str(bag_repo))}
             if "allocator" in parts:
-                report["allocator"] = bench_allocator(bench, song(15.0 if args.quick else 60.0, 3))
+                sizes = {"15s": 15.0} if args.quick else {"60s": 60.0, "300s": 300.0}
+                report["allocator"] = bench_allocator(
+                    bench, {k: song(v, 3) for k, v in sizes.items()})
             if "ingest" in parts:
                 report["ingest"] = bench_ingest(bench, 4 if args.quick else 20,
                                                 1.0 if args.quick else 10.0)
