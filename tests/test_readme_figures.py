@@ -60,6 +60,8 @@ def benchmark_expectations() -> list[list[str]]:
     tiny, real = latest["batch"]["demucs_unittest"], latest["batch"]["bench_htdemucs"]
     ingest = latest["ingest"]
     karaoke = latest["karaoke"]["bench_htdemucs_ft"]
+    allocator = latest["allocator"]
+    assert allocator["60s"]["stems_identical"] and allocator["300s"]["stems_identical"]
     return [
         [_f(short["raw_cli_s"], 2), _f(short["pipeline_s"], 2), _f(short["ratio"], 3)],
         [_f(long_["raw_cli_s"], 1), _f(long_["pipeline_s"], 1), _f(long_["ratio"], 3)],
@@ -74,6 +76,12 @@ def benchmark_expectations() -> list[list[str]]:
          str(karaoke["raw_cli_peak_rss_mb"]), _f(karaoke["service_karaoke_s"], 1),
          str(karaoke["service_peak_rss_mb"]), _f(karaoke["time_ratio"], 3),
          _f(karaoke["rss_ratio"], 3)],
+        [figure for size in ("60s", "300s") for figure in (
+            _f(allocator[size]["system"]["wall_s"], 2),
+            _f(allocator[size]["system"]["peak_rss_mb"], 0),
+            _f(allocator[size]["preloaded"]["wall_s"], 2),
+            _f(allocator[size]["preloaded"]["peak_rss_mb"], 0),
+            _f(allocator[size]["time_ratio"], 3), _f(allocator[size]["rss_ratio"], 3))],
     ]
 
 
