@@ -497,7 +497,7 @@ def karaoke_memory(raw_peak_mb: float, rss: PeakRss, bag: str, repo: str,
         "service_separation_mb": round(demucs_mb - kept["imports_mb"] - kept["models_mb"]),
         "floor_ratio": round(service_fixed / raw_fixed, 3),
         "forward_live_mb": round(forward_mb), "output_buffer_mb": round(output_mb),
-        # what the service holds at once during a forward pass with no allocator slack at all
+        # held at once during a forward pass with no allocator slack (the decoded input aside)
         "live_floor_ratio": round((service_fixed + forward_mb + output_mb) / raw_peak_mb, 3),
     }
 
