@@ -51,7 +51,12 @@ This is the one place the protocol is written down. Key names come from
    A retryable failure moves the job back to the taking end of its lane (status ``queued``,
    the error kept) in one Lua script that also records its new place, 1, in its status hash;
    a permanent one (bad input, missing weights, attempts exhausted) moves it to the
-   dead-letter list ``toWorkers:dead`` with its reason, in one ``MULTI``.
+   dead-letter list ``toWorkers:dead`` with its reason, in one Lua script.
+   **Every settling move checks the holder first** (ack, give back, dead-letter, give back
+   after an outage): it removes the job from the settling worker's processing list and does
+   nothing else when that removal finds nothing: a worker paused past its heartbeat, whose
+   job was redelivered meanwhile, then changes nothing (``holds`` lets it find out before it
+   writes anything about the job).
 7. **Long songs.** A song longer than ``CHUNK_OVER_S`` is cut into overlapping chunks, stored
    in the input bucket under ``chunks/<job>/``, and pushed onto the intake as chunk jobs
    (``enqueue_chunks``: the chunking record and the pushes in one ``MULTI``), which route into
@@ -226,16 +231,27 @@ redis.call('ZREM', KEYS[9], ARGV[5])
 return moved
 """
 
-# 6. Put a taken job (ARGV[5]) back from the processing list KEYS[8] at its lane's taking end:
-# place 1 from now on, noted in its status hash KEYS[9] when given.
+# 6. Settling moves: each first removes the job from the processing list KEYS[8] of the worker
+# settling it and does nothing else when it was not there (the job was redelivered to another
+# worker meanwhile: that one settles it). Each answers 1 when it moved the job, else 0.
+# Give back: the job (ARGV[5]) to its lane's taking end, place 1 from now on, noted in its
+# status hash KEYS[9] when given.
 _GIVE_BACK = _LANES_LUA + """
+if redis.call('LREM', KEYS[8], 1, ARGV[5]) == 0 then return 0 end
 local lane = lane_of(ARGV[5])
 redis.call('RPUSH', KEYS[lane], ARGV[5])
-redis.call('LREM', KEYS[8], 1, ARGV[5])
 if lane ~= CHUNKS then
   local taken = redis.call('DECR', KEYS[lane + 2])
   if KEYS[9] and redis.call('EXISTS', KEYS[9]) == 1 then note_place(KEYS[9], lane, 1, taken) end
 end
+return 1
+"""
+
+# Dead-letter: the job leaves KEYS[1] (the processing list) for KEYS[2] with its reason.
+_DEAD_LETTER = """
+if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then return 0 end
+redis.call('LPUSH', KEYS[2], ARGV[2])
+return 1
 """
 
 # 7. Record a chunk's stems as stored; the call that completes the set pushes the join, once,
@@ -348,6 +364,7 @@ class JobQueue:
         self._expired = client.register_script(_EXPIRED)
         self._redeliver = client.register_script(_REDELIVER)
         self._give_back = client.register_script(_GIVE_BACK)
+        self._dead_letter = client.register_script(_DEAD_LETTER)
         self._complete_chunk = client.register_script(_COMPLETE_CHUNK)
 
     def _args(self, *more: str | bytes | int) -> list[str | bytes | int]:
@@ -497,23 +514,27 @@ class JobQueue:
         for raw in self.in_flight(worker_id):
             self.give_back(worker_id, raw)
 
-    # 6. finish
-    def ack(self, worker_id: str, raw: bytes) -> None:
-        self.redis.lrem(Keys.processing(worker_id), 1, raw)
+    def holds(self, worker_id: str, raw: bytes) -> bool:
+        """Whether ``worker_id``'s processing list still holds this payload (it was not
+        redelivered to another worker while this one was paused)."""
+        return self.redis.lpos(Keys.processing(worker_id), raw) is not None
 
-    def give_back(self, worker_id: str, raw: bytes, job_id: str | None = None) -> None:
+    # 6. finish: each move answers whether this worker still held the job (False: it was
+    # redelivered meanwhile, and the move changed nothing)
+    def ack(self, worker_id: str, raw: bytes) -> bool:
+        return int(self.redis.lrem(Keys.processing(worker_id), 1, raw)) > 0
+
+    def give_back(self, worker_id: str, raw: bytes, job_id: str | None = None) -> bool:
         """Put a taken job back at the taking end of its lane, atomically."""
         keys = [*_LANE_KEYS, Keys.processing(worker_id)]
-        self._give_back(keys=keys + ([Keys.job(job_id)] if job_id else []),
-                        args=self._args(raw))
+        return bool(self._give_back(keys=keys + ([Keys.job(job_id)] if job_id else []),
+                                    args=self._args(raw)))
 
-    def dead_letter(self, worker_id: str, raw: bytes, reason: str, attempts: int) -> None:
+    def dead_letter(self, worker_id: str, raw: bytes, reason: str, attempts: int) -> bool:
         entry = json.dumps({"job": raw.decode("utf-8", "replace"), "error": reason,
                             "attempts": attempts, "worker": worker_id, "failed_at": time.time()})
-        with self.redis.pipeline(transaction=True) as pipe:
-            pipe.lpush(Keys.DEAD_LETTER, entry)
-            pipe.lrem(Keys.processing(worker_id), 1, raw)
-            pipe.execute()
+        return bool(self._dead_letter(keys=[Keys.processing(worker_id), Keys.DEAD_LETTER],
+                                      args=[raw, entry]))
 
     # 7. long songs
     def complete_chunk(self, parent_id: str, index: int, join_payload: str, ttl_s: int

@@ -80,6 +80,7 @@ class Settings:
     shutdown_grace_s: float = 60.0
     heartbeat_ttl_s: float = 30.0
     cancel_poll_s: float = 0.5  # how often a worker reads the cancel keys of its jobs
+    outage_backoff_max_s: float = 300.0  # a worker's longest wait while storage is down
     poll_s: float = 2.0
     retention_days: int = 7  # songs and tracks expire this long after written; 0: never
     status_ttl_s: int = 0  # 0: RETENTION_DAYS + 1 day (7 days when RETENTION_DAYS=0)
@@ -154,6 +155,8 @@ class Settings:
             raise ValueError("QUEUE_PAGE_MAX_JOBS, REST_MAX_IN_FLIGHT and CLIENT_MAX_WAITING "
                              "must be at least 1")
         parse_api_keys(self.api_keys, self.api_token)  # ValueError
+        if self.outage_backoff_max_s < 1:
+            raise ValueError("OUTAGE_BACKOFF_MAX_S must be at least 1")
         if not 0 < self.cancel_poll_s <= 1:
             raise ValueError("CANCEL_POLL_S must be in (0, 1]: a cancel stops Demucs within 2 s")
         if self.mp3_bitrate_kbps not in MP3_BITRATES_KBPS:

@@ -22,16 +22,15 @@ import redis.asyncio
 
 from separation.contract import SONGHASH_RE, Keys, Status
 
-# Count an attempt: a job whose record is absent or final is a new request and starts at 1.
-_START_ATTEMPT = """
+FINAL_STATES = tuple(s.value for s in Status if s.final)
+_FINAL_LUA = "local FINAL = {" + ", ".join(f"['{s}'] = true" for s in FINAL_STATES) + "}\n"
+
+# Count an attempt, unless the job already ended (0: a job id's final state is final, whoever
+# takes its payload again); a job without a record starts at 1.
+_START_ATTEMPT = _FINAL_LUA + """
 local state = redis.call('HGET', KEYS[1], 'state')
-local attempts
-if (not state) or state == 'done' or state == 'failed' then
-  redis.call('HSET', KEYS[1], 'attempts', 1, 'error', '')
-  attempts = 1
-else
-  attempts = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
-end
+if state and FINAL[state] then return 0 end
+local attempts = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
 redis.call('HSET', KEYS[1], 'id', ARGV[1], 'state', 'running', 'worker', ARGV[2],
            'started_at', ARGV[3], 'updated_at', ARGV[3], 'progress', 0, 'stage', 'taken',
            'finished_at', '')
@@ -39,6 +38,22 @@ redis.call('EXPIRE', KEYS[1], ARGV[4])
 return attempts
 """
 
+
+# Write fields (ARGV[3..]: name, value, ...) and refresh the TTL (ARGV[1]). A write that moves
+# the job (ARGV[2] = '1': its state, stage or progress) changes nothing once the job's state is
+# final: a late worker cannot turn a done job back into running, queued or failed. Answers 1
+# when it wrote.
+_WRITE = _FINAL_LUA + """
+if ARGV[2] == '1' then
+  local state = redis.call('HGET', KEYS[1], 'state')
+  if state and FINAL[state] then return 0 end
+end
+redis.call('HSET', KEYS[1], unpack(ARGV, 3))
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+return 1
+"""
+MOVES = frozenset({"state", "stage", "progress"})
+"""Fields whose write moves a job along: refused once its state is final."""
 
 QUEUE_FIELDS = ("queue_lane", "queue_position", "queue_taken")
 """Written by ``JobQueue`` to compute a waiting job's position; not part of the record."""
@@ -53,14 +68,14 @@ class StatusStore:
         self.async_redis = async_client
         self.ttl_s = ttl_s
         self._start_attempt = client.register_script(_START_ATTEMPT)
+        self._write_script = client.register_script(_WRITE)
 
-    def _write(self, job_id: str, **fields: Any) -> None:
+    def _write(self, job_id: str, **fields: Any) -> bool:
+        """Write fields of a job's record; False when it moves an ended job (not written)."""
         fields["updated_at"] = time.time()
-        mapping = {k: _encode(v) for k, v in fields.items()}
-        with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(Keys.job(job_id), mapping=mapping)
-            pipe.expire(Keys.job(job_id), self.ttl_s)
-            pipe.execute()
+        pairs = [item for name, value in fields.items() for item in (name, _encode(value))]
+        moves = "1" if MOVES.intersection(fields) else "0"
+        return bool(self._write_script(keys=[Keys.job(job_id)], args=[self.ttl_s, moves, *pairs]))
 
     def queued(self, job_id: str, songhash: str | None, model: str, name: str = "",
                variant: str = "", **fields: Any) -> None:
@@ -75,7 +90,8 @@ class StatusStore:
             self.link_song(job_id, songhash, model, variant)
 
     def start_attempt(self, job_id: str, worker_id: str) -> int:
-        """Mark the job running on this worker; return which attempt this is."""
+        """Mark the job running on this worker; return which attempt this is, or 0 when the
+        job already ended (its record is left as it is)."""
         return int(self._start_attempt(keys=[Keys.job(job_id)],
                                        args=[job_id, worker_id, time.time(), self.ttl_s]))
 
@@ -83,8 +99,8 @@ class StatusStore:
         """An attempt cut short by a shutdown does not count."""
         self.redis.hincrby(Keys.job(job_id), "attempts", -1)
 
-    def update(self, job_id: str, **fields: Any) -> None:
-        self._write(job_id, **fields)
+    def update(self, job_id: str, **fields: Any) -> bool:
+        return self._write(job_id, **fields)
 
     def link_song(self, job_id: str, songhash: str, model: str, variant: str = "") -> None:
         with self.redis.pipeline(transaction=True) as pipe:
@@ -107,21 +123,25 @@ class StatusStore:
             self.redis.srem(Keys.song_jobs(songhash), *gone)
         return [rec for rec in records if rec is not None]
 
-    def done(self, job_id: str, tracks: dict[str, str], elapsed_s: float) -> None:
-        self._write(job_id, state=Status.DONE.value, stage="done", progress=100, tracks=tracks,
-                    error="", finished_at=time.time(), elapsed_s=round(elapsed_s, 3))
+    # The transitions answer whether they wrote (False: the job had already ended): the one
+    # call that ends a job is the one that announces it.
+    def done(self, job_id: str, tracks: dict[str, str], elapsed_s: float) -> bool:
+        return self._write(job_id, state=Status.DONE.value, stage="done", progress=100,
+                           tracks=tracks, error="", finished_at=time.time(),
+                           elapsed_s=round(elapsed_s, 3))
 
-    def failed(self, job_id: str, reason: str, elapsed_s: float | None = None) -> None:
-        self._write(job_id, state=Status.FAILED.value, stage="failed", error=reason,
-                    finished_at=time.time(),
-                    elapsed_s="" if elapsed_s is None else round(elapsed_s, 3))
+    def failed(self, job_id: str, reason: str, elapsed_s: float | None = None) -> bool:
+        return self._write(job_id, state=Status.FAILED.value, stage="failed", error=reason,
+                           finished_at=time.time(),
+                           elapsed_s="" if elapsed_s is None else round(elapsed_s, 3))
 
-    def cancelled(self, job_id: str, reason: str) -> None:
-        self._write(job_id, state=Status.CANCELLED.value, stage="cancelled", error=reason,
-                    finished_at=time.time())
+    def cancelled(self, job_id: str, reason: str) -> bool:
+        return self._write(job_id, state=Status.CANCELLED.value, stage="cancelled",
+                           error=reason, finished_at=time.time())
 
-    def requeued(self, job_id: str, reason: str) -> None:
-        self._write(job_id, state=Status.QUEUED.value, stage="queued", progress=0, error=reason)
+    def requeued(self, job_id: str, reason: str) -> bool:
+        return self._write(job_id, state=Status.QUEUED.value, stage="queued", progress=0,
+                           error=reason)
 
     def drop_tracks(self, songhash: str, model: str, names: list[str], variant: str = "") -> None:
         """Tracks of a song removed from storage: its job with ``model`` (and the encoding of

@@ -81,7 +81,7 @@ def test_give_back_and_dead_letter_are_atomic_moves(stack):
     assert entry["job"] == "x" and entry["error"] == "because" and entry["attempts"] == 2
 
 
-def test_attempts_count_redeliveries_and_restart_for_a_new_request(stack):
+def test_attempts_count_redeliveries_and_an_ended_job_is_not_started_again(stack):
     status = StatusStore(stack.redis, ttl_s=60)
     status.queued("j1", "a" * 64, "htdemucs")
     assert status.get("j1")["state"] == "queued"
@@ -90,9 +90,12 @@ def test_attempts_count_redeliveries_and_restart_for_a_new_request(stack):
     status.requeued("j1", "S3 down")
     assert status.start_attempt("j1", "w2") == 3
     status.done("j1", {"vocals": "k"}, 1.0)
-    assert status.start_attempt("j1", "w3") == 1  # pushed again after it finished
+    assert status.start_attempt("j1", "w3") == 0  # pushed again after it finished: it ended
     record = status.get("a" * 64)  # by songhash
-    assert record["id"] == "j1" and record["state"] == "running" and record["worker"] == "w3"
+    assert record["id"] == "j1" and record["state"] == "done" and record["worker"] == "w2"
+    status.queued("j2", None, "m")
+    status.cancelled("j2", "cancelled by the client")
+    assert status.start_attempt("j2", "w1") == 0 and status.get("j2")["state"] == "cancelled"
     assert 0 < stack.redis.ttl(Keys.job("j1")) <= 60
 
 
@@ -224,3 +227,68 @@ def test_pages_of_mixed_lanes_follow_the_run_order(stack):
     while (raw := queue.take_waiting("w")) is not None:
         taken.append(raw)
     assert listed == taken and len(taken) == 60
+
+
+def _lose_to_redelivery(stack, queue: JobQueue) -> bytes:
+    """w1 takes a job, misses its heartbeat, and the job is redelivered to its lane."""
+    queue.enqueue('{"id": "j1"}')
+    queue.beat("w1", 0.05)
+    raw = queue.take_waiting("w1")
+    assert raw == b'{"id": "j1"}'
+    assert wait_until(queue.redeliver_dead) == [raw]
+    return raw
+
+
+def test_a_worker_that_lost_its_job_to_redelivery_cannot_give_it_back(stack):
+    """A paused worker comes back after its job was redelivered: its give-back must change
+    nothing (before: a second copy of the job waited in the lane)."""
+    queue = JobQueue(stack.redis)
+    status = StatusStore(stack.redis, ttl_s=60)
+    status.queued("j1", None, "m")
+    raw = _lose_to_redelivery(stack, queue)
+    assert queue.give_back("w1", raw, "j1") is False
+    assert waiting(stack) == [raw]  # one copy, as redelivery left it
+    assert queue.take_waiting("w2") == raw
+    assert queue.give_back("w1", raw, "j1") is False  # w2 holds it now: w1 still cannot
+    assert queue.in_flight("w2") == [raw] and waiting(stack) == []
+    assert queue.give_back("w2", raw, "j1") is True and waiting(stack) == [raw]
+
+
+def test_a_worker_that_lost_its_job_cannot_dead_letter_or_ack_it(stack):
+    queue = JobQueue(stack.redis)
+    raw = _lose_to_redelivery(stack, queue)
+    assert queue.dead_letter("w1", raw, "late", attempts=3) is False
+    assert queue.dead_letters() == [] and waiting(stack) == [raw]
+    assert queue.take_waiting("w2") == raw
+    assert queue.ack("w1", raw) is False and queue.in_flight("w2") == [raw]
+    assert queue.holds("w2", raw) and not queue.holds("w1", raw)
+    assert queue.ack("w2", raw) is True and queue.in_flight("w2") == []
+
+
+def test_give_back_held_after_an_outage_moves_only_what_is_still_held(stack):
+    queue = JobQueue(stack.redis)
+    raw = _lose_to_redelivery(stack, queue)
+    stack.redis.lpush(Keys.processing("w1"), raw)  # a stale copy read before the redelivery
+    assert queue.take_waiting("w2") == raw
+    stack.redis.lrem(Keys.processing("w1"), 1, raw)  # ... gone by the time w1 gives back
+    queue.give_back_held("w1")
+    assert waiting(stack) == [] and queue.in_flight("w2") == [raw]
+
+
+def test_a_final_status_is_final_whatever_a_late_worker_writes(stack):
+    status = StatusStore(stack.redis, ttl_s=60)
+    status.queued("j1", None, "m")
+    assert status.start_attempt("j1", "w1") == 1
+    assert status.start_attempt("j1", "w2") == 2  # redelivered
+    assert status.done("j1", {"vocals": "k"}, 1.0) is True  # w2 finished it
+    assert status.requeued("j1", "late w1: attempt failed") is False
+    assert status.failed("j1", "late w1: gave up") is False
+    assert status.cancelled("j1", "late cancel") is False
+    assert status.done("j1", {"vocals": "other"}, 2.0) is False
+    status.update("j1", stage="encoding", progress=90)
+    assert status.start_attempt("j1", "w3") == 0  # taken again: it already ended
+    record = status.get("j1")
+    assert (record["state"], record["stage"], record["progress"], record["tracks"]) == \
+        ("done", "done", 100, {"vocals": "k"})
+    status.update("j1", callback_error="refused")  # annotations of an ended job still land
+    assert status.get("j1")["callback_error"] == "refused"

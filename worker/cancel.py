@@ -1,8 +1,12 @@
-"""Cancels (queue protocol step 9): which of the jobs this worker holds a client cancelled.
+"""Cancels (queue protocol step 9): which of the jobs this worker holds a client cancelled,
+and which it no longer holds.
 
 A job's cancel key is its own, or its long song's for a chunk or a join. ``CancelWatch`` reads
 the keys of the jobs being run every ``CANCEL_POLL_S`` from a thread of its own (one ``MGET``
-for the batch), so a cancel stops Demucs within a poll and Demucs' own 0.25 s check.
+for the batch), so a cancel stops Demucs within a poll and Demucs' own 0.25 s check. The same
+poll reads the worker's processing list: a job that left it was redelivered to another worker
+while this one was paused past its heartbeat, and is stopped like a cancelled one (``Worker.
+settle`` then writes nothing about it).
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import redis
 
 from separation.contract import Job
 from separation.queue import JobQueue
-from worker.errors import Cancelled
+from worker.errors import Cancelled, Redelivered
 from worker.task import Task
 
 log = logging.getLogger("worker")
@@ -26,13 +30,16 @@ def cancel_ids(job: Job) -> list[str]:
 
 
 class CancelWatch:
-    def __init__(self, queue: JobQueue, poll_s: float) -> None:
+    def __init__(self, queue: JobQueue, poll_s: float, worker_id: str) -> None:
         self.queue = queue
         self.poll_s = poll_s
+        self.worker_id = worker_id
         self.stopped = threading.Event()
         self.lock = threading.Lock()
         self.watched: dict[str, list[str]] = {}  # task id -> its cancel ids
-        self.cancelled: set[str] = set()  # task ids
+        self.tasks: list[Task] = []
+        self.cancelled: set[str] = set()  # task ids to stop: cancelled, or no longer held
+        self.lost: set[str] = set()  # task ids redelivered to another worker
 
     def start(self) -> None:
         threading.Thread(target=self._loop, name="cancel-watch", daemon=True).start()
@@ -48,27 +55,39 @@ class CancelWatch:
         """Watch these tasks (a batch) from now on, instead of those before."""
         with self.lock:
             self.watched = {t.id: cancel_ids(t.job) for t in tasks if t.job is not None}
-            self.cancelled = set()
+            self.tasks = list(tasks)
+            self.cancelled, self.lost = set(), set()
 
     def is_cancelled(self, task: Task) -> bool:
         with self.lock:
             return task.id in self.cancelled
 
     def check(self, task: Task) -> None:
-        """Raise ``Cancelled`` if a cancel of ``task`` was seen."""
-        if self.is_cancelled(task):
-            raise Cancelled
+        """Raise ``Redelivered`` if ``task`` is no longer held, ``Cancelled`` if a cancel of it
+        was seen."""
+        with self.lock:
+            if task.id in self.lost:
+                raise Redelivered
+            if task.id in self.cancelled:
+                raise Cancelled
 
     def poll(self) -> None:
         with self.lock:
-            watched = dict(self.watched)
+            watched, tasks = dict(self.watched), list(self.tasks)
+        if not tasks:
+            return
         ids = sorted({i for ids in watched.values() for i in ids})
         found = self.queue.cancels_requested(ids)
-        if found:
-            with self.lock:
-                for task_id, ids in watched.items():
-                    if task_id in self.watched and found.intersection(ids):
-                        self.cancelled.add(task_id)
+        held = set(self.queue.in_flight(self.worker_id))
+        lost = {t.id for t in tasks if t.raw not in held and not t.settled}
+        with self.lock:
+            for task_id, ids in watched.items():
+                if task_id in self.watched and found.intersection(ids):
+                    self.cancelled.add(task_id)
+            for task_id in lost:
+                if any(t.id == task_id for t in self.tasks):
+                    self.cancelled.add(task_id)
+                    self.lost.add(task_id)
 
     def _loop(self) -> None:
         while not self.stopped.wait(self.poll_s):

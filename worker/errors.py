@@ -70,5 +70,10 @@ class Cancelled(Exception):
     """A cancel of the job (or of the long song it is part of) was asked."""
 
 
+class Redelivered(Exception):
+    """The worker no longer holds the job: it was redelivered to another worker while this
+    one was paused past its heartbeat. Nothing more is written about it here."""
+
+
 class Interrupted(Exception):
     """Demucs was stopped for another job of the batch (cancelled); this job runs again."""

@@ -45,13 +45,21 @@ class State(Enum):
     FAILED = "failed"              # failed for good
     RETRY = "retry"                # failed; runs again (the attempt counts)
     RETURNED = "returned"          # the worker stopped: runs again (the attempt does not count)
+    DEFERRED = "deferred"          # storage unreachable: runs again (the attempt does not count)
     CANCELLED = "cancelled"        # a client cancelled it: ends without tracks
+    ENDED = "ended"                # taken again after it ended (done, failed, cancelled): not run
+    REDELIVERED = "redelivered"    # another worker holds it now: nothing is written here
 
 
 _SETTLEMENT = {State.DONE: Settlement.ACK, State.CHUNK_STORED: Settlement.ACK,
                State.SPLIT: Settlement.ACK, State.SKIPPED: Settlement.ACK,
                State.FAILED: Settlement.DEAD_LETTER, State.RETRY: Settlement.GIVE_BACK,
-               State.RETURNED: Settlement.GIVE_BACK, State.CANCELLED: Settlement.ACK}
+               State.RETURNED: Settlement.GIVE_BACK, State.DEFERRED: Settlement.GIVE_BACK,
+               State.CANCELLED: Settlement.ACK, State.ENDED: Settlement.ACK,
+               State.REDELIVERED: Settlement.GIVE_BACK}
+OUTAGE_CODES = frozenset({"ServiceUnavailable", "SlowDown", "InternalError", "RequestTimeout",
+                          "XMinioServerNotInitialized"})
+"""S3 error codes of a storage that is down or overloaded, not of a request it refused."""
 
 
 @dataclass(frozen=True)
@@ -94,8 +102,13 @@ def outcome_of_error(error: Exception, task: Task, max_attempts: int) -> Outcome
     """The one place an exception raised by a job's step becomes the job's outcome."""
     if isinstance(error, errors.ShutdownRequested):
         return Outcome.of(State.RETURNED)
+    if isinstance(error, errors.Redelivered):
+        return Outcome.of(State.REDELIVERED)
     if isinstance(error, errors.Cancelled):
         return Outcome.of(State.CANCELLED, CANCELLED)
+    if is_outage(error):  # nobody's fault: the job waits for the storage, its attempts kept
+        return Outcome(State.DEFERRED, failure=errors.storage_failed(
+            _without_work_dir(f"storage unreachable: {error}", task)))
     if isinstance(error, errors.JobFailure):
         failure = error
     elif isinstance(error, (S3Error, HTTPError, OSError)):
@@ -104,6 +117,14 @@ def outcome_of_error(error: Exception, task: Task, max_attempts: int) -> Outcome
         log.exception("job %s: unexpected error", task.id, exc_info=error)
         failure = errors.internal(_without_work_dir(f"internal error: {error!r}", task))
     return Outcome.of_failure(failure, task.attempt, max_attempts)
+
+
+def is_outage(error: Exception) -> bool:
+    """Whether ``error`` says the storage is unreachable or overloaded (a connection refused,
+    reset or timed out; a 503), rather than that this job's request was wrong."""
+    if isinstance(error, S3Error):
+        return error.code in OUTAGE_CODES
+    return isinstance(error, (HTTPError, ConnectionError, TimeoutError))
 
 
 def _without_work_dir(reason: str, task: Task) -> str:
@@ -118,21 +139,26 @@ class StatusRecorder:
         self.status = status
 
     def before_settle(self, task: Task, outcome: Outcome) -> None:
+        """Write the outcome; ``task.ended_here`` says whether this write ended the job (a
+        job's final state is written once: the webhook follows only that write)."""
         state = outcome.state
         if state is State.DONE:
-            self.status.done(task.subject_id, dict(outcome.tracks), task.elapsed_s())
+            task.ended_here = self.status.done(task.subject_id, dict(outcome.tracks),
+                                               task.elapsed_s())
         elif state is State.CHUNK_STORED:
             self.status.done(task.id, {}, task.elapsed_s())
         elif state in (State.FAILED, State.SKIPPED):
             elapsed_s = task.elapsed_s() if state is State.FAILED else None
-            self.status.failed(task.subject_id, outcome.reason, elapsed_s)
+            task.ended_here = self.status.failed(task.subject_id, outcome.reason, elapsed_s)
         elif state is State.RETRY:
             self.status.requeued(task.subject_id, outcome.reason)
         elif state is State.CANCELLED:
-            self.status.cancelled(task.subject_id, outcome.reason)
-        elif state is State.RETURNED:
+            task.ended_here = self.status.cancelled(task.subject_id, outcome.reason)
+        elif state in (State.RETURNED, State.DEFERRED):
             self.status.uncount_attempt(task.id)
-            self.status.requeued(task.subject_id, "the worker stopped during the job; requeued")
+            self.status.requeued(task.subject_id, f"{outcome.reason}; requeued (the attempt "
+                                 "does not count)" if outcome.reason else
+                                 "the worker stopped during the job; requeued")
 
     def after_settle(self, task: Task, outcome: Outcome) -> None:
         if outcome.state is State.DONE:  # the webhook's time included; the REST hides it
@@ -151,7 +177,7 @@ class Webhooks:
     def before_settle(self, task: Task, outcome: Outcome) -> None:
         if task.kind in (JobKind.INVALID, JobKind.CHUNK):  # a chunk reports through its song
             return
-        if outcome.state in (State.DONE, State.FAILED, State.CANCELLED):
+        if outcome.state in (State.DONE, State.FAILED, State.CANCELLED) and task.ended_here:
             with timed(task, "webhook"):
                 self.notify(task.subject, task.songhash, outcome.state.value,
                             dict(outcome.tracks), outcome.reason or None)
@@ -191,19 +217,17 @@ class LongSongUpkeep:
 
     def cancel_song(self, parent_id: str) -> None:
         """The first of a cancelled long song's chunks (or its join) to end says so."""
-        record = self.status.get(parent_id) or {}
-        if record.get("state") != Status.CANCELLED.value:
-            self.status.cancelled(parent_id, CANCELLED)
+        if self.status.cancelled(parent_id, CANCELLED):  # once, whoever races to it
             self.announce(parent_id, Status.CANCELLED, CANCELLED)
         self.long_songs.cleanup(parent_id)
 
     def fail_song(self, chunk: Job, reason: str) -> None:
         parent_id = chunk.chunk_of or ""
         message = f"chunk {chunk.chunk} failed: {reason}"
-        self.status.failed(parent_id, message)
-        self.announce(parent_id, Status.FAILED, message)
+        if self.status.failed(parent_id, message):  # once, whoever races to it
+            self.announce(parent_id, Status.FAILED, message)
+            log.error("job %s: failed for good: %s", parent_id, message)
         self.long_songs.cleanup(parent_id)
-        log.error("job %s: failed for good: %s", parent_id, message)
 
     def announce(self, parent_id: str, state: Status, reason: str) -> None:
         """The long song's webhook, from its chunking record (none once that expired)."""
@@ -221,8 +245,9 @@ def count(task: Task, outcome: Outcome) -> None:
         JOB_SECONDS.observe(task.elapsed_s())
     elif outcome.state is State.CANCELLED:
         JOBS.labels("cancelled", "").inc()
-    elif outcome.state in (State.FAILED, State.RETRY) and outcome.failure is not None:
-        label = "failed" if outcome.state is State.FAILED else "retried"
+    elif outcome.state in (State.FAILED, State.RETRY, State.DEFERRED) and \
+            outcome.failure is not None:
+        label = {State.FAILED: "failed", State.RETRY: "retried"}.get(outcome.state, "deferred")
         JOBS.labels(label, outcome.failure.code.value).inc()
 
 
@@ -242,6 +267,11 @@ def log_outcome(task: Task, outcome: Outcome) -> None:
     elif state is State.RETRY:
         log.warning("job %s: attempt %d failed, requeued: %s", task.subject_id, task.attempt,
                     outcome.reason)
+    elif state is State.DEFERRED:
+        log.warning("job %s: requeued, the attempt not counted: %s", task.subject_id,
+                    outcome.reason)
+    elif state is State.ENDED:
+        log.info("job %s: taken again after it ended; not run again", task.id)
     elif state is State.RETURNED:
         log.warning("job %s: worker stopping, job put back onto the queue", task.subject_id)
     elif state is State.SKIPPED:

@@ -50,6 +50,7 @@ class Task:
     input_path: Path | None = None
     stem_dir: Path | None = None
     outcome: Outcome | None = None  # set once, by Worker.settle
+    ended_here: bool = False  # this worker's write ended the job (``StatusRecorder``)
     timings: dict[str, float] = field(default_factory=dict)
 
     @property

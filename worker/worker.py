@@ -25,16 +25,21 @@ A job's lifecycle, one method each, in the order ``run_batch`` calls them:
    thread while Demucs runs (which it stops).
 6. ``settle``      the one place a taken job ends: its ``Outcome`` (``worker.outcomes``) goes
                    to the observers (status, webhooks, long songs, metrics, log) and the queue
-                   acknowledges, dead-letters or gives back the payload.
+                   acknowledges, dead-letters or gives back the payload. A job this worker no
+                   longer holds (redelivered to another while this one was paused past its
+                   heartbeat) is left to the other: nothing is written about it here.
 
-``outcome_of`` is the one place where exceptions become outcomes. SIGTERM stops taking jobs;
-the current batch finishes within ``SHUTDOWN_GRACE_S`` or goes back onto the queue.
+``outcome_of`` is the one place where exceptions become outcomes. A failed attempt's back-off,
+and the growing back-off of a storage outage, are waited once after the batch, never while the
+worker holds other jobs. SIGTERM stops taking jobs; the current batch finishes within
+``SHUTDOWN_GRACE_S`` or goes back onto the queue.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import random
 import signal
 import sys
 import tempfile
@@ -119,7 +124,8 @@ class Worker:
         self.heartbeat = Heartbeat(self.queue, self.worker_id, settings.heartbeat_ttl_s)
         device = settings.demucs_device
         self.device = device if device != "auto" else "cuda" if cuda_present() else "cpu"
-        self.cancels = CancelWatch(self.queue, settings.cancel_poll_s)
+        self.cancels = CancelWatch(self.queue, settings.cancel_poll_s, self.worker_id)
+        self.backoff = Backoff(settings.outage_backoff_max_s)
         self.separator = Separator(settings, self.status, self.device, self.abort, self.cancels)
         status = StatusRecorder(self.status)
         webhooks = Webhooks(settings, self.status, Joins(client, settings.status_ttl_s))
@@ -157,6 +163,7 @@ class Worker:
                     break
                 if raws:
                     self.run_batch(raws)
+                    self.stopping.wait(self.backoff.after_batch())
                 backoff_s = 0.5
             except redis.RedisError as error:
                 self.holds_stale_jobs = True  # what this worker holds goes back once Redis is up
@@ -220,6 +227,9 @@ class Worker:
         task = Task(raw, job.id or "", job, JobKind.of(job),
                     self.status.start_attempt(job.id or "", self.worker_id), work_dir,
                     songhash=job.songhash)
+        if task.attempt == 0:  # its record says it ended: a job id ends once
+            self.settle(task, Outcome.of(State.ENDED))
+            return None
         self.status.update(task.id, model=self.model_of(job.model), songhash=job.songhash or "",
                            stage="starting")
         log.info("job %s: attempt %d/%d started", task.id, task.attempt,
@@ -325,6 +335,8 @@ class Worker:
             files = self.tracks.encode(task.subject, task.stem_dir, task.input_path,
                                        task.work_dir / "tracks", encoding)
         self.cancels.check(task)  # past this point a cancel comes too late: the job ends done
+        if not self.queue.holds(self.worker_id, task.raw):
+            raise errors.Redelivered  # another worker stores these tracks
         self.status.update(task.subject_id, stage="uploading", progress=95, **encoding.fields(),
                            expires_at=expires_at(time.time(), self.settings.retention_days) or "")
         with timed(task, "upload"):
@@ -333,20 +345,32 @@ class Worker:
 
     # -- 6. settle -------------------------------------------------------------------------
     def settle(self, task: Task, outcome: Outcome) -> None:
-        """The one place a taken job ends: observers, then the queue, then observers."""
+        """The one place a taken job ends: observers, then the queue, then observers. A job
+        this worker no longer holds is another worker's: nothing is written about it."""
         task.outcome = outcome
+        if not self.queue.holds(self.worker_id, task.raw):
+            return self.redelivered(task)
         for observe in self.before_settle:
             observe(task, outcome)
-        if outcome.settlement is Settlement.ACK:
-            self.queue.ack(self.worker_id, task.raw)
-        elif outcome.settlement is Settlement.DEAD_LETTER:
-            self.queue.dead_letter(self.worker_id, task.raw, outcome.reason, task.attempt)
-        else:
-            self.queue.give_back(self.worker_id, task.raw, task.subject_id)
+        if not self.release(task, outcome):
+            return self.redelivered(task)
         for observe in self.after_settle:
             observe(task, outcome)
-        if outcome.state is State.RETRY:  # what failed (storage, GPU) gets time to come back
-            self.stopping.wait(min(2.0 ** task.attempt, 30.0))
+        self.backoff.note(outcome.state, task.attempt)
+        return None
+
+    def release(self, task: Task, outcome: Outcome) -> bool:
+        """The queue's move of a settled job; False when this worker no longer held it."""
+        if outcome.settlement is Settlement.ACK:
+            return self.queue.ack(self.worker_id, task.raw)
+        if outcome.settlement is Settlement.DEAD_LETTER:
+            return self.queue.dead_letter(self.worker_id, task.raw, outcome.reason,
+                                          task.attempt)
+        return self.queue.give_back(self.worker_id, task.raw, task.subject_id)
+
+    def redelivered(self, task: Task) -> None:
+        log.warning("job %s: redelivered to another worker while this one held it (paused past "
+                    "its heartbeat); left to that worker", task.id)
 
     def failure_outcome(self, task: Task, failure: errors.JobFailure) -> Outcome:
         return Outcome.of_failure(failure, task.attempt, self.settings.max_attempts)
@@ -382,6 +406,36 @@ class Worker:
 
     def encoding_of(self, job: Job) -> Encoding:
         return job.encoding(self.settings.mp3_bitrate_kbps)
+
+
+class Backoff:
+    """How long the worker waits after a batch, before it takes more: a failed attempt's
+    back-off (2 s, 4 s, ... up to 30 s), or a storage outage's, which grows with each batch
+    the outage hits (1 s, 2 s, ... up to ``OUTAGE_BACKOFF_MAX_S``, with jitter, so workers do
+    not come back in step); a batch without either resets it."""
+
+    def __init__(self, outage_max_s: float) -> None:
+        self.outage_max_s = outage_max_s
+        self.outages = 0  # consecutive batches an outage hit
+        self.retry_s = 0.0
+        self.outage_hit = False
+
+    def note(self, state: State, attempt: int) -> None:
+        if state is State.RETRY:
+            self.retry_s = max(self.retry_s, min(2.0 ** attempt, 30.0))
+        elif state is State.DEFERRED:
+            self.outage_hit = True
+
+    def after_batch(self) -> float:
+        wait_s, self.retry_s = self.retry_s, 0.0
+        if self.outage_hit:
+            self.outages += 1
+            ceiling_s = min(2.0 ** (self.outages - 1), self.outage_max_s)
+            wait_s = max(wait_s, random.uniform(ceiling_s / 2, ceiling_s))
+        else:
+            self.outages = 0
+        self.outage_hit = False
+        return wait_s
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,6 +18,8 @@ class FaultRow:
     lost: int
     duplicated: int
     stuck: int
+    run_twice: int | None = None  # jobs started more often than the fault explains
+    regressed: int | None = None  # jobs whose status read done, then something else
 
 
 ROWS: list[FaultRow] = []

@@ -12,6 +12,7 @@ import os
 import random
 import signal
 import subprocess
+import threading
 import time
 
 import psutil
@@ -262,3 +263,80 @@ def test_temp_dir_full(stack, make_song, tmp_path, report):
                   ["disk-full"])
     report(row)
     assert (row.failed_with_reason, row.lost, row.stuck) == (1, 0, 0)
+
+
+def _says_after_start(worker: subprocess.Popen, job_id: str) -> bool:
+    """Whether a worker logged something about ``job_id`` besides starting it."""
+    lines = worker.log_path.read_text().splitlines()  # type: ignore[attr-defined]
+    return any(f"job {job_id}: " in line and "started" not in line for line in lines)
+
+
+class StatusWatch:
+    """Polls a job's status from a thread, as a client would, and counts regressions: a read
+    that is not ``done`` after one that was."""
+
+    def __init__(self, stack, job_id: str) -> None:
+        self.stack, self.job_id = stack, job_id
+        self.seen_done = False
+        self.after_done: list[str] = []
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._loop, daemon=True)
+        self.thread.start()
+
+    def _loop(self) -> None:
+        while not self.stopped.wait(0.02):
+            state = (self.stack.status(self.job_id) or {}).get("state")
+            if state == "done":
+                self.seen_done = True
+            elif self.seen_done:
+                self.after_done.append(str(state))
+
+    def stop(self) -> list[str]:
+        self.stopped.set()
+        self.thread.join()
+        return self.after_done
+
+
+def test_worker_frozen_past_its_heartbeat_then_thawed_and_stopped(stack, song, webhook, report):
+    """A worker frozen (SIGSTOP, Demucs and all) past its heartbeat: another redelivers and
+    finishes the job; the frozen one's Demucs is killed, it is thawed, then SIGTERMed. It must
+    write nothing about the job it lost: no second run, no give-back, no status regression,
+    one final webhook."""
+    songhash = stack.upload_song(song)
+    trials = max(5, TRIALS)
+    ids, run_twice, regressed, extra_hooks = [], 0, 0, 0
+    for trial in range(trials):
+        job_id = f"frozen-{trial}"
+        ids.append(job_id)
+        frozen = stack.start_worker(HEARTBEAT_TTL_S="3", BATCH_MAX="1")
+        stack.push({"id": job_id, "songhash": songhash, "stems": STEMS,
+                    "callback": {"url": webhook.url, "data": {"trial": trial}}})
+        stack.wait_for_stage(job_id, "separating")
+        demucs = _demucs_child(frozen)
+        paused = psutil.Process(frozen.pid)
+        paused.suspend()
+        demucs.suspend()
+        rescuer = stack.start_worker(HEARTBEAT_TTL_S="3", BATCH_MAX="1")
+        watch = StatusWatch(stack, job_id)
+        stack.wait_for(job_id, ("done",), timeout_s=120)
+        demucs.kill()  # the memory pressure that froze the node
+        paused.resume()
+        wait_until(lambda held=frozen, j=job_id: _says_after_start(held, j), timeout_s=60,
+                   message=stack.worker_logs)  # the thawed worker settled what it held
+        frozen.send_signal(signal.SIGTERM)  # as in a rollout
+        assert frozen.wait(timeout=60) == 0, stack.worker_logs()
+        rescuer.send_signal(signal.SIGTERM)
+        assert rescuer.wait(timeout=60) == 0, stack.worker_logs()
+        regressed += bool(watch.stop()) or stack.status(job_id)["state"] != "done"
+        starts = sum(p.log_path.read_text().count(f"job {job_id}: attempt ")
+                     for p in (frozen, rescuer))
+        run_twice += starts > 2 or stack.status(job_id)["attempts"] != 2
+        finals = [json.loads(body) for body, _ in webhook.calls]
+        extra_hooks += sum(1 for f in finals if f["id"] == job_id) != 1
+    row = account(stack, "worker frozen past its heartbeat, thawed", trials, ids, webhook)
+    row.run_twice, row.regressed = run_twice, regressed
+    report(row)
+    assert (row.done, row.lost, row.stuck, row.duplicated, run_twice, regressed,
+            extra_hooks) == (trials, 0, 0, 0, 0, 0, 0), (row, extra_hooks)
+    assert stack.redis.llen(Keys.DEAD_LETTER) == 0
+    assert "redelivered to another worker" in stack.worker_logs()
