@@ -487,6 +487,14 @@ class JobQueue:
         self._beat(keys=[Keys.heartbeat(worker_id), Keys.WORKERS],
                    args=[worker_id, max(1, int(ttl_s * 1000))])
 
+    def alive(self, worker_id: str) -> bool:
+        """Whether ``worker_id`` is in the registry and its heartbeat time has not passed."""
+        dead_at = self.redis.zscore(Keys.WORKERS, worker_id)
+        if dead_at is None:
+            return False
+        seconds, microseconds = self.redis.time()
+        return dead_at > seconds * 1000 + microseconds / 1000
+
     def forget(self, worker_id: str) -> None:
         """A worker that exits cleanly leaves the registry and removes its (empty) list."""
         with self.redis.pipeline(transaction=True) as pipe:

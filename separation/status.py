@@ -143,6 +143,16 @@ class StatusStore:
         return self._write(job_id, state=Status.QUEUED.value, stage="queued", progress=0,
                            error=reason)
 
+    def mirror(self, run_id: str, **fields: Any) -> None:
+        """Write the shared work's state into the records of the requests that follow job
+        ``run_id`` (with API_KEYS, another client's request for the same content has a job id
+        and a record of its own, whose ``runs_as`` names ``run_id``): such a record never
+        reads ``queued`` once the work runs. A follower that ended (cancelled) stays so."""
+        for member in self.redis.smembers(Keys.followers(run_id)):
+            view_id = _decode(member).split("/", 1)[-1]
+            if view_id != run_id:
+                self._write(view_id, **fields)
+
     def drop_tracks(self, songhash: str, model: str, names: list[str], variant: str = "") -> None:
         """Tracks of a song removed from storage: its job with ``model`` (and the encoding of
         ``variant``) no longer lists them."""

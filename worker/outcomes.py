@@ -159,6 +159,12 @@ class StatusRecorder:
             self.status.requeued(task.subject_id, f"{outcome.reason}; requeued (the attempt "
                                  "does not count)" if outcome.reason else
                                  "the worker stopped during the job; requeued")
+        if task.ended_here:  # the requests that follow this work read its result too
+            final = {State.DONE: Status.DONE, State.CANCELLED: Status.CANCELLED}.get(
+                state, Status.FAILED)
+            self.status.mirror(task.subject_id, state=final.value, stage=final.value,
+                               progress=100 if final is Status.DONE else 0,
+                               tracks=dict(outcome.tracks))
 
     def after_settle(self, task: Task, outcome: Outcome) -> None:
         if outcome.state is State.DONE:  # the webhook's time included; the REST hides it

@@ -12,6 +12,7 @@ import redis
 
 from separation.queue import JobQueue
 from worker.metrics import record_queue_depths
+from worker.work_dirs import remove_dead_workers_dirs
 
 log = logging.getLogger("worker")
 
@@ -33,12 +34,15 @@ def until_up(stopping: threading.Event, what: str, attempt: Callable[[], None],
 
 class Heartbeat:
     """Queue protocol steps 3 and 4 from a background thread: record this worker as alive,
-    redeliver the jobs of dead ones, and refresh the queue depth gauge."""
+    redeliver the jobs of dead ones, remove the temp dirs they left in ``work_dir``, and
+    refresh the queue depth gauge."""
 
-    def __init__(self, queue: JobQueue, worker_id: str, ttl_s: float) -> None:
+    def __init__(self, queue: JobQueue, worker_id: str, ttl_s: float,
+                 work_dir: str | None = None) -> None:
         self.queue = queue
         self.worker_id = worker_id
         self.ttl_s = ttl_s
+        self.work_dir = work_dir
         self.stopped = threading.Event()
         self.last_beat = 0.0
 
@@ -59,6 +63,7 @@ class Heartbeat:
                 self.beat()
                 for raw in self.queue.redeliver_dead():
                     log.warning("redelivered a job of a dead worker: %.120r", raw)
+                remove_dead_workers_dirs(self.work_dir, self.queue)
                 record_queue_depths(self.queue.depths())
             except redis.RedisError as error:
                 log.warning("heartbeat failed: %s", error)

@@ -60,6 +60,7 @@ from separation.connections import connect_minio, connect_redis
 from separation.contract import (
     InvalidJob,
     Job,
+    Status,
     claimed_job_id,
     input_key,
     parse_job,
@@ -100,6 +101,7 @@ from worker.separator import Separator
 from worker.task import JobKind, Task, live, timed
 from worker.tracks import Tracks
 from worker.upkeep import Heartbeat, StopSignal, until_up
+from worker.work_dirs import make_batch_dir, remove_dead_workers_dirs
 
 log = logging.getLogger("worker")
 
@@ -121,7 +123,8 @@ class Worker:
         self.stop = StopSignal(settings.shutdown_grace_s)  # the SIGTERM and SIGINT handler
         self.stopping, self.abort = self.stop.stopping, self.stop.abort
         self.holds_stale_jobs = False
-        self.heartbeat = Heartbeat(self.queue, self.worker_id, settings.heartbeat_ttl_s)
+        self.heartbeat = Heartbeat(self.queue, self.worker_id, settings.heartbeat_ttl_s,
+                                   settings.work_dir)
         device = settings.demucs_device
         self.device = device if device != "auto" else "cuda" if cuda_present() else "cpu"
         self.cancels = CancelWatch(self.queue, settings.cancel_poll_s, self.worker_id)
@@ -147,6 +150,7 @@ class Worker:
             log.info("worker %s stopped before it started", self.worker_id)
             return 0
         self.heartbeat.start()
+        remove_dead_workers_dirs(self.settings.work_dir, self.queue)
         self.cancels.start()
         if self.settings.metrics_port:
             serve(self.settings.metrics_port, self.heartbeat.health)
@@ -175,8 +179,7 @@ class Worker:
 
     def run_batch(self, raws: list[bytes]) -> None:
         try:
-            batch_dir = tempfile.TemporaryDirectory(prefix="demucs-batch-",
-                                                    dir=self.settings.work_dir)
+            batch_dir = make_batch_dir(self.settings.work_dir, self.worker_id)
         except OSError as error:
             failure = errors.disk_failed(f"cannot create a temp dir for the job: {error}")
             for task in filter(None, (self.start(raw, Path(tempfile.gettempdir()))
@@ -232,6 +235,7 @@ class Worker:
             return None
         self.status.update(task.id, model=self.model_of(job.model), songhash=job.songhash or "",
                            stage="starting")
+        self.status.mirror(task.id, state=Status.RUNNING.value, stage="running")
         log.info("job %s: attempt %d/%d started", task.id, task.attempt,
                  self.settings.max_attempts)
         if task.kind is JobKind.CHUNK and self.long_songs.parent_failed(job.chunk_of or ""):
@@ -271,6 +275,7 @@ class Worker:
                                       self.encoding_of(job).variant)
         self.status.update(task.id, songhash=task.songhash or "", duration_s=round(duration_s, 3))
         if task.kind is JobKind.SONG and self.long_songs.should_split(duration_s):
+            self.still_held(task)
             self.split(task, duration_s)
         return None
 
@@ -320,6 +325,7 @@ class Worker:
         if task.kind is JobKind.CHUNK:
             if task.stem_dir is None:
                 raise RuntimeError(f"chunk {task.id} has no stems")
+            self.still_held(task)
             with timed(task, "upload"):
                 self.long_songs.store_chunk(task.subject, task.stem_dir)
             self.settle(task, Outcome.of(State.CHUNK_STORED))
@@ -335,8 +341,7 @@ class Worker:
             files = self.tracks.encode(task.subject, task.stem_dir, task.input_path,
                                        task.work_dir / "tracks", encoding)
         self.cancels.check(task)  # past this point a cancel comes too late: the job ends done
-        if not self.queue.holds(self.worker_id, task.raw):
-            raise errors.Redelivered  # another worker stores these tracks
+        self.still_held(task)
         self.status.update(task.subject_id, stage="uploading", progress=95, **encoding.fields(),
                            expires_at=expires_at(time.time(), self.settings.retention_days) or "")
         with timed(task, "upload"):
@@ -358,6 +363,12 @@ class Worker:
             observe(task, outcome)
         self.backoff.note(outcome.state, task.attempt)
         return None
+
+    def still_held(self, task: Task) -> None:
+        """Before a step writes what others read (chunk jobs, stems, tracks): raise
+        ``Redelivered`` if another worker holds the job now."""
+        if not self.queue.holds(self.worker_id, task.raw):
+            raise errors.Redelivered
 
     def release(self, task: Task, outcome: Outcome) -> bool:
         """The queue's move of a settled job; False when this worker no longer held it."""

@@ -85,6 +85,9 @@ def test_sigkill_at_a_random_moment(stack, song, webhook, report):
     row = account(stack, "SIGKILL worker mid-job (random)", len(ids), ids, webhook)
     report(row)
     assert (row.done, row.lost, row.stuck) == (len(ids), 0, 0), (SEED, row)
+    # the killed workers' temp dirs: removed by the live one once their heartbeats lapse
+    wait_until(lambda: not list(stack.work_dir.glob("demucs-batch-*")), timeout_s=30,
+               message=lambda: str(list(stack.work_dir.iterdir())))
 
 
 def test_sigkill_while_holding_a_high_job(stack, make_song, report):
@@ -183,6 +186,8 @@ def test_s3_outage_during_uploads(stack, song, report, services):
         record = stack.wait_for(job_id, timeout_s=120)
         if record["state"] == "failed":
             assert "storage" in record["error"], record
+        else:  # the outage spent none of the job's attempts
+            assert record["attempts"] == 1, record
     row = account(stack, "S3 unreachable 10 s during upload", len(ids), ids)
     report(row)
     assert row.lost == 0 and row.stuck == 0 and row.done + row.failed_with_reason == len(ids)
