@@ -42,12 +42,14 @@ This is the one place the protocol is written down. Key names come from
    leaves the set itself (``forget``). Workers blocked in step 2 see a redelivered job within
    ``poll_s``.
 5. **Attempts.** Taking a job counts an attempt in its status hash ``job:<id>`` (``HINCRBY
-   attempts``; a job whose status is absent or final starts again at 1, since a finished job
-   pushed again is a new request). A job taken more than ``MAX_ATTEMPTS`` times fails for good.
+   attempts``; a job without a status starts at 1). A job taken more than ``MAX_ATTEMPTS``
+   times fails for good. A job whose status is final (done, failed, cancelled) is not run
+   again: a job id ends once (``StatusStore``: a final state is final).
 6. **Finish.** Success: every track stored → status ``done`` → webhooks (the job's, and those
    of the requests that joined it: ``separation.joins``) → ``LREM`` from the
-   processing list. A crash anywhere before the ``LREM`` means the job runs again; outputs are
-   overwritten under the same keys, so a rerun is harmless (at-least-once, idempotent).
+   processing list. A crash before the status reads ``done`` means the job runs again; outputs
+   are overwritten under the same keys, so a rerun is harmless (at-least-once, idempotent); a
+   crash after it, and the payload taken again is acknowledged without running (step 5).
    A retryable failure moves the job back to the taking end of its lane (status ``queued``,
    the error kept) in one Lua script that also records its new place, 1, in its status hash;
    a permanent one (bad input, missing weights, attempts exhausted) moves it to the
