@@ -114,6 +114,11 @@ class Keys:
         return f"job:{job_id}"
 
     @staticmethod
+    def announced(job_id: str) -> str:
+        """Set by the one worker that sends a job's final webhook (``StatusStore.announce``)."""
+        return f"job:{job_id}:announced"
+
+    @staticmethod
     def cancel(job_id: str) -> str:
         """Present while a cancel of the job is asked (``JobQueue.request_cancel``)."""
         return f"job:{job_id}:cancel"

@@ -39,14 +39,18 @@ return attempts
 """
 
 
-# Write fields (ARGV[3..]: name, value, ...) and refresh the TTL (ARGV[1]). A write that moves
-# the job (ARGV[2] = '1': its state, stage or progress) changes nothing once the job's state is
-# final: a late worker cannot turn a done job back into running, queued or failed. Answers 1
-# when it wrote.
+# Write fields (ARGV[3..]: name, value, ...) and refresh the TTL (ARGV[1]). ARGV[2] says
+# whether the write moves the job along: '' no, '-' its stage or progress, else the state it
+# sets. Once the job's state is final a move changes nothing: a late worker cannot turn a done
+# job back into running, queued or failed. Answers 1 when it wrote, 2 when the job already
+# ended in the very state this write sets, 0 when it refused.
 _WRITE = _FINAL_LUA + """
-if ARGV[2] == '1' then
+if ARGV[2] ~= '' then
   local state = redis.call('HGET', KEYS[1], 'state')
-  if state and FINAL[state] then return 0 end
+  if state and FINAL[state] then
+    if state == ARGV[2] then return 2 end
+    return 0
+  end
 end
 redis.call('HSET', KEYS[1], unpack(ARGV, 3))
 redis.call('EXPIRE', KEYS[1], ARGV[1])
@@ -71,11 +75,17 @@ class StatusStore:
         self._write_script = client.register_script(_WRITE)
 
     def _write(self, job_id: str, **fields: Any) -> bool:
-        """Write fields of a job's record; False when it moves an ended job (not written)."""
+        """Write fields of a job's record. False when it would move an ended job (nothing is
+        written); True, without writing, when it sets the final state the job already has."""
+        moves = _encode(fields["state"]) if "state" in fields else \
+            "-" if MOVES.intersection(fields) else ""
         fields["updated_at"] = time.time()
         pairs = [item for name, value in fields.items() for item in (name, _encode(value))]
-        moves = "1" if MOVES.intersection(fields) else "0"
         return bool(self._write_script(keys=[Keys.job(job_id)], args=[self.ttl_s, moves, *pairs]))
+
+    def announce(self, job_id: str) -> bool:
+        """Whether the caller is the one to send the job's final webhook: the first to ask."""
+        return bool(self.redis.set(Keys.announced(job_id), 1, nx=True, ex=self.ttl_s))
 
     def queued(self, job_id: str, songhash: str | None, model: str, name: str = "",
                variant: str = "", **fields: Any) -> None:
@@ -123,8 +133,8 @@ class StatusStore:
             self.redis.srem(Keys.song_jobs(songhash), *gone)
         return [rec for rec in records if rec is not None]
 
-    # The transitions answer whether they wrote (False: the job had already ended): the one
-    # call that ends a job is the one that announces it.
+    # The transitions answer whether the job's state is now theirs (False: it had already
+    # ended otherwise, and nothing was written).
     def done(self, job_id: str, tracks: dict[str, str], elapsed_s: float) -> bool:
         return self._write(job_id, state=Status.DONE.value, stage="done", progress=100,
                            tracks=tracks, error="", finished_at=time.time(),

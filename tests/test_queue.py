@@ -284,7 +284,7 @@ def test_a_final_status_is_final_whatever_a_late_worker_writes(stack):
     assert status.requeued("j1", "late w1: attempt failed") is False
     assert status.failed("j1", "late w1: gave up") is False
     assert status.cancelled("j1", "late cancel") is False
-    assert status.done("j1", {"vocals": "other"}, 2.0) is False
+    assert status.done("j1", {"vocals": "other"}, 2.0) is True  # it is done: nothing written
     status.update("j1", stage="encoding", progress=90)
     assert status.start_attempt("j1", "w3") == 0  # taken again: it already ended
     record = status.get("j1")
@@ -292,3 +292,5 @@ def test_a_final_status_is_final_whatever_a_late_worker_writes(stack):
         ("done", "done", 100, {"vocals": "k"})
     status.update("j1", callback_error="refused")  # annotations of an ended job still land
     assert status.get("j1")["callback_error"] == "refused"
+    assert status.announce("j1") is True and status.announce("j1") is False  # one webhook
+    assert 0 < stack.redis.ttl(Keys.announced("j1")) <= 60

@@ -139,8 +139,8 @@ class StatusRecorder:
         self.status = status
 
     def before_settle(self, task: Task, outcome: Outcome) -> None:
-        """Write the outcome; ``task.ended_here`` says whether this write ended the job (a
-        job's final state is written once: the webhook follows only that write)."""
+        """Write the outcome; ``task.ended_here`` says whether the job's final state is this
+        outcome's (not another, written first by a worker that held it later)."""
         state = outcome.state
         if state is State.DONE:
             task.ended_here = self.status.done(task.subject_id, dict(outcome.tracks),
@@ -183,7 +183,8 @@ class Webhooks:
     def before_settle(self, task: Task, outcome: Outcome) -> None:
         if task.kind in (JobKind.INVALID, JobKind.CHUNK):  # a chunk reports through its song
             return
-        if outcome.state in (State.DONE, State.FAILED, State.CANCELLED) and task.ended_here:
+        if outcome.state in (State.DONE, State.FAILED, State.CANCELLED) and task.ended_here \
+                and self.status.announce(task.subject_id):  # once, whoever races to it
             with timed(task, "webhook"):
                 self.notify(task.subject, task.songhash, outcome.state.value,
                             dict(outcome.tracks), outcome.reason or None)
@@ -223,15 +224,15 @@ class LongSongUpkeep:
 
     def cancel_song(self, parent_id: str) -> None:
         """The first of a cancelled long song's chunks (or its join) to end says so."""
-        if self.status.cancelled(parent_id, CANCELLED):  # once, whoever races to it
-            self.announce(parent_id, Status.CANCELLED, CANCELLED)
+        if self.status.cancelled(parent_id, CANCELLED) and self.status.announce(parent_id):
+            self.announce(parent_id, Status.CANCELLED, CANCELLED)  # once, whoever races to it
         self.long_songs.cleanup(parent_id)
 
     def fail_song(self, chunk: Job, reason: str) -> None:
         parent_id = chunk.chunk_of or ""
         message = f"chunk {chunk.chunk} failed: {reason}"
-        if self.status.failed(parent_id, message):  # once, whoever races to it
-            self.announce(parent_id, Status.FAILED, message)
+        if self.status.failed(parent_id, message) and self.status.announce(parent_id):
+            self.announce(parent_id, Status.FAILED, message)  # once, whoever races to it
             log.error("job %s: failed for good: %s", parent_id, message)
         self.long_songs.cleanup(parent_id)
 
