@@ -518,11 +518,10 @@ class JobQueue:
     def in_flight(self, worker_id: str) -> list[bytes]:
         return list(self.redis.lrange(Keys.processing(worker_id), 0, -1))
 
-    def give_back_held(self, worker_id: str) -> None:
+    def give_back_held(self, worker_id: str) -> list[bytes]:
         """Give back every job ``worker_id``'s processing list still holds (after an outage
-        of Redis, the worker cannot know which of its jobs were settled)."""
-        for raw in self.in_flight(worker_id):
-            self.give_back(worker_id, raw)
+        of Redis, the worker cannot know which of its jobs were settled); return them."""
+        return [raw for raw in self.in_flight(worker_id) if self.give_back(worker_id, raw)]
 
     def holds(self, worker_id: str, raw: bytes) -> bool:
         """Whether ``worker_id``'s processing list still holds this payload (it was not

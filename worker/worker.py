@@ -398,8 +398,13 @@ class Worker:
 
     # -- leave -----------------------------------------------------------------------------
     def return_held_jobs(self) -> None:
-        """Put back what this worker's processing list still holds (after a Redis outage)."""
-        self.queue.give_back_held(self.worker_id)
+        """Put back what this worker's processing list still holds (after a Redis outage,
+        which spends none of their attempts)."""
+        for raw in self.queue.give_back_held(self.worker_id):
+            job_id = claimed_job_id(raw)
+            if job_id and self.status.requeued(job_id, "Redis was unreachable during the job; "
+                                               "requeued (the attempt does not count)"):
+                self.status.uncount_attempt(job_id)
         self.holds_stale_jobs = False
 
     def leave(self) -> None:

@@ -164,10 +164,12 @@ def test_redis_killed_and_restarted_with_aof(stack, make_song, tmp_path, report)
         for job_id in ids:
             stack.wait_for(job_id, timeout_s=120)
         row = account(stack, "Redis SIGKILLed + restarted (AOF)", 1, ids)
+        attempts = [stack.status(job_id)["attempts"] for job_id in ids]
     finally:
         own.stop()
     report(row)
     assert (row.done, row.lost, row.stuck) == (3, 0, 0), row
+    assert attempts == [1, 1, 1], attempts  # the outage spent none of their attempts
 
 
 def test_s3_outage_during_uploads(stack, song, report, services):
