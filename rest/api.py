@@ -48,6 +48,7 @@ from separation.contract import (
 )
 from separation.formats import Encoding, all_encodings, check_format_fields
 from separation.joins import MAX_JOINED, JoinFull
+from separation.numbers import AsciiInt
 from separation.retention import expires_at, iso_utc
 from separation.webhook import send_outcome
 
@@ -262,8 +263,9 @@ def notify_done(backend: Backend, job: Job, record: dict[str, Any], answered: st
 
 
 @router.get("/queue", response_model=QueueResponse)
-async def queue(backend: BackendDep, caller: Caller, offset: Annotated[int, Query(ge=0)] = 0,
-                limit: Annotated[int, Query(ge=1)] = QUEUE_PAGE_JOBS) -> dict[str, Any]:
+async def queue(backend: BackendDep, caller: Caller,
+                offset: Annotated[AsciiInt, Query(ge=0)] = 0,
+                limit: Annotated[AsciiInt, Query(ge=1)] = QUEUE_PAGE_JOBS) -> dict[str, Any]:
     """Songhashes of the waiting jobs, in the order they will run: one page of them.
 
     ``limit`` jobs (at most ``QUEUE_PAGE_MAX_JOBS``) from the ``offset``-th next to run;
@@ -450,7 +452,7 @@ def track_url(backend: Backend, songhash: str, track: str, model: str | None,
                        206: {}, 307: {}, 416: {}})
 def track(songhash: str, track: str, request: Request, backend: BackendDep, caller: Caller,
           redirect: bool = False, download: bool = False, model: str | None = None,
-          bitrate: int | None = None, bit_depth: int | None = None) -> Response:
+          bitrate: AsciiInt | None = None, bit_depth: AsciiInt | None = None) -> Response:
     """Stream a track (Range requests answered 206); ``?redirect=1``: a presigned URL.
 
     ``track`` may end in ``.mp3`` (the default), ``.flac`` or ``.wav``, with ``?bitrate=``
@@ -486,8 +488,8 @@ def track(songhash: str, track: str, request: Request, backend: BackendDep, call
 
 @router.delete("/remove/{songhash}/{track}", response_model=RemoveResponse)
 def remove(songhash: str, track: str, backend: BackendDep, caller: Caller,
-           model: str | None = None, bitrate: int | None = None, bit_depth: int | None = None
-           ) -> dict[str, Any]:
+           model: str | None = None, bitrate: AsciiInt | None = None,
+           bit_depth: AsciiInt | None = None) -> dict[str, Any]:
     """Delete a track of a song (``vocals.flac``: in that format); ``all`` deletes every track
     of it in every format (of ``?model=``). The song's upload goes too once no job needs it.
 

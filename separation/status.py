@@ -21,6 +21,7 @@ import redis
 import redis.asyncio
 
 from separation.contract import SONGHASH_RE, Keys, Status
+from separation.numbers import ascii_int_or_none
 
 # Count an attempt: a job whose record is absent or final is a new request and starts at 1.
 _START_ATTEMPT = """
@@ -182,7 +183,7 @@ def _record(raw: dict[bytes, bytes]) -> dict[str, Any] | None:
         record.pop(name, None)
     record["tracks"] = json.loads(record.get("tracks") or "{}")
     record["timings"] = json.loads(record.get("timings") or "{}")
-    record["attempts"] = int(record.get("attempts") or 0)
+    record["attempts"] = ascii_int_or_none(record.get("attempts")) or 0
     record["progress"] = float(record.get("progress") or 0)
     for name in ("created_at", "started_at", "finished_at", "updated_at", "elapsed_s",
                  "duration_s", "expires_at"):
@@ -190,7 +191,7 @@ def _record(raw: dict[bytes, bytes]) -> dict[str, Any] | None:
         record[name] = float(value) if value else None
     for name in ("bitrate", "bit_depth"):
         if record.get(name):
-            record[name] = int(record[name])
+            record[name] = ascii_int_or_none(record[name])
     return record
 
 
