@@ -25,6 +25,13 @@ from separation.queue import DEFAULT_HIGH_BURST, DEFAULT_ROUTE_BATCH
 LOCAL_DEV_MINIO_USER = "minioadmin"  # MinIO's documented default, for a laptop only
 ALLOCATOR_RE = re.compile(r"tcmalloc|system|/[A-Za-z0-9_.+/-]{1,200}\.so(?:\.[0-9]+)*")
 """``DEMUCS_ALLOCATOR``: one path, never a list ``LD_PRELOAD`` would split."""
+_LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
+HOST_PATTERN_RE = re.compile(rf"\*|(?:\*\.)?{_LABEL}(?:\.{_LABEL})*|\[[0-9a-f:.]{{2,45}}\]")
+"""An ``ALLOWED_HOSTS`` entry: a host name or IPv4 address, ``*.domain``, ``[IPv6]``, or ``*``."""
+DEFAULT_ALLOWED_HOSTS = ("localhost,127.0.0.1,[::1],demucs.localhost,"
+                         "rest,rest.demucs,rest.demucs.svc,rest.demucs.svc.cluster.local")
+"""``make demo``, the tests and the lab's clients (loopback), the Ingress' host and the REST
+Service's names in the cluster (``deploy/``)."""
 DAY_S = 24 * 3600
 STATUS_TTL_KEPT_FOREVER_S = 7 * DAY_S
 """How long job records live when tracks never expire (``RETENTION_DAYS=0``)."""
@@ -98,6 +105,7 @@ class Settings:
     webhook_allow_local: bool = False  # callbacks to loopback/private addresses (make demo)
     webhook_allowlist: str | None = None  # hosts and CIDRs allowed even when local ones are not
     rest_port: int = 5000
+    allowed_hosts: str = DEFAULT_ALLOWED_HOSTS  # REST: Host names it answers; others get 400
     queue_page_max_jobs: int = 1000  # GET /apiv1/queue's largest page
     rest_max_in_flight: int = 64  # API requests served at once; more get 503 + Retry-After
 
@@ -154,6 +162,11 @@ class Settings:
             raise ValueError("QUEUE_PAGE_MAX_JOBS, REST_MAX_IN_FLIGHT and CLIENT_MAX_WAITING "
                              "must be at least 1")
         parse_api_keys(self.api_keys, self.api_token)  # ValueError
+        bad_hosts = [h for h in self.allowed_host_names if not HOST_PATTERN_RE.fullmatch(h)]
+        if bad_hosts or not self.allowed_host_names:
+            raise ValueError(f"ALLOWED_HOSTS: {bad_hosts[0][:100]!r} is not a host name, "
+                             "*.domain, [IPv6 address] or *" if bad_hosts else
+                             "ALLOWED_HOSTS names no host: every request would be refused")
         if not 0 < self.cancel_poll_s <= 1:
             raise ValueError("CANCEL_POLL_S must be in (0, 1]: a cancel stops Demucs within 2 s")
         if self.mp3_bitrate_kbps not in MP3_BITRATES_KBPS:
@@ -176,6 +189,11 @@ class Settings:
     def key_model(self, model: str | None) -> str | None:
         """The model to name in output keys: None for the default model (the lab's keys)."""
         return None if model in (None, "", self.demucs_model) else model
+
+    @property
+    def allowed_host_names(self) -> tuple[str, ...]:
+        """``ALLOWED_HOSTS`` as a list, lower-case: what ``Host`` may name (ports aside)."""
+        return tuple(h.strip().lower() for h in self.allowed_hosts.split(",") if h.strip())
 
     @property
     def threads(self) -> int:

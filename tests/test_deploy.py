@@ -315,6 +315,20 @@ def test_ingress_routes_to_rest_and_takes_the_largest_upload(rendered: dict) -> 
     assert quantity(body.replace("m", "M")) / 1e6 >= base64_upload_mb
 
 
+@pytest.mark.parametrize("variant", ["local", "gpu"])
+def test_rest_answers_the_ingress_host_and_the_clusters_names(rendered: dict,
+                                                              variant: str) -> None:
+    """REST refuses any other Host (ALLOWED_HOSTS): the Ingress' and the Service's names pass,
+    and the default admits them too."""
+    docs = rendered[variant]
+    hosts = {rule.get("host") for rule in get(docs, "Ingress", "rest")["spec"]["rules"]}
+    assert None not in hosts, "an Ingress rule without host: every Host reaches REST"
+    allowed = set(app_settings(docs, "demucs-rest").allowed_host_names)
+    assert hosts <= allowed and hosts <= set(Settings().allowed_host_names)
+    service = get(docs, "Service", "rest")["metadata"]["name"]
+    assert {service, f"{service}.demucs.svc.cluster.local", "localhost"} <= allowed
+
+
 # -- sizing, shutdown, storage, hardening --------------------------------------------------
 def test_every_container_has_requests_and_limits(rendered: dict) -> None:
     for workload, spec in pod_specs(rendered["gpu-keda"]):
