@@ -198,16 +198,19 @@ def seen_as(answered: str, job_id: str) -> str:
 
 
 def claim(backend: Backend, active: str, job: Job, caller: str | None = None) -> str:
-    """The job that will separate this content; 429 when it has no room for another callback.
+    """The job that will separate this content; 429 when it has no room for another callback
+    of this client's (each client has its own ``MAX_JOINED``).
 
-    A client of API_KEYS that joins is answered with its own id, which its callback names.
+    A client of API_KEYS that joins is answered with its own id, which its callback names;
+    its refusal names no job (the one separating the song may be another client's).
     """
     try:
-        return backend.joins.claim(active, job, None if caller is None else job.id)
+        return backend.joins.claim(active, job, None if caller is None else job.id, caller)
     except JoinFull as full:
+        holder, whose = (f"job {full.job_id}", "") if caller is None else ("a job", "your ")
         raise HTTPException(
-            429, f"job {full.job_id} separates this song already and carries {MAX_JOINED} "
-                 "callbacks of requests that joined it; retry once it has ended",
+            429, f"{holder} separates this song already and carries {MAX_JOINED} callbacks of "
+                 f"{whose}requests that joined it; retry once it has ended",
             headers={"Retry-After": "60"}) from None
 
 

@@ -11,7 +11,9 @@ What is kept in Redis (key names in ``separation.contract.Keys``):
   client's work (the same song, model and stems already queued, running or done: separated
   once) gets a *view* of its own: a record ``job:<its id>`` with its own ``client``, ``name``
   and ``created_at`` and ``runs_as``, the id of the job that does the work. Its status is that
-  job's state, progress and tracks under the view's id; its webhook names the view's id.
+  job's result alone (state, stage, progress, tracks, model, duration: ``SHARED_FIELDS``)
+  under the view's id, never that request's callback, errors, times, worker or id; its
+  webhook names the view's id.
 - ``owners:<songhash>:<model>``: the set of ``<client>/<track>``, who owns each track. Granted
   when a request is accepted, before any dedup check; a removal takes the caller's name out,
   and the object is deleted only when no other client still owns it (one Lua script decides).
@@ -37,8 +39,10 @@ from separation.status import StatusStore
 
 OWNER_FIELDS = ("client", "runs_as")
 """Fields of a status record that are bookkeeping, never shown to a client."""
-VIEW_OWN_FIELDS = ("id", "name", "created_at", *OWNER_FIELDS)
-"""What a view keeps of its own; the rest is the working job's."""
+SHARED_FIELDS = ("state", "stage", "progress", "tracks", "model", "duration_s", "format",
+                 "bitrate", "bit_depth", "expires_at")
+"""What a view shows of the working job: its result, never that request's own fields (its
+id, callback and callback error, times, timings, attempts, worker)."""
 FINAL_STATES = tuple(state.value for state in Status if state.final)
 
 # KEYS: owners set; ARGV: "<client>/<track>", "/<track>".
@@ -195,16 +199,28 @@ class Owners:
 
 def shown(record: dict[str, Any], run: dict[str, Any] | None, owned: set[bytes],
           client: str) -> dict[str, Any]:
-    """What a client sees of its job: a view shows its working job's state under its own id,
-    name and time; only the tracks the client still owns are listed."""
-    if run is None:  # a view whose working job's record expired first
-        run = {**record, "state": Status.FAILED.value, "stage": Status.FAILED.value,
-               "error": "the job that did this work is no longer known (records expire "
-                        "after STATUS_TTL_S)"}
-    merged = {**run, **{name: record.get(name) for name in VIEW_OWN_FIELDS}}
-    if record.get("state") == Status.CANCELLED.value:  # the client cancelled its view
-        merged.update({name: record.get(name) for name in ("state", "stage", "error")})
+    """What a client sees of its job: a view is its own record (id, name, times) with the
+    working job's result (``SHARED_FIELDS``) and, once that failed, why, in words that name
+    the view, never the working job; only the tracks the client still owns are listed."""
+    merged = dict(record)
+    if record.get("runs_as"):
+        merged.update(shared_result(record, run))
+        if record.get("state") == Status.CANCELLED.value:  # the client cancelled its view
+            merged.update({name: record.get(name) for name in ("state", "stage", "error")})
     mine = {member.decode().removeprefix(f"{client}/") for member in owned
             if member.decode().startswith(f"{client}/")}
-    merged["tracks"] = {t: key for t, key in (run.get("tracks") or {}).items() if t in mine}
+    merged["tracks"] = {t: key for t, key in (merged.get("tracks") or {}).items() if t in mine}
     return merged
+
+
+def shared_result(view: dict[str, Any], run: dict[str, Any] | None) -> dict[str, Any]:
+    """The fields of the working job ``run`` that a view of it shows."""
+    if run is None:  # the working job's record expired first
+        return {"state": Status.FAILED.value, "stage": Status.FAILED.value,
+                "error": "the job that did this work is no longer known (records expire "
+                         "after STATUS_TTL_S)"}
+    result = {name: run[name] for name in SHARED_FIELDS if name in run}
+    if run.get("state") == Status.FAILED.value:
+        error = str(run.get("error") or "")
+        result["error"] = error.replace(run["id"], view["id"]) if run.get("id") else error
+    return result
