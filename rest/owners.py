@@ -2,7 +2,9 @@
 
 Every job, status, track (``original`` included) and removal belongs to the client that sent
 the song. Another client is answered 404, exactly as for a song nobody sent, never 403 (which
-would confirm that the song exists). Without ``API_KEYS`` nothing here is used: every route
+would confirm that the song exists), and by the same lookup, so in the same time: a job id is
+looked up with one script that reads only the job's ``client`` unless it is the caller's, a
+songhash in the caller's own index. Without ``API_KEYS`` nothing here is used: every route
 behaves as it always did.
 
 What is kept in Redis (key names in ``separation.contract.Keys``):
@@ -35,7 +37,7 @@ import redis.asyncio
 
 from separation.contract import JOB_ID_RE, SONGHASH_RE, Keys, Status
 from separation.queue import JobQueue
-from separation.status import StatusStore
+from separation.status import StatusStore, parse_record
 
 OWNER_FIELDS = ("client", "runs_as")
 """Fields of a status record that are bookkeeping, never shown to a client."""
@@ -44,6 +46,13 @@ SHARED_FIELDS = ("state", "stage", "progress", "tracks", "model", "duration_s", 
 """What a view shows of the working job: its result, never that request's own fields (its
 id, callback and callback error, times, timings, attempts, worker)."""
 FINAL_STATES = tuple(state.value for state in Status if state.final)
+
+# KEYS: a job's record; ARGV: the client. Its record if the client owns the job, else nothing:
+# another client's job and no job take this one path (one HGET), in the same time.
+_OWN_RECORD = """
+if redis.call('HGET', KEYS[1], 'client') ~= ARGV[1] then return {} end
+return redis.call('HGETALL', KEYS[1])
+"""
 
 # KEYS: owners set; ARGV: "<client>/<track>", "/<track>".
 # -1: the client did not own the track; else how many other clients still own it.
@@ -69,6 +78,7 @@ class Owners:
         self.ttl_s = ttl_s
         self.max_waiting = max_waiting
         self._release = client.register_script(_RELEASE)
+        self._own_record = async_client.register_script(_OWN_RECORD)
 
     # --- accepting a request (the request's thread) ---
 
@@ -124,19 +134,25 @@ class Owners:
         """The client's record of ``ref`` (its job id, or its latest job of a songhash) and
         the id of the job doing the work; None when the client has no such job."""
         job_id: str | None = None
-        if SONGHASH_RE.fullmatch(ref):
+        if SONGHASH_RE.fullmatch(ref):  # the client's own index: nothing for another's song
             found = await self.async_redis.get(Keys.client_song(client, ref))
             job_id = None if found is None else found.decode()
         elif JOB_ID_RE.fullmatch(ref):
             job_id = ref
-        record = None if job_id is None else await self.status.get_async(job_id)
-        if record is None or record.get("client") != client:
+        record = None if job_id is None else await self._own_async(client, job_id)
+        if record is None:
             return None
         run_id = record.get("runs_as") or record["id"]
         run = record if run_id == record["id"] else await self.status.get_async(run_id)
         owned = await self.async_redis.smembers(
             Keys.owners(record.get("songhash") or "", record.get("model") or ""))
         return shown(record, run, owned, client), run_id
+
+    async def _own_async(self, client: str, job_id: str) -> dict[str, Any] | None:
+        """The record of job ``job_id`` if ``client`` owns it; None, by the same path, for
+        another client's job and for no job at all (neither the answer nor its time tells)."""
+        flat = await self._own_record(keys=[Keys.job(job_id)], args=[client])
+        return parse_record(dict(zip(flat[::2], flat[1::2], strict=True)))
 
     def latest(self, client: str, songhash: str) -> dict[str, Any] | None:
         """The client's latest job of a song, as ``status_async`` shows it, or None."""

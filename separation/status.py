@@ -174,6 +174,11 @@ class StatusStore:
         return self.async_redis
 
 
+def parse_record(raw: dict[bytes, bytes]) -> dict[str, Any] | None:
+    """A status hash read by other means than ``StatusStore`` (``rest.owners``), typed."""
+    return _record(raw)
+
+
 def _record(raw: dict[bytes, bytes]) -> dict[str, Any] | None:
     """A status hash as read from Redis, decoded and typed; None if it is empty."""
     if not raw:
