@@ -28,6 +28,7 @@ from minio.error import S3Error
 from pydantic import BaseModel
 
 from rest.backend import Backend, BackendDep, Caller, client_of, get_backend, require_token
+from rest.links import sign
 from rest.observability import SONGS
 from rest.owners import OWNER_FIELDS
 from rest.removal import Removed, remove_tracks
@@ -344,12 +345,15 @@ async def find_job(backend: Backend, caller: str | None, ref: str
 
 
 @router.get("/status/{ref}")
-async def status(ref: str, backend: BackendDep, caller: Caller) -> JSONResponse:
+async def status(ref: str, request: Request, backend: BackendDep, caller: Caller
+                 ) -> JSONResponse:
     """A job's state, progress, error, tracks and attempts, by job id or songhash.
 
-    A songhash names its latest job. ``urls`` gives each track's download path; a queued
-    job has its 1-based ``position`` in the queue, from counters (``JobQueue.position``);
-    null for a job pushed by other means than ``JobQueue.enqueue``.
+    A songhash names its latest job. ``urls`` gives each track's path (send your key with
+    it); ``links`` the same paths as short-lived signed links, which need no key, for
+    ``<audio src>`` and downloads (``rest.links``); a queued job has its 1-based ``position``
+    in the queue, from counters (``JobQueue.position``); null for a job pushed by other means
+    than ``JobQueue.enqueue``.
     """
     record, run_id = await find_job(backend, caller, ref)
     songhash = record.get("songhash") or ""
@@ -362,9 +366,14 @@ async def status(ref: str, backend: BackendDep, caller: Caller) -> JSONResponse:
     # how long a callback took would let a client time ports inside the service's network
     timings = {stage: s for stage, s in record.get("timings", {}).items() if stage != "webhook"}
     shown = {name: value for name, value in record.items() if name not in OWNER_FIELDS}
+    urls = {track: track_url(backend, songhash, track, record.get("model"), encoding)
+            for track in record["tracks"]}
+    holder = getattr(request.state, "key_holder", None)
+    links = urls if holder is None else {
+        track: sign(url, holder, backend.clients[holder], backend.settings.track_link_ttl_s)
+        for track, url in urls.items()}
     result = {**shown, "hash": songhash, "timings": timings, "expires_at": expiry,
-              "urls": {track: track_url(backend, songhash, track, record.get("model"), encoding)
-                       for track in record["tracks"]}}
+              "urls": urls, "links": links}
     if record.get("state") == Status.QUEUED.value:
         result["position"] = await backend.queue.position_async(run_id)
     return JSONResponse(result)
@@ -456,7 +465,8 @@ def track_url(backend: Backend, songhash: str, track: str, model: str | None,
 def track(songhash: str, track: str, request: Request, backend: BackendDep, caller: Caller,
           redirect: bool = False, download: bool = False, model: str | None = None,
           bitrate: AsciiInt | None = None, bit_depth: AsciiInt | None = None) -> Response:
-    """Stream a track (Range requests answered 206); ``?redirect=1``: a presigned URL.
+    """Stream a track (Range requests answered 206); ``?redirect=1``: a presigned URL, signed
+    as the read-only user ``MINIO_PRESIGN_ACCESS_KEY`` (without one, the track itself).
 
     ``track`` may end in ``.mp3`` (the default), ``.flac`` or ``.wav``, with ``?bitrate=``
     (MP3) or ``?bit_depth=24`` (FLAC, WAV) for the job's variant; the lab's ``base`` means
@@ -475,8 +485,8 @@ def track(songhash: str, track: str, request: Request, backend: BackendDep, call
         if error.code in MISSING_OBJECT:
             raise HTTPException(404, absent_reason(backend, songhash, name, caller)) from None
         raise
-    if redirect:
-        url = backend.storage.presigned_get_object(
+    if redirect and backend.presigner is not None:  # never the main user's credentials
+        url = backend.presigner.presigned_get_object(
             bucket, key, expires=timedelta(seconds=backend.settings.presign_ttl_s))
         return RedirectResponse(url, status_code=307)
     disposition = "attachment" if download else "inline"

@@ -102,6 +102,10 @@ class Settings:
     api_keys: str | None = None  # name:key,... : clients that each see only their own songs
     client_max_waiting: int = 1000  # with API_KEYS: a client's jobs waiting at once; more: 429
     presign_ttl_s: int = 3600  # lifetime of a ?redirect=1 presigned track URL
+    minio_presign_access_key: str | None = None  # a read-only MinIO user: ?redirect=1's URLs
+    minio_presign_secret_key: str | None = None
+    minio_presign_endpoint: str | None = None  # MinIO as clients reach it; None: MINIO_ENDPOINT
+    track_link_ttl_s: int = 3600  # lifetime of the signed track links a status answers
     webhook_allow_local: bool = False  # callbacks to loopback/private addresses (make demo)
     webhook_allowlist: str | None = None  # hosts and CIDRs allowed even when local ones are not
     rest_port: int = 5000
@@ -152,6 +156,13 @@ class Settings:
         EgressPolicy.parse(self.webhook_allow_local, self.webhook_allowlist)  # ValueError
         if not 1 <= self.presign_ttl_s <= 7 * 24 * 3600:
             raise ValueError("PRESIGN_TTL_S must be between 1 s and 7 days (S3's limit)")
+        if not 1 <= self.track_link_ttl_s <= DAY_S:
+            raise ValueError("TRACK_LINK_TTL_S must be between 1 s and a day (short-lived links)")
+        if bool(self.minio_presign_access_key) != bool(self.minio_presign_secret_key):
+            raise ValueError("MINIO_PRESIGN_ACCESS_KEY and MINIO_PRESIGN_SECRET_KEY go together")
+        if self.minio_presign_access_key == self.minio_access_key:
+            raise ValueError("MINIO_PRESIGN_ACCESS_KEY must be a read-only user of its own, never "
+                             "MINIO_ACCESS_KEY: presigned URLs name their user")
         if self.log_list_max < 1 or self.log_list_max_bytes < LOG_ENTRY_MAX_BYTES:
             raise ValueError(f"LOG_LIST_MAX must be >= 1 and LOG_LIST_MAX_BYTES >= "
                              f"{LOG_ENTRY_MAX_BYTES} (one entry)")
