@@ -28,6 +28,7 @@ from minio.error import S3Error
 from pydantic import BaseModel
 
 from rest.backend import Backend, BackendDep, Caller, client_of, get_backend, require_token
+from rest.links import sign
 from rest.observability import SONGS
 from rest.owners import OWNER_FIELDS
 from rest.removal import Removed, remove_tracks
@@ -48,6 +49,7 @@ from separation.contract import (
 )
 from separation.formats import Encoding, all_encodings, check_format_fields
 from separation.joins import MAX_JOINED, JoinFull
+from separation.numbers import AsciiInt
 from separation.retention import expires_at, iso_utc
 from separation.webhook import send_outcome
 
@@ -197,16 +199,19 @@ def seen_as(answered: str, job_id: str) -> str:
 
 
 def claim(backend: Backend, active: str, job: Job, caller: str | None = None) -> str:
-    """The job that will separate this content; 429 when it has no room for another callback.
+    """The job that will separate this content; 429 when it has no room for another callback
+    of this client's (each client has its own ``MAX_JOINED``).
 
-    A client of API_KEYS that joins is answered with its own id, which its callback names.
+    A client of API_KEYS that joins is answered with its own id, which its callback names;
+    its refusal names no job (the one separating the song may be another client's).
     """
     try:
-        return backend.joins.claim(active, job, None if caller is None else job.id)
+        return backend.joins.claim(active, job, None if caller is None else job.id, caller)
     except JoinFull as full:
+        holder, whose = (f"job {full.job_id}", "") if caller is None else ("a job", "your ")
         raise HTTPException(
-            429, f"job {full.job_id} separates this song already and carries {MAX_JOINED} "
-                 "callbacks of requests that joined it; retry once it has ended",
+            429, f"{holder} separates this song already and carries {MAX_JOINED} callbacks of "
+                 f"{whose}requests that joined it; retry once it has ended",
             headers={"Retry-After": "60"}) from None
 
 
@@ -262,8 +267,9 @@ def notify_done(backend: Backend, job: Job, record: dict[str, Any], answered: st
 
 
 @router.get("/queue", response_model=QueueResponse)
-async def queue(backend: BackendDep, caller: Caller, offset: Annotated[int, Query(ge=0)] = 0,
-                limit: Annotated[int, Query(ge=1)] = QUEUE_PAGE_JOBS) -> dict[str, Any]:
+async def queue(backend: BackendDep, caller: Caller,
+                offset: Annotated[AsciiInt, Query(ge=0)] = 0,
+                limit: Annotated[AsciiInt, Query(ge=1)] = QUEUE_PAGE_JOBS) -> dict[str, Any]:
     """Songhashes of the waiting jobs, in the order they will run: one page of them.
 
     ``limit`` jobs (at most ``QUEUE_PAGE_MAX_JOBS``) from the ``offset``-th next to run;
@@ -339,12 +345,15 @@ async def find_job(backend: Backend, caller: str | None, ref: str
 
 
 @router.get("/status/{ref}")
-async def status(ref: str, backend: BackendDep, caller: Caller) -> JSONResponse:
+async def status(ref: str, request: Request, backend: BackendDep, caller: Caller
+                 ) -> JSONResponse:
     """A job's state, progress, error, tracks and attempts, by job id or songhash.
 
-    A songhash names its latest job. ``urls`` gives each track's download path; a queued
-    job has its 1-based ``position`` in the queue, from counters (``JobQueue.position``);
-    null for a job pushed by other means than ``JobQueue.enqueue``.
+    A songhash names its latest job. ``urls`` gives each track's path (send your key with
+    it); ``links`` the same paths as short-lived signed links, which need no key, for
+    ``<audio src>`` and downloads (``rest.links``); a queued job has its 1-based ``position``
+    in the queue, from counters (``JobQueue.position``); null for a job pushed by other means
+    than ``JobQueue.enqueue``.
     """
     record, run_id = await find_job(backend, caller, ref)
     songhash = record.get("songhash") or ""
@@ -357,9 +366,14 @@ async def status(ref: str, backend: BackendDep, caller: Caller) -> JSONResponse:
     # how long a callback took would let a client time ports inside the service's network
     timings = {stage: s for stage, s in record.get("timings", {}).items() if stage != "webhook"}
     shown = {name: value for name, value in record.items() if name not in OWNER_FIELDS}
+    urls = {track: track_url(backend, songhash, track, record.get("model"), encoding)
+            for track in record["tracks"]}
+    holder = getattr(request.state, "key_holder", None)
+    links = urls if holder is None else {
+        track: sign(url, holder, backend.clients[holder], backend.settings.track_link_ttl_s)
+        for track, url in urls.items()}
     result = {**shown, "hash": songhash, "timings": timings, "expires_at": expiry,
-              "urls": {track: track_url(backend, songhash, track, record.get("model"), encoding)
-                       for track in record["tracks"]}}
+              "urls": urls, "links": links}
     if record.get("state") == Status.QUEUED.value:
         result["position"] = await backend.queue.position_async(run_id)
     return JSONResponse(result)
@@ -450,8 +464,9 @@ def track_url(backend: Backend, songhash: str, track: str, model: str | None,
                        206: {}, 307: {}, 416: {}})
 def track(songhash: str, track: str, request: Request, backend: BackendDep, caller: Caller,
           redirect: bool = False, download: bool = False, model: str | None = None,
-          bitrate: int | None = None, bit_depth: int | None = None) -> Response:
-    """Stream a track (Range requests answered 206); ``?redirect=1``: a presigned URL.
+          bitrate: AsciiInt | None = None, bit_depth: AsciiInt | None = None) -> Response:
+    """Stream a track (Range requests answered 206); ``?redirect=1``: a presigned URL, signed
+    as the read-only user ``MINIO_PRESIGN_ACCESS_KEY`` (without one, the track itself).
 
     ``track`` may end in ``.mp3`` (the default), ``.flac`` or ``.wav``, with ``?bitrate=``
     (MP3) or ``?bit_depth=24`` (FLAC, WAV) for the job's variant; the lab's ``base`` means
@@ -470,8 +485,8 @@ def track(songhash: str, track: str, request: Request, backend: BackendDep, call
         if error.code in MISSING_OBJECT:
             raise HTTPException(404, absent_reason(backend, songhash, name, caller)) from None
         raise
-    if redirect:
-        url = backend.storage.presigned_get_object(
+    if redirect and backend.presigner is not None:  # never the main user's credentials
+        url = backend.presigner.presigned_get_object(
             bucket, key, expires=timedelta(seconds=backend.settings.presign_ttl_s))
         return RedirectResponse(url, status_code=307)
     disposition = "attachment" if download else "inline"
@@ -486,8 +501,8 @@ def track(songhash: str, track: str, request: Request, backend: BackendDep, call
 
 @router.delete("/remove/{songhash}/{track}", response_model=RemoveResponse)
 def remove(songhash: str, track: str, backend: BackendDep, caller: Caller,
-           model: str | None = None, bitrate: int | None = None, bit_depth: int | None = None
-           ) -> dict[str, Any]:
+           model: str | None = None, bitrate: AsciiInt | None = None,
+           bit_depth: AsciiInt | None = None) -> dict[str, Any]:
     """Delete a track of a song (``vocals.flac``: in that format); ``all`` deletes every track
     of it in every format (of ``?model=``). The song's upload goes too once no job needs it.
 

@@ -30,6 +30,7 @@ from starlette.requests import ClientDisconnect
 from rest import api
 from rest.backend import Backend, get_backend, require_token
 from rest.csrf import RefuseCrossSite
+from rest.hosts import RefuseUnknownHosts
 from rest.limits import ShedLoad
 from rest.observability import QUEUE_DEPTH, CountRequests
 from rest.probes import STORAGE_ERRORS, HealthProbe
@@ -69,6 +70,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(RefuseCrossSite)
     app.add_middleware(CountRequests)
     app.add_middleware(ShedLoad, max_in_flight=settings.rest_max_in_flight)
+    app.add_middleware(RefuseUnknownHosts, allowed_hosts=settings.allowed_host_names)  # first
     _add_error_handlers(app)
     app.include_router(api.router)
     app.add_api_route("/", root, methods=["GET", "HEAD"], include_in_schema=False)

@@ -17,10 +17,16 @@ from fastapi import Depends, HTTPException, Request
 from minio import Minio
 
 from rest.callbacks import CallbackSender
+from rest.links import link_client
 from rest.owners import Owners
 from rest.ratelimit import RateLimit
 from separation.clients import parse_api_keys
-from separation.connections import connect_minio, connect_redis, connect_redis_async
+from separation.connections import (
+    connect_minio,
+    connect_presigner,
+    connect_redis,
+    connect_redis_async,
+)
 from separation.joins import Joins
 from separation.queue import JobQueue
 from separation.retention import prepare_buckets
@@ -42,6 +48,8 @@ class Backend:
     owners: Owners
     clients: dict[str, bytes]
     """SHA-256 of each client's key, by name: every key is compared at the same cost."""
+    presigner: Minio | None
+    """Presigns ``?redirect=1`` URLs as a read-only user; None: no user, no redirects."""
     callbacks: CallbackSender = field(default_factory=CallbackSender)
     buckets_ready: bool = False
 
@@ -58,7 +66,7 @@ class Backend:
                    RateLimit(client, settings.rate_limit_per_min),
                    Owners(client, async_client, status, queue, settings.status_ttl_s,
                           settings.client_max_waiting),
-                   clients)
+                   clients, connect_presigner(settings))
 
     @property
     def owned(self) -> bool:
@@ -88,7 +96,8 @@ BackendDep = Annotated[Backend, Depends(_backend)]
 def bearer_token(request: Request) -> str:
     """The token of ``Authorization: Bearer ...``, else of ``?access_token=`` (RFC 6750).
 
-    The query form exists for ``<audio src>`` and download links, which cannot send headers.
+    The query form is kept for clients that ask for it explicitly: a key in a URL ends up in
+    browser history and access logs, so the page uses signed track links (``rest.links``).
     """
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
@@ -112,7 +121,8 @@ def client_named(clients: dict[str, bytes], given: str) -> str | None:
 
 
 async def require_token(request: Request) -> str | None:
-    """401 unless no key is set or the request carries one (async: no thread needed).
+    """401 unless no key is set or the request carries one, or a valid signed track link
+    (``rest.links``); async: no thread needed.
 
     Returns the caller's name when clients own what they send (``API_KEYS``), else None.
     """
@@ -120,11 +130,13 @@ async def require_token(request: Request) -> str | None:
     if not backend.clients:
         return None
     given = bearer_token(request)
-    name = client_named(backend.clients, given) if given else None
+    name = client_named(backend.clients, given) if given else \
+        link_client(request, backend.clients, backend.settings.track_link_ttl_s)
     if name is None:
         reason = "a valid API token is required: send 'Authorization: Bearer <API_TOKEN>' " \
                  "(or your API key)" if not given else "the API token is not valid"
         raise HTTPException(401, reason, headers={"WWW-Authenticate": "Bearer"})
+    request.state.key_holder = name  # whose key signs the track links it is answered with
     return name if backend.owned else None
 
 

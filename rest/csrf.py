@@ -7,6 +7,7 @@ comes from: ``Sec-Fetch-Site`` (every current browser) and ``Origin``. A state-c
 request marked ``cross-site`` or ``same-site``, or whose ``Origin`` is not this service's own
 address, gets a 403 with the reason. Clients that are not browsers (the lab's scripts, curl,
 the worker's webhooks) send neither header and are not affected; the page is same-origin.
+``Host`` itself, which ``Origin`` is compared with, is checked before this (``rest.hosts``).
 """
 
 from __future__ import annotations

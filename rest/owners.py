@@ -2,7 +2,9 @@
 
 Every job, status, track (``original`` included) and removal belongs to the client that sent
 the song. Another client is answered 404, exactly as for a song nobody sent, never 403 (which
-would confirm that the song exists). Without ``API_KEYS`` nothing here is used: every route
+would confirm that the song exists), and by the same lookup, so in the same time: a job id is
+looked up with one script that reads only the job's ``client`` unless it is the caller's, a
+songhash in the caller's own index. Without ``API_KEYS`` nothing here is used: every route
 behaves as it always did.
 
 What is kept in Redis (key names in ``separation.contract.Keys``):
@@ -11,7 +13,9 @@ What is kept in Redis (key names in ``separation.contract.Keys``):
   client's work (the same song, model and stems already queued, running or done: separated
   once) gets a *view* of its own: a record ``job:<its id>`` with its own ``client``, ``name``
   and ``created_at`` and ``runs_as``, the id of the job that does the work. Its status is that
-  job's state, progress and tracks under the view's id; its webhook names the view's id.
+  job's result alone (state, stage, progress, tracks, model, duration: ``SHARED_FIELDS``)
+  under the view's id, never that request's callback, errors, times, worker or id; its
+  webhook names the view's id.
 - ``owners:<songhash>:<model>``: the set of ``<client>/<track>``, who owns each track. Granted
   when a request is accepted, before any dedup check; a removal takes the caller's name out,
   and the object is deleted only when no other client still owns it (one Lua script decides).
@@ -33,13 +37,22 @@ import redis.asyncio
 
 from separation.contract import JOB_ID_RE, SONGHASH_RE, Keys, Status
 from separation.queue import JobQueue
-from separation.status import StatusStore
+from separation.status import StatusStore, parse_record
 
 OWNER_FIELDS = ("client", "runs_as")
 """Fields of a status record that are bookkeeping, never shown to a client."""
-VIEW_OWN_FIELDS = ("id", "name", "created_at", *OWNER_FIELDS)
-"""What a view keeps of its own; the rest is the working job's."""
+SHARED_FIELDS = ("state", "stage", "progress", "tracks", "model", "duration_s", "format",
+                 "bitrate", "bit_depth", "expires_at")
+"""What a view shows of the working job: its result, never that request's own fields (its
+id, callback and callback error, times, timings, attempts, worker)."""
 FINAL_STATES = tuple(state.value for state in Status if state.final)
+
+# KEYS: a job's record; ARGV: the client. Its record if the client owns the job, else nothing:
+# another client's job and no job take this one path (one HGET), in the same time.
+_OWN_RECORD = """
+if redis.call('HGET', KEYS[1], 'client') ~= ARGV[1] then return {} end
+return redis.call('HGETALL', KEYS[1])
+"""
 
 # KEYS: owners set; ARGV: "<client>/<track>", "/<track>".
 # -1: the client did not own the track; else how many other clients still own it.
@@ -65,6 +78,7 @@ class Owners:
         self.ttl_s = ttl_s
         self.max_waiting = max_waiting
         self._release = client.register_script(_RELEASE)
+        self._own_record = async_client.register_script(_OWN_RECORD)
 
     # --- accepting a request (the request's thread) ---
 
@@ -120,19 +134,25 @@ class Owners:
         """The client's record of ``ref`` (its job id, or its latest job of a songhash) and
         the id of the job doing the work; None when the client has no such job."""
         job_id: str | None = None
-        if SONGHASH_RE.fullmatch(ref):
+        if SONGHASH_RE.fullmatch(ref):  # the client's own index: nothing for another's song
             found = await self.async_redis.get(Keys.client_song(client, ref))
             job_id = None if found is None else found.decode()
         elif JOB_ID_RE.fullmatch(ref):
             job_id = ref
-        record = None if job_id is None else await self.status.get_async(job_id)
-        if record is None or record.get("client") != client:
+        record = None if job_id is None else await self._own_async(client, job_id)
+        if record is None:
             return None
         run_id = record.get("runs_as") or record["id"]
         run = record if run_id == record["id"] else await self.status.get_async(run_id)
         owned = await self.async_redis.smembers(
             Keys.owners(record.get("songhash") or "", record.get("model") or ""))
         return shown(record, run, owned, client), run_id
+
+    async def _own_async(self, client: str, job_id: str) -> dict[str, Any] | None:
+        """The record of job ``job_id`` if ``client`` owns it; None, by the same path, for
+        another client's job and for no job at all (neither the answer nor its time tells)."""
+        flat = await self._own_record(keys=[Keys.job(job_id)], args=[client])
+        return parse_record(dict(zip(flat[::2], flat[1::2], strict=True)))
 
     def latest(self, client: str, songhash: str) -> dict[str, Any] | None:
         """The client's latest job of a song, as ``status_async`` shows it, or None."""
@@ -195,16 +215,28 @@ class Owners:
 
 def shown(record: dict[str, Any], run: dict[str, Any] | None, owned: set[bytes],
           client: str) -> dict[str, Any]:
-    """What a client sees of its job: a view shows its working job's state under its own id,
-    name and time; only the tracks the client still owns are listed."""
-    if run is None:  # a view whose working job's record expired first
-        run = {**record, "state": Status.FAILED.value, "stage": Status.FAILED.value,
-               "error": "the job that did this work is no longer known (records expire "
-                        "after STATUS_TTL_S)"}
-    merged = {**run, **{name: record.get(name) for name in VIEW_OWN_FIELDS}}
-    if record.get("state") == Status.CANCELLED.value:  # the client cancelled its view
-        merged.update({name: record.get(name) for name in ("state", "stage", "error")})
+    """What a client sees of its job: a view is its own record (id, name, times) with the
+    working job's result (``SHARED_FIELDS``) and, once that failed, why, in words that name
+    the view, never the working job; only the tracks the client still owns are listed."""
+    merged = dict(record)
+    if record.get("runs_as"):
+        merged.update(shared_result(record, run))
+        if record.get("state") == Status.CANCELLED.value:  # the client cancelled its view
+            merged.update({name: record.get(name) for name in ("state", "stage", "error")})
     mine = {member.decode().removeprefix(f"{client}/") for member in owned
             if member.decode().startswith(f"{client}/")}
-    merged["tracks"] = {t: key for t, key in (run.get("tracks") or {}).items() if t in mine}
+    merged["tracks"] = {t: key for t, key in (merged.get("tracks") or {}).items() if t in mine}
     return merged
+
+
+def shared_result(view: dict[str, Any], run: dict[str, Any] | None) -> dict[str, Any]:
+    """The fields of the working job ``run`` that a view of it shows."""
+    if run is None:  # the working job's record expired first
+        return {"state": Status.FAILED.value, "stage": Status.FAILED.value,
+                "error": "the job that did this work is no longer known (records expire "
+                         "after STATUS_TTL_S)"}
+    result = {name: run[name] for name in SHARED_FIELDS if name in run}
+    if run.get("state") == Status.FAILED.value:
+        error = str(run.get("error") or "")
+        result["error"] = error.replace(run["id"], view["id"]) if run.get("id") else error
+    return result

@@ -11,8 +11,9 @@ from minio import Minio
 from urllib3 import BaseHTTPResponse
 
 STREAM_CHUNK_BYTES = 256 * 1024
-_RANGE_RE = re.compile(r"bytes=(\d{0,18})-(\d{0,18})")
-"""At most 18 digits a side: past any object's size, and never past ``int()``'s digit limit."""
+_RANGE_RE = re.compile(r"bytes=([0-9]{0,18})-([0-9]{0,18})")
+"""ASCII digits only (not any script's decimal digits), at most 18 a side: past any object's size,
+and never past ``int()``'s digit limit."""
 
 
 class RangeNotSatisfiable(ValueError):

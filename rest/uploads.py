@@ -29,6 +29,7 @@ from rest.song_sink import Base64Decoder, SongFile
 from separation.audio import NotAudio, TooLong, probe_mp3
 from separation.contract import Priority, normalize_track
 from separation.formats import MP3_BITRATES_KBPS
+from separation.numbers import DIGITS_RE, AsciiInt, ascii_int_or_none
 from separation.settings import Settings
 
 log = logging.getLogger("rest")
@@ -52,10 +53,10 @@ class SeparateRequest(BaseModel):
     callback: dict[str, Any] | None = Field(
         None, description='{"url": "http://...", "data": {...}}: POSTed the job\'s outcome')
     format: str | None = Field(None, description="mp3 (default), flac or wav")
-    bitrate: int | None = Field(
+    bitrate: AsciiInt | None = Field(
         None, description=f"kb/s of MP3 tracks, one of {', '.join(map(str, MP3_BITRATES_KBPS))}"
                           " (default MP3_BITRATE)")
-    bit_depth: int | None = Field(None, description="16 (default) or 24, for flac and wav")
+    bit_depth: AsciiInt | None = Field(None, description="16 (default) or 24, for flac and wav")
     priority: Priority | None = Field(
         None, description='"high": taken before normal jobs (see the README\'s Priority); '
                           'default "normal"')
@@ -88,8 +89,8 @@ def body_too_large(settings: Settings) -> str:
 
 async def read_body(request: Request, limit_bytes: int, too_large_reason: str) -> bytes:
     """A small request body (a callback), read no further than ``limit_bytes``."""
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit_bytes:
+    declared = ascii_int_or_none(request.headers.get("content-length"))
+    if declared is not None and declared > limit_bytes:
         raise HTTPException(413, too_large_reason)
     chunks: list[bytes] = []
     total = 0
@@ -138,8 +139,8 @@ async def receive_upload(request: Request, settings: Settings) -> Upload:
     Refused with 413 the moment the body or the song passes its limit.
     """
     limit_bytes = body_limit_bytes(settings)
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit_bytes:
+    declared = ascii_int_or_none(request.headers.get("content-length"))
+    if declared is not None and declared > limit_bytes:
         raise HTTPException(413, body_too_large(settings))
     song = SongFile(settings)
     received = 0
@@ -216,7 +217,9 @@ class _FormBody:
             fields["stems"] = stems
         for name in ("format", "bitrate", "bit_depth"):
             if value := form.get(name, [""])[0].strip():
-                fields[name] = int(value) if name != "format" and value.isdigit() else value
+                # a number only as ASCII digits; else kept as text, which the job refuses (400)
+                fields[name] = int(value) if name != "format" and DIGITS_RE.fullmatch(value) \
+                    else value
         if priority := form.get("priority", [""])[0]:
             fields["priority"] = priority  # checked with the job (400 unless high or normal)
         if callback := form.get("callback", [""])[0]:

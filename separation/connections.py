@@ -13,6 +13,7 @@ from redis.retry import Retry
 
 from separation.settings import Settings
 
+PRESIGN_REGION = "us-east-1"  # MinIO's default region
 SPARE_CONNECTIONS = 4  # beyond REST_MAX_IN_FLIGHT: metrics, start-up, a worker's threads
 
 
@@ -66,6 +67,19 @@ def connect_minio(settings: Settings, probe: bool = False) -> Minio:
     return Minio(settings.minio_endpoint, access_key=settings.minio_access_key,
                  secret_key=settings.minio_secret_key, secure=settings.minio_secure,
                  http_client=http)
+
+
+def connect_presigner(settings: Settings) -> Minio | None:
+    """A MinIO client for presigning alone, as the read-only user ``MINIO_PRESIGN_ACCESS_KEY``
+    at ``MINIO_PRESIGN_ENDPOINT``; None without that user (a presigned URL names its user, and
+    the main one's access key is its secret too with MinIO's defaults). Its region is fixed
+    (MinIO's default), so presigning never asks the server."""
+    if not settings.minio_presign_access_key:
+        return None
+    return Minio(settings.minio_presign_endpoint or settings.minio_endpoint,
+                 access_key=settings.minio_presign_access_key,
+                 secret_key=settings.minio_presign_secret_key, secure=settings.minio_secure,
+                 region=PRESIGN_REGION)
 
 
 def ensure_bucket(client: Minio, bucket: str) -> None:

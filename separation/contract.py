@@ -157,6 +157,12 @@ class Keys:
         return f"job:{job_id}:joined"
 
     @staticmethod
+    def joined_by(job_id: str) -> str:
+        """Hash of client name (``''``: no API_KEYS) to how many callbacks of its requests
+        joined a job: each client has ``MAX_JOINED`` of them (``separation.joins``)."""
+        return f"job:{job_id}:joined-by"
+
+    @staticmethod
     def song_latest(songhash: str) -> str:
         """The latest job of a song, whatever its model."""
         return f"song:{songhash}"

@@ -6,9 +6,10 @@ network (Redis, MinIO, the cloud's metadata address 169.254.169.254, the cluster
 to is public — loopback, private, shared, link-local, multicast, reserved and unspecified
 addresses are refused, IPv4 and IPv6 alike, IPv4-mapped and -compatible IPv6 and the decimal,
 octal and hex spellings of IPv4 included (the resolver reads those as the C library does, and
-the check is on what it resolved). The caller then connects to that very address
-(``Target.address``), never resolving the name again, so a DNS answer that changes between the
-check and the connection (rebinding) cannot redirect it.
+the check is on what it resolved), and so are the ranges that can lead to any IPv4 address
+(6to4, SIIT, local-use NAT64) and 192.0.0.0/24 (``NEVER_PUBLIC``). The caller then connects
+to that very address (``Target.address``), never resolving the name again, so a DNS answer
+that changes between the check and the connection (rebinding) cannot redirect it.
 
 ``WEBHOOK_ALLOW_LOCAL`` lets every address through (``make demo``: the lab's callback is the
 REST service on the same machine); ``WEBHOOK_ALLOWLIST`` names hosts and CIDRs allowed even
@@ -78,12 +79,25 @@ class EgressPolicy:
 _HOSTNAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789.-")
 
 
+NEVER_PUBLIC: tuple[IPNetwork, ...] = tuple(ipaddress.ip_network(n) for n in (
+    "192.0.0.0/24",  # IETF protocol assignments (Python calls .9 and .10 global)
+    "64:ff9b:1::/48",  # local-use NAT64 (RFC 8215): translated inside the operator's network
+    "2002::/16",  # 6to4 (RFC 3056, deprecated): an IPv4 address inside, any IPv4 address
+    "::ffff:0:0:0/96",  # SIIT's IPv4-translated addresses (RFC 2765): likewise
+))
+"""Ranges Python's ``is_global`` lets through that lead to any IPv4 address, local ones
+included, or to the operator's own network: refused whole."""
+
+
 def is_public(address: IPAddress) -> bool:
     """Whether ``address`` is a global unicast address (IPv4 inside IPv6 judged as IPv4)."""
     if isinstance(address, ipaddress.IPv6Address):
         embedded = address.ipv4_mapped or _ipv4_compatible(address)
         if embedded is not None:
             address = embedded
+    if any(address in network for network in NEVER_PUBLIC
+           if network.version == address.version):
+        return False
     return address.is_global and not address.is_multicast
 
 

@@ -25,6 +25,13 @@ from separation.queue import DEFAULT_HIGH_BURST, DEFAULT_ROUTE_BATCH
 LOCAL_DEV_MINIO_USER = "minioadmin"  # MinIO's documented default, for a laptop only
 ALLOCATOR_RE = re.compile(r"tcmalloc|system|/[A-Za-z0-9_.+/-]{1,200}\.so(?:\.[0-9]+)*")
 """``DEMUCS_ALLOCATOR``: one path, never a list ``LD_PRELOAD`` would split."""
+_LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
+HOST_PATTERN_RE = re.compile(rf"\*|(?:\*\.)?{_LABEL}(?:\.{_LABEL})*|\[[0-9a-f:.]{{2,45}}\]")
+"""An ``ALLOWED_HOSTS`` entry: a host name or IPv4 address, ``*.domain``, ``[IPv6]``, or ``*``."""
+DEFAULT_ALLOWED_HOSTS = ("localhost,127.0.0.1,[::1],demucs.localhost,"
+                         "rest,rest.demucs,rest.demucs.svc,rest.demucs.svc.cluster.local")
+"""``make demo``, the tests and the lab's clients (loopback), the Ingress' host and the REST
+Service's names in the cluster (``deploy/``)."""
 DAY_S = 24 * 3600
 STATUS_TTL_KEPT_FOREVER_S = 7 * DAY_S
 """How long job records live when tracks never expire (``RETENTION_DAYS=0``)."""
@@ -96,9 +103,14 @@ class Settings:
     api_keys: str | None = None  # name:key,... : clients that each see only their own songs
     client_max_waiting: int = 1000  # with API_KEYS: a client's jobs waiting at once; more: 429
     presign_ttl_s: int = 3600  # lifetime of a ?redirect=1 presigned track URL
+    minio_presign_access_key: str | None = None  # a read-only MinIO user: ?redirect=1's URLs
+    minio_presign_secret_key: str | None = None
+    minio_presign_endpoint: str | None = None  # MinIO as clients reach it; None: MINIO_ENDPOINT
+    track_link_ttl_s: int = 3600  # lifetime of the signed track links a status answers
     webhook_allow_local: bool = False  # callbacks to loopback/private addresses (make demo)
     webhook_allowlist: str | None = None  # hosts and CIDRs allowed even when local ones are not
     rest_port: int = 5000
+    allowed_hosts: str = DEFAULT_ALLOWED_HOSTS  # REST: Host names it answers; others get 400
     queue_page_max_jobs: int = 1000  # GET /apiv1/queue's largest page
     rest_max_in_flight: int = 64  # API requests served at once; more get 503 + Retry-After
 
@@ -145,6 +157,13 @@ class Settings:
         EgressPolicy.parse(self.webhook_allow_local, self.webhook_allowlist)  # ValueError
         if not 1 <= self.presign_ttl_s <= 7 * 24 * 3600:
             raise ValueError("PRESIGN_TTL_S must be between 1 s and 7 days (S3's limit)")
+        if not 1 <= self.track_link_ttl_s <= DAY_S:
+            raise ValueError("TRACK_LINK_TTL_S must be between 1 s and a day (short-lived links)")
+        if bool(self.minio_presign_access_key) != bool(self.minio_presign_secret_key):
+            raise ValueError("MINIO_PRESIGN_ACCESS_KEY and MINIO_PRESIGN_SECRET_KEY go together")
+        if self.minio_presign_access_key == self.minio_access_key:
+            raise ValueError("MINIO_PRESIGN_ACCESS_KEY must be a read-only user of its own, never "
+                             "MINIO_ACCESS_KEY: presigned URLs name their user")
         if self.log_list_max < 1 or self.log_list_max_bytes < LOG_ENTRY_MAX_BYTES:
             raise ValueError(f"LOG_LIST_MAX must be >= 1 and LOG_LIST_MAX_BYTES >= "
                              f"{LOG_ENTRY_MAX_BYTES} (one entry)")
@@ -157,6 +176,11 @@ class Settings:
         parse_api_keys(self.api_keys, self.api_token)  # ValueError
         if self.outage_backoff_max_s < 1:
             raise ValueError("OUTAGE_BACKOFF_MAX_S must be at least 1")
+        bad_hosts = [h for h in self.allowed_host_names if not HOST_PATTERN_RE.fullmatch(h)]
+        if bad_hosts or not self.allowed_host_names:
+            raise ValueError(f"ALLOWED_HOSTS: {bad_hosts[0][:100]!r} is not a host name, "
+                             "*.domain, [IPv6 address] or *" if bad_hosts else
+                             "ALLOWED_HOSTS names no host: every request would be refused")
         if not 0 < self.cancel_poll_s <= 1:
             raise ValueError("CANCEL_POLL_S must be in (0, 1]: a cancel stops Demucs within 2 s")
         if self.mp3_bitrate_kbps not in MP3_BITRATES_KBPS:
@@ -179,6 +203,11 @@ class Settings:
     def key_model(self, model: str | None) -> str | None:
         """The model to name in output keys: None for the default model (the lab's keys)."""
         return None if model in (None, "", self.demucs_model) else model
+
+    @property
+    def allowed_host_names(self) -> tuple[str, ...]:
+        """``ALLOWED_HOSTS`` as a list, lower-case: what ``Host`` may name (ports aside)."""
+        return tuple(h.strip().lower() for h in self.allowed_hosts.split(",") if h.strip())
 
     @property
     def threads(self) -> int:

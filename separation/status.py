@@ -21,6 +21,7 @@ import redis
 import redis.asyncio
 
 from separation.contract import SONGHASH_RE, Keys, Status
+from separation.numbers import ascii_int_or_none
 
 FINAL_STATES = tuple(s.value for s in Status if s.final)
 _FINAL_LUA = "local FINAL = {" + ", ".join(f"['{s}'] = true" for s in FINAL_STATES) + "}\n"
@@ -213,6 +214,11 @@ class StatusStore:
         return self.async_redis
 
 
+def parse_record(raw: dict[bytes, bytes]) -> dict[str, Any] | None:
+    """A status hash read by other means than ``StatusStore`` (``rest.owners``), typed."""
+    return _record(raw)
+
+
 def _record(raw: dict[bytes, bytes]) -> dict[str, Any] | None:
     """A status hash as read from Redis, decoded and typed; None if it is empty."""
     if not raw:
@@ -222,7 +228,7 @@ def _record(raw: dict[bytes, bytes]) -> dict[str, Any] | None:
         record.pop(name, None)
     record["tracks"] = json.loads(record.get("tracks") or "{}")
     record["timings"] = json.loads(record.get("timings") or "{}")
-    record["attempts"] = int(record.get("attempts") or 0)
+    record["attempts"] = ascii_int_or_none(record.get("attempts")) or 0
     record["progress"] = float(record.get("progress") or 0)
     for name in ("created_at", "started_at", "finished_at", "updated_at", "elapsed_s",
                  "duration_s", "expires_at"):
@@ -230,7 +236,7 @@ def _record(raw: dict[bytes, bytes]) -> dict[str, Any] | None:
         record[name] = float(value) if value else None
     for name in ("bitrate", "bit_depth"):
         if record.get(name):
-            record[name] = int(record[name])
+            record[name] = ascii_int_or_none(record[name])
     return record
 
 

@@ -89,9 +89,12 @@ def send_outcome(job: Job, songhash: str | None, state: str, tracks: dict[str, s
     policy = egress_policy(settings)
 
     def send(callback: Callback) -> tuple[bool, str | None]:
-        # a joined request answered with an id of its own (API_KEYS) hears of that id
+        # a joined request answered with an id of its own (API_KEYS) hears of that id alone,
+        # never of the job that did the work (another client's)
         job_id = callback.job_id if isinstance(callback, JoinedCallback) else None
-        return deliver(callback.url, {**payload, "id": job_id or job.id, "data": callback.data},
+        told = payload if not (job_id and job.id) else \
+            {**payload, "id": job_id, "error": error and error.replace(job.id, job_id)}
+        return deliver(callback.url, {**told, "data": callback.data},
                        settings.webhook_secret, settings.webhook_timeout_s, policy)
 
     if len(callbacks) <= 1:

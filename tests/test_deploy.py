@@ -11,6 +11,7 @@ files and packages; ``deploy-local-dev.sh``'s dry run and its errors.
 from __future__ import annotations
 
 import base64
+import ipaddress
 import json
 import re
 import shutil
@@ -33,6 +34,7 @@ VARIANTS = ("local", "gpu", "local-keda", "gpu-keda", "services")
 OUR_IMAGES = {"demucs-worker": "worker", "demucs-rest": "rest"}
 # Env vars set for something other than our Python code, and who reads them.
 RUNTIME_ENV = {"NVIDIA_DISABLE_REQUIRES": "the NVIDIA container runtime (GPU overlay)"}
+REST_RUNTIME_ENV = {"FORWARDED_ALLOW_IPS": "uvicorn: whose X-Forwarded-For it believes"}
 DOCKERFILE_ENV = {"PYTHONUNBUFFERED", "PYTHONDONTWRITEBYTECODE"}  # read by the interpreter
 
 
@@ -223,7 +225,8 @@ def test_containers_get_only_env_the_code_reads(rendered: dict, variant: str,
                                                  image: str) -> None:
     docs = rendered[variant]
     _, container = our_container(docs, image)
-    allowed = settings_env_names() | (set(RUNTIME_ENV) if image == "demucs-worker" else set())
+    allowed = settings_env_names() | (set(RUNTIME_ENV) if image == "demucs-worker"
+                                      else set(REST_RUNTIME_ENV))
     unknown = set(container_env(docs, container)) - allowed
     assert not unknown, f"{image} gets env vars no code reads: {sorted(unknown)}"
     assert "HOSTNAME" not in container_env(docs, container)  # the pod name, set by Kubernetes
@@ -313,6 +316,36 @@ def test_ingress_routes_to_rest_and_takes_the_largest_upload(rendered: dict) -> 
     body = ingress["metadata"]["annotations"]["nginx.ingress.kubernetes.io/proxy-body-size"]
     base64_upload_mb = app_settings(docs, "demucs-rest").max_input_mb * 4 / 3
     assert quantity(body.replace("m", "M")) / 1e6 >= base64_upload_mb
+
+
+@pytest.mark.parametrize("variant", ["local", "gpu"])
+def test_rest_answers_the_ingress_host_and_the_clusters_names(rendered: dict,
+                                                              variant: str) -> None:
+    """REST refuses any other Host (ALLOWED_HOSTS): the Ingress' and the Service's names pass,
+    and the default admits them too."""
+    docs = rendered[variant]
+    hosts = {rule.get("host") for rule in get(docs, "Ingress", "rest")["spec"]["rules"]}
+    assert None not in hosts, "an Ingress rule without host: every Host reaches REST"
+    allowed = set(app_settings(docs, "demucs-rest").allowed_host_names)
+    assert hosts <= allowed and hosts <= set(Settings().allowed_host_names)
+    service = get(docs, "Service", "rest")["metadata"]["name"]
+    assert {service, f"{service}.demucs.svc.cluster.local", "localhost"} <= allowed
+
+
+@pytest.mark.parametrize("variant", ["local", "gpu"])
+def test_rest_believes_x_forwarded_for_from_the_ingress_alone(rendered: dict,
+                                                              variant: str) -> None:
+    """The rate limit's identity: uvicorn's FORWARDED_ALLOW_IPS names the ingress controller's
+    network, never `*` nor loopback (a port-forwarded peer), and is REST's alone."""
+    docs = rendered[variant]
+    _, rest = our_container(docs, "demucs-rest")
+    trusted = container_env(docs, rest).get("FORWARDED_ALLOW_IPS")
+    assert trusted, "unset, uvicorn believes loopback alone: behind the ingress, one bucket"
+    networks = [ipaddress.ip_network(item.strip()) for item in trusted.split(",")]  # no "*"
+    loopback = (ipaddress.ip_address("127.0.0.1"), ipaddress.ip_address("::1"))
+    assert not [n for n in networks for a in loopback if a.version == n.version and a in n]
+    _, worker = our_container(docs, "demucs-worker")
+    assert "FORWARDED_ALLOW_IPS" not in container_env(docs, worker)
 
 
 # -- sizing, shutdown, storage, hardening --------------------------------------------------

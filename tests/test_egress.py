@@ -65,3 +65,19 @@ def test_allow_local_and_allowlist():
         check_target("http://192.168.0.1/", by_cidr)
     with pytest.raises(ValueError, match="WEBHOOK_ALLOWLIST"):
         EgressPolicy.parse(False, "not a host!")
+
+
+@pytest.mark.parametrize("url", [
+    "http://[64:ff9b:1::808:808]/", "http://[64:ff9b:1::a00:1]/",  # local-use NAT64
+    "http://[2002:808:808::1]/", "http://[2002:7f00:1::1]/",  # 6to4: any IPv4 inside
+    "http://[::ffff:0:808:808]/", "http://[::ffff:0:7f00:1]/",  # SIIT
+    "http://192.0.0.9/", "http://192.0.0.10/", "http://192.0.0.170/",  # IETF assignments
+])
+def test_ranges_that_lead_to_any_ipv4_address_are_refused(url):
+    with pytest.raises(RefusedTarget, match="does not resolve to a public address"):
+        check_target(url, STRICT)
+
+
+def test_addresses_next_to_those_ranges_stay_public():
+    for url in ("http://192.0.1.1/", "http://[64:ff9b:2::1]/", "http://[2003::1]/"):
+        assert check_target(url, STRICT).host == url[7:-1].strip("[]")

@@ -128,7 +128,7 @@ def test_clients_see_and_remove_only_their_own_songs(stack, start_rest, make_son
     vocals = alice.get(mine["urls"]["vocals"]).content
     assert bob.get(theirs["urls"]["vocals"]).content == vocals and len(vocals) > 1000
     assert requests.get(f"{rest.url}{theirs['urls']['vocals']}?access_token={bob.key}",
-                        timeout=TIMEOUT_S).content == vocals  # as the page's <audio> asks
+                        timeout=TIMEOUT_S).content == vocals  # a client that asks for it
 
     # Alice's private song: nothing of it for Bob, whatever he asks
     assert alice.get(f"/apiv1/track/{private_hash}/original").content == private.read_bytes()

@@ -277,3 +277,22 @@ def test_a_karaoke_upload_asks_for_vocals_and_instrumental_and_plays_both(stack,
     assert not states["vocals"]["muted"] and not states["instrumental"]["muted"]  # the song
     job_id = page.evaluate("location.hash.slice(1)")
     assert set(stack.status(job_id)["tracks"]) == {"vocals", "instrumental"}
+
+
+def test_with_api_keys_the_page_plays_and_downloads_by_signed_links(stack, start_rest, song,
+                                                                   browser_page):
+    """No key in any URL the page makes: <audio src> and downloads are signed links."""
+    key = "alice-key-0123456789"
+    rest = start_rest(API_KEYS=f"alice:{key}")
+    page = browser_page
+    stack.start_worker()
+    page.goto(rest.url + "/")
+    page.evaluate(f"localStorage.setItem('apiToken', '{key}')")
+    separate_in_page(page, rest, song)  # every track loaded: the links work in a browser
+    sources = page.eval_on_selector_all(".track audio", "els => els.map(a => a.src)")
+    downloads = page.eval_on_selector_all(".track a", "els => els.map(a => a.href)")
+    assert len(sources) == len(downloads) == len(TRACKS)
+    for url in sources + downloads:
+        assert key not in url and "access_token" not in url, url
+        assert "client=alice" in url and "sig=" in url and "expires=" in url, url
+    assert all(url.endswith("&download=1") for url in downloads)

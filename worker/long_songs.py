@@ -25,6 +25,7 @@ from pathlib import Path
 from minio import Minio
 
 from separation.contract import Job, Status, input_key
+from separation.numbers import ascii_int, ascii_int_or_none
 from separation.queue import JobQueue
 from separation.settings import Settings
 from separation.status import StatusStore
@@ -112,7 +113,7 @@ class LongSongs:
         join = Job(id=f"{parent_id[:59]}-join", join_of=parent_id).to_json()
         done, pushed = self.queue.complete_chunk(parent_id, chunk.chunk or 0, join,
                                                  self.settings.status_ttl_s)
-        total = int(self.queue.chunk_record(parent_id).get("total") or done)
+        total = ascii_int_or_none(self.queue.chunk_record(parent_id).get("total")) or done
         self.status.update(parent_id, chunks_done=done, progress=round(5 + 85 * done / total, 1),
                            stage="joining" if pushed else "separating chunks")
         return pushed
@@ -131,8 +132,8 @@ class LongSongs:
         """Stitch each stem of every chunk; fetch the original. Returns (stem dir, original)."""
         record = self._record(parent_id)
         parent, songhash = _parent_of(record)
-        overlap_ms, margin_ms = int(record["overlap_ms"]), int(record["fade_margin_ms"])
-        total = int(record["total"])
+        overlap_ms, margin_ms = ascii_int(record["overlap_ms"]), ascii_int(record["fade_margin_ms"])
+        total = ascii_int(record["total"])
         stem_dir, parts_dir = work_dir / "stems", work_dir / "parts"
         stem_dir.mkdir(parents=True)
         parts_dir.mkdir()

@@ -1,0 +1,90 @@
+"""Numbers are ASCII digits only: form fields, query parameters, headers and Redis fields.
+
+``str.isdigit()`` is true of ``"²"``, which ``int()`` refuses (a 500 before this); ``int()``
+reads ``"٣٢٠"`` (Arabic-Indic digits), ``" 320"`` and ``"3_20"`` as 320. Each is now a 400 for a
+client, and a stored field that is not ASCII digits is read as absent, never a 500. Against the
+real REST service, redis-server and S3 server.
+"""
+
+from __future__ import annotations
+
+import base64
+
+import pytest
+import requests
+
+from rest.tracks import parse_range
+from separation.contract import Keys
+from separation.numbers import ascii_int
+
+TIMEOUT_S = 30
+NOT_ASCII = ["²", "³", "٣٢٠", "３２０", " 320", "+320", "3_20", "320.0", "", "1" * 19]
+
+
+@pytest.mark.parametrize("text", NOT_ASCII)
+def test_only_ascii_digits_make_a_number(text):
+    with pytest.raises(ValueError, match="ASCII digits"):
+        ascii_int(text)
+
+
+def test_ascii_digits_do():
+    assert ascii_int("320") == 320 and ascii_int(b"0024") == 24 and ascii_int("9" * 18) > 0
+
+
+def test_a_range_in_other_digits_is_ignored():
+    """RFC 9110: a Range the server cannot read is ignored and the whole object sent."""
+    assert parse_range("bytes=٠-٣", 100) is None
+    assert parse_range("bytes=0-3", 100) == (0, 3)
+
+
+def _form(name: str, value: str, song: bytes) -> dict:
+    return {"files": {"file": ("song.mp3", song, "audio/mpeg")},
+            "data": {name: value, **({"format": "flac"} if name == "bit_depth" else {})}}
+
+
+@pytest.mark.parametrize(("name", "value"), [
+    ("bitrate", "²"), ("bit_depth", "³"), ("bitrate", "٣٢٠"), ("bit_depth", "٢٤"),
+    ("bitrate", "3_20"), ("bitrate", "+320")])
+def test_multipart_numbers_in_other_digits_are_a_400(stack, rest, make_song, name, value):
+    song = make_song(seconds=1.0).read_bytes()
+    response = requests.post(f"{rest.url}/apiv1/separate", timeout=TIMEOUT_S,
+                             **_form(name, value, song))
+    assert response.status_code == 400, (response.status_code, response.text)
+    assert name in response.json()["reason"] and "Traceback" not in response.text
+    assert stack.waiting() == []
+
+
+@pytest.mark.parametrize("value", ["3_20", " 320", "+320", "320.0"])
+def test_json_numbers_as_text_are_ascii_digits_only(stack, rest, make_song, value):
+    song = base64.b64encode(make_song(seconds=1.0).read_bytes()).decode()
+    response = requests.post(f"{rest.url}/apiv1/separate", timeout=TIMEOUT_S,
+                             json={"mp3": song, "bitrate": value})
+    assert response.status_code == 400, (response.status_code, response.text)
+    assert "bitrate" in response.json()["reason"] and "ASCII digits" in response.text
+    assert stack.waiting() == []
+    accepted = requests.post(f"{rest.url}/apiv1/separate", timeout=TIMEOUT_S,
+                             json={"mp3": song, "bitrate": "192"})
+    assert accepted.status_code == 200, accepted.text
+
+
+@pytest.mark.parametrize("path", [
+    "/apiv1/queue?limit=1_0", "/apiv1/queue?offset=%D9%A3", "/apiv1/queue?limit=+5",
+    f"/apiv1/track/{'a' * 64}/vocals.mp3?bitrate=3_20",
+    f"/apiv1/track/{'a' * 64}/vocals.flac?bit_depth=%C2%B2",
+    f"/apiv1/remove/{'a' * 64}/vocals.mp3?bitrate=%20320"])
+def test_query_numbers_are_ascii_digits_only(rest, path):
+    response = requests.get(f"{rest.url}{path}", timeout=TIMEOUT_S)
+    assert response.status_code == 400, (response.status_code, response.text)
+    assert "ASCII digits" in response.json()["reason"]
+    assert requests.get(f"{rest.url}/apiv1/queue?limit=10", timeout=TIMEOUT_S).ok
+
+
+def test_a_stored_number_in_other_digits_is_read_as_absent(stack, rest):
+    job_id = "f" * 32
+    stack.redis.hset(Keys.job(job_id), mapping={
+        "id": job_id, "state": "done", "stage": "done", "songhash": "b" * 64, "progress": 100,
+        "attempts": "²", "bitrate": "٣٢٠", "bit_depth": "³", "format": "mp3", "tracks": "{}"})
+    response = requests.get(f"{rest.url}/apiv1/status/{job_id}", timeout=TIMEOUT_S)
+    assert response.status_code == 200, (response.status_code, response.text)
+    record = response.json()
+    assert (record["attempts"], record["bitrate"], record["bit_depth"]) == (0, None, None)
