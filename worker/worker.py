@@ -63,6 +63,7 @@ from separation.contract import (
 from separation.formats import Encoding
 from separation.joins import Joins
 from separation.logs import configure_logging
+from separation.models import Registry
 from separation.observability import serve
 from separation.queue import JobQueue
 from separation.retention import expires_at, prepare_buckets
@@ -95,6 +96,7 @@ from worker.separator import Separator
 from worker.task import JobKind, Task, live, timed
 from worker.tracks import Tracks
 from worker.upkeep import Heartbeat, StopSignal, until_up
+from worker.weights import Shelf
 
 log = logging.getLogger("worker")
 
@@ -105,6 +107,7 @@ class Worker:
     def __init__(self, settings: Settings, client: redis.Redis, storage: Minio) -> None:
         check_geometry(settings)
         self.settings = settings
+        self.models = Shelf.open(Registry.load(settings), settings.work_dir)  # ValueError: stop
         self.queue = JobQueue(client, high_burst=settings.high_burst,
                               route_batch=settings.queue_route_batch)
         self.status = StatusStore(client, settings.status_ttl_s)
@@ -120,7 +123,8 @@ class Worker:
         device = settings.demucs_device
         self.device = device if device != "auto" else "cuda" if cuda_present() else "cpu"
         self.cancels = CancelWatch(self.queue, settings.cancel_poll_s)
-        self.separator = Separator(settings, self.status, self.device, self.abort, self.cancels)
+        self.separator = Separator(settings, self.status, self.device, self.abort, self.cancels,
+                                   self.models)
         status = StatusRecorder(self.status)
         webhooks = Webhooks(settings, self.status, Joins(client, settings.status_ttl_s))
         long_songs = LongSongUpkeep(self.long_songs, self.status, webhooks)
@@ -220,8 +224,12 @@ class Worker:
         task = Task(raw, job.id or "", job, JobKind.of(job),
                     self.status.start_attempt(job.id or "", self.worker_id), work_dir,
                     songhash=job.songhash)
-        self.status.update(task.id, model=self.model_of(job.model), songhash=job.songhash or "",
-                           stage="starting")
+        if refused := self.models.refusal(job.model):  # never reaches Demucs, nor any key
+            self.settle(task, Outcome(State.FAILED, failure=errors.model_unavailable(refused)))
+            return None
+        model = self.model_of(job.model)
+        self.status.update(task.id, model=model, weights_sha256=self.models.weights_sha256(model),
+                           songhash=job.songhash or "", stage="starting")
         log.info("job %s: attempt %d/%d started", task.id, task.attempt,
                  self.settings.max_attempts)
         if task.kind is JobKind.CHUNK and self.long_songs.parent_failed(job.chunk_of or ""):
@@ -301,8 +309,9 @@ class Worker:
     def run_of(self, task: Task) -> tuple[str, PrunedBag | None]:
         """The model a job runs, and the pruned bag its sources need (None: all of it)."""
         model = self.model_of(task.subject.model)
-        return model, pruned_bag(model, self.settings.demucs_repo,
-                                 sources_for(task.subject.tracks()))
+        repo = self.models.repo(model)
+        return model, None if repo is None else pruned_bag(model, repo,
+                                                           sources_for(task.subject.tracks()))
 
     # -- 5. deliver ------------------------------------------------------------------------
     def deliver(self, task: Task) -> None:
@@ -328,8 +337,10 @@ class Worker:
         self.status.update(task.subject_id, stage="uploading", progress=95, **encoding.fields(),
                            expires_at=expires_at(time.time(), self.settings.retention_days) or "")
         with timed(task, "upload"):
-            return self.tracks.upload(files, task.songhash, self.model_of(task.subject.model),
-                                      task.subject_id, encoding)
+            model = self.model_of(task.subject.model)
+            return self.tracks.upload(files, task.songhash, model,
+                                      self.models.weights_sha256(model), task.subject_id,
+                                      encoding)
 
     # -- 6. settle -------------------------------------------------------------------------
     def settle(self, task: Task, outcome: Outcome) -> None:
@@ -370,6 +381,7 @@ class Worker:
     def leave(self) -> None:
         self.heartbeat.stop()
         self.cancels.stop()
+        self.models.close()
         try:
             self.return_held_jobs()  # nothing should be left; be sure
             self.queue.forget(self.worker_id)
@@ -394,7 +406,11 @@ def main(argv: list[str] | None = None) -> int:
     log_client = connect_redis(settings, fail_fast=True)
     configure_logging(log_client, settings.host, "worker", settings.log_list_max,
                       settings.log_list_max_bytes)
-    worker = Worker(settings, connect_redis(settings), connect_minio(settings))
+    try:
+        worker = Worker(settings, connect_redis(settings), connect_minio(settings))
+    except ValueError as error:  # a model's weights missing or not the registry's, ...
+        log.error("worker cannot start: %s", error)
+        return 2
     signal.signal(signal.SIGTERM, worker.stop)
     signal.signal(signal.SIGINT, worker.stop)
     return worker.run(burst=burst)
