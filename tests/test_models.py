@@ -272,9 +272,11 @@ def test_the_model_list_and_clients_limited_to_some_models(stack, start_rest, ma
     assert "models: demucs_unittest (GET" in refused[0]
     assert not stack.waiting()
     assert separate(BOB, "small_ht").status_code == 200
-    assert separate(CAROL).status_code == 200  # no model: carol's own default
-    models = [json.loads(raw).get("model") for raw in stack.waiting()]
-    assert models == ["small_ht", "small_ht"]
+    carols = separate(CAROL).json()  # no model: carol's own default, so bob's job is joined
+    assert "joined" in carols["reason"]
+    assert requests.get(f"{rest.url}/apiv1/status/{carols['id']}", headers=auth(CAROL),
+                        timeout=TIMEOUT_S).json()["model"] == "small_ht"
+    assert [json.loads(raw).get("model") for raw in stack.waiting()] == ["small_ht"]
     songhash = json.loads(stack.waiting()[0])["songhash"]
     assert stack.redis.keys("owners:*") == [Keys.owners(songhash, "small_ht").encode()]
     assert stack.redis.smembers(Keys.owners(songhash, "small_ht")) >= {b"bob/vocals",
