@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 from mutagen.mp3 import MP3
 
 from separation.contract import TRACKS
+from separation.models import builtin_model
+from tests.registries import write_registry
+from tests.waiting import wait_until
 
 CHROMIUM = Path("/usr/bin/chromium")
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -277,3 +281,22 @@ def test_a_karaoke_upload_asks_for_vocals_and_instrumental_and_plays_both(stack,
     assert not states["vocals"]["muted"] and not states["instrumental"]["muted"]  # the song
     job_id = page.evaluate("location.hash.slice(1)")
     assert set(stack.status(job_id)["tracks"]) == {"vocals", "instrumental"}
+
+
+def test_the_page_offers_the_registrys_models_and_sends_the_chosen_one(stack, start_rest,
+                                                                       make_song, small_model,
+                                                                       tmp_path, browser_page):
+    rest = start_rest(MODELS_FILE=write_registry(tmp_path / "models.json", builtin_model(),
+                                                 small_model))
+    page = browser_page
+    page.goto(rest.url + "/")
+    page.wait_for_function("document.querySelectorAll('#model option').length === 2",
+                           timeout=15_000)
+    options = page.eval_on_selector_all("#model option", "els => els.map(o => [o.value, "
+                                        "o.textContent, o.selected])")
+    assert options == [["demucs_unittest", "demucs_unittest (MIT)", True],
+                       ["small_ht", "small_ht (CC-BY-NC-4.0 (a test's))", False]]
+    page.select_option("#model", "small_ht")
+    page.set_input_files("#file", str(make_song(seconds=1, seed=29, name="model.mp3")))
+    waiting = wait_until(stack.waiting, timeout_s=30)
+    assert json.loads(waiting[0])["model"] == "small_ht"
