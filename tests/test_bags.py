@@ -23,7 +23,7 @@ from separation.contract import DEMUCS_STEMS
 from separation.models import Model
 from worker import bags
 from worker.chunking import read_wav
-from worker.weights import WeightsError, demucs_remote, remote_files, shelve
+from worker.weights import WeightsError, check, demucs_remote, remote_files
 
 SMALL = {"channels": 8, "t_layers": 1}
 
@@ -95,24 +95,31 @@ def pretrained(name: str) -> Model:
     return Model(name, DEMUCS_STEMS, "MIT", "test", None, None)
 
 
+def checked_repo(model: Model, folder: Path) -> Path:
+    """The ``--repo`` folder a worker lays out for ``model`` once its files are checked."""
+    checked = check(model)
+    assert checked is not None
+    return checked.lay_out(folder)
+
+
 def test_a_remote_bag_is_pruned_once_its_files_are_cached(tmp_path, monkeypatch):
     """htdemucs_ft from Demucs' own remote files; the models must be in torch hub's cache."""
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     with pytest.raises(WeightsError, match="is missing"):  # not downloaded yet
-        shelve(pretrained("htdemucs_ft"), tmp_path / "shelf-0")
+        check(pretrained("htdemucs_ft"))
     checkpoints = tmp_path / "torch" / "hub" / "checkpoints"
     checkpoints.mkdir(parents=True)
     for name in ("f7e0c4bc-ba3fe64a.th", "d12395a8-e57c48e6.th", "92cfc3b6-ef3bcb9c.th",
                  "04573f0d-f3cf25b2.th"):  # demucs/remote/files.txt
         (checkpoints / name).write_bytes(b"")
-    repo, _ = shelve(pretrained("htdemucs_ft"), tmp_path / "shelf-1")
+    repo = checked_repo(pretrained("htdemucs_ft"), tmp_path / "shelf-1")
     pruned = bags.pruned_bag("htdemucs_ft", str(repo), ["vocals"])
     assert pruned is not None and pruned.description() == \
         "1 of 4 models of bag htdemucs_ft for vocals"
     assert [pruned.bag.files[i].name for i in pruned.kept] == ["04573f0d-f3cf25b2.th"]
     assert pruned.bag.files[pruned.kept[0]].resolve() == checkpoints / "04573f0d-f3cf25b2.th"
     (checkpoints / "955717e8-8726e21a.th").write_bytes(b"")
-    repo, _ = shelve(pretrained("htdemucs"), tmp_path / "shelf-2")
+    repo = checked_repo(pretrained("htdemucs"), tmp_path / "shelf-2")
     assert bags.pruned_bag("htdemucs", str(repo), ["vocals"]) is None  # a bag of one model
 
 
@@ -123,6 +130,6 @@ def test_bags_that_weigh_every_source_run_whole(tmp_path, monkeypatch, model):
     checkpoints.mkdir(parents=True)
     for name in remote_files(demucs_remote() / "files.txt").values():
         (checkpoints / name).write_bytes(b"")
-    repo, _ = shelve(pretrained(model), tmp_path / "shelf")
+    repo = checked_repo(pretrained(model), tmp_path / "shelf")
     assert bags.load_bag(model, str(repo)) is not None  # its files are "cached"
     assert bags.pruned_bag(model, str(repo), ["vocals"]) is None

@@ -134,20 +134,18 @@ def test_a_weight_file_missing_or_not_the_registrys_stops_the_shelf(small_model,
     weight = small_model.files[0]
     wrong = replace(small_model, files=(replace(weight, sha256="0" * 64),))
     with pytest.raises(WeightsError) as info:
-        Shelf.open(registry_of(builtin_model(), wrong), str(tmp_path))
+        Shelf(registry_of(builtin_model(), wrong))
     assert f"has SHA-256 {weight.sha256}, but the registry says {'0' * 64}" in str(info.value)
     missing = replace(small_model, folder=str(tmp_path / "nowhere"))
     with pytest.raises(WeightsError, match="is missing: fetch it first"):
-        Shelf.open(registry_of(builtin_model(), missing), str(tmp_path))
-    assert not list(tmp_path.glob("demucs-models-*"))  # no half-made shelf left behind
-    shelf = Shelf.open(registry_of(builtin_model(), small_model), str(tmp_path))
-    repo = Path(shelf.repo("small_ht") or "")
+        Shelf(registry_of(builtin_model(), missing))
+    shelf = Shelf(registry_of(builtin_model(), small_model))
+    repo = Path(shelf.repo("small_ht", tmp_path / "batch") or "")
     assert [p.name for p in repo.iterdir()] == [weight.name]  # what Demucs may load, only
+    assert (repo / weight.name).resolve() == Path(small_model.folder or "") / weight.name
     assert shelf.weights_sha256("small_ht") == small_model.weights_sha256
-    assert shelf.repo("demucs_unittest") is None and shelf.weights_sha256(
-        "demucs_unittest") == "built-in"
-    shelf.close()
-    assert not repo.exists()
+    assert shelf.repo("demucs_unittest", tmp_path / "batch") is None
+    assert shelf.weights_sha256("demucs_unittest") == "built-in"
 
 
 def test_make_models_downloads_once_and_keeps_only_verified_files(small_model, tmp_path):

@@ -84,7 +84,7 @@ class Separator:
         for task in tasks:
             self.status.update(task.subject_id, stage="separating", progress=5)
         out_dir = Path(tempfile.mkdtemp(prefix=f"demucs-{device}-", dir=tasks[0].work_dir.parent))
-        repo = self.models.repo(model)
+        repo = self.models.repo(model, out_dir.parent)
         if pruned is not None:
             model, repo = pruned.name, str(pruned.write(out_dir.with_name(out_dir.name + "-bag")))
             log.info("jobs %s: running %s", ",".join(t.id for t in tasks), pruned.description())

@@ -1,10 +1,11 @@
 """The registry's weights on this worker: checked at start, and the only files Demucs may load.
 
 When a worker starts, every model of the registry (``separation.models``) is put on its
-*shelf*: each listed file is found (in the model's ``folder``, else torch hub's cache), its
-SHA-256 compared with the registry's, and a symlink to it laid into a folder of that model's
-own, with the bag's yaml (the registry's, or Demucs' own for a pretrained bag). Demucs then
-always runs with ``--repo <that folder>``: it loads what was checked and nothing else, and
+*shelf*: each listed file is found (in the model's ``folder``, else torch hub's cache) and its
+SHA-256 compared with the registry's. A batch then gets, in its temp dir, a folder per model
+holding a symlink to each checked file and the bag's yaml (the registry's, or Demucs' own for
+a pretrained bag), and Demucs always runs with ``--repo <that folder>``: it loads what was
+checked and nothing else, and
 never asks the model hub (which it would for a name without ``--repo``, running the code the
 hub's files name). A missing file or one whose hash differs stops the worker at start, with
 the reason; nothing is ever downloaded while a job runs.
@@ -24,10 +25,9 @@ import logging
 import os
 import shutil
 import sys
-import tempfile
 import urllib.request
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script: make the repository's packages importable
@@ -54,31 +54,37 @@ class WeightsError(ValueError):
     """A model's weights are missing or not the registry's: the worker does not start."""
 
 
+@dataclass(frozen=True)
+class Checked:
+    """A model whose files were checked: what its ``--repo`` folder links to."""
+
+    name: str
+    links: tuple[tuple[str, Path], ...]  # (file name, the checked file)
+    bag_yaml: Path | None  # Demucs' own yaml of a pretrained bag, copied beside the links
+    weights_sha256: str
+
+    def lay_out(self, folder: Path) -> Path:
+        """The model's ``--repo`` folder: the checked files and nothing else."""
+        if not folder.is_dir():
+            folder.mkdir(parents=True)
+            for name, target in self.links:
+                (folder / name).symlink_to(target)
+            if self.bag_yaml is not None:
+                shutil.copyfile(self.bag_yaml, folder / f"{self.name}.yaml")
+        return folder
+
+
 class Shelf:
-    """The registry's models on this worker, each checked, each in a ``--repo`` folder of its
-    own (None for the built-in model) under ``root``."""
+    """The registry's models on this worker, each checked when it starts (WeightsError: the
+    worker does not start); ``repo`` lays out a model's ``--repo`` folder for a batch."""
 
-    def __init__(self, registry: Registry, root: Path) -> None:
+    def __init__(self, registry: Registry) -> None:
         self.registry = registry
-        self.root = root
-        self.repos: dict[str, Path | None] = {}
-        self.digests: dict[str, str] = {}
+        self.checked = {model.name: check(model) for model in registry.models}
         for model in registry.models:
-            self.repos[model.name], self.digests[model.name] = shelve(model, root / model.name)
             log.info("model %s: %s, weights SHA-256 %s", model.name,
-                     "built into Demucs" if model.builtin else f"{len(_files(model))} files "
-                     "checked", self.digests[model.name])
-
-    @classmethod
-    def open(cls, registry: Registry, parent: str | None = None) -> Shelf:
-        """A shelf in a new temp folder under ``parent`` (``WORK_DIR``); WeightsError stops
-        the worker."""
-        root = Path(tempfile.mkdtemp(prefix="demucs-models-", dir=parent))
-        try:
-            return cls(registry, root)
-        except BaseException:
-            shutil.rmtree(root, ignore_errors=True)
-            raise
+                     "built into Demucs" if model.builtin else "files checked",
+                     self.weights_sha256(model.name))
 
     def refusal(self, name: str | None) -> str | None:
         """Why a job naming model ``name`` cannot run here; None when it can."""
@@ -88,46 +94,43 @@ class Shelf:
             return str(error).replace("this service runs", "this worker has installed")
         return None
 
-    def repo(self, name: str) -> str | None:
-        """The ``--repo`` folder of a model (None: Demucs' built-in test model)."""
-        repo = self.repos[name]
-        return None if repo is None else str(repo)
+    def repo(self, name: str, parent: Path) -> str | None:
+        """The ``--repo`` folder of a model under ``parent`` (a batch's temp dir, which goes
+        with the batch); None for Demucs' built-in test model."""
+        checked = self.checked[name]
+        return None if checked is None else str(checked.lay_out(parent / "models" / name))
 
     def weights_sha256(self, name: str) -> str:
-        return self.digests[name]
-
-    def close(self) -> None:
-        shutil.rmtree(self.root, ignore_errors=True)
+        checked = self.checked[name]
+        return BUILTIN_SOURCE if checked is None else checked.weights_sha256
 
 
-def shelve(model: Model, folder: Path) -> tuple[Path | None, str]:
-    """Check ``model``'s files and link them into ``folder``; return it and the weights'
-    digest (``separation.models.weights_digest``)."""
+def check(model: Model) -> Checked | None:
+    """Check every file of ``model`` (None: the built-in model, which has none)."""
     if model.builtin:
-        return None, BUILTIN_SOURCE
+        return None
     home = home_of(model)
-    folder.mkdir(parents=True)
-    hashed = []
+    links, hashed = [], []
     for weight in _files(model):
         path = home / weight.name
         hashed.append((weight.name, check_file(model.name, path, weight.sha256)))
-        (folder / weight.name).symlink_to(path.resolve())
+        links.append((weight.name, path.resolve()))
     names = [name for name, _ in hashed]
-    bag = folder / f"{model.name}.yaml"
-    if not bag.exists() and not any(n.endswith(".th") and model_signature(n) == model.name
+    bag_yaml = home / f"{model.name}.yaml" if f"{model.name}.yaml" in names else None
+    demucs_bag = None
+    if bag_yaml is None and not any(n.endswith(".th") and model_signature(n) == model.name
                                     for n in names):
-        remote = demucs_remote() / f"{model.name}.yaml"  # a pretrained bag: Demucs' own file
-        if not remote.is_file():
+        demucs_bag = bag_yaml = demucs_remote() / f"{model.name}.yaml"  # a pretrained bag
+        if not bag_yaml.is_file():
             raise WeightsError(f"model {model.name}: its files hold neither {model.name}.th "
                                f"nor the bag {model.name}.yaml, and Demucs has no such bag")
-        shutil.copyfile(remote, bag)
-    if bag.exists():
+    if bag_yaml is not None:
         signatures = {model_signature(n) for n in names if n.endswith(".th")}
-        missing = [sig for sig in bag_signatures(bag) if sig not in signatures]
+        missing = [sig for sig in bag_signatures(bag_yaml) if sig not in signatures]
         if missing:
             raise WeightsError(f"model {model.name}: its bag needs {', '.join(missing)}, "
                                "which its files do not hold")
-    return folder, weights_digest(hashed)
+    return Checked(model.name, tuple(links), demucs_bag, weights_digest(hashed))
 
 
 def check_file(model: str, path: Path, expected: str | None) -> str:
@@ -286,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
         registry = Registry.load(Settings.from_env())
         if args.command == "fetch":
             fetch(registry)
-        Shelf.open(registry).close()
+        Shelf(registry)
     except ValueError as error:
         print(f"models: {error}", file=sys.stderr)
         return 1

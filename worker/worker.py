@@ -107,7 +107,7 @@ class Worker:
     def __init__(self, settings: Settings, client: redis.Redis, storage: Minio) -> None:
         check_geometry(settings)
         self.settings = settings
-        self.models = Shelf.open(Registry.load(settings), settings.work_dir)  # ValueError: stop
+        self.models = Shelf(Registry.load(settings))  # ValueError: the worker does not start
         self.queue = JobQueue(client, high_burst=settings.high_burst,
                               route_batch=settings.queue_route_batch)
         self.status = StatusStore(client, settings.status_ttl_s)
@@ -309,7 +309,7 @@ class Worker:
     def run_of(self, task: Task) -> tuple[str, PrunedBag | None]:
         """The model a job runs, and the pruned bag its sources need (None: all of it)."""
         model = self.model_of(task.subject.model)
-        repo = self.models.repo(model)
+        repo = self.models.repo(model, task.work_dir.parent)
         return model, None if repo is None else pruned_bag(model, repo,
                                                            sources_for(task.subject.tracks()))
 
@@ -381,7 +381,6 @@ class Worker:
     def leave(self) -> None:
         self.heartbeat.stop()
         self.cancels.stop()
-        self.models.close()
         try:
             self.return_held_jobs()  # nothing should be left; be sure
             self.queue.forget(self.worker_id)
