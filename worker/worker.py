@@ -148,9 +148,10 @@ class Worker:
         self.cancels.start()
         if self.settings.metrics_port:
             serve(self.settings.metrics_port, self.heartbeat.health)
-        log.info("worker %s ready: device=%s threads=%d model=%s batch_max=%d%s",
+        log.info("worker %s ready: device=%s threads=%d models=%s (default %s) batch_max=%d%s",
                  self.worker_id, self.device, self.settings.threads,
-                 self.settings.demucs_model, self.settings.batch_max, " burst" if burst else "")
+                 ",".join(self.models.registry.names()), self.settings.demucs_model,
+                 self.settings.batch_max, " burst" if burst else "")
         backoff_s = 0.5
         while not self.stopping.is_set():
             try:
