@@ -225,7 +225,7 @@ class Worker:
         task = Task(raw, job.id or "", job, JobKind.of(job),
                     self.status.start_attempt(job.id or "", self.worker_id), work_dir,
                     songhash=job.songhash)
-        if refused := self.models.refusal(job.model):  # never reaches Demucs, nor any key
+        if refused := self.models.refusal(job.model):  # never reaches Demucs, nor a song key
             self.settle(task, Outcome(State.FAILED, failure=errors.model_unavailable(refused)))
             return None
         model = self.model_of(job.model)
