@@ -105,6 +105,14 @@ lint-deploy: $(VENV)/.installed
 test-reliability: setup
 	RELIABILITY_TRIALS=20 $(PY) -m pytest tests/reliability $(PYTEST_ARGS)
 
+# --- model weights (worker/weights.py; README "Models") ---
+#   make models [MODELS_FILE=registry.json]   download each weight file the registry lists and
+#                                             lacks, once, kept only if its SHA-256 matches
+.PHONY: models
+MODELS_FILE ?= deploy/base/models.json
+models: setup
+	MODELS_FILE=$(MODELS_FILE) $(PY) -m worker.weights fetch
+
 # --- the local demo (devstack/demo.py; README "Local demo") ---
 #   make demo [DEMUCS_MODEL=...] [DEMUCS_REPO=dir] [DEMO_SONG=song.mp3] [DEMO_EXIT=1]
 #   make stop                            stops a demo started in another terminal

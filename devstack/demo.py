@@ -4,11 +4,12 @@ Starts Redis, an S3 server (``minio`` when on PATH, else moto's), one worker and
 service, runs ``sample-requests/short-sample-request.py``, prints where the tracks are and the
 page's URL, and keeps the stack running until Ctrl-C or ``make stop``.
 
-Environment: ``DEMUCS_MODEL`` (default ``htdemucs``; when its weights cannot be had, the
-built-in ``demucs_unittest`` model runs instead, as a pipeline check), ``DEMUCS_REPO`` (a
-local model folder), ``DEMO_SONG`` (default: the lab's short sample when ``../shared`` has
-it, else a synthetic song), ``DEMO_EXIT=1`` (stop once the sample request is done, for CI),
-``DEMO_STATE_DIR`` (default ``.run/demo``: logs, data, tracks and the pid file).
+Environment: ``DEMUCS_MODEL`` (default ``htdemucs``; when its weights are not here, the
+built-in ``demucs_unittest`` model runs instead, as a pipeline check: ``make models`` fetches
+them), ``DEMUCS_REPO`` (a local model folder), ``DEMO_SONG`` (default: the lab's short
+sample when ``../shared`` has it, else a synthetic song), ``DEMO_EXIT=1`` (stop once the
+sample request is done, for CI), ``DEMO_STATE_DIR`` (default ``.run/demo``: logs, data, tracks,
+the pid file and ``models.json``, the model registry its services read).
 
 ``python -m devstack.demo stop`` stops a running demo (``make stop``).
 """
@@ -28,11 +29,13 @@ from pathlib import Path
 import devstack
 from devstack import demo_env
 from devstack.demo_env import demo_pid, process_matches, state_dir
+from separation.models import Registry, builtin_model, registry_json
+from separation.settings import Settings
+from worker.weights import describe
 
 SAMPLE_SCRIPT = devstack.ROOT / "sample-requests" / "short-sample-request.py"
 SHARED_SONG = devstack.ROOT.parent / "shared" / "samples" / "short-hop.mp3"
 FALLBACK_MODEL = "demucs_unittest"
-PROBE_TIMEOUT_S = 900  # a first download of real weights takes a while
 STOP_TIMEOUT_S = 30
 REDIS_PORT, S3_PORT, REST_PORT = 6379, 9000, 5000  # the settings' defaults: no copying needed
 
@@ -46,46 +49,28 @@ def say(line: str) -> None:
 
 
 # -- the model ---------------------------------------------------------------------------
-def probe_model(model: str, repo: str | None, extra_env: dict[str, str]) -> bool:
-    """Whether Demucs can load ``model`` here, tried in a child process."""
-    code = ("import sys; from pathlib import Path; from demucs.pretrained import get_model; "
-            "get_model(sys.argv[1], Path(sys.argv[2]) if sys.argv[2] else None)")
-    try:
-        result = subprocess.run([sys.executable, "-c", code, model, repo or ""],  # nosec B603
-                                env={**os.environ, **extra_env}, capture_output=True,
-                                timeout=PROBE_TIMEOUT_S, check=False)
-    except subprocess.TimeoutExpired:
-        return False
-    return result.returncode == 0
-
-
-def hub_resolves() -> bool:
-    try:
-        socket.getaddrinfo("huggingface.co", 443)
-    except OSError:
-        return False
-    return True
-
-
-def choose_model() -> tuple[str, dict[str, str]]:
-    """The model to run and the environment its weights load with; falls back when offline."""
+def choose_models(state: Path) -> tuple[str, Path]:
+    """The model to run and the registry (``MODELS_FILE``) the demo's services read:
+    ``DEMUCS_MODEL`` when its weights are here (checked as a worker checks them; nothing is
+    downloaded: ``make models`` does that), else the built-in ``demucs_unittest`` alone, a
+    pipeline check. ``demucs_unittest`` is listed either way."""
     model = os.environ.get("DEMUCS_MODEL") or "htdemucs"
     repo = os.environ.get("DEMUCS_REPO") or None
-    if model == FALLBACK_MODEL:
-        return model, {}
-    say(f"checking that the weights of model {model} can be loaded"
-        + (f" from {repo}" if repo else " (a first run downloads them)"))
-    attempts: list[dict[str, str]] = [{"HF_HUB_OFFLINE": "1"}]  # the cache or the repo first
-    if repo is None and hub_resolves():
-        attempts.append({})
-    for extra_env in attempts:
-        if probe_model(model, repo, extra_env):
-            return model, extra_env
-    where = f"in DEMUCS_REPO={repo}" if repo else "(no network, and none cached)"
-    print(f"The weights of model {model} cannot be had {where}: using the built-in "
-          f"{FALLBACK_MODEL} model instead, so this run is a pipeline check, not a real "
-          "separation.", flush=True)
-    return FALLBACK_MODEL, {}
+    models = [builtin_model()]
+    if model != FALLBACK_MODEL:
+        where = f"in DEMUCS_REPO={repo}" if repo else "in torch hub's cache"
+        say(f"checking the weights of model {model} {where}")
+        try:
+            settings = Settings.from_env()
+            models.insert(0, describe(Registry.derived(settings).get(model)))
+        except ValueError as error:
+            print(f"The weights of model {model} cannot be had {where} ({error}): using the "
+                  f"built-in {FALLBACK_MODEL} model instead, so this run is a pipeline check, "
+                  "not a real separation.", flush=True)
+            model = FALLBACK_MODEL
+    registry = state / "models.json"
+    registry.write_text(registry_json(models))
+    return model, registry
 
 
 # -- the stack ---------------------------------------------------------------------------
@@ -98,14 +83,14 @@ class Demo:
         self.services: list[tuple[str, subprocess.Popen]] = []
         self.rest_url = ""
 
-    def start(self, model: str, model_env: dict[str, str]) -> None:
+    def start(self, model: str, registry: Path) -> None:
         redis = devstack.start_redis(self.state / "redis", port=default_or_free(REDIS_PORT))
         self._keep("redis", redis.process)
         s3 = devstack.start_s3(self.state / "s3", port=default_or_free(S3_PORT))
         self._keep("s3", s3.process)
         passed = {k: v for k, v in os.environ.items() if k.startswith("DEMUCS_")}
         (self.state / "work").mkdir(exist_ok=True)
-        overrides = {**passed, **model_env, "DEMUCS_MODEL": model,
+        overrides = {**passed, "DEMUCS_MODEL": model, "MODELS_FILE": str(registry),
                      "METRICS_PORT": str(devstack.free_port()),
                      "WORK_DIR": str(self.state / "work")}
         env = devstack.service_env(redis.port, s3.port, **overrides)
@@ -178,8 +163,8 @@ def run() -> int:
     demo = Demo(state)
     demo.write_pid_file()
     try:
-        model, model_env = choose_model()
-        demo.start(model, model_env)
+        model, registry = choose_models(state)
+        demo.start(model, registry)
         code = demo.run_sample(state / "tracks")
         if code != 0:
             say(f"the sample request failed (exit {code}); the logs are in {state}")

@@ -1,4 +1,4 @@
-"""The ``apiv1`` routes: separate, queue, status, cancel, track, remove.
+"""The ``apiv1`` routes: separate, models, queue, status, cancel, track, remove.
 
 A separation request ends as a job on the worker's contract (``separation.contract.Job``):
 the MP3 is stored as ``<songhash>.mp3`` in the input bucket, the job's ``queued`` status is
@@ -9,7 +9,8 @@ transcoded from another format). Results expire ``RETENTION_DAYS`` after they ar
 (``separation.retention``): the status says when.
 
 With ``API_KEYS`` every route sees the caller's own jobs and tracks only (``rest.owners``):
-another client's are answered 404, as if they did not exist.
+another client's are answered 404, as if they did not exist. A model is one of the registry's
+(``separation.models``; ``GET /apiv1/models``): any other name is a 400 that lists them.
 """
 
 from __future__ import annotations
@@ -63,6 +64,19 @@ class SeparateResponse(BaseModel):
     hash: str
     id: str
     reason: str
+
+
+class ModelInfo(BaseModel):
+    name: str
+    stems: list[str]
+    licence: str
+    source: str
+    default: bool
+    weights_sha256: str | None
+
+
+class ModelsResponse(BaseModel):
+    models: list[ModelInfo]
 
 
 class QueueResponse(BaseModel):
@@ -138,12 +152,15 @@ def submit(backend: Backend, upload: Upload, caller: str | None = None) -> dict[
     of API_KEYS (``caller``), the client's own view of it (``rest.owners``).
     """
     settings = backend.settings
+    fields = normalize_stems(upload.fields)
+    model = registry_model(backend, fields.get("model"), caller)
+    if model != settings.demucs_model:  # a client limited to other models: its own default
+        fields["model"] = model
     try:
         job = parse_job(json.dumps({"id": uuid.uuid4().hex, "songhash": upload.songhash,
-                                    **normalize_stems(upload.fields)}))
+                                    **fields}))
     except InvalidJob as error:
         raise HTTPException(400, str(error).removeprefix("invalid job: ")) from None
-    model = job.model or settings.demucs_model
     if caller is not None:
         if not backend.owners.has_room(caller):
             raise HTTPException(
@@ -181,6 +198,24 @@ def submit(backend: Backend, upload: Upload, caller: str | None = None) -> dict[
         raise
     backend.joins.hold(active)
     return {"hash": upload.songhash, "id": job.id or "", "reason": ENQUEUED}
+
+
+def registry_model(backend: Backend, name: object, caller: str | None) -> str:
+    """The registry's model a request asks for (None: the caller's default); 400 for any
+    other name, listing those the caller may use, before anything is stored or owned."""
+    try:
+        return backend.models.resolve(name, backend.models_of(caller))
+    except ValueError as error:
+        raise HTTPException(400, str(error)) from None
+
+
+@router.get("/models", response_model=ModelsResponse)
+async def models(backend: BackendDep, caller: Caller) -> dict[str, Any]:
+    """The models a client may ask for (``model`` of ``/separate``): name, stems, licence,
+    source, whether it is the default, and the SHA-256 of its weights (``weights_sha256``,
+    which each job's status and each track's metadata name; null where the registry does not
+    pin it). With API_KEYS, a client limited to some models sees only those."""
+    return {"models": backend.models.shown(backend.models_of(caller))}
 
 
 def own_view(backend: Backend, caller: str | None, job: Job, upload: Upload, model: str,

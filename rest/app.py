@@ -102,8 +102,9 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         except OSError as error:
             log.warning("cannot serve probes on METRICS_PORT=%d: %s", settings.metrics_port,
                         error)
-    log.info("rest service ready: model %s, buckets %s -> %s, API token %s",
-             settings.demucs_model, settings.queue_bucket, settings.output_bucket,
+    log.info("rest service ready: models %s (default %s), buckets %s -> %s, API token %s",
+             ", ".join(backend.models.names()), settings.demucs_model, settings.queue_bucket,
+             settings.output_bucket,
              f"required, {len(backend.clients)} clients owning their songs"
              if backend.owned else "required" if settings.api_token else "off")
     yield

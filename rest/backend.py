@@ -20,7 +20,7 @@ from rest.callbacks import CallbackSender
 from rest.links import link_client
 from rest.owners import Owners
 from rest.ratelimit import RateLimit
-from separation.clients import parse_api_keys
+from separation.clients import client_models, parse_api_keys
 from separation.connections import (
     connect_minio,
     connect_presigner,
@@ -28,6 +28,7 @@ from separation.connections import (
     connect_redis_async,
 )
 from separation.joins import Joins
+from separation.models import Registry
 from separation.queue import JobQueue
 from separation.retention import prepare_buckets
 from separation.settings import Settings
@@ -50,6 +51,9 @@ class Backend:
     """SHA-256 of each client's key, by name: every key is compared at the same cost."""
     presigner: Minio | None
     """Presigns ``?redirect=1`` URLs as a read-only user; None: no user, no redirects."""
+    models: Registry
+    model_limits: dict[str, frozenset[str]]
+    """The models each client of ``API_KEYS`` limited to some may use (``:models=a|b``)."""
     callbacks: CallbackSender = field(default_factory=CallbackSender)
     buckets_ready: bool = False
 
@@ -61,17 +65,23 @@ class Backend:
         status = StatusStore(client, settings.status_ttl_s, async_client)
         clients = {name: _digest(key) for name, key in
                    parse_api_keys(settings.api_keys, settings.api_token).items()}
+        models, limits = Registry.load(settings), client_models(settings.api_keys)
+        models.check_clients(limits)  # ValueError: the service does not start
         return cls(settings, client, connect_minio(settings), queue, status,
                    Joins(client, settings.status_ttl_s),
                    RateLimit(client, settings.rate_limit_per_min),
                    Owners(client, async_client, status, queue, settings.status_ttl_s,
                           settings.client_max_waiting),
-                   clients, connect_presigner(settings))
+                   clients, connect_presigner(settings), models, limits)
 
     @property
     def owned(self) -> bool:
         """Whether clients own what they send: ``API_KEYS`` is set."""
         return bool(self.settings.api_keys)
+
+    def models_of(self, caller: str | None) -> frozenset[str] | None:
+        """The models ``caller`` may use; None: every model of the registry."""
+        return None if caller is None else self.model_limits.get(caller)
 
     def ensure_buckets(self) -> None:
         """Create the input and output buckets and set their expiry (``RETENTION_DAYS``) once;

@@ -46,7 +46,8 @@ class SeparateRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     mp3: str = Field(description="the MP3 file, base64-encoded")
-    model: str | None = Field(None, description="Demucs model; default DEMUCS_MODEL")
+    model: str | None = Field(None, description="a model GET /apiv1/models lists; "
+                                     "default: its default")
     stems: list[str] | None = Field(
         None, description="tracks to make: vocals drums bass other instrumental acapella "
                           "original full (default all; 'base' means bass)")

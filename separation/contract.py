@@ -56,7 +56,8 @@ Priority = Literal["high", "normal"]
 
 SONGHASH_RE = re.compile(r"[0-9a-f]{64}")
 JOB_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
-MODEL_RE = re.compile(r"[A-Za-z0-9_./-]{1,100}")
+MODEL_RE = re.compile(r"[A-Za-z0-9_]{1,64}")
+"""A model's name: what the registry (``separation.models``) lists, never a path or hub id."""
 BUCKET_RE = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 MAX_OBJECT_KEY_CHARS = 1024
 MAX_JOB_JSON_BYTES = 64 * 1024
@@ -267,10 +268,9 @@ class Job(BaseModel):
     @field_validator("model")
     @classmethod
     def _model(cls, value: str | None) -> str | None:
-        if value is not None and (not MODEL_RE.fullmatch(value) or ".." in value
-                                  or value.startswith(("/", "-", "."))):
-            raise ValueError("model must match [A-Za-z0-9_./-]+, without '..' or a leading "
-                             "'/', '-' or '.'")
+        if value is not None and not MODEL_RE.fullmatch(value):
+            raise ValueError("model must match [A-Za-z0-9_]{1,64}: a name GET /apiv1/models "
+                             "lists")
         return value
 
     @field_validator("stems")
@@ -448,7 +448,7 @@ def output_key(pattern: str, songhash: str, track: str, model: str | None = None
     """
     if not SONGHASH_RE.fullmatch(songhash) or track not in TRACKS:
         raise ValueError(f"bad songhash or track: {songhash!r}, {track!r}")
-    if model is not None and (not MODEL_RE.fullmatch(model) or ".." in model):
+    if model is not None and not MODEL_RE.fullmatch(model):
         raise ValueError(f"bad model name: {model!r}")
     key = pattern.format(songhash=songhash, track=track)
     if encoding is not None and not encoding.default and track != "original":

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from separation.clients import parse_api_keys
+from separation.clients import client_models, parse_api_keys
 from separation.contract import MODEL_RE, check_output_key_pattern
 from separation.egress import EgressPolicy
 from separation.formats import MP3_BITRATES_KBPS
@@ -66,6 +66,7 @@ class Settings:
     output_key: str = "{songhash}-{track}.mp3"
     demucs_model: str = "htdemucs"
     demucs_repo: str | None = None
+    models_file: str | None = None  # the model registry (JSON); None: DEMUCS_MODEL alone
     demucs_device: str = "auto"
     demucs_threads: int = 0  # 0: every CPU the process may use
     demucs_shifts: int = 0  # Demucs CLI: 1, one random offset that averages nothing
@@ -100,7 +101,7 @@ class Settings:
     work_dir: str | None = None  # parent of per-job temp dirs; None: the system's
     host: str = socket.gethostname()
     api_token: str | None = None
-    api_keys: str | None = None  # name:key,... : clients that each see only their own songs
+    api_keys: str | None = None  # name:key[:models=a|b],... : each sees only its own songs
     client_max_waiting: int = 1000  # with API_KEYS: a client's jobs waiting at once; more: 429
     presign_ttl_s: int = 3600  # lifetime of a ?redirect=1 presigned track URL
     minio_presign_access_key: str | None = None  # a read-only MinIO user: ?redirect=1's URLs
@@ -138,7 +139,7 @@ class Settings:
 
     def check(self) -> None:
         check_output_key_pattern(self.output_key)
-        if not MODEL_RE.fullmatch(self.demucs_model) or ".." in self.demucs_model:
+        if not MODEL_RE.fullmatch(self.demucs_model):
             raise ValueError(f"DEMUCS_MODEL {self.demucs_model!r} is not a valid model name")
         if self.demucs_device not in ("auto", "cpu", "cuda") and not \
                 self.demucs_device.startswith("cuda:"):
@@ -181,6 +182,7 @@ class Settings:
             raise ValueError(f"ALLOWED_HOSTS: {bad_hosts[0][:100]!r} is not a host name, "
                              "*.domain, [IPv6 address] or *" if bad_hosts else
                              "ALLOWED_HOSTS names no host: every request would be refused")
+        client_models(self.api_keys)  # ValueError
         if not 0 < self.cancel_poll_s <= 1:
             raise ValueError("CANCEL_POLL_S must be in (0, 1]: a cancel stops Demucs within 2 s")
         if self.mp3_bitrate_kbps not in MP3_BITRATES_KBPS:

@@ -25,10 +25,12 @@ from minio import Minio
 import devstack
 from devstack.synth import write_song
 from separation.connections import connect_minio, connect_redis
-from separation.contract import Keys, input_key, sha256_file
+from separation.contract import DEMUCS_STEMS, Keys, input_key, sha256_file
+from separation.models import Model
 from separation.queue import WAITING_LISTS
 from separation.settings import Settings
 from separation.status import StatusStore
+from worker.weights import describe
 from worker.worker import Worker
 
 SHARED_SAMPLES = devstack.ROOT.parent / "shared" / "samples"
@@ -249,3 +251,14 @@ def start_rest(stack: Stack) -> Iterator[Callable[..., RestService]]:
 def rest(start_rest: Callable[..., RestService]) -> RestService:
     """The REST service with the stack's settings and no API token."""
     return start_rest()
+
+
+@pytest.fixture(scope="session")
+def small_model(tmp_path_factory: pytest.TempPathFactory) -> Model:
+    """``small_ht``, a small htdemucs with random weights (``bench.model``), as the registry
+    lists a model of one's own: its folder and its file's SHA-256."""
+    from bench.model import build_htdemucs
+
+    repo = build_htdemucs(tmp_path_factory.mktemp("models"), "small_ht", channels=8, t_layers=1)
+    return describe(Model("small_ht", DEMUCS_STEMS, "CC-BY-NC-4.0 (a test's)",
+                          "bench/model.py, random weights", str(repo), None))

@@ -19,8 +19,11 @@ import pytest
 from bench.long_songs import snr_db
 from bench.model import build_specialist_bag
 from devstack.synth import write_song
+from separation.contract import DEMUCS_STEMS
+from separation.models import Model
 from worker import bags
 from worker.chunking import read_wav
+from worker.weights import WeightsError, check, demucs_remote, remote_files
 
 SMALL = {"channels": 8, "t_layers": 1}
 
@@ -87,20 +90,37 @@ def test_what_is_kept_follows_the_weights(tmp_path):
     assert (folder / "b-0f1e.th").resolve() == (repo / "b-0f1e.th").resolve()
 
 
+def pretrained(name: str) -> Model:
+    """A Demucs pretrained model as ``DEMUCS_MODEL`` alone names it (no MODELS_FILE)."""
+    return Model(name, DEMUCS_STEMS, "MIT", "test", None, None)
+
+
+def checked_repo(model: Model, folder: Path) -> Path:
+    """The ``--repo`` folder a worker lays out for ``model`` once its files are checked."""
+    checked = check(model)
+    assert checked is not None
+    return checked.lay_out(folder)
+
+
 def test_a_remote_bag_is_pruned_once_its_files_are_cached(tmp_path, monkeypatch):
     """htdemucs_ft from Demucs' own remote files; the models must be in torch hub's cache."""
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    assert bags.pruned_bag("htdemucs_ft", None, ["vocals"]) is None  # not downloaded yet
+    with pytest.raises(WeightsError, match="is missing"):  # not downloaded yet
+        check(pretrained("htdemucs_ft"))
     checkpoints = tmp_path / "torch" / "hub" / "checkpoints"
     checkpoints.mkdir(parents=True)
     for name in ("f7e0c4bc-ba3fe64a.th", "d12395a8-e57c48e6.th", "92cfc3b6-ef3bcb9c.th",
                  "04573f0d-f3cf25b2.th"):  # demucs/remote/files.txt
         (checkpoints / name).write_bytes(b"")
-    pruned = bags.pruned_bag("htdemucs_ft", None, ["vocals"])
+    repo = checked_repo(pretrained("htdemucs_ft"), tmp_path / "shelf-1")
+    pruned = bags.pruned_bag("htdemucs_ft", str(repo), ["vocals"])
     assert pruned is not None and pruned.description() == \
         "1 of 4 models of bag htdemucs_ft for vocals"
     assert [pruned.bag.files[i].name for i in pruned.kept] == ["04573f0d-f3cf25b2.th"]
-    assert bags.pruned_bag("htdemucs", None, ["vocals"]) is None  # a bag of one model
+    assert pruned.bag.files[pruned.kept[0]].resolve() == checkpoints / "04573f0d-f3cf25b2.th"
+    (checkpoints / "955717e8-8726e21a.th").write_bytes(b"")
+    repo = checked_repo(pretrained("htdemucs"), tmp_path / "shelf-2")
+    assert bags.pruned_bag("htdemucs", str(repo), ["vocals"]) is None  # a bag of one model
 
 
 @pytest.mark.parametrize("model", ["mdx_extra", "htdemucs_6s"])
@@ -108,7 +128,8 @@ def test_bags_that_weigh_every_source_run_whole(tmp_path, monkeypatch, model):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     checkpoints = tmp_path / "hub" / "checkpoints"
     checkpoints.mkdir(parents=True)
-    for name in bags.remote_files(bags.demucs_remote() / "files.txt").values():
+    for name in remote_files(demucs_remote() / "files.txt").values():
         (checkpoints / name).write_bytes(b"")
-    assert bags.load_bag(model, None) is not None  # its files are "cached"
-    assert bags.pruned_bag(model, None, ["vocals"]) is None
+    repo = checked_repo(pretrained(model), tmp_path / "shelf")
+    assert bags.load_bag(model, str(repo)) is not None  # its files are "cached"
+    assert bags.pruned_bag(model, str(repo), ["vocals"]) is None

@@ -50,6 +50,9 @@ def test_full_job_round_trips():
     (f'{{"songhash": "{H}\\n"}}', "64 lowercase hex"),  # "$" would have let it through
     (f'{{"songhash": "{H}", "id": "job\\n"}}', "id must be"),
     (f'{{"songhash": "{H}", "model": "htdemucs\\n"}}', "model must match"),
+    (f'{{"songhash": "{H}", "model": "mallory/pwn"}}', "model must match"),  # a hub id
+    (f'{{"songhash": "{H}", "model": "hf://mallory/pwn"}}', "model must match"),
+    (f'{{"songhash": "{H}", "model": "pwn-not-installed"}}', "model must match"),
     ('{"bucket": "songs\\n", "object": "a.mp3"}', "valid S3 bucket name"),
 ])
 def test_invalid_jobs_are_refused_with_a_reason(raw, phrase):
@@ -88,6 +91,8 @@ def test_settings_from_env():
         assert Settings.from_env({"DEMUCS_ALLOCATOR": allocator}).demucs_allocator == allocator
     for bad in ({"REDIS_PORT": "x"}, {"MINIO_SECURE": "maybe"}, {"DEMUCS_DEVICE": "tpu"},
                 {"OUTPUT_KEY": "{track}"}, {"POLL_S": "10"}, {"DEMUCS_MODEL": "a;b"},
+                {"DEMUCS_MODEL": "mallory/pwn"},
+                {"API_KEYS": "alice:0123456789abcdef:models=a|../b"},
                 {"DEMUCS_ALLOCATOR": "libjemalloc.so.2"},  # relative: searched, not named
                 {"DEMUCS_ALLOCATOR": "/a.so /b.so"}, {"DEMUCS_ALLOCATOR": "/a.so:/b.so"}):
         with pytest.raises(ValueError):

@@ -30,9 +30,11 @@ def test_command_is_an_argument_list_with_the_shared_flags():
     assert "--mp3" not in command  # WAV out: tracks are mixed, then encoded once
 
 
-def test_child_env_sets_threads():
+def test_child_env_sets_threads_and_takes_the_hub_offline(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
     env = child_env(DemucsOptions(model="m", device="cpu", threads=3))
     assert env["OMP_NUM_THREADS"] == "3" and env["MKL_NUM_THREADS"] == "3"
+    assert env["HF_HUB_OFFLINE"] == "1"  # whatever the worker's own environment says
 
 
 def test_progress_parsing():

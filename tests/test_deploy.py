@@ -25,6 +25,7 @@ from typing import Any
 import pytest
 import yaml
 
+from separation.models import Registry
 from separation.queue import WAITING_LISTS
 from separation.settings import LOCAL_DEV_MINIO_USER, Settings
 
@@ -252,6 +253,35 @@ def test_worker_and_rest_share_buckets_and_keys(rendered: dict) -> None:
                  "minio_endpoint", "max_input_mb", "max_duration_s", "status_ttl_s",
                  "retention_days", "mp3_bitrate_kbps"):
         assert getattr(worker, name) == getattr(rest, name), name
+
+
+@pytest.mark.parametrize("variant", ["local", "gpu"])
+def test_worker_and_rest_read_one_model_registry(rendered: dict, variant: str) -> None:
+    """MODELS_FILE is the ConfigMap demucs-models, mounted into both; it lists DEMUCS_MODEL
+    with its files' SHA-256; the worker's init container fetches with the same settings."""
+    docs = rendered[variant]
+    registries = []
+    for image in OUR_IMAGES:
+        workload, container = our_container(docs, image)
+        spec = workload["spec"]["template"]["spec"]
+        settings = app_settings(docs, image)
+        models_file = Path(settings.models_file or "")
+        volumes = {v["name"]: v for v in spec["volumes"]}
+        mount = next(m for m in container["volumeMounts"]
+                     if m["mountPath"] == str(models_file.parent))
+        assert mount["readOnly"] is True
+        config_map = get(docs, "ConfigMap", volumes[mount["name"]]["configMap"]["name"])
+        registry = Registry.parse(config_map["data"][models_file.name], settings.demucs_model)
+        assert all(f.sha256 and f.url for m in registry.models for f in m.files or ())
+        registries.append(registry)
+    assert registries[0] == registries[1]
+    workload, worker = our_container(docs, "demucs-worker")
+    init = workload["spec"]["template"]["spec"]["initContainers"]
+    assert [(c["image"], c["command"]) for c in init] == [
+        (worker["image"], ["python3", "-m", "worker.weights", "fetch"])]
+    assert init[0]["envFrom"] == worker["envFrom"]
+    assert {m["mountPath"] for m in init[0]["volumeMounts"]} >= {"/etc/demucs", "/tmp"}
+    assert init[0]["securityContext"] == worker["securityContext"]
 
 
 # -- probes and ports ----------------------------------------------------------------------

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 from mutagen.mp3 import MP3
 
 from separation.contract import TRACKS
+from separation.models import builtin_model
+from tests.registries import write_registry
+from tests.waiting import wait_until
 
 CHROMIUM = Path("/usr/bin/chromium")
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -296,3 +300,22 @@ def test_with_api_keys_the_page_plays_and_downloads_by_signed_links(stack, start
         assert key not in url and "access_token" not in url, url
         assert "client=alice" in url and "sig=" in url and "expires=" in url, url
     assert all(url.endswith("&download=1") for url in downloads)
+
+
+def test_the_page_offers_the_registrys_models_and_sends_the_chosen_one(stack, start_rest,
+                                                                       make_song, small_model,
+                                                                       tmp_path, browser_page):
+    rest = start_rest(MODELS_FILE=write_registry(tmp_path / "models.json", builtin_model(),
+                                                 small_model))
+    page = browser_page
+    page.goto(rest.url + "/")
+    page.wait_for_function("document.querySelectorAll('#model option').length === 2",
+                           timeout=15_000)
+    options = page.eval_on_selector_all("#model option", "els => els.map(o => [o.value, "
+                                        "o.textContent, o.selected])")
+    assert options == [["demucs_unittest", "demucs_unittest (MIT)", True],
+                       ["small_ht", "small_ht (CC-BY-NC-4.0 (a test's))", False]]
+    page.select_option("#model", "small_ht")
+    page.set_input_files("#file", str(make_song(seconds=1, seed=29, name="model.mp3")))
+    waiting = wait_until(stack.waiting, timeout_s=30)
+    assert json.loads(waiting[0])["model"] == "small_ht"

@@ -18,9 +18,11 @@ from mutagen.mp3 import MP3
 
 import devstack
 from separation.contract import TRACKS, Keys
+from separation.models import builtin_model
 from separation.queue import JobQueue
 from separation.status import StatusStore
 from separation.webhook import signature_headers
+from tests.registries import write_registry
 
 TIMEOUT_S = 30
 JSON_NULL = {"data": "null", "headers": {"Content-type": "application/json"}}
@@ -430,12 +432,12 @@ def test_range_parsing():
         parse_range("bytes=-5", 0)
 
 
-def test_two_models_keep_their_own_tracks(stack, rest, make_song, tmp_path):
+def test_two_models_keep_their_own_tracks(stack, start_rest, make_song, small_model, tmp_path):
     """A second model's tracks never overwrite, nor stand for, the default model's."""
-    from bench.model import build_htdemucs
-
-    repo = build_htdemucs(tmp_path / "models", "small_ht", channels=8, t_layers=1)
-    stack.start_worker(DEMUCS_REPO=str(repo))
+    registry = {"MODELS_FILE": write_registry(tmp_path / "models.json", builtin_model(),
+                                              small_model)}
+    rest = start_rest(**registry)
+    stack.start_worker(**registry)
     song = make_song(seconds=2)
     first = requests.post(f"{rest.url}/apiv1/separate", json={"mp3": b64(song)},
                           timeout=TIMEOUT_S).json()

@@ -100,17 +100,19 @@ def test_jobs_are_taken_in_the_order_pushed(stack, make_song):
     assert started == sorted(started)
 
 
-def test_model_without_weights_fails_at_once(stack, make_song, tmp_path):
+def test_a_model_not_installed_fails_at_start(stack, make_song):
+    """A job naming a model the registry does not hold never reaches Demucs (which would look
+    the name up on the model hub): failed at start, one attempt, with the installed ones."""
     songhash = stack.upload_song(make_song(seconds=1))
-    empty_repo = tmp_path / "models"
-    empty_repo.mkdir()
-    stack.start_worker(DEMUCS_REPO=str(empty_repo))
+    stack.start_worker()
     stack.push({"songhash": songhash, "id": "noweights", "model": "htdemucs"})
     record = stack.wait_for("noweights")
     assert record["state"] == "failed" and record["attempts"] == 1
-    assert "weights of model 'htdemucs' could not be had" in record["error"]
+    assert "model 'htdemucs' is not one this worker has installed; models: demucs_unittest" \
+        in record["error"]
     dead = [json.loads(e) for e in stack.redis.lrange(Keys.DEAD_LETTER, 0, -1)]
     assert len(dead) == 1 and "htdemucs" in dead[0]["error"]
+    assert "-m demucs" not in stack.worker_logs()
 
 
 def test_killed_worker_job_is_finished_by_another(stack, song):

@@ -10,26 +10,21 @@ sums, so the bag of the other sub-models gives the needed sources bit for bit (w
 Sources that no kept model weighs come out as 0/0 and are never read.
 
 The pruned bag reaches the CLI as a ``--repo`` folder holding ``<name>.yaml`` (written as JSON,
-which YAML reads) and one symlink per kept sub-model to the very file Demucs would load:
-
-- ``DEMUCS_REPO`` set: the bag's yaml and its ``<sig>.th`` / ``<sig>-<checksum>.th`` files in
-  that folder (Demucs' ``LocalRepo`` naming; the link keeps the name, so the checksum is checked).
-- otherwise a bag shipped with Demucs (``demucs/remote/<name>.yaml``): ``remote/files.txt``
-  names each signature's file, which Demucs' ``RemoteRepo`` downloads into torch hub's cache
-  (``$TORCH_HOME/hub/checkpoints``). Until all of a bag's files are cached there, the full bag
-  runs as before (and fills the cache).
+which YAML reads) and one symlink per kept sub-model to the very file Demucs would load: the
+model's files on the worker's shelf (``worker.weights``), checked against their SHA-256 when the
+worker started (Demucs' ``LocalRepo`` naming; the link keeps the name, so Demucs' own checksum
+is checked too).
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
-import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from separation.contract import DEMUCS_STEMS
 
@@ -93,9 +88,10 @@ def prune(bag: Bag, sources: Sequence[str]) -> PrunedBag | None:
     return PrunedBag(bag, tuple(DEMUCS_STEMS[k] for k in wanted), kept)
 
 
-def pruned_bag(model: str, repo: str | None, sources: Sequence[str]) -> PrunedBag | None:
-    """The pruned bag to run for ``sources`` of ``model``, or None to run ``model`` as named
-    (a single model, a bag every model of which is needed, or files not at hand)."""
+def pruned_bag(model: str, repo: str, sources: Sequence[str]) -> PrunedBag | None:
+    """The pruned bag to run for ``sources`` of ``model`` (in the ``--repo`` folder ``repo``),
+    or None to run ``model`` as named (a single model, or a bag every model of which is
+    needed)."""
     try:
         bag = load_bag(model, repo)
     except (OSError, ValueError) as error:
@@ -104,70 +100,52 @@ def pruned_bag(model: str, repo: str | None, sources: Sequence[str]) -> PrunedBa
     return prune(bag, sources) if bag is not None else None
 
 
-def load_bag(model: str, repo: str | None) -> Bag | None:
-    """``model`` as a bag from ``repo`` or Demucs' own remote bags; None if it is not a bag
-    or, for a remote bag, a sub-model's file is not in the cache yet."""
+def load_bag(model: str, repo: str) -> Bag | None:
+    """``model`` as a bag from the ``--repo`` folder ``repo``; None if it is not a bag there
+    or a sub-model's file is not at hand."""
     if not BAG_NAME_RE.fullmatch(model):
         return None
-    if repo is not None:
-        folder = Path(repo)
-        files = {_signature(path.name): path for path in folder.glob("*.th")
-                 if MODEL_FILE_RE.fullmatch(path.name)}
-    else:
-        folder = demucs_remote()
-        files = {sig: torch_hub_dir() / "checkpoints" / name
-                 for sig, name in remote_files(folder / "files.txt").items()}
+    folder = Path(repo)
+    files = {model_signature(path.name): path for path in folder.glob("*.th")
+             if MODEL_FILE_RE.fullmatch(path.name)}
     yaml_path = folder / f"{model}.yaml"
     if not yaml_path.is_file():
         return None
-    import yaml  # a Demucs dependency: present wherever the worker runs the CLI
-
-    spec = yaml.safe_load(yaml_path.read_text())
-    signatures = tuple(str(sig) for sig in spec["models"])
+    spec = read_bag(yaml_path)
+    signatures = bag_signatures(yaml_path, spec)
     weights = spec.get("weights") or [[1.0] * len(DEMUCS_STEMS)] * len(signatures)
     rows = tuple(tuple(float(w) for w in row) for row in weights)
     if len(rows) != len(signatures) or any(len(row) != len(DEMUCS_STEMS) for row in rows):
         raise ValueError(f"{yaml_path}: weights are not one row of {len(DEMUCS_STEMS)} "
                          "sources per model")
-    bad = [sig for sig in signatures if not SIGNATURE_RE.fullmatch(sig)]
-    if bad:
-        raise ValueError(f"{yaml_path}: invalid model signatures {bad}")
     missing = [sig for sig in signatures if sig not in files or not files[sig].is_file()]
     if missing:
-        log.info("bag %s not pruned: files of %s are not at hand yet", model, missing)
+        log.info("bag %s not pruned: files of %s are not at hand", model, missing)
         return None
     segment = spec.get("segment")
     return Bag(model, signatures, rows, float(segment) if segment is not None else None,
                tuple(files[sig] for sig in signatures))
 
 
-def remote_files(files_txt: Path) -> dict[str, str]:
-    """``{signature: file name}`` from Demucs' ``remote/files.txt`` (as its
-    ``pretrained._parse_remote_files`` reads it; the file name is the cached file's)."""
-    names: dict[str, str] = {}
-    for line in files_txt.read_text().splitlines():
-        line = line.strip()
-        if not line or line.startswith(("#", "root:")):
-            continue
-        name = line.rsplit("/", 1)[-1]
-        if MODEL_FILE_RE.fullmatch(name):
-            names[_signature(name)] = name
-    return names
+def read_bag(yaml_path: Path) -> dict[str, Any]:
+    """A bag's yaml (``models``, optional ``weights`` and ``segment``)."""
+    import yaml  # a Demucs dependency: present wherever the worker runs the CLI
+
+    spec = yaml.safe_load(yaml_path.read_text())
+    if not isinstance(spec, dict) or not isinstance(spec.get("models"), list):
+        raise ValueError(f"{yaml_path}: not a bag of models (no 'models' list)")
+    return spec
 
 
-def torch_hub_dir() -> Path:
-    """Where torch hub (so Demucs' RemoteRepo) caches downloads: ``torch.hub.get_dir()``."""
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path("~/.cache").expanduser())
-    return Path(os.environ.get("TORCH_HOME") or cache / "torch").expanduser() / "hub"
+def bag_signatures(yaml_path: Path, spec: dict[str, Any] | None = None) -> tuple[str, ...]:
+    """The signatures of a bag's sub-models; ValueError for one that is not a signature."""
+    signatures = tuple(str(sig) for sig in (spec or read_bag(yaml_path))["models"])
+    bad = [sig for sig in signatures if not SIGNATURE_RE.fullmatch(sig)]
+    if bad:
+        raise ValueError(f"{yaml_path}: invalid model signatures {bad}")
+    return signatures
 
 
-def demucs_remote() -> Path:
-    """Demucs' folder of remote bags and ``files.txt``."""
-    spec = importlib.util.find_spec("demucs")  # finds the package without importing torch
-    if spec is None or not spec.submodule_search_locations:
-        raise OSError("the demucs package is not installed")
-    return Path(next(iter(spec.submodule_search_locations))) / "remote"
-
-
-def _signature(file_name: str) -> str:
+def model_signature(file_name: str) -> str:
+    """The signature Demucs reads in a model file's name: ``a1b2-c3d4.th`` -> ``a1b2``."""
     return file_name.removesuffix(".th").split("-", 1)[0]

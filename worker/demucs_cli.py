@@ -98,7 +98,9 @@ def child_env(options: DemucsOptions) -> dict[str, str]:
     ``LD_PRELOAD`` already (an operator's choice is kept as it is)."""
     env = dict(os.environ)
     threads = str(max(1, options.threads))
-    env.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads, PYTHONUNBUFFERED="1")
+    # the hub offline: Demucs never resolves a name there (and runs the code its files name)
+    env.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads, PYTHONUNBUFFERED="1",
+               HF_HUB_OFFLINE="1")
     if options.preload and options.device == "cpu" and not env.get("LD_PRELOAD"):
         env["LD_PRELOAD"] = options.preload
         # tcmalloc reports allocations over 1 GiB on stderr, which would bury Demucs' own last

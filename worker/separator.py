@@ -1,9 +1,10 @@
 """Step 4 of a batch: one Demucs CLI run for the batch's jobs of one model, with fallbacks.
 
-A cancelled job's run is stopped (the others of the batch run again without it); a CUDA
-failure runs the failed jobs again on the CPU; a failed batch runs each job not yet
-separated alone, so one bad file fails only itself. A bag pruned to the sources the jobs need
-(``worker.bags``) is written as a ``--repo`` of its own and run as a model.
+Demucs loads only the model's own ``--repo`` folder on the worker's shelf (``worker.weights``),
+with the model hub offline. A cancelled job's run is stopped (the others of the batch run again
+without it); a CUDA failure runs the failed jobs again on the CPU; a failed batch runs each job
+not yet separated alone, so one bad file fails only itself. A bag pruned to the sources the
+jobs need (``worker.bags``) is written as a ``--repo`` of its own and run as a model.
 """
 
 from __future__ import annotations
@@ -22,14 +23,16 @@ from worker.bags import PrunedBag
 from worker.cancel import CancelWatch, Interrupt
 from worker.demucs_cli import DemucsOptions, allocator_library, failure_of, run_demucs
 from worker.task import Task
+from worker.weights import Shelf
 
 log = logging.getLogger("worker")
 
 
 class Separator:
     def __init__(self, settings: Settings, status: StatusStore, device: str,
-                 abort: threading.Event, cancels: CancelWatch) -> None:
+                 abort: threading.Event, cancels: CancelWatch, models: Shelf) -> None:
         self.settings = settings
+        self.models = models  # each model's --repo folder, checked at start
         self.status = status
         self.device = device
         self.abort = abort  # set: kill Demucs now (the worker's grace is over)
@@ -81,7 +84,7 @@ class Separator:
         for task in tasks:
             self.status.update(task.subject_id, stage="separating", progress=5)
         out_dir = Path(tempfile.mkdtemp(prefix=f"demucs-{device}-", dir=tasks[0].work_dir.parent))
-        repo = self.settings.demucs_repo
+        repo = self.models.repo(model, out_dir.parent)
         if pruned is not None:
             model, repo = pruned.name, str(pruned.write(out_dir.with_name(out_dir.name + "-bag")))
             log.info("jobs %s: running %s", ",".join(t.id for t in tasks), pruned.description())

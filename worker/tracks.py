@@ -30,11 +30,13 @@ class Tracks:
             files["original"] = input_path
         return files
 
-    def upload(self, files: dict[str, Path], songhash: str, model: str, job_id: str,
-               encoding: Encoding) -> dict[str, str]:
-        """``fput_object`` each file; return the key of each track."""
+    def upload(self, files: dict[str, Path], songhash: str, model: str, weights_sha256: str,
+               job_id: str, encoding: Encoding) -> dict[str, str]:
+        """``fput_object`` each file, its metadata naming the model and its weights' hash
+        (what produced it); return the key of each track."""
         keys: dict[str, str] = {}
-        metadata = {"model": model, "songhash": songhash, "job-id": job_id}
+        metadata = {"model": model, "model-sha256": weights_sha256, "songhash": songhash,
+                    "job-id": job_id}
         for track, path in files.items():
             key = output_key(self.settings.output_key, songhash, track,
                              self.settings.key_model(model), encoding)

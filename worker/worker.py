@@ -69,6 +69,7 @@ from separation.contract import (
 from separation.formats import Encoding
 from separation.joins import Joins
 from separation.logs import configure_logging
+from separation.models import Registry
 from separation.observability import serve
 from separation.queue import JobQueue
 from separation.retention import expires_at, prepare_buckets
@@ -102,6 +103,7 @@ from worker.task import JobKind, Task, live, timed
 from worker.tracks import Tracks
 from worker.upkeep import Heartbeat, StopSignal, until_up
 from worker.work_dirs import make_batch_dir, remove_dead_workers_dirs
+from worker.weights import Shelf
 
 log = logging.getLogger("worker")
 
@@ -112,6 +114,7 @@ class Worker:
     def __init__(self, settings: Settings, client: redis.Redis, storage: Minio) -> None:
         check_geometry(settings)
         self.settings = settings
+        self.models = Shelf(Registry.load(settings))  # ValueError: the worker does not start
         self.queue = JobQueue(client, high_burst=settings.high_burst,
                               route_batch=settings.queue_route_batch)
         self.status = StatusStore(client, settings.status_ttl_s)
@@ -129,7 +132,8 @@ class Worker:
         self.device = device if device != "auto" else "cuda" if cuda_present() else "cpu"
         self.cancels = CancelWatch(self.queue, settings.cancel_poll_s, self.worker_id)
         self.backoff = Backoff(settings.outage_backoff_max_s)
-        self.separator = Separator(settings, self.status, self.device, self.abort, self.cancels)
+        self.separator = Separator(settings, self.status, self.device, self.abort, self.cancels,
+                                   self.models)
         status = StatusRecorder(self.status)
         webhooks = Webhooks(settings, self.status, Joins(client, settings.status_ttl_s))
         long_songs = LongSongUpkeep(self.long_songs, self.status, webhooks)
@@ -154,9 +158,10 @@ class Worker:
         self.cancels.start()
         if self.settings.metrics_port:
             serve(self.settings.metrics_port, self.heartbeat.health)
-        log.info("worker %s ready: device=%s threads=%d model=%s batch_max=%d%s",
+        log.info("worker %s ready: device=%s threads=%d models=%s (default %s) batch_max=%d%s",
                  self.worker_id, self.device, self.settings.threads,
-                 self.settings.demucs_model, self.settings.batch_max, " burst" if burst else "")
+                 ",".join(self.models.registry.names()), self.settings.demucs_model,
+                 self.settings.batch_max, " burst" if burst else "")
         backoff_s = 0.5
         while not self.stopping.is_set():
             try:
@@ -233,8 +238,12 @@ class Worker:
         if task.attempt == 0:  # its record says it ended: a job id ends once
             self.settle(task, Outcome.of(State.ENDED))
             return None
-        self.status.update(task.id, model=self.model_of(job.model), songhash=job.songhash or "",
-                           stage="starting")
+        if refused := self.models.refusal(job.model):  # never reaches Demucs, nor a song key
+            self.settle(task, Outcome(State.FAILED, failure=errors.model_unavailable(refused)))
+            return None
+        model = self.model_of(job.model)
+        self.status.update(task.id, model=model, weights_sha256=self.models.weights_sha256(model),
+                           songhash=job.songhash or "", stage="starting")
         self.status.mirror(task.id, state=Status.RUNNING.value, stage="running")
         log.info("job %s: attempt %d/%d started", task.id, task.attempt,
                  self.settings.max_attempts)
@@ -316,8 +325,9 @@ class Worker:
     def run_of(self, task: Task) -> tuple[str, PrunedBag | None]:
         """The model a job runs, and the pruned bag its sources need (None: all of it)."""
         model = self.model_of(task.subject.model)
-        return model, pruned_bag(model, self.settings.demucs_repo,
-                                 sources_for(task.subject.tracks()))
+        repo = self.models.repo(model, task.work_dir.parent)
+        return model, None if repo is None else pruned_bag(model, repo,
+                                                           sources_for(task.subject.tracks()))
 
     # -- 5. deliver ------------------------------------------------------------------------
     def deliver(self, task: Task) -> None:
@@ -345,8 +355,10 @@ class Worker:
         self.status.update(task.subject_id, stage="uploading", progress=95, **encoding.fields(),
                            expires_at=expires_at(time.time(), self.settings.retention_days) or "")
         with timed(task, "upload"):
-            return self.tracks.upload(files, task.songhash, self.model_of(task.subject.model),
-                                      task.subject_id, encoding)
+            model = self.model_of(task.subject.model)
+            return self.tracks.upload(files, task.songhash, model,
+                                      self.models.weights_sha256(model), task.subject_id,
+                                      encoding)
 
     # -- 6. settle -------------------------------------------------------------------------
     def settle(self, task: Task, outcome: Outcome) -> None:
@@ -464,7 +476,11 @@ def main(argv: list[str] | None = None) -> int:
     log_client = connect_redis(settings, fail_fast=True)
     configure_logging(log_client, settings.host, "worker", settings.log_list_max,
                       settings.log_list_max_bytes)
-    worker = Worker(settings, connect_redis(settings), connect_minio(settings))
+    try:
+        worker = Worker(settings, connect_redis(settings), connect_minio(settings))
+    except ValueError as error:  # a model's weights missing or not the registry's, ...
+        log.error("worker cannot start: %s", error)
+        return 2
     signal.signal(signal.SIGTERM, worker.stop)
     signal.signal(signal.SIGINT, worker.stop)
     return worker.run(burst=burst)

@@ -202,7 +202,7 @@ def test_demucs_crashes_and_hangs(stack, make_song, report):
     stack.push({"id": "fake-model", "songhash": songhash, "model": "no_such_model_xyz"})
     fake = stack.wait_for("fake-model")
     assert fake["state"] == "failed" and fake["attempts"] == 1
-    assert "could not be had" in fake["error"]
+    assert "is not one this worker has installed" in fake["error"]
     # Demucs killed mid-run: retried, then done
     stack.push({"id": "killed-demucs", "songhash": songhash, "stems": STEMS})
     _demucs_child(worker).kill()
