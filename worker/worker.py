@@ -102,8 +102,8 @@ from worker.separator import Separator
 from worker.task import JobKind, Task, live, timed
 from worker.tracks import Tracks
 from worker.upkeep import Heartbeat, StopSignal, until_up
-from worker.work_dirs import make_batch_dir, remove_dead_workers_dirs
 from worker.weights import Shelf
+from worker.work_dirs import make_batch_dir, remove_dead_workers_dirs
 
 log = logging.getLogger("worker")
 
