@@ -1,10 +1,12 @@
 """Step 4 of a batch: one Demucs CLI run for the batch's jobs of one model, with fallbacks.
 
 Demucs loads only the model's own ``--repo`` folder on the worker's shelf (``worker.weights``),
-with the model hub offline. A cancelled job's run is stopped (the others of the batch run again
-without it); a CUDA failure runs the failed jobs again on the CPU; a failed batch runs each job
-not yet separated alone, so one bad file fails only itself. A bag pruned to the sources the
-jobs need (``worker.bags``) is written as a ``--repo`` of its own and run as a model.
+with the model hub offline. A cancelled job's run is stopped: the job ends at once (``ended``),
+and the others of the batch run again without it, each re-run over fewer jobs than the run
+before, so a batch of N jobs runs Demucs at most N times however its cancels fall; a CUDA
+failure runs the failed jobs again on the CPU; a failed batch runs each job not yet separated
+alone, so one bad file fails only itself. A bag pruned to the sources the jobs need
+(``worker.bags``) is written as a ``--repo`` of its own and run as a model.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import shutil
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from separation.settings import Settings
@@ -26,6 +29,9 @@ from worker.task import Task
 from worker.weights import Shelf
 
 log = logging.getLogger("worker")
+
+# Where a job that ended before its batch's Demucs runs did goes: the worker's settle.
+Ended = Callable[[Task, Exception], None]
 
 
 class Separator:
@@ -44,38 +50,54 @@ class Separator:
             log.info("tcmalloc not found: Demucs runs with the system's malloc (install "
                      "libtcmalloc-minimal4: a fifth less time per job)")
 
-    def separate(self, tasks: list[Task], model: str,
-                 pruned: PrunedBag | None) -> dict[str, Exception]:
+    def separate(self, tasks: list[Task], model: str, pruned: PrunedBag | None,
+                 ended: Ended) -> dict[str, Exception]:
         """Run Demucs over ``tasks``; set each one's ``stem_dir``, and return what each job
-        that got no stems must raise."""
-        failures = self.run(tasks, model, self.device, pruned)
-        ended = {i: f for i, f in failures.items()
-                 if isinstance(f, (errors.Cancelled, errors.ShutdownRequested))}
-        if any(isinstance(f, errors.ShutdownRequested) for f in ended.values()):
+        that got no stems must raise. A job cancelled while a run of others goes on is handed
+        to ``ended`` at once, and is not returned."""
+        failures = self.run(tasks, model, self.device, pruned, ended)
+        ended_here = {i: f for i, f in failures.items()
+                      if isinstance(f, (errors.Cancelled, errors.ShutdownRequested))}
+        if any(isinstance(f, errors.ShutdownRequested) for f in ended_here.values()):
             return failures
-        failures = {i: f for i, f in failures.items() if i not in ended}
+        failures = {i: f for i, f in failures.items() if i not in ended_here}
         if self.device != "cpu" and errors.all_of(failures, errors.Code.CUDA):
             log.warning("Demucs failed on %s; retrying once on the CPU", self.device)
-            failures = self.run([t for t in tasks if t.id in failures], model, "cpu", pruned)
-        if failures and len(tasks) - len(ended) > 1 and \
+            failures = self.run([t for t in tasks if t.id in failures], model, "cpu", pruned,
+                                ended)
+        if failures and len(tasks) - len(ended_here) > 1 and \
                 not errors.all_of(failures, errors.Code.MODEL_UNAVAILABLE):
             log.warning("batch of %d failed for %d jobs; running those alone", len(tasks),
                         len(failures))
             alone = [t for t in tasks if t.id in failures]
             failures = {}
             for task in alone:
-                failures.update(self.run([task], model, self.device, pruned))
-        return {**failures, **ended}
+                failures.update(self.run([task], model, self.device, pruned, ended))
+        return {**failures, **ended_here}
 
-    def run(self, tasks: list[Task], model: str, device: str,
-            pruned: PrunedBag | None) -> dict[str, Exception]:
-        """Demucs over ``tasks`` on ``device``; the jobs of a run stopped for another job's
-        cancel run again without it."""
-        failures = self.run_once(tasks, model, device, pruned)
-        while again := [t for t in tasks if isinstance(failures.get(t.id), errors.Interrupted)]:
+    def run(self, tasks: list[Task], model: str, device: str, pruned: PrunedBag | None,
+            ended: Ended) -> dict[str, Exception]:
+        """Demucs over ``tasks`` on ``device``. A run stopped for a cancel hands the cancelled
+        jobs to ``ended`` and runs again over the others only: each run is over fewer jobs
+        than the one before, so this ends after ``len(tasks)`` runs at most."""
+        failures: dict[str, Exception] = {}
+        pending = tasks
+        while pending:
+            outcome = self.run_once(pending, model, device, pruned)
+            again = [t for t in pending if isinstance(outcome.get(t.id), errors.Interrupted)]
+            failures.update({i: f for i, f in outcome.items()
+                             if not isinstance(f, errors.Interrupted)})
+            if not again:
+                break
+            if len(again) == len(pending):  # stopped, yet no job of it ended: never loop
+                failures.update({t.id: _stopped_for_nothing(len(pending)) for t in again})
+                break
+            for task in pending:
+                if isinstance(outcome.get(task.id), errors.Cancelled):
+                    ended(task, failures.pop(task.id))
             log.info("jobs %s: run again without the cancelled ones",
                      ",".join(t.id for t in again))
-            failures.update(self.run_once(again, model, device, pruned))
+            pending = again
         return failures
 
     def run_once(self, tasks: list[Task], model: str, device: str,
@@ -100,6 +122,7 @@ class Separator:
                          Interrupt(self.abort, self.cancels, tasks), progress.report)
         if run.aborted:
             shutil.rmtree(out_dir, ignore_errors=True)
+            shutil.rmtree(out_dir.with_name(out_dir.name + "-bag"), ignore_errors=True)
             return {task.id: self._why_stopped(task) for task in tasks}
         failures: dict[str, Exception] = {}
         for index, task in enumerate(tasks):
@@ -120,6 +143,13 @@ class Separator:
         if self.abort.is_set():
             return errors.ShutdownRequested()
         return errors.Interrupted()
+
+
+def _stopped_for_nothing(jobs: int) -> errors.JobFailure:
+    """A run stopped with none of its jobs cancelled and the worker not stopping: it is not
+    run again (that could go on for ever); the jobs go back onto the queue."""
+    return errors.demucs_failed(f"Demucs was stopped for a cancel, yet none of the {jobs} "
+                                "jobs it ran was cancelled; not run again in this batch")
 
 
 class _ProgressWriter:

@@ -314,13 +314,18 @@ class Worker:
         for model, pruned in dict.fromkeys(runs.values()):
             group = [t for t in tasks if runs.get(t.id) == (model, pruned)]
             try:
-                failures = self.separator.separate(group, model, pruned)
+                failures = self.separator.separate(group, model, pruned, self.end_with)
             except Exception as error:  # noqa: BLE001 - outcome_of below gives each its outcome
                 failures = {task.id: error for task in group}
-            for task in group:
+            for task in live(group):
                 if task.id in failures:
-                    with self.outcome_of(task):
-                        raise failures[task.id]
+                    self.end_with(task, failures[task.id])
+
+    def end_with(self, task: Task, error: Exception) -> None:
+        """Settle ``task`` with the outcome of ``error`` (a cancelled job ends while the
+        others of its batch run again)."""
+        with self.outcome_of(task):
+            raise error
 
     def run_of(self, task: Task) -> tuple[str, PrunedBag | None]:
         """The model a job runs, and the pruned bag its sources need (None: all of it)."""
