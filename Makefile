@@ -105,6 +105,13 @@ lint-deploy: $(VENV)/.installed
 test-reliability: setup
 	RELIABILITY_TRIALS=20 $(PY) -m pytest tests/reliability $(PYTEST_ARGS)
 
+# --- the soak (bench/soak.py; README "Reliability"): mixed requests under faults, then a
+#     checker over the whole history; exits 1 on any violation. `make test` runs 2 minutes.
+.PHONY: soak
+SOAK_MINUTES ?= 15
+soak: setup
+	$(PY) -m bench.soak --minutes $(SOAK_MINUTES) $(SOAK_ARGS)
+
 # --- model weights (worker/weights.py; README "Models") ---
 #   make models [MODELS_FILE=registry.json]   download each weight file the registry lists and
 #                                             lacks, once, kept only if its SHA-256 matches
