@@ -25,7 +25,7 @@ from separation.contract import DEMUCS_STEMS, Keys
 from separation.models import Model, Registry, WeightFile, builtin_model, registry_json
 from separation.settings import Settings
 from tests.registries import write_registry
-from worker.weights import Shelf, WeightsError, fetch
+from worker.weights import Shelf, WeightsError, describe, fetch
 
 TIMEOUT_S = 30
 ALICE, BOB, CAROL = "alice-key-0123456789", "bob-key-0123456789ab", "carol-key-0123456789"
@@ -146,6 +146,20 @@ def test_a_weight_file_missing_or_not_the_registrys_stops_the_shelf(small_model,
     assert shelf.weights_sha256("small_ht") == small_model.weights_sha256
     assert shelf.repo("demucs_unittest", tmp_path / "batch") is None
     assert shelf.weights_sha256("demucs_unittest") == "built-in"
+
+
+def test_an_entry_pins_a_pretrained_bag_fetched_into_a_folder(tmp_path):
+    """``python -m worker.weights entry htdemucs_ft --folder DIR``: its four files' hashes."""
+    names = ("f7e0c4bc-ba3fe64a.th", "d12395a8-e57c48e6.th", "92cfc3b6-ef3bcb9c.th",
+             "04573f0d-f3cf25b2.th")  # demucs/remote/files.txt
+    for number, name in enumerate(names):
+        (tmp_path / name).write_bytes(bytes([number]))
+    entry = describe(Model("htdemucs_ft", DEMUCS_STEMS, "MIT", "Meta", str(tmp_path), None))
+    assert sorted(f.name for f in entry.files or ()) == sorted(names)
+    assert all(f.sha256 and len(f.sha256) == 64 for f in entry.files or ())
+    shelf = Shelf(registry_of(builtin_model(), entry))  # its bag: Demucs' own yaml
+    repo = Path(shelf.repo("htdemucs_ft", tmp_path / "batch") or "")
+    assert sorted(p.name for p in repo.iterdir()) == sorted([*names, "htdemucs_ft.yaml"])
 
 
 def test_make_models_downloads_once_and_keeps_only_verified_files(small_model, tmp_path):

@@ -156,28 +156,28 @@ def _files(model: Model) -> tuple[WeightFile, ...]:
 
 
 def discover(model: Model) -> tuple[WeightFile, ...]:
-    """The files of a model the registry lists without them (``DEMUCS_MODEL`` alone): in
-    ``DEMUCS_REPO``, ``<name>.th`` or the bag ``<name>.yaml`` and its models' files; else
-    Demucs' pretrained bag of that name, whose files its ``remote/files.txt`` names."""
+    """The files of a model the registry lists without them (``DEMUCS_MODEL`` alone, or
+    ``entry``): in its folder, ``<name>.th`` or the bag ``<name>.yaml`` and its models' files;
+    else, for one of Demucs' pretrained bags, the files of its signatures (named by Demucs'
+    ``remote/files.txt``, or as they lie in the folder)."""
     home = home_of(model)
     if model.folder is None:
-        remote = demucs_remote() / f"{model.name}.yaml"
-        if not remote.is_file():
-            raise WeightsError(f"model {model.name} is not one of Demucs' pretrained models: "
-                               "list it in MODELS_FILE, with its files (README 'Models')")
         by_sig = remote_files(demucs_remote() / "files.txt")
-        return tuple(WeightFile(by_sig.get(sig, f"{sig}.th"), None)
-                     for sig in bag_signatures(remote))
-    by_sig = {model_signature(p.name): p.name for p in sorted(home.glob("*.th"))
-              if MODEL_FILE_RE.fullmatch(p.name)}
-    bag = home / f"{model.name}.yaml"
-    if bag.is_file():
-        return (WeightFile(bag.name, None),
-                *(WeightFile(by_sig.get(sig, f"{sig}.th"), None) for sig in bag_signatures(bag)))
-    if model.name in by_sig:
-        return (WeightFile(by_sig[model.name], None),)
-    raise WeightsError(f"model {model.name}: {home} holds neither {model.name}.th nor "
-                       f"{model.name}.yaml")
+    else:
+        by_sig = {model_signature(p.name): p.name for p in sorted(home.glob("*.th"))
+                  if MODEL_FILE_RE.fullmatch(p.name)}
+        bag = home / f"{model.name}.yaml"
+        if bag.is_file():
+            return (WeightFile(bag.name, None), *(WeightFile(by_sig.get(sig, f"{sig}.th"), None)
+                                                  for sig in bag_signatures(bag)))
+        if model.name in by_sig:
+            return (WeightFile(by_sig[model.name], None),)
+    remote = demucs_remote() / f"{model.name}.yaml"
+    if not remote.is_file():
+        raise WeightsError(f"model {model.name}: {home} holds neither {model.name}.th nor "
+                           f"{model.name}.yaml, and it is not one of Demucs' pretrained "
+                           "models: list it in MODELS_FILE with its files (README 'Models')")
+    return tuple(WeightFile(by_sig.get(sig, f"{sig}.th"), None) for sig in bag_signatures(remote))
 
 
 def describe(model: Model) -> Model:
