@@ -4,7 +4,8 @@ Routes besides ``apiv1`` (``rest.api``): ``GET /`` (the page for a browser, a JS
 anything else, such as a load balancer), ``POST /`` (job-outcome webhooks, logged),
 ``/healthz`` and the OpenAPI docs at ``/docs``. Prometheus' ``/metrics`` is served only on
 ``METRICS_PORT`` (with the probes), never on the API's port, which the ingress routes. Every
-error is JSON ``{"error": ..., "reason": ...}``; no traceback ever reaches a client.
+error is JSON ``{"error": ..., "reason": ...}``; no traceback ever reaches a client. A request
+whose ``Host`` is not one of ``ALLOWED_HOSTS`` is refused before anything else (``rest.hosts``).
 """
 
 from __future__ import annotations

@@ -26,6 +26,7 @@ QUOTE, BACKSLASH = ord('"'), ord("\\")
 OPENERS, CLOSERS, WHITESPACE = b"{[", b"}]", b" \t\r\n"
 KEY_KEPT_BYTES = 8  # enough to recognise "mp3"
 _STRING_STOP = re.compile(rb'["\\]')
+_HEX4_RE = re.compile(rb"[0-9A-Fa-f]{4}")
 _ESCAPES = {ord(k): v for k, v in
             {"n": b"\n", "r": b"\r", "t": b"\t", "f": b"\f", "b": b"\b", "/": b"/",
              '"': b'"', "\\": b"\\"}.items()}
@@ -162,10 +163,8 @@ class JsonScanner:
 
 def _unescape(escape: bytes) -> bytes:
     if escape[:1] == b"u":
-        try:
+        if _HEX4_RE.fullmatch(escape[1:]):  # int() alone would take " 4_1" or "+041"
             return chr(int(escape[1:], 16)).encode("utf-8", "replace")
-        except ValueError:
-            pass
     elif escape[0] in _ESCAPES:
         return _ESCAPES[escape[0]]
     raise HTTPException(400, "the request body is not valid JSON: a bad escape "

@@ -5,9 +5,9 @@ REST ``claim``s the content's ``active`` key before it enqueues; a later request
 key held by a job still queued or running (or not yet recorded) and joins it: its callback, if
 any, is stored with that job (at most ``MAX_JOINED`` per client, so that one client cannot use
 up another's: with ``API_KEYS`` each client counts apart, without it every request is one
-anonymous client's). The worker ``settle``s a job
-where it sends the job's outcome: it takes the joined callbacks and frees the key, in one
-script, so a request joins either before (and is called back) or after (and queues anew).
+anonymous client's). The worker ``settle``s a job where it sends the job's outcome: it takes
+the joined callbacks and frees the key, in one script, so a request joins either before (and
+is called back) or after (and queues anew).
 """
 
 from __future__ import annotations

@@ -88,3 +88,18 @@ def test_a_stored_number_in_other_digits_is_read_as_absent(stack, rest):
     assert response.status_code == 200, (response.status_code, response.text)
     record = response.json()
     assert (record["attempts"], record["bitrate"], record["bit_depth"]) == (0, None, None)
+
+
+@pytest.mark.parametrize("spelling", ["+{hex3}", " {hex3}", "{hex1}_{hex2}"])
+def test_a_unicode_escape_in_the_song_is_four_hex_digits(stack, rest, make_song, spelling):
+    """The song's first character escaped (``\\u002f``), or spelled as ``int(..., 16)`` alone
+    would also read it (``\\u+02f``, ``\\u 02f``, ``\\u0_2f``): a 400 for those."""
+    song = base64.b64encode(make_song(seconds=1.0).read_bytes()).decode()
+    hex4 = f"{ord(song[0]):04x}"
+    bad = spelling.format(hex3=hex4[1:], hex1=hex4[1], hex2=hex4[2:])
+    for escape, status in ((bad, 400), (hex4, 200)):
+        response = requests.post(f"{rest.url}/apiv1/separate", timeout=TIMEOUT_S,
+                                 data='{"mp3": "\\u' + escape + song[1:] + '"}',
+                                 headers={"Content-Type": "application/json"})
+        assert response.status_code == status, (escape, response.text)
+        assert status == 200 or "bad escape" in response.json()["reason"]

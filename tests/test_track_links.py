@@ -14,6 +14,7 @@ import pytest
 import requests
 
 from separation.settings import Settings
+from separation.status import StatusStore
 from tests.test_owners import API_KEYS, KEYS, Client
 from tests.waiting import wait_until
 
@@ -128,3 +129,22 @@ def test_presigned_urls_name_the_read_only_user_never_the_main_one(stack, start_
 def test_presign_and_link_settings_are_checked_at_start(env):
     with pytest.raises(ValueError, match=r"MINIO_PRESIGN|TRACK_LINK_TTL_S"):
         Settings.from_env(env)
+
+
+def test_with_a_single_api_token_links_work_too(stack, start_rest):
+    """API_TOKEN alone (no owners): links are signed for its holder, ``default``."""
+    rest = start_rest(API_TOKEN="single-token-0123456789")
+    songhash, job_id = "ab" * 32, "c" * 32
+    if not stack.minio.bucket_exists(stack.output_bucket):
+        stack.minio.make_bucket(stack.output_bucket)
+    stack.minio.put_object(stack.output_bucket, f"{songhash}-vocals.mp3", io.BytesIO(b"v" * 20),
+                           20, content_type="audio/mpeg")
+    store = StatusStore(stack.redis, 3600)
+    store.queued(job_id, songhash, stack.env["DEMUCS_MODEL"])
+    store.done(job_id, {"vocals": f"{songhash}-vocals.mp3"}, 1.0)
+    status = requests.get(f"{rest.url}/apiv1/status/{job_id}", timeout=TIMEOUT_S,
+                          headers={"Authorization": "Bearer single-token-0123456789"}).json()
+    link = status["links"]["vocals"]
+    assert "client=default" in link and "single-token" not in link
+    assert fetch(rest, link).content == b"v" * 20
+    assert fetch(rest, status["urls"]["vocals"]).status_code == 401
