@@ -28,7 +28,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from rest import api
-from rest.backend import Backend, get_backend, require_token
+from rest.backend import Backend, client_of, get_backend, require_token
 from rest.csrf import RefuseCrossSite
 from rest.limits import ShedLoad
 from rest.observability import QUEUE_DEPTH, CountRequests
@@ -42,7 +42,8 @@ from separation.webhook import verify_delivery
 
 log = logging.getLogger("rest")
 PAGE_PATH = Path(__file__).with_name("page.html")
-CALLBACK_MAX_BYTES = 1 << 20
+CALLBACK_MAX_BYTES = 64 * 1024
+"""The lab's callbacks are a few hundred bytes; a body past this is refused as it arrives."""
 # Metrics are Prometheus' (METRICS_PORT's /metrics): FastAPI's OpenTelemetry hooks would cost
 # every request a look for providers that are never configured.
 NO_OPENTELEMETRY = TelemetryConfig(tracing=False, metrics=False, logs=False)
@@ -132,9 +133,13 @@ async def favicon() -> Response:
 
 
 async def callback(request: Request) -> dict[str, Any]:
-    """Log a job-outcome webhook (the lab's clients point their callback at ``/``)."""
+    """Log a job-outcome webhook (the lab's clients point their callback at ``/``).
+
+    At most 64 KB, counted in REST_MAX_IN_FLIGHT and RATE_LIMIT_PER_MIN (its own count).
+    """
     backend = get_backend(request)
-    body = await read_body(request, CALLBACK_MAX_BYTES, "a callback body is at most 1 MB")
+    await run_in_threadpool(backend.callback_rate_limit.check, client_of(request))
+    body = await read_body(request, CALLBACK_MAX_BYTES, "a callback body is at most 64 KB")
     verified = None
     if backend.settings.webhook_secret:
         verified = verify_delivery(body, request.headers, backend.settings.webhook_secret)
