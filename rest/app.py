@@ -32,6 +32,7 @@ from rest.backend import Backend, client_of, get_backend, require_token
 from rest.csrf import RefuseCrossSite
 from rest.limits import ShedLoad
 from rest.observability import QUEUE_DEPTH, CountRequests
+from rest.pace import BodyDeadline
 from rest.probes import STORAGE_ERRORS, HealthProbe
 from rest.uploads import UploadSlots, read_body
 from separation.connections import SPARE_CONNECTIONS, connect_redis
@@ -66,7 +67,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     QUEUE_DEPTH.read = app.state.backend.queue.depths
     app.state.probe = HealthProbe(settings)
     app.state.page = PAGE_PATH.read_text(encoding="utf-8")
-    app.state.upload_slots = UploadSlots(settings.max_concurrent_uploads)
+    app.state.upload_slots = UploadSlots(settings.max_concurrent_uploads,
+                                         settings.max_uploads_per_client)
+    app.add_middleware(BodyDeadline, timeout_s=settings.body_timeout_s,
+                       min_kbps=settings.body_min_kbps)
     app.add_middleware(RefuseCrossSite)
     app.add_middleware(CountRequests)
     app.add_middleware(ShedLoad, max_in_flight=settings.rest_max_in_flight)

@@ -7,8 +7,11 @@ while another client is served; the bound each one meets is a setting, named in 
 
 from __future__ import annotations
 
+import http.client
+import json
 import select
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -86,6 +89,35 @@ def answers(opened: list[socket.socket], wait_s: float) -> list[int | None]:
     return [found.get(sock) for sock in opened]
 
 
+def reason_of(sock: socket.socket) -> str:
+    """The ``reason`` of the JSON answer waiting on ``sock``."""
+    response = http.client.HTTPResponse(sock)
+    response.begin()
+    return json.loads(response.read() or b"{}").get("reason", "")
+
+
+def song_form(song: Path) -> tuple[bytes, str]:
+    """A multipart upload of ``song``, as a browser or ``requests`` sends it."""
+    prepared = requests.Request("POST", "http://test/apiv1/separate", data={"stems": "vocals"},
+                                files={"file": (song.name, song.read_bytes(),
+                                                "audio/mpeg")}).prepare()
+    return prepared.body, prepared.headers["Content-Type"]  # type: ignore[return-value]
+
+
+def post_from(port: int, source: str, song: Path) -> tuple[int, dict]:
+    """Upload ``song`` from the loopback address ``source``: its status and answer."""
+    body, content_type = song_form(song)
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60,
+                                            source_address=(source, 0))
+    try:
+        connection.request("POST", "/apiv1/separate", body=body,
+                           headers={"Content-Type": content_type})
+        response = connection.getresponse()
+        return response.status, json.loads(response.read() or b"{}")
+    finally:
+        connection.close()
+
+
 def healthz_s(url: str) -> float:
     started = time.monotonic()
     answer = requests.get(url + "/healthz", timeout=30)
@@ -135,3 +167,56 @@ def test_held_callback_bodies_keep_rest_small_and_healthz_fast(stack, start_rest
                                      "Content-Length": str(len(body))}, opened, OTHER_CLIENT)
         sock.sendall(body)
         assert answers(opened, wait_s=30) == [200]
+
+
+@pytest.mark.timeout(300)
+def test_one_client_dripping_on_8_uploads_locks_nobody_out(stack, start_rest, make_song):
+    """One client opens 8 uploads declaring 50 MB and sends 1 byte every 2 s on each (and a
+    callback body the same way): another client's upload is accepted at once, and the slow
+    bodies are answered 408 once BODY_TIMEOUT_S is spent, giving their slots back."""
+    timeout_s = 10
+    rest = start_rest(BODY_TIMEOUT_S=str(timeout_s))  # else defaults: MAX_CONCURRENT_UPLOADS=8,
+    port = rest.service.port  # MAX_UPLOADS_PER_CLIENT=2, BODY_MIN_KBPS=256
+    form = {"Content-Type": "multipart/form-data; boundary=drip",
+            "Content-Length": str(50 * 2**20)}
+    stop = threading.Event()
+    with sockets() as drips:
+        opened_at = time.monotonic()
+        for _ in range(8):
+            open_post(port, "/apiv1/separate", form, drips).sendall(
+                b'--drip\r\nContent-Disposition: form-data; name="file"; filename="a.mp3"'
+                b"\r\n\r\n")
+        open_post(port, "/", {"Content-Type": "application/json", "Content-Length": "300"},
+                  drips)
+
+        def drip() -> None:
+            while not stop.wait(2):  # the attack's own pace
+                for sock in drips:
+                    try:
+                        sock.send(b"x")
+                    except OSError:  # answered and closed
+                        pass
+        dripper = threading.Thread(target=drip, daemon=True)
+        dripper.start()
+        try:
+            asked = time.monotonic()
+            status, answer = post_from(port, OTHER_CLIENT, make_song(seconds=2, seed=71))
+            accepted_s = time.monotonic() - asked
+            assert status == 200, answer
+            final = answers(drips, wait_s=timeout_s + 60)
+            answered_s = time.monotonic() - opened_at
+        finally:
+            stop.set()
+            dripper.join()
+        reasons = [reason_of(sock) for sock in drips]
+    print(f"FIGURE slow uploads: another client's upload accepted in {accepted_s:.2f} s while "
+          f"one client dripped on 8; the drips answered {final} within {answered_s:.1f} s")
+    assert accepted_s < 10
+    assert sorted(final) == [408] * 3 + [429] * 6, (final, reasons)
+    assert all("MAX_UPLOADS_PER_CLIENT" in r for r in reasons if "uploads of yours" in r)
+    assert sum("BODY_TIMEOUT_S" in r for r in reasons) == 3, reasons
+    assert answered_s < timeout_s + 60
+    assert "Traceback" not in rest.logs() and "internal error" not in rest.logs()
+    # the slots were given back: the same client uploads again, at once
+    status, answer = post_from(port, "127.0.0.1", make_song(seconds=2, seed=72))
+    assert status == 200, answer

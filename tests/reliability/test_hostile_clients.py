@@ -159,7 +159,7 @@ def test_log_entries_over_8_kb_are_cut_and_marked(stack):
 
 
 def test_identical_uploads_join_one_job_and_each_gets_its_callback(stack, start_rest, webhook):
-    rest = start_rest()
+    rest = start_rest(MAX_UPLOADS_PER_CLIENT="5")  # five clients, on one address here
 
     def submit(n: int) -> requests.Response:
         body = {"mp3": base64.b64encode(MP3).decode(), "stems": ["vocals"],
