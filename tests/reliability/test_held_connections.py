@@ -220,3 +220,25 @@ def test_one_client_dripping_on_8_uploads_locks_nobody_out(stack, start_rest, ma
     # the slots were given back: the same client uploads again, at once
     status, answer = post_from(port, "127.0.0.1", make_song(seconds=2, seed=72))
     assert status == 200, answer
+
+
+def test_a_body_at_the_minimum_pace_is_never_cut_off(stack, start_rest, make_song):
+    """``BODY_TIMEOUT_S=1``: a body that takes seconds, sent at twice ``BODY_MIN_KBPS``, is
+    received whole; the deadline is a pace, not a total."""
+    rest = start_rest(BODY_TIMEOUT_S="1", BODY_MIN_KBPS="256")  # 32 KB/s
+    body, content_type = song_form(make_song(seconds=10, seed=73))
+    pieces = [body[i:i + 16 * 1024] for i in range(0, len(body), 16 * 1024)]
+    pace = threading.Event()
+    with sockets() as opened:
+        sock = open_post(rest.service.port, "/apiv1/separate",
+                         {"Content-Type": content_type, "Content-Length": str(len(body))},
+                         opened)
+        started = time.monotonic()
+        for piece in pieces:  # 64 KB/s: a quarter second per 16 KB
+            pace.wait(0.25)
+            sock.sendall(piece)
+        took_s = time.monotonic() - started
+        assert answers(opened, wait_s=60) == [200], reason_of(sock)
+    print(f"FIGURE paced body: {len(body)} bytes over {took_s:.1f} s with BODY_TIMEOUT_S=1 "
+          f"accepted")
+    assert took_s > 2
