@@ -131,12 +131,14 @@ async def separate(request: Request, caller: Caller) -> dict[str, str]:
 
     At most ``RATE_LIMIT_PER_MIN`` a minute per client (429 with ``Retry-After`` past it).
     The body is streamed to a temp file as it arrives; 503 while MAX_CONCURRENT_UPLOADS
-    others are being handled. With API_KEYS, 429 while the caller has CLIENT_MAX_WAITING
-    jobs waiting.
+    others are being handled, 429 while MAX_UPLOADS_PER_CLIENT of the caller's are; 408 for a
+    body slower than BODY_TIMEOUT_S and BODY_MIN_KBPS allow. With API_KEYS, 429 while the
+    caller has CLIENT_MAX_WAITING jobs waiting.
     """
     backend = get_backend(request)
-    await run_in_threadpool(backend.rate_limit.check, client_of(request))
-    with request.app.state.upload_slots.hold():
+    client = client_of(request)
+    await run_in_threadpool(backend.rate_limit.check, client)
+    with request.app.state.upload_slots.hold(client):
         upload = await receive_upload(request, backend.settings)
         try:
             return await run_in_threadpool(submit, backend, upload, caller)

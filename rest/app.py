@@ -29,11 +29,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from rest import api
-from rest.backend import Backend, get_backend, require_token
+from rest.backend import Backend, client_of, get_backend, require_token
 from rest.csrf import RefuseCrossSite
 from rest.hosts import RefuseUnknownHosts
 from rest.limits import ShedLoad
 from rest.observability import QUEUE_DEPTH, CountRequests
+from rest.pace import BodyDeadline
 from rest.probes import STORAGE_ERRORS, HealthProbe
 from rest.uploads import UploadSlots, read_body
 from separation.connections import SPARE_CONNECTIONS, connect_redis
@@ -44,7 +45,8 @@ from separation.webhook import verify_delivery
 
 log = logging.getLogger("rest")
 PAGE_PATH = Path(__file__).with_name("page.html")
-CALLBACK_MAX_BYTES = 1 << 20
+CALLBACK_MAX_BYTES = 64 * 1024
+"""The lab's callbacks are a few hundred bytes; a body past this is refused as it arrives."""
 # Metrics are Prometheus' (METRICS_PORT's /metrics): FastAPI's OpenTelemetry hooks would cost
 # every request a look for providers that are never configured.
 NO_OPENTELEMETRY = TelemetryConfig(tracing=False, metrics=False, logs=False)
@@ -67,7 +69,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     QUEUE_DEPTH.read = app.state.backend.queue.depths
     app.state.probe = HealthProbe(settings)
     app.state.page = PAGE_PATH.read_text(encoding="utf-8")
-    app.state.upload_slots = UploadSlots(settings.max_concurrent_uploads)
+    app.state.upload_slots = UploadSlots(settings.max_concurrent_uploads,
+                                         settings.max_uploads_per_client)
+    app.add_middleware(BodyDeadline, timeout_s=settings.body_timeout_s,
+                       min_kbps=settings.body_min_kbps)
     app.add_middleware(RefuseCrossSite)
     app.add_middleware(CountRequests)
     app.add_middleware(ShedLoad, max_in_flight=settings.rest_max_in_flight)
@@ -136,9 +141,13 @@ async def favicon() -> Response:
 
 
 async def callback(request: Request) -> dict[str, Any]:
-    """Log a job-outcome webhook (the lab's clients point their callback at ``/``)."""
+    """Log a job-outcome webhook (the lab's clients point their callback at ``/``).
+
+    At most 64 KB, counted in REST_MAX_IN_FLIGHT and RATE_LIMIT_PER_MIN (its own count).
+    """
     backend = get_backend(request)
-    body = await read_body(request, CALLBACK_MAX_BYTES, "a callback body is at most 1 MB")
+    await run_in_threadpool(backend.callback_rate_limit.check, client_of(request))
+    body = await read_body(request, CALLBACK_MAX_BYTES, "a callback body is at most 64 KB")
     verified = None
     if backend.settings.webhook_secret:
         verified = verify_delivery(body, request.headers, backend.settings.webhook_secret)

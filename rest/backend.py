@@ -46,6 +46,7 @@ class Backend:
     status: StatusStore
     joins: Joins
     rate_limit: RateLimit
+    callback_rate_limit: RateLimit
     owners: Owners
     clients: dict[str, bytes]
     """SHA-256 of each client's key, by name: every key is compared at the same cost."""
@@ -70,6 +71,8 @@ class Backend:
         return cls(settings, client, connect_minio(settings), queue, status,
                    Joins(client, settings.status_ttl_s),
                    RateLimit(client, settings.rate_limit_per_min),
+                   RateLimit(client, settings.rate_limit_per_min, "callback",
+                             "callback requests"),
                    Owners(client, async_client, status, queue, settings.status_ttl_s,
                           settings.client_max_waiting),
                    clients, connect_presigner(settings), models, limits)

@@ -2,8 +2,9 @@
 
 A request over the limit costs no thread, no Redis or MinIO call: it gets
 ``503 {"error", "reason"}`` with ``Retry-After`` right away, instead of waiting in a queue for
-an answer its client may no longer want. Probes and the root page are never shed, nor counted
-(metrics are on ``METRICS_PORT``, apart from the API). Work in progress is bounded by the
+an answer its client may no longer want. Probes and the root page (``GET``) are never shed, nor
+counted (metrics are on ``METRICS_PORT``, apart from the API); ``POST /``, the callback sink
+whose bodies are read, is counted like the API. Work in progress is bounded by the
 limit, so an overloaded process recovers as soon as the load stops. A pure ASGI middleware:
 one integer, on the event loop.
 """
@@ -17,6 +18,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from rest.observability import SHED
 
 NEVER_SHED = frozenset({"/", "/healthz", "/favicon.svg", "/favicon.ico"})
+"""Paths whose ``GET`` and ``HEAD`` are never shed: they read no body and cost no backend."""
 RETRY_AFTER_S = 1
 
 
@@ -29,7 +31,8 @@ class ShedLoad:
         self.in_flight = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in NEVER_SHED:
+        if scope["type"] != "http" or \
+                (scope["path"] in NEVER_SHED and scope["method"] in ("GET", "HEAD")):
             await self.app(scope, receive, send)
             return
         if self.in_flight >= self.max_in_flight:

@@ -1,9 +1,10 @@
-"""Per-client rate limit of separation requests, kept in Redis so it holds across replicas.
+"""Per-client rate limits, kept in Redis so they hold across replicas.
 
-``RATE_LIMIT_PER_MIN`` separation requests per client in any moving minute (``0``: off);
-a request past it is answered 429 with ``Retry-After``. Only ``POST /apiv1/separate`` is
-limited: it is the request that costs a separation, and the other routes (status polls, track
-downloads) cost little. Who a client is: ``rest.backend.client_of``.
+``RATE_LIMIT_PER_MIN`` requests per client in any moving minute (``0``: off), counted apart
+for each kind of request limited; a request past it is answered 429 with ``Retry-After``.
+Limited: ``POST /apiv1/separate`` (it costs a separation) and ``POST /`` (the callback sink,
+open to anyone, whose bodies are read); the other routes (status polls, track downloads) cost
+little. Who a client is: ``rest.backend.client_of``.
 """
 
 from __future__ import annotations
@@ -21,10 +22,12 @@ from separation.contract import Keys
 
 
 class RateLimit:
-    """A moving-window limit per client, counted in Redis."""
+    """A moving-window limit per client on one kind of request (``what``), counted in Redis."""
 
-    def __init__(self, client: redis.Redis, per_min: int) -> None:
-        self.item = RateLimitItemPerMinute(per_min, namespace="separate") if per_min else None
+    def __init__(self, client: redis.Redis, per_min: int, namespace: str = "separate",
+                 what: str = "separation requests") -> None:
+        self.what = what
+        self.item = RateLimitItemPerMinute(per_min, namespace=namespace) if per_min else None
         storage = RedisStorage("redis://", connection_pool=client.connection_pool,
                                key_prefix=Keys.RATE_LIMIT_PREFIX)
         self.limiter = MovingWindowRateLimiter(storage)
@@ -36,7 +39,7 @@ class RateLimit:
         reset_at = self.limiter.get_window_stats(self.item, who).reset_time
         retry_after_s = max(1, math.ceil(reset_at - time.time()))
         raise HTTPException(
-            429, f"over the limit of {self.item.amount} separation requests a minute per client "
+            429, f"over the limit of {self.item.amount} {self.what} a minute per client "
                  f"(RATE_LIMIT_PER_MIN); retry in {retry_after_s} s",
             headers={"Retry-After": str(retry_after_s)})
 

@@ -104,28 +104,40 @@ async def read_body(request: Request, limit_bytes: int, too_large_reason: str) -
 
 
 class UploadSlots:
-    """At most MAX_CONCURRENT_UPLOADS separation requests at once; the next one gets 503.
+    """At most MAX_CONCURRENT_UPLOADS separation requests at once, the next one gets 503; and
+    at most MAX_UPLOADS_PER_CLIENT of them one client's, its next one gets 429.
 
     Each holds a temp file of up to MAX_INPUT_MB and buffers of a few hundred KB, so this
-    bounds the REST process's memory and disk. Used on the event loop only (no lock needed).
+    bounds the REST process's memory and disk; the share per client (with the bodies' pace,
+    ``rest.pace``) keeps one client's slow uploads from locking the others out. Used on the
+    event loop only (no lock needed).
     """
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, per_client: int) -> None:
         self.limit = limit
-        self.active = 0
+        self.per_client = per_client
+        self.active: dict[str, int] = {}  # client -> its uploads being received
 
     @contextmanager
-    def hold(self) -> Iterator[None]:
-        if self.active >= self.limit:
+    def hold(self, client: str) -> Iterator[None]:
+        retry = {"Retry-After": str(UPLOAD_RETRY_AFTER_S)}
+        if self.active.get(client, 0) >= self.per_client:
+            raise HTTPException(
+                429, f"{self.per_client} uploads of yours are being received already "
+                     f"(MAX_UPLOADS_PER_CLIENT); try again in {UPLOAD_RETRY_AFTER_S} s",
+                headers=retry)
+        if sum(self.active.values()) >= self.limit:
             raise HTTPException(
                 503, f"the service is receiving {self.limit} uploads already "
                      f"(MAX_CONCURRENT_UPLOADS); try again in {UPLOAD_RETRY_AFTER_S} s",
-                headers={"Retry-After": str(UPLOAD_RETRY_AFTER_S)})
-        self.active += 1
+                headers=retry)
+        self.active[client] = self.active.get(client, 0) + 1
         try:
             yield
         finally:
-            self.active -= 1
+            self.active[client] -= 1
+            if not self.active[client]:
+                del self.active[client]
 
 
 class _Body(Protocol):

@@ -76,6 +76,9 @@ class Settings:
     max_input_mb: float = 100.0
     max_duration_s: float = 1200.0
     max_concurrent_uploads: int = 8  # REST: requests to separate received at once; more: 503
+    max_uploads_per_client: int = 2  # REST: of those, one client's at once; more: 429
+    body_timeout_s: float = 30.0  # REST: a request body's wait, plus its bytes' time at...
+    body_min_kbps: int = 256  # ...this pace (kilobits/s); slower: 408 (rest.pace)
     job_timeout_s: float = 1800.0
     max_attempts: int = 3
     batch_max: int = 4
@@ -148,9 +151,12 @@ class Settings:
             raise ValueError("DEMUCS_ALLOCATOR must be tcmalloc, system or the absolute path "
                              "of a shared library (e.g. /usr/lib/x86_64-linux-gnu/"
                              "libjemalloc.so.2)")
-        if self.max_attempts < 1 or self.batch_max < 1 or self.max_concurrent_uploads < 1:
-            raise ValueError("MAX_ATTEMPTS, BATCH_MAX and MAX_CONCURRENT_UPLOADS must be at "
-                             "least 1")
+        if self.max_attempts < 1 or self.batch_max < 1 or self.max_concurrent_uploads < 1 or \
+                self.max_uploads_per_client < 1:
+            raise ValueError("MAX_ATTEMPTS, BATCH_MAX, MAX_CONCURRENT_UPLOADS and "
+                             "MAX_UPLOADS_PER_CLIENT must be at least 1")
+        if self.body_timeout_s <= 0 or self.body_min_kbps < 1:
+            raise ValueError("BODY_TIMEOUT_S must be > 0 and BODY_MIN_KBPS at least 1")
         if self.high_burst < 1 or self.queue_route_batch < 1:
             raise ValueError("HIGH_BURST and QUEUE_ROUTE_BATCH must be at least 1")
         if self.chunk_overlap_s < 1 or self.model_segment_s < 0:

@@ -24,7 +24,7 @@ def open_upload(host: str, port: int) -> socket.socket:
 
 
 def test_past_the_limit_the_api_answers_503_at_once_and_probes_still_answer(start_rest):
-    rest = start_rest(REST_MAX_IN_FLIGHT="2")
+    rest = start_rest(REST_MAX_IN_FLIGHT="2", BODY_TIMEOUT_S="300")  # uploads held on purpose
     host, port = rest.host.split(":")
     held = [open_upload(host, int(port)) for _ in range(2)]
 

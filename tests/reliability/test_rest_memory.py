@@ -124,8 +124,10 @@ def peak_rss_mib(pid: int) -> float:
 @pytest.mark.timeout(900)  # ~20 s alone; 8 x 133 MiB through the scanner is CPU-bound, and
 # on a machine loaded by other tests it has taken over the suite's default 300 s
 def test_rest_memory_stays_bounded_under_the_attack_mix(stack, start_rest, tmp_path):
-    # default settings but the rate limit: its polling for the 503 would otherwise meet a 429
-    rest = start_rest(RATE_LIMIT_PER_MIN="0")
+    # default settings but the rate limit (its polling for the 503 would otherwise meet a
+    # 429), the share per client (the 8 uploads come from one address here) and the body
+    # deadline (7 uploads wait for the 8th, body half-sent)
+    rest = start_rest(RATE_LIMIT_PER_MIN="0", MAX_UPLOADS_PER_CLIENT="8", BODY_TIMEOUT_S="900")
     pid = rest.service.process.pid
     port = rest.service.port
     figures: dict[str, float] = {}  # peak RSS in MiB so far, after each attack
