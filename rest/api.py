@@ -481,6 +481,8 @@ def track(songhash: str, track: str, request: Request, backend: BackendDep, call
     headers = {"ETag": f'"{stat.etag}"', "Content-Disposition":
                f'{disposition}; filename="{songhash[:12]}-{name}{extension}"'}
     media_type = "audio/mpeg" if name == "original" else encoding.content_type
+    if request.method != "HEAD":
+        request.app.state.load.check_send_room()
     return stream_track(backend.storage, bucket, key, int(stat.size or 0),
                         request.headers.get("range"), headers,
                         head_only=request.method == "HEAD", media_type=media_type)

@@ -8,7 +8,9 @@ while another client is served; the bound each one meets is a setting, named in 
 from __future__ import annotations
 
 import http.client
+import io
 import json
+import os
 import select
 import socket
 import threading
@@ -21,6 +23,7 @@ import pytest
 import requests
 
 from tests.reliability.test_rest_memory import peak_rss_mib
+from tests.waiting import wait_until
 
 CALLBACK_PEAK_BOUND_MIB = 256
 """A quarter of the REST Deployment's 1 GiB limit: held callback bodies cost little each."""
@@ -242,3 +245,58 @@ def test_a_body_at_the_minimum_pace_is_never_cut_off(stack, start_rest, make_son
     print(f"FIGURE paced body: {len(body)} bytes over {took_s:.1f} s with BODY_TIMEOUT_S=1 "
           f"accepted")
     assert took_s > 2
+
+
+def open_unread_download(port: int, path: str, opened: list[socket.socket]) -> socket.socket:
+    """A GET whose answer the client never reads (a 4 KB receive buffer, then nothing)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    opened.append(sock)
+    sock.settimeout(30)
+    sock.connect(("127.0.0.1", port))
+    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: test\r\n\r\n".encode())
+    return sock
+
+
+def read_to_end(sock: socket.socket) -> int:
+    """Read what the server sent until it closed the connection: the bytes read."""
+    total = 0
+    while chunk := sock.recv(1 << 20):
+        total += len(chunk)
+    return total
+
+
+@pytest.mark.timeout(300)
+def test_downloads_never_read_leave_the_api_answering(stack, start_rest):
+    """With REST_MAX_IN_FLIGHT=4, four clients ask for a 24 MB track and stop reading:
+    everyone else's queue and status polls still answer, and the server gives up on the
+    unread answers once BODY_TIMEOUT_S plus a piece's time at BODY_MIN_KBPS is spent."""
+    timeout_s = 5
+    rest = start_rest(REST_MAX_IN_FLIGHT="4", BODY_TIMEOUT_S=str(timeout_s),
+                      RATE_LIMIT_PER_MIN="0")
+    songhash = "d" * 64
+    size = 24 * 2**20
+    stack.minio.make_bucket(stack.output_bucket)
+    stack.minio.put_object(stack.output_bucket, f"{songhash}-vocals.mp3",
+                           io.BytesIO(os.urandom(size)), size)
+    track = f"/apiv1/track/{songhash}/vocals.mp3"
+    with sockets() as unread:
+        for _ in range(4):
+            open_unread_download(rest.service.port, track, unread)
+        assert answers(unread, wait_s=30) == [200] * 4  # each answer has started
+        polls = []
+        for _ in range(20):
+            polls.append(requests.get(rest.url + "/apiv1/queue", timeout=30).status_code)
+            polls.append(requests.get(rest.url + "/apiv1/status/nope", timeout=30).status_code)
+        assert polls == [200, 404] * 20, polls
+        # the unread answers are given up on: a track is served again, to another client
+        gave_up = time.monotonic()
+        wait_until(lambda: requests.get(rest.url + track, timeout=60).status_code == 200,
+                   timeout_s=120, message=rest.logs)
+        freed_s = time.monotonic() - gave_up
+        cut = [read_to_end(sock) for sock in unread]
+    print(f"FIGURE unread downloads: 40 polls of other clients answered while 4 unread "
+          f"downloads held; the server gave up on them ({cut} of {size} bytes sent), a track "
+          f"served again after {freed_s:.1f} s")
+    assert all(n < size for n in cut), cut
+    assert "Traceback" not in rest.logs()
