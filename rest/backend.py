@@ -17,6 +17,7 @@ from fastapi import Depends, HTTPException, Request
 from minio import Minio
 
 from rest.callbacks import CallbackSender
+from rest.fair_share import FairShare
 from rest.owners import Owners
 from rest.ratelimit import RateLimit
 from separation.clients import parse_api_keys
@@ -40,6 +41,7 @@ class Backend:
     joins: Joins
     rate_limit: RateLimit
     callback_rate_limit: RateLimit
+    fair_share: FairShare
     owners: Owners
     clients: dict[str, bytes]
     """SHA-256 of each client's key, by name: every key is compared at the same cost."""
@@ -59,6 +61,7 @@ class Backend:
                    RateLimit(client, settings.rate_limit_per_min),
                    RateLimit(client, settings.rate_limit_per_min, "callback",
                              "callback requests"),
+                   FairShare(client, settings),
                    Owners(client, async_client, status, queue, settings.status_ttl_s,
                           settings.client_max_waiting),
                    clients)

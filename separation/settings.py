@@ -97,6 +97,9 @@ class Settings:
     api_token: str | None = None
     api_keys: str | None = None  # name:key,... : clients that each see only their own songs
     client_max_waiting: int = 1000  # with API_KEYS: a client's jobs waiting at once; more: 429
+    priority_clients: str | None = None  # with API_KEYS: names allowed priority high; else 403
+    quota_audio_s_per_day: int = 0  # audio seconds a client's new jobs hold a day; 0: no quota
+    quota_stored_mb: int = 0  # MB of results a client's new jobs keep; 0: no quota
     presign_ttl_s: int = 3600  # lifetime of a ?redirect=1 presigned track URL
     webhook_allow_local: bool = False  # callbacks to loopback/private addresses (make demo)
     webhook_allowlist: str | None = None  # hosts and CIDRs allowed even when local ones are not
@@ -159,7 +162,14 @@ class Settings:
                 self.client_max_waiting < 1:
             raise ValueError("QUEUE_PAGE_MAX_JOBS, REST_MAX_IN_FLIGHT and CLIENT_MAX_WAITING "
                              "must be at least 1")
-        parse_api_keys(self.api_keys, self.api_token)  # ValueError
+        clients = parse_api_keys(self.api_keys, self.api_token)  # ValueError
+        unknown = {n.strip() for n in (self.priority_clients or "").split(",") if n.strip()} - \
+            (set(clients) if self.api_keys else set())
+        if unknown:
+            raise ValueError(f"PRIORITY_CLIENTS names clients API_KEYS does not: "
+                             f"{', '.join(sorted(unknown))}")
+        if self.quota_audio_s_per_day < 0 or self.quota_stored_mb < 0:
+            raise ValueError("QUOTA_AUDIO_S_PER_DAY and QUOTA_STORED_MB must be >= 0 (0: off)")
         if not 0 < self.cancel_poll_s <= 1:
             raise ValueError("CANCEL_POLL_S must be in (0, 1]: a cancel stops Demucs within 2 s")
         if self.mp3_bitrate_kbps not in MP3_BITRATES_KBPS:
