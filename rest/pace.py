@@ -8,8 +8,8 @@ off; one that stalls or drips is answered ``408`` with the reason, and its conne
 once its credit is spent, and its slots are free again. Only the time spent waiting for the
 client counts, never the service's own work between reads; the body's size is bounded by the
 routes (``MAX_INPUT_MB``, 64 KB for callbacks), so each deadline is bounded too. A request
-whose body is never read (a GET's) has no deadline, and once a body has arrived whole, waiting
-for the client to go away is not timed either.
+whose body is never read (a GET's) has no deadline, and once a body has arrived whole or the
+answer has started, waiting for the client to go away is not timed either.
 
 An answer's body goes out in pieces (a streamed track's are 256 KB): each must be taken by the
 client within ``BODY_TIMEOUT_S`` plus its size at ``BODY_MIN_KBPS``, else the answer ends
@@ -44,14 +44,16 @@ class BodyDeadline:
             return
         paced = _PacedReceive(receive, self.timeout_s, self.min_bytes_per_s)
         try:
-            await self.app(scope, paced, self.paced_send(send))
+            await self.app(scope, paced, self.paced_send(send, paced))
         except _Unread as unread:
             log.info("%s %s: the client took no %d bytes of its answer in %.0f s "
                      "(BODY_TIMEOUT_S, BODY_MIN_KBPS); answer abandoned", scope["method"],
                      scope["path"], unread.size, unread.waited_s)
 
-    def paced_send(self, send: Send) -> Send:
+    def paced_send(self, send: Send, receive: _PacedReceive) -> Send:
         async def paced(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                receive.timed = False  # the answer's pace holds the connection from here on
             size = len(message.get("body", b""))
             allowed_s = self.timeout_s + size / self.min_bytes_per_s
             started = time.monotonic()
@@ -81,13 +83,14 @@ class _PacedReceive:
         self.min_bytes_per_s = min_bytes_per_s
         self.received_bytes = 0
         self.waited_s = 0.0
-        self.whole = False  # the body has arrived: later calls wait for a disconnect
+        self.timed = True  # False once the body has arrived (later calls wait for a
+        # disconnect) or the answer has started
 
     def allowed_s(self) -> float:
         return self.timeout_s + self.received_bytes / self.min_bytes_per_s
 
     async def __call__(self) -> Message:
-        if self.whole:
+        if not self.timed:
             return await self.receive()
         started = time.monotonic()
         try:
@@ -98,7 +101,7 @@ class _PacedReceive:
         finally:
             self.waited_s += time.monotonic() - started
         self.received_bytes += len(message.get("body", b""))
-        self.whole = message["type"] != "http.request" or not message.get("more_body", False)
+        self.timed = message["type"] == "http.request" and message.get("more_body", False)
         return message
 
     def too_slow(self) -> str:

@@ -300,3 +300,32 @@ def test_downloads_never_read_leave_the_api_answering(stack, start_rest):
           f"served again after {freed_s:.1f} s")
     assert all(n < size for n in cut), cut
     assert "Traceback" not in rest.logs()
+
+
+def test_a_body_declared_and_never_sent_does_not_cut_a_download_short(stack, start_rest):
+    """A GET that declares a body it never sends (its deadline would pass mid-answer) gets
+    its whole track, read slowly over seconds; nothing is logged as an error."""
+    rest = start_rest(BODY_TIMEOUT_S="1")
+    songhash, size = "e" * 64, 2 * 2**20
+    stack.minio.make_bucket(stack.output_bucket)
+    stack.minio.put_object(stack.output_bucket, f"{songhash}-vocals.mp3",
+                           io.BytesIO(os.urandom(size)), size)
+    pace = threading.Event()
+    with sockets() as opened:
+        sock = socket.create_connection(("127.0.0.1", rest.service.port), timeout=30)
+        opened.append(sock)
+        sock.sendall(f"GET /apiv1/track/{songhash}/vocals.mp3 HTTP/1.1\r\nHost: test\r\n"
+                     f"Content-Length: 1000\r\n\r\n".encode())
+        started, received = time.monotonic(), b""
+        while len(received) < size or b"\r\n\r\n" not in received:
+            pace.wait(0.1)  # 640 KB/s: the answer takes 3 s, past BODY_TIMEOUT_S
+            chunk = sock.recv(64 * 1024)
+            assert chunk, f"closed after {len(received)} bytes: {rest.logs()}"
+            received += chunk
+            if len(received) >= size + 4096:
+                break
+        took_s = time.monotonic() - started
+    head, _, body = received.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200") and len(body) == size, (head, len(body))
+    assert took_s > 2
+    assert "Traceback" not in rest.logs() and "Exception in ASGI" not in rest.logs()
