@@ -228,7 +228,10 @@ class Soak:
             fault = kinds[n % len(kinds)]
             n += 1
             self.report.faults[fault] = self.report.faults.get(fault, 0) + 1
-            getattr(self, fault)()
+            try:
+                getattr(self, fault)()
+            except Exception as error:  # the soak goes on, and says so
+                self.report.violations.append(f"fault {fault} could not be injected: {error}")
 
     def kill_worker(self) -> None:
         victim = self.rng.randrange(len(self.workers))

@@ -1,4 +1,4 @@
-"""The ``apiv1`` routes: separate, models, queue, status, cancel, track, remove.
+"""The ``apiv1`` routes: separate, models, usage, queue, status, cancel, track, remove.
 
 A separation request ends as a job on the worker's contract (``separation.contract.Job``):
 the MP3 is stored as ``<songhash>.mp3`` in the input bucket, the job's ``queued`` status is
@@ -29,6 +29,7 @@ from minio.error import S3Error
 from pydantic import BaseModel
 
 from rest.backend import Backend, BackendDep, Caller, client_of, get_backend, require_token
+from rest.fair_share import stored_bytes
 from rest.links import sign
 from rest.observability import SONGS
 from rest.owners import OWNER_FIELDS
@@ -100,6 +101,19 @@ class CancelResponse(BaseModel):
     reason: str
 
 
+class QuotaUsage(BaseModel):
+    used: int
+    limit: int | None
+    resets_at: int | None
+
+
+class UsageResponse(BaseModel):
+    client: str
+    audio_s: QuotaUsage
+    stored_mb: QuotaUsage
+    jobs: dict[str, int]
+
+
 class ErrorResponse(BaseModel):
     error: str
     reason: str
@@ -133,7 +147,8 @@ async def separate(request: Request, caller: Caller) -> dict[str, str]:
     The body is streamed to a temp file as it arrives; 503 while MAX_CONCURRENT_UPLOADS
     others are being handled, 429 while MAX_UPLOADS_PER_CLIENT of the caller's are; 408 for a
     body slower than BODY_TIMEOUT_S and BODY_MIN_KBPS allow. With API_KEYS, 429 while the
-    caller has CLIENT_MAX_WAITING jobs waiting.
+    caller has CLIENT_MAX_WAITING jobs waiting, and 403 for ``priority: high`` unless
+    PRIORITY_CLIENTS names the caller; 429 past QUOTA_AUDIO_S_PER_DAY or QUOTA_STORED_MB.
     """
     backend = get_backend(request)
     client = client_of(request)
@@ -141,17 +156,30 @@ async def separate(request: Request, caller: Caller) -> dict[str, str]:
     with request.app.state.upload_slots.hold(client):
         upload = await receive_upload(request, backend.settings)
         try:
-            return await run_in_threadpool(submit, backend, upload, caller)
+            answer = await run_in_threadpool(submit, backend, upload, caller, caller or client)
         finally:
             upload.discard()
+    await run_in_threadpool(backend.fair_share.record_job, caller or client, answer["id"])
+    return answer
 
 
-def submit(backend: Backend, upload: Upload, caller: str | None = None) -> dict[str, str]:
+@router.get("/usage", response_model=UsageResponse)
+async def usage(request: Request, backend: BackendDep, caller: Caller) -> dict[str, Any]:
+    """The caller's own figures: audio seconds and result MB its jobs were charged, with the
+    quotas (``limit``: null when off) and when their windows reset, and its latest jobs by
+    state. A client is its API key's name, else its token or address."""
+    client = caller or client_of(request)
+    return await run_in_threadpool(backend.fair_share.usage, client, client)
+
+
+def submit(backend: Backend, upload: Upload, caller: str | None, client: str
+           ) -> dict[str, str]:
     """Store the song, record the job as queued, then enqueue it.
 
     A song already separated is not queued again; one queued or running with the same model
     and stems is joined (``separation.joins``): the answer names that job, or, for a client
-    of API_KEYS (``caller``), the client's own view of it (``rest.owners``).
+    of API_KEYS (``caller``), the client's own view of it (``rest.owners``). Only a job queued
+    is charged to ``client``'s quotas (``rest.fair_share``).
     """
     settings = backend.settings
     fields = normalize_stems(upload.fields)
@@ -163,6 +191,7 @@ def submit(backend: Backend, upload: Upload, caller: str | None = None) -> dict[
                                     **fields}))
     except InvalidJob as error:
         raise HTTPException(400, str(error).removeprefix("invalid job: ")) from None
+    backend.fair_share.check_priority(caller, job.priority)
     if caller is not None:
         if not backend.owners.has_room(caller):
             raise HTTPException(
@@ -194,6 +223,8 @@ def submit(backend: Backend, upload: Upload, caller: str | None = None) -> dict[
         return {"hash": upload.songhash, "id": answered,
                 "reason": f"{ENQUEUED} (joined {joined} the same song, model and stems)"}
     try:
+        backend.fair_share.charge(client, upload.duration_s, stored_bytes(
+            upload.duration_s, upload.size_bytes, job.tracks(), encoding))
         enqueue(backend, upload, job, model, encoding, caller)
     except BaseException:
         backend.joins.release(active, job.id or "")
@@ -531,6 +562,8 @@ def track(songhash: str, track: str, request: Request, backend: BackendDep, call
     headers = {"ETag": f'"{stat.etag}"', "Content-Disposition":
                f'{disposition}; filename="{songhash[:12]}-{name}{extension}"'}
     media_type = "audio/mpeg" if name == "original" else encoding.content_type
+    if request.method != "HEAD":
+        request.app.state.load.check_send_room()
     return stream_track(backend.storage, bucket, key, int(stat.size or 0),
                         request.headers.get("range"), headers,
                         head_only=request.method == "HEAD", media_type=media_type)

@@ -32,7 +32,7 @@ from rest import api
 from rest.backend import Backend, client_of, get_backend, require_token
 from rest.csrf import RefuseCrossSite
 from rest.hosts import RefuseUnknownHosts
-from rest.limits import ShedLoad
+from rest.limits import Load, ShedLoad
 from rest.observability import QUEUE_DEPTH, CountRequests
 from rest.pace import BodyDeadline
 from rest.probes import STORAGE_ERRORS, HealthProbe
@@ -75,7 +75,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                        min_kbps=settings.body_min_kbps)
     app.add_middleware(RefuseCrossSite)
     app.add_middleware(CountRequests)
-    app.add_middleware(ShedLoad, max_in_flight=settings.rest_max_in_flight)
+    app.state.load = Load(settings.rest_max_in_flight)
+    app.add_middleware(ShedLoad, load=app.state.load)
     app.add_middleware(RefuseUnknownHosts, allowed_hosts=settings.allowed_host_names)  # first
     _add_error_handlers(app)
     app.include_router(api.router)

@@ -17,6 +17,7 @@ from fastapi import Depends, HTTPException, Request
 from minio import Minio
 
 from rest.callbacks import CallbackSender
+from rest.fair_share import FairShare
 from rest.links import link_client
 from rest.owners import Owners
 from rest.ratelimit import RateLimit
@@ -47,6 +48,7 @@ class Backend:
     joins: Joins
     rate_limit: RateLimit
     callback_rate_limit: RateLimit
+    fair_share: FairShare
     owners: Owners
     clients: dict[str, bytes]
     """SHA-256 of each client's key, by name: every key is compared at the same cost."""
@@ -73,6 +75,7 @@ class Backend:
                    RateLimit(client, settings.rate_limit_per_min),
                    RateLimit(client, settings.rate_limit_per_min, "callback",
                              "callback requests"),
+                   FairShare(client, settings),
                    Owners(client, async_client, status, queue, settings.status_ttl_s,
                           settings.client_max_waiting),
                    clients, connect_presigner(settings), models, limits)

@@ -121,15 +121,15 @@ class UploadSlots:
     @contextmanager
     def hold(self, client: str) -> Iterator[None]:
         retry = {"Retry-After": str(UPLOAD_RETRY_AFTER_S)}
-        if self.active.get(client, 0) >= self.per_client:
-            raise HTTPException(
-                429, f"{self.per_client} uploads of yours are being received already "
-                     f"(MAX_UPLOADS_PER_CLIENT); try again in {UPLOAD_RETRY_AFTER_S} s",
-                headers=retry)
         if sum(self.active.values()) >= self.limit:
             raise HTTPException(
                 503, f"the service is receiving {self.limit} uploads already "
                      f"(MAX_CONCURRENT_UPLOADS); try again in {UPLOAD_RETRY_AFTER_S} s",
+                headers=retry)
+        if self.active.get(client, 0) >= self.per_client:
+            raise HTTPException(
+                429, f"{self.per_client} uploads of yours are being received already "
+                     f"(MAX_UPLOADS_PER_CLIENT); try again in {UPLOAD_RETRY_AFTER_S} s",
                 headers=retry)
         self.active[client] = self.active.get(client, 0) + 1
         try:

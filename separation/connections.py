@@ -53,8 +53,9 @@ def connect_redis_async(settings: Settings) -> redis.asyncio.Redis:
 def connect_minio(settings: Settings, probe: bool = False) -> Minio:
     """A MinIO client that gives up on a dead endpoint within seconds, not minutes.
 
-    Its pool keeps a connection for each request served at once (``REST_MAX_IN_FLIGHT``: a
-    streamed track holds one throughout), so none is opened and thrown away under load.
+    Its pool keeps a connection for each request served at once and each track being streamed
+    (``REST_MAX_IN_FLIGHT`` of each: a streamed track holds one throughout), so none is opened
+    and thrown away under load.
     ``probe``: one connection, no retries, short timeouts, for health checks.
     """
     http = urllib3.PoolManager(
@@ -62,7 +63,7 @@ def connect_minio(settings: Settings, probe: bool = False) -> Minio:
         urllib3.Timeout(connect=5, read=120),
         retries=False if probe else urllib3.Retry(total=3, backoff_factor=0.5,
                                                   status_forcelist=(500, 502, 503, 504)),
-        maxsize=1 if probe else settings.rest_max_in_flight + SPARE_CONNECTIONS,
+        maxsize=1 if probe else 2 * settings.rest_max_in_flight + SPARE_CONNECTIONS,
     )
     return Minio(settings.minio_endpoint, access_key=settings.minio_access_key,
                  secret_key=settings.minio_secret_key, secure=settings.minio_secure,

@@ -189,6 +189,12 @@ class Keys:
         """Sorted set of a client's jobs that may still be waiting (by enqueue time)."""
         return f"client:{client}:waiting"
 
+    @staticmethod
+    def client_jobs(client: str) -> str:
+        """Sorted set of the jobs a client's requests were answered with, its latest ones
+        (``rest.fair_share``); ``client`` is a name, ``addr:<address>`` or ``token:<hash>``."""
+        return f"usage:{client}:jobs"
+
 
 class InvalidJob(ValueError):
     """A job payload that can never be run, whatever is retried."""

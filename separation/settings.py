@@ -106,6 +106,9 @@ class Settings:
     api_token: str | None = None
     api_keys: str | None = None  # name:key[:models=a|b],... : each sees only its own songs
     client_max_waiting: int = 1000  # with API_KEYS: a client's jobs waiting at once; more: 429
+    priority_clients: str | None = None  # with API_KEYS: names allowed priority high; else 403
+    quota_audio_s_per_day: int = 0  # audio seconds a client's new jobs hold a day; 0: no quota
+    quota_stored_mb: int = 0  # MB of results a client's new jobs keep; 0: no quota
     presign_ttl_s: int = 3600  # lifetime of a ?redirect=1 presigned track URL
     minio_presign_access_key: str | None = None  # a read-only MinIO user: ?redirect=1's URLs
     minio_presign_secret_key: str | None = None
@@ -180,7 +183,14 @@ class Settings:
                 self.client_max_waiting < 1:
             raise ValueError("QUEUE_PAGE_MAX_JOBS, REST_MAX_IN_FLIGHT and CLIENT_MAX_WAITING "
                              "must be at least 1")
-        parse_api_keys(self.api_keys, self.api_token)  # ValueError
+        clients = parse_api_keys(self.api_keys, self.api_token)  # ValueError
+        unknown = {n.strip() for n in (self.priority_clients or "").split(",") if n.strip()} - \
+            (set(clients) if self.api_keys else set())
+        if unknown:
+            raise ValueError(f"PRIORITY_CLIENTS names clients API_KEYS does not: "
+                             f"{', '.join(sorted(unknown))}")
+        if self.quota_audio_s_per_day < 0 or self.quota_stored_mb < 0:
+            raise ValueError("QUOTA_AUDIO_S_PER_DAY and QUOTA_STORED_MB must be >= 0 (0: off)")
         if self.outage_backoff_max_s < 1:
             raise ValueError("OUTAGE_BACKOFF_MAX_S must be at least 1")
         bad_hosts = [h for h in self.allowed_host_names if not HOST_PATTERN_RE.fullmatch(h)]

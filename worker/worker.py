@@ -464,7 +464,7 @@ class Backoff:
         if self.outage_hit:
             self.outages += 1
             ceiling_s = min(2.0 ** (self.outages - 1), self.outage_max_s)
-            wait_s = max(wait_s, random.uniform(ceiling_s / 2, ceiling_s))
+            wait_s = max(wait_s, random.uniform(ceiling_s / 2, ceiling_s))  # jitter, not a secret  # nosec B311
         else:
             self.outages = 0
         self.outage_hit = False

@@ -8,7 +8,9 @@ while another client is served; the bound each one meets is a setting, named in 
 from __future__ import annotations
 
 import http.client
+import io
 import json
+import os
 import select
 import socket
 import threading
@@ -21,6 +23,7 @@ import pytest
 import requests
 
 from tests.reliability.test_rest_memory import peak_rss_mib
+from tests.waiting import wait_until
 
 CALLBACK_PEAK_BOUND_MIB = 256
 """A quarter of the REST Deployment's 1 GiB limit: held callback bodies cost little each."""
@@ -49,7 +52,7 @@ def open_post(port: int, path: str, headers: dict[str, str], opened: list[socket
     sock = socket.create_connection(("127.0.0.1", port), timeout=30,
                                     source_address=(source, 0))
     opened.append(sock)
-    head = f"POST {path} HTTP/1.1\r\nHost: test\r\n" + "".join(
+    head = f"POST {path} HTTP/1.1\r\nHost: localhost\r\n" + "".join(
         f"{name}: {value}\r\n" for name, value in headers.items()) + "\r\n"
     sock.sendall(head.encode())
     return sock
@@ -242,3 +245,87 @@ def test_a_body_at_the_minimum_pace_is_never_cut_off(stack, start_rest, make_son
     print(f"FIGURE paced body: {len(body)} bytes over {took_s:.1f} s with BODY_TIMEOUT_S=1 "
           f"accepted")
     assert took_s > 2
+
+
+def open_unread_download(port: int, path: str, opened: list[socket.socket]) -> socket.socket:
+    """A GET whose answer the client never reads (a 4 KB receive buffer, then nothing)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    opened.append(sock)
+    sock.settimeout(30)
+    sock.connect(("127.0.0.1", port))
+    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n".encode())
+    return sock
+
+
+def read_to_end(sock: socket.socket) -> int:
+    """Read what the server sent until it closed the connection: the bytes read."""
+    total = 0
+    while chunk := sock.recv(1 << 20):
+        total += len(chunk)
+    return total
+
+
+@pytest.mark.timeout(300)
+def test_downloads_never_read_leave_the_api_answering(stack, start_rest):
+    """With REST_MAX_IN_FLIGHT=4, four clients ask for a 24 MB track and stop reading:
+    everyone else's queue and status polls still answer, and the server gives up on the
+    unread answers once BODY_TIMEOUT_S plus a piece's time at BODY_MIN_KBPS is spent."""
+    timeout_s = 5
+    rest = start_rest(REST_MAX_IN_FLIGHT="4", BODY_TIMEOUT_S=str(timeout_s),
+                      RATE_LIMIT_PER_MIN="0")
+    songhash = "d" * 64
+    size = 24 * 2**20
+    stack.minio.make_bucket(stack.output_bucket)
+    stack.minio.put_object(stack.output_bucket, f"{songhash}-vocals.mp3",
+                           io.BytesIO(os.urandom(size)), size)
+    track = f"/apiv1/track/{songhash}/vocals.mp3"
+    with sockets() as unread:
+        for _ in range(4):
+            open_unread_download(rest.service.port, track, unread)
+        assert answers(unread, wait_s=30) == [200] * 4  # each answer has started
+        polls = []
+        for _ in range(20):
+            polls.append(requests.get(rest.url + "/apiv1/queue", timeout=30).status_code)
+            polls.append(requests.get(rest.url + "/apiv1/status/nope", timeout=30).status_code)
+        assert polls == [200, 404] * 20, polls
+        # the unread answers are given up on: a track is served again, to another client
+        gave_up = time.monotonic()
+        wait_until(lambda: requests.get(rest.url + track, timeout=60).status_code == 200,
+                   timeout_s=120, message=rest.logs)
+        freed_s = time.monotonic() - gave_up
+        cut = [read_to_end(sock) for sock in unread]
+    print(f"FIGURE unread downloads: 40 polls of other clients answered while 4 unread "
+          f"downloads held; the server gave up on them ({cut} of {size} bytes sent), a track "
+          f"served again after {freed_s:.1f} s")
+    assert all(n < size for n in cut), cut
+    assert "Traceback" not in rest.logs()
+
+
+def test_a_body_declared_and_never_sent_does_not_cut_a_download_short(stack, start_rest):
+    """A GET that declares a body it never sends (its deadline would pass mid-answer) gets
+    its whole track, read slowly over seconds; nothing is logged as an error."""
+    rest = start_rest(BODY_TIMEOUT_S="1")
+    songhash, size = "e" * 64, 2 * 2**20
+    stack.minio.make_bucket(stack.output_bucket)
+    stack.minio.put_object(stack.output_bucket, f"{songhash}-vocals.mp3",
+                           io.BytesIO(os.urandom(size)), size)
+    pace = threading.Event()
+    with sockets() as opened:
+        sock = socket.create_connection(("127.0.0.1", rest.service.port), timeout=30)
+        opened.append(sock)
+        sock.sendall(f"GET /apiv1/track/{songhash}/vocals.mp3 HTTP/1.1\r\nHost: localhost\r\n"
+                     f"Content-Length: 1000\r\n\r\n".encode())
+        started, received = time.monotonic(), b""
+        while len(received) < size or b"\r\n\r\n" not in received:
+            pace.wait(0.1)  # 640 KB/s: the answer takes 3 s, past BODY_TIMEOUT_S
+            chunk = sock.recv(64 * 1024)
+            assert chunk, f"closed after {len(received)} bytes: {rest.logs()}"
+            received += chunk
+            if len(received) >= size + 4096:
+                break
+        took_s = time.monotonic() - started
+    head, _, body = received.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200") and len(body) == size, (head, len(body))
+    assert took_s > 2
+    assert "Traceback" not in rest.logs() and "Exception in ASGI" not in rest.logs()

@@ -262,7 +262,7 @@ def _disconnect_mid_upload(url: str, multipart: bool = False) -> None:
         (b"multipart/form-data; boundary=xx",
          b'--xx\r\nContent-Disposition: form-data; name="file"; filename="a.mp3"\r\n\r\n')
     with socket.create_connection((host, int(port))) as conn:
-        conn.sendall(b"POST /apiv1/separate HTTP/1.1\r\nHost: x\r\nContent-Type: " +
+        conn.sendall(b"POST /apiv1/separate HTTP/1.1\r\nHost: localhost\r\nContent-Type: " +
                      content_type + b"\r\nContent-Length: 100000\r\n\r\n" + start +
                      b"A" * 5000)
         time.sleep(0.2)  # let the service start reading before the client goes away

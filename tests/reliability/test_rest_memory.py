@@ -56,7 +56,7 @@ def post_streamed(port: int, headers: dict[str, str], pieces: Iterable[bytes],
     lines = [f"{k}: {v}" for k, v in headers.items()]
     if chunked:
         lines.append("Transfer-Encoding: chunked")
-    sock.sendall(("POST /apiv1/separate HTTP/1.1\r\nHost: test\r\n" + "".join(
+    sock.sendall(("POST /apiv1/separate HTTP/1.1\r\nHost: localhost\r\n" + "".join(
         f"{line}\r\n" for line in lines) + "\r\n").encode())
     sent = 0
     answered = False
@@ -246,7 +246,7 @@ def test_rest_memory_stays_bounded_under_the_attack_mix(stack, start_rest, tmp_p
 
 def test_a_client_that_goes_away_mid_upload_leaves_nothing_behind(stack, rest):
     sock = socket.create_connection(("127.0.0.1", rest.service.port), timeout=30)
-    sock.sendall(b"POST /apiv1/separate HTTP/1.1\r\nHost: test\r\n"
+    sock.sendall(b"POST /apiv1/separate HTTP/1.1\r\nHost: localhost\r\n"
                  b"Content-Type: application/json\r\nContent-Length: 1000000\r\n\r\n"
                  b'{"mp3": "' + b"QUJD" * 10_000)
     deadline = time.monotonic() + 30
