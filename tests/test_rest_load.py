@@ -18,8 +18,8 @@ TIMEOUT_S = 30
 def open_upload(host: str, port: int) -> socket.socket:
     """An upload whose body never finishes arriving: an API request held in flight."""
     held = socket.create_connection((host, port))
-    held.sendall(b"POST /apiv1/separate HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json"
-                 b"\r\nContent-Length: 100000\r\n\r\n{\"mp3\": \"")
+    held.sendall(b"POST /apiv1/separate HTTP/1.1\r\nHost: localhost\r\n"
+                 b"Content-Type: application/json\r\nContent-Length: 100000\r\n\r\n{\"mp3\": \"")
     return held
 
 
