@@ -358,7 +358,8 @@ def check_object_key(key: str) -> None:
         raise ValueError("object key must not contain empty, '.' or '..' path segments")
 
 
-def _first_error(error: ValidationError) -> str:
+def first_error(error: ValidationError) -> str:
+    """A validation error's first complaint, as ``field: message``."""
     first = error.errors()[0]
     where = ".".join(str(p) for p in first["loc"])
     message = first["msg"].removeprefix("Value error, ")
@@ -402,7 +403,7 @@ def parse_job(raw: str | bytes) -> Job:
     try:
         job = Job.model_validate(data)
     except ValidationError as error:
-        raise InvalidJob(f"invalid job: {_first_error(error)}") from None
+        raise InvalidJob(f"invalid job: {first_error(error)}") from None
     return job if job.id else job.model_copy(update={"id": job_id_for(raw)})
 
 

@@ -38,7 +38,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
-from separation.contract import DEMUCS_STEMS, MODEL_RE
+from separation.contract import DEMUCS_STEMS, MODEL_RE, first_error
 from separation.settings import Settings
 
 BUILTIN_MODEL = "demucs_unittest"
@@ -302,12 +302,7 @@ def registry_json(models: Iterable[Model]) -> str:
 
 def _first_error(error: Exception) -> str:
     if isinstance(error, ValidationError):
-        first = error.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        message = first["msg"].removeprefix("Value error, ")
-        if first["type"] == "extra_forbidden":
-            message = "unknown field"
-        return f"{where}: {message}" if where else message
+        return first_error(error)
     if isinstance(error, RecursionError):
         return "nested too deep"
     return f"not valid JSON: {error}"
