@@ -131,3 +131,22 @@ def test_long_song_memory_figures_are_the_benchs_last_run():
             in README_TEXT
     for size, run in whole.items():
         assert f"{run['peak_rss_mb']} MB" in README_TEXT, size
+
+
+def test_the_soak_paragraph_is_its_last_run():
+    soak = load("soak.json")
+    assert soak["violations"] == []
+    requests, faults, ended = soak["requests"], soak["faults"], soak["ended"]
+    expected = [f"{sum(requests.values())} requests", f"{requests['normal']} normal",
+                f"{requests['high']} high", f"{requests['flac']} FLAC", f"{requests['wav']} WAV",
+                f"{requests['karaoke']} karaoke", f"{requests['long']} long",
+                f"{requests['duplicate']} in joined pairs",
+                f"{requests['cancel']} cancelled by their client",
+                f"{requests['invalid']} invalid", f"{sum(faults.values())} faults",
+                f"{faults['kill_worker']} workers killed", f"{faults['kill_demucs']} Demucs killed",
+                f"{faults['freeze_worker']} workers frozen",
+                f"{faults['storage_outage']} storage and {faults['redis_outage']} Redis outages",
+                f"{ended['done']} done, {ended['cancelled']} cancelled, {ended['failed']} failed",
+                f"{soak['overtakes'].replace('/', ' of ')} times"]
+    for figure in expected:
+        assert figure in README_TEXT, figure
