@@ -34,7 +34,6 @@ import tempfile
 import threading
 import time
 from dataclasses import asdict, dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +44,7 @@ from minio import Minio
 
 import devstack
 from devstack.synth import write_song
+from devstack.webhooks import WebhookReceiver
 from separation.contract import Keys
 from separation.queue import QUEUE_KEYS
 from separation.status import StatusStore
@@ -88,32 +88,6 @@ class Report:
     violations: list[str] = field(default_factory=list)
 
 
-class Receiver:
-    """Records each webhook delivery: the request it is for, its status, whether it verified."""
-
-    def __init__(self) -> None:
-        self.deliveries: list[tuple[str, str, bool]] = []
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                payload = json.loads(body)
-                ref = str((payload.get("data") or {}).get("ref", ""))
-                verified = verify_delivery(body, dict(self.headers), SECRET)
-                receiver.deliveries.append((ref, str(payload.get("status")), verified))
-                self.send_response(200)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-
 class Soak:
     def __init__(self, tmp: Path, minutes: float, workers: int, seed: int) -> None:
         self.tmp, self.minutes, self.rng = tmp, minutes, random.Random(seed)
@@ -135,7 +109,7 @@ class Soak:
         self.status = StatusStore(self.redis, 3600)
         self.minio = Minio(f"127.0.0.1:{self.s3_service.port}", access_key=devstack.LOCAL_DEV_KEY,
                            secret_key=devstack.LOCAL_DEV_KEY, secure=False)
-        self.receiver = Receiver()
+        self.receiver = WebhookReceiver()
         self.workers = [self.start_worker() for _ in range(workers)]
         self.songs = [write_song(tmp / f"song{i}.mp3", seconds=2.0 + i % 3, seed=i)
                       for i in range(12)]
@@ -156,7 +130,7 @@ class Soak:
         for worker in self.workers:
             devstack.stop(worker, timeout_s=30)
         self.rest.stop()
-        self.receiver.server.shutdown()
+        self.receiver.close()
         self.redis_service.stop()
         self.s3_service.stop()
 
@@ -330,8 +304,11 @@ class Soak:
         report, violations = self.report, self.report.violations
         violations += [f"status regression: {r}" for r in self.regressions]
         webhooks: dict[str, list[tuple[str, bool]]] = {}
-        for ref, state, verified in self.receiver.deliveries:
-            webhooks.setdefault(ref, []).append((state, verified))
+        for body, headers in self.receiver.calls:
+            payload = json.loads(body)
+            ref = str((payload.get("data") or {}).get("ref", ""))
+            webhooks.setdefault(ref, []).append((str(payload.get("status")),
+                                                 verify_delivery(body, headers, SECRET)))
         for request in self.requests:
             report.requests[request.kind] = report.requests.get(request.kind, 0) + 1
             record = self.status.get(request.job_id) or {}

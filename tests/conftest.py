@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import json
 import subprocess
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +22,7 @@ from minio import Minio
 
 import devstack
 from devstack.synth import write_song
+from devstack.webhooks import WebhookReceiver
 from separation.connections import connect_minio, connect_redis
 from separation.contract import DEMUCS_STEMS, Keys, input_key, sha256_file
 from separation.models import Model
@@ -174,35 +173,6 @@ def make_song(tmp_path: Path) -> Callable[..., Path]:
     def make(seconds: float = 3.0, seed: int = 1, name: str = "song.mp3") -> Path:
         return write_song(tmp_path / name, seconds=seconds, seed=seed)
     return make
-
-
-class WebhookReceiver:
-    """A local HTTP server that records every POST (body and headers)."""
-
-    def __init__(self, status_code: int = 200, delay_s: float = 0.0) -> None:
-        self.calls: list[tuple[bytes, dict[str, str]]] = []
-        self.status_code = status_code
-        self.delay_s = delay_s
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                receiver.calls.append((body, dict(self.headers)))
-                time.sleep(receiver.delay_s)
-                self.send_response(receiver.status_code)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
 
 
 @pytest.fixture

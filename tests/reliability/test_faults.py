@@ -19,6 +19,7 @@ import psutil
 import redis as redis_lib
 
 import devstack
+from devstack.webhooks import WebhookReceiver
 from separation.contract import Keys
 from separation.queue import JobQueue
 from tests.reliability.accounting import TRIALS, FaultRow
@@ -223,7 +224,6 @@ def test_demucs_crashes_and_hangs(stack, make_song, report):
 
 
 def test_webhook_down_slow_or_failing(stack, make_song, report):
-    from tests.conftest import WebhookReceiver
     songhash = stack.upload_song(make_song(seconds=1.5))
     slow, failing = WebhookReceiver(delay_s=3), WebhookReceiver(status_code=500)
     down = f"http://127.0.0.1:{devstack.free_port()}/hook"
