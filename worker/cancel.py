@@ -80,14 +80,14 @@ class CancelWatch:
         found = self.queue.cancels_requested(ids)
         held = set(self.queue.in_flight(self.worker_id))
         lost = {t.id for t in tasks if t.raw not in held and not t.settled}
-        with self.lock:
+        with self.lock:  # only for the batch still watched (``watch`` may have moved on)
             for task_id, ids in watched.items():
-                if task_id in self.watched and found.intersection(ids):
-                    self.cancelled.add(task_id)
-            for task_id in lost:
-                if any(t.id == task_id for t in self.tasks):
-                    self.cancelled.add(task_id)
+                if task_id not in self.watched:
+                    continue
+                if task_id in lost:
                     self.lost.add(task_id)
+                if task_id in lost or found.intersection(ids):
+                    self.cancelled.add(task_id)
 
     def _loop(self) -> None:
         while not self.stopped.wait(self.poll_s):

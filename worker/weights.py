@@ -30,9 +30,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: make the repository's packages importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 from separation.contract import DEMUCS_STEMS, MODEL_RE, sha256_file
 from separation.models import (
     BUILTIN_SOURCE,

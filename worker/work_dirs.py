@@ -1,10 +1,10 @@
-"""A batch's temp dir, marked with the worker that made it, and the clean-up at start of the
-dirs that dead workers left behind.
+"""A batch's temp dir, marked with the worker that made it, and the clean-up of the dirs that
+dead workers left behind.
 
 A worker killed mid-batch (SIGKILL, an OOM kill) cannot remove its ``demucs-batch-*`` dir.
-Each dir holds a marker naming its worker; at start a worker removes every marked dir of
-``WORK_DIR`` whose worker is no longer alive in the queue's registry (``JobQueue.alive``),
-never another live worker's (several workers may share a ``WORK_DIR``). A dir without a
+Each dir holds a marker naming its worker; with every heartbeat a worker removes every marked
+dir of ``WORK_DIR`` whose worker is no longer alive in the queue's registry
+(``JobQueue.alive``), never another live worker's (several workers may share a ``WORK_DIR``). A dir without a
 marker is not this service's to remove.
 """
 

@@ -103,7 +103,7 @@ from worker.task import JobKind, Task, live, timed
 from worker.tracks import Tracks
 from worker.upkeep import Heartbeat, StopSignal, until_up
 from worker.weights import Shelf
-from worker.work_dirs import make_batch_dir, remove_dead_workers_dirs
+from worker.work_dirs import make_batch_dir
 
 log = logging.getLogger("worker")
 
@@ -154,7 +154,6 @@ class Worker:
             log.info("worker %s stopped before it started", self.worker_id)
             return 0
         self.heartbeat.start()
-        remove_dead_workers_dirs(self.settings.work_dir, self.queue)
         self.cancels.start()
         if self.settings.metrics_port:
             serve(self.settings.metrics_port, self.heartbeat.health)
