@@ -4,8 +4,8 @@ dead workers left behind.
 A worker killed mid-batch (SIGKILL, an OOM kill) cannot remove its ``demucs-batch-*`` dir.
 Each dir holds a marker naming its worker; with every heartbeat a worker removes every marked
 dir of ``WORK_DIR`` whose worker is no longer alive in the queue's registry
-(``JobQueue.alive``), never another live worker's (several workers may share a ``WORK_DIR``). A dir without a
-marker is not this service's to remove.
+(``JobQueue.alive``), never another live worker's (several workers may share a
+``WORK_DIR``). A dir without a marker is not this service's to remove.
 """
 
 from __future__ import annotations
