@@ -1,4 +1,5 @@
-"""The REST service's entry point: ``python -m uvicorn rest.app:app --port 5000``.
+"""The REST service's entry point: ``uvicorn --factory rest.app:create_app --port 5000``
+(``rest.app:app``, the same app built from the environment on first use, works too).
 
 Routes besides ``apiv1`` (``rest.api``): ``GET /`` (the page for a browser, a JSON 200 for
 anything else, such as a load balancer), ``POST /`` (job-outcome webhooks, logged),
@@ -53,6 +54,8 @@ NO_OPENTELEMETRY = TelemetryConfig(tracing=False, metrics=False, logs=False)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
+    """The app on ``settings`` (the environment's when None); Redis and MinIO are reached
+    only once it serves (its lifespan), so tests build it in-process (``httpx.ASGITransport``)."""
     settings = settings or Settings.from_env()
     # With API_TOKEN or API_KEYS set, the API's description is the key holders' business too.
     guarded = [Depends(require_token)] if settings.api_token or settings.api_keys else []
@@ -233,4 +236,11 @@ def _add_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(Exception, internal)
 
 
-app = create_app()
+def __getattr__(name: str) -> FastAPI:
+    """``rest.app:app``: the app of the environment's settings, built on first use (importing
+    this module builds nothing, so ``create_app`` is free to be called with other settings)."""
+    if name != "app":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    built = create_app()
+    globals()["app"] = built
+    return built

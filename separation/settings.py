@@ -11,6 +11,7 @@ import math
 import os
 import re
 import socket
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -25,6 +26,8 @@ from separation.queue import DEFAULT_HIGH_BURST, DEFAULT_ROUTE_BATCH
 LOCAL_DEV_MINIO_USER = "minioadmin"  # MinIO's documented default, for a laptop only
 ALLOCATOR_RE = re.compile(r"tcmalloc|system|/[A-Za-z0-9_.+/-]{1,200}\.so(?:\.[0-9]+)*")
 """``DEMUCS_ALLOCATOR``: one path, never a list ``LD_PRELOAD`` would split."""
+COMMAND_WORD_RE = re.compile(r"[A-Za-z0-9_./+=:-]{1,200}")
+"""A word of ``DEMUCS_COMMAND``: a path, a module or a flag; nothing a shell would read."""
 _LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
 HOST_PATTERN_RE = re.compile(rf"\*|(?:\*\.)?{_LABEL}(?:\.{_LABEL})*|\[[0-9a-f:.]{{2,45}}\]")
 """An ``ALLOWED_HOSTS`` entry: a host name or IPv4 address, ``*.domain``, ``[IPv6]``, or ``*``."""
@@ -72,6 +75,7 @@ class Settings:
     demucs_shifts: int = 0  # Demucs CLI: 1, one random offset that averages nothing
     demucs_segment: int | None = None
     demucs_allocator: str = "tcmalloc"  # malloc of the Demucs process: tcmalloc, system, a .so
+    demucs_command: str = ""  # the CLI's words before its flags; "": python -m demucs
     mp3_bitrate_kbps: int = 320
     max_input_mb: float = 100.0
     max_duration_s: float = 1200.0
@@ -154,6 +158,7 @@ class Settings:
             raise ValueError("DEMUCS_ALLOCATOR must be tcmalloc, system or the absolute path "
                              "of a shared library (e.g. /usr/lib/x86_64-linux-gnu/"
                              "libjemalloc.so.2)")
+        command_argv(self.demucs_command)  # ValueError
         if self.max_attempts < 1 or self.batch_max < 1 or self.max_concurrent_uploads < 1 or \
                 self.max_uploads_per_client < 1:
             raise ValueError("MAX_ATTEMPTS, BATCH_MAX, MAX_CONCURRENT_UPLOADS and "
@@ -228,12 +233,31 @@ class Settings:
         return tuple(h.strip().lower() for h in self.allowed_hosts.split(",") if h.strip())
 
     @property
+    def demucs_argv(self) -> tuple[str, ...]:
+        return command_argv(self.demucs_command)
+
+    @property
     def threads(self) -> int:
         return self.demucs_threads or available_cpus()
 
     @property
     def max_input_bytes(self) -> int:
         return int(self.max_input_mb * 1024 * 1024)
+
+
+def command_argv(command: str) -> tuple[str, ...]:
+    """``DEMUCS_COMMAND`` as an argument list (never a shell string): words split on spaces,
+    ``python`` the worker's own interpreter; empty, the real ``python -u -m demucs``."""
+    words = command.split()
+    if not words:
+        return (sys.executable, "-u", "-m", "demucs")
+    bad = [word for word in words if not COMMAND_WORD_RE.fullmatch(word)]
+    if bad:
+        raise ValueError(f"DEMUCS_COMMAND: {bad[0][:100]!r} is not a path, module or flag (an "
+                         "argument list split on spaces, never a shell string)")
+    if len(words) > 16:
+        raise ValueError("DEMUCS_COMMAND: at most 16 words")
+    return (sys.executable if words[0] == "python" else words[0], *words[1:])
 
 
 def _convert(name: str, raw: str, default: object) -> object:

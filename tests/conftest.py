@@ -1,14 +1,21 @@
-"""Fixtures: a real redis-server and S3 server per test session, workers as subprocesses.
+"""Fixtures: a real redis-server and S3 server per test session (per xdist process), workers
+as subprocesses or in this process, the REST service as a uvicorn subprocess or in-process.
 
-Nothing here mocks Redis, S3 or Demucs: the worker under test is ``python worker/worker.py``
-talking to real servers on loopback, running the real Demucs CLI with the built-in
-``demucs_unittest`` model.
+Nothing here mocks Redis or S3: the worker under test is ``python worker/worker.py`` talking to
+real servers on loopback. Its Demucs is the stand-in (``devstack.standin_demucs``: numpy, no
+torch) unless the test asks for the real CLI with the ``demucs_cli`` fixture (then the built-in
+``demucs_unittest`` model runs).
+
+The fixtures mark the tests that use them (``pytest_collection_modifyitems``), so a test is in
+the right tier without a decorator: ``demucs`` (the real CLI or torch), ``rest_process`` (a
+uvicorn subprocess), ``browser`` (Chromium). ``make test-fast`` leaves those three out.
 """
 
 from __future__ import annotations
 
 import json
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -23,16 +30,35 @@ from minio import Minio
 import devstack
 from devstack.synth import write_song
 from devstack.webhooks import WebhookReceiver
-from separation.connections import connect_minio, connect_redis
 from separation.contract import DEMUCS_STEMS, Keys, input_key, sha256_file
 from separation.models import Model
 from separation.queue import WAITING_LISTS
 from separation.settings import Settings
 from separation.status import StatusStore
+from worker.__main__ import build_worker
 from worker.weights import describe
 from worker.worker import Worker
 
 SHARED_SAMPLES = devstack.ROOT.parent / "shared" / "samples"
+STANDIN_DEMUCS = f"python {devstack.ROOT / 'devstack' / 'standin_demucs.py'}"
+"""``DEMUCS_COMMAND`` of the tests' workers unless they ask for ``demucs_cli``."""
+MARKED_BY = {"demucs_cli": "demucs", "small_model": "demucs", "start_rest": "rest_process",
+             "browser_page": "browser"}
+"""The marker each fixture gives the tests that use it, directly or through another."""
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        for fixture in getattr(item, "fixturenames", ()):
+            if fixture in MARKED_BY:
+                item.add_marker(MARKED_BY[fixture])
+
+
+@pytest.fixture(scope="session")
+def demucs_cli() -> tuple[str, ...]:
+    """The real Demucs CLI: a test using it (or a stack whose workers run it) is ``demucs``."""
+    pytest.importorskip("demucs")
+    return (sys.executable, "-m", "demucs")
 
 
 @pytest.fixture(scope="session")
@@ -92,10 +118,10 @@ class Stack:
 
     def worker_in_process(self, **overrides: str) -> Worker:
         """A worker in this process (``run(burst=True)`` returns once the queue is empty),
-        on the same real Redis, S3 and Demucs CLI as the subprocess ones."""
+        on the same real Redis, S3 and Demucs (or stand-in) as the subprocess ones."""
         settings = Settings.from_env({**self.env, "WORK_DIR": str(self.work_dir),
                                       "METRICS_PORT": "0", **overrides})
-        return Worker(settings, connect_redis(settings), connect_minio(settings))
+        return build_worker(settings)
 
     def push(self, job: dict[str, Any] | str) -> None:
         self.redis.lpush(Keys.QUEUE, job if isinstance(job, str) else json.dumps(job))
@@ -140,7 +166,11 @@ class Stack:
 
 
 @pytest.fixture
-def stack(services: dict[str, devstack.Service], tmp_path: Path) -> Iterator[Stack]:
+def stack(services: dict[str, devstack.Service], tmp_path: Path,
+          request: pytest.FixtureRequest) -> Iterator[Stack]:
+    """A test's stack. Its workers run the stand-in Demucs, or the real CLI for a test that
+    uses ``demucs_cli``."""
+    real = "demucs_cli" in request.fixturenames
     client = redis.Redis(port=services["redis"].port)
     client.flushall()
     tag = uuid.uuid4().hex[:8]
@@ -149,6 +179,7 @@ def stack(services: dict[str, devstack.Service], tmp_path: Path) -> Iterator[Sta
         QUEUE_BUCKET=f"in-{tag}", OUTPUT_BUCKET=f"out-{tag}", DEMUCS_MODEL="demucs_unittest",
         DEMUCS_SHIFTS="0", HEARTBEAT_TTL_S="2", POLL_S="0.3", SHUTDOWN_GRACE_S="20",
         JOB_TIMEOUT_S="120", HF_HUB_OFFLINE="1", TMPDIR=str(tmp_path / "work"),
+        DEMUCS_COMMAND="" if real else STANDIN_DEMUCS,
     )
     (tmp_path / "work").mkdir()
     minio = Minio(f"127.0.0.1:{services['s3'].port}", access_key=devstack.LOCAL_DEV_KEY,

@@ -1,5 +1,6 @@
 """Cancel inside a batch: the cancelled job ends within seconds, the others of its Demucs call
-finish with one re-run at most, and no Demucs temp dir is left (real Redis, S3 and Demucs CLI).
+finish with one re-run at most, and no Demucs temp dir is left (real Redis and S3; the stand-in
+Demucs CLI, slowed to 8 s an input so that the cancels land while it runs).
 
 Two songs are queued before the worker starts, so one Demucs call takes both (``BATCH_MAX``),
 and the cancel is the one key a Redis-only client writes (``SET job:<id>:cancel 1``).
@@ -20,18 +21,18 @@ from worker.cancel import Interrupt
 # The promise: CANCEL_POLL_S (0.5 s) + Demucs' own 0.25 s check + the kill, well within 2 s;
 # twice that for a busy 2-core test machine.
 CANCEL_DEADLINE_S = 4.0
-BATCH = {"BATCH_MAX": "4", "JOB_TIMEOUT_S": "600"}
+BATCH = {"BATCH_MAX": "4", "JOB_TIMEOUT_S": "600", "STANDIN_DEMUCS_DELAY_S": "8"}
 
 
 def _queue_batch(stack, make_song, *ids: str) -> None:
     for seed, job_id in enumerate(ids, start=61):
-        songhash = stack.upload_song(make_song(seconds=30, seed=seed, name=f"{job_id}.mp3"))
+        songhash = stack.upload_song(make_song(seconds=3, seed=seed, name=f"{job_id}.mp3"))
         stack.push({"songhash": songhash, "id": job_id, "stems": ["vocals"]})
 
 
 def _demucs_runs(stack) -> int:
     """Demucs CLI calls the worker started (its log says ``running <command>``)."""
-    return sum(line.count(" -m demucs ") for line in stack.worker_logs().splitlines()
+    return sum(line.count(" -n ") for line in stack.worker_logs().splitlines()
                if "running " in line)
 
 
@@ -118,5 +119,5 @@ def test_a_run_stopped_with_no_job_cancelled_is_not_run_again(stack, make_song, 
         stack.worker_in_process(MAX_ATTEMPTS="1").run(burst=True)
     record = stack.status("phantom")
     assert record["state"] == "failed" and "not run again" in record["error"], record
-    assert caplog.text.count(" -m demucs ") == 1
+    assert caplog.text.count(" -n ") == 1  # one Demucs command line
     assert stack.held_jobs() == 0

@@ -1,6 +1,6 @@
 """The worker run in this process with ``run(burst=True)``: its outcomes and fallbacks, seen from
-the queue, the status and the metrics (real Redis, S3 and Demucs CLI; the one fake is named in
-its test)."""
+the queue, the status and the metrics (real Redis and S3, the stand-in Demucs CLI told how to
+fail; the one fake of the worker's own code is named in its test)."""
 
 from __future__ import annotations
 
@@ -9,14 +9,12 @@ import logging
 import subprocess
 import sys
 
-import pytest
 from prometheus_client import REGISTRY
 
 import devstack
 from devstack.synth import undecodable_mp3
 from separation.contract import Keys
 from worker import errors
-from worker.demucs_cli import cuda_present
 from worker.worker import Worker
 
 
@@ -110,9 +108,8 @@ def test_a_bad_file_in_a_batch_runs_the_others_alone(stack, make_song, tmp_path,
     assert "running those alone" in caplog.text
 
 
-def test_a_cuda_failure_is_retried_on_the_cpu(stack, make_song, caplog):
-    if cuda_present():
-        pytest.skip("a GPU is present: CUDA would not fail")
+def test_a_cuda_failure_is_retried_on_the_cpu(stack, make_song, caplog, monkeypatch):
+    monkeypatch.setenv("STANDIN_DEMUCS_CUDA_FAIL", "1")  # the stand-in fails as CUDA would
     songhash = stack.upload_song(make_song(seconds=1.5))
     stack.push({"songhash": songhash, "id": "gpu-less", "stems": ["other"]})
     with caplog.at_level(logging.WARNING, logger="worker"):

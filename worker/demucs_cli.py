@@ -64,6 +64,7 @@ class DemucsOptions:
     repo: str | None = None
     int24: bool = False  # 24-bit stems (``--int24``) for jobs that want 24-bit tracks
     preload: str | None = None  # the malloc library Demucs runs with (``allocator_library``)
+    command: tuple[str, ...] = (sys.executable, "-u", "-m", "demucs")  # DEMUCS_COMMAND
 
 
 @dataclass(frozen=True)
@@ -80,7 +81,7 @@ class DemucsRun:
 
 def build_command(options: DemucsOptions, out_dir: Path, inputs: Sequence[Path]) -> list[str]:
     """The argument list of one ``python -m demucs`` call (never a shell string)."""
-    command = [sys.executable, "-u", "-m", "demucs", "-n", options.model, "-d", options.device,
+    command = [*options.command, "-n", options.model, "-d", options.device,
                "--shifts", str(options.shifts), "-o", str(out_dir),
                "--filename", "{track}/{stem}.{ext}"]
     if options.repo:

@@ -113,7 +113,7 @@ class Separator:
         options = DemucsOptions(model=model, device=device, threads=self.settings.threads,
                                 shifts=self.settings.demucs_shifts,
                                 segment=self.settings.demucs_segment, repo=repo,
-                                preload=self.preload,
+                                preload=self.preload, command=self.settings.demucs_argv,
                                 int24=any(t.subject.encoding(self.settings.mp3_bitrate_kbps)
                                           .bit_depth == 24 for t in tasks))
         inputs = [t.input_path for t in tasks if t.input_path is not None]

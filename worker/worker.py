@@ -1,7 +1,8 @@
 """The worker daemon: a job from Redis in, Demucs in the middle, tracks out to MinIO.
 
-Run as ``python worker/worker.py`` (``--burst``: return once the queue is empty); every setting
-comes from the environment (``separation.settings``). The queue protocol is written down in
+Run as ``python -m worker`` or ``python worker/worker.py`` (``--burst``: return once the queue
+is empty; ``worker.__main__`` builds the worker's parts); every setting comes from the
+environment (``separation.settings``). The queue protocol is written down in
 ``separation.queue``; every Redis command of it is a ``JobQueue`` method.
 
 A job's lifecycle, one method each, in the order ``run_batch`` calls them:
@@ -37,15 +38,14 @@ worker holds other jobs. SIGTERM stops taking jobs; the current batch finishes w
 
 from __future__ import annotations
 
-import argparse
 import logging
 import random
-import signal
 import sys
 import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script: make the repository's packages importable
@@ -56,7 +56,6 @@ from minio import Minio
 from minio.error import S3Error
 from urllib3.exceptions import HTTPError
 
-from separation.connections import connect_minio, connect_redis
 from separation.contract import (
     InvalidJob,
     Job,
@@ -68,8 +67,6 @@ from separation.contract import (
 )
 from separation.formats import Encoding
 from separation.joins import Joins
-from separation.logs import configure_logging
-from separation.models import Registry
 from separation.observability import serve
 from separation.queue import JobQueue
 from separation.retention import expires_at, prepare_buckets
@@ -78,8 +75,6 @@ from separation.status import StatusStore
 from worker import errors
 from worker.bags import PrunedBag, pruned_bag
 from worker.cancel import CancelWatch
-from worker.chunking import check_geometry
-from worker.demucs_cli import cuda_present
 from worker.encode import sources_for
 from worker.inputs import Inputs
 from worker.long_songs import LongSongs, wav_duration_s
@@ -108,34 +103,43 @@ from worker.work_dirs import make_batch_dir
 log = logging.getLogger("worker")
 
 
+@dataclass(frozen=True)
+class Parts:
+    """What a worker works with, each built once by ``worker.__main__.build_worker``."""
+
+    worker_id: str
+    models: Shelf
+    queue: JobQueue
+    status: StatusStore
+    storage: Minio
+    inputs: Inputs
+    tracks: Tracks
+    long_songs: LongSongs
+    joins: Joins
+    stop: StopSignal
+    heartbeat: Heartbeat
+    cancels: CancelWatch
+    separator: Separator
+    device: str
+
+
 class Worker:
     """Takes batches of jobs until told to stop. See the module docstring for the steps."""
 
-    def __init__(self, settings: Settings, client: redis.Redis, storage: Minio) -> None:
-        check_geometry(settings)
+    def __init__(self, settings: Settings, parts: Parts) -> None:
         self.settings = settings
-        self.models = Shelf(Registry.load(settings))  # ValueError: the worker does not start
-        self.queue = JobQueue(client, high_burst=settings.high_burst,
-                              route_batch=settings.queue_route_batch)
-        self.status = StatusStore(client, settings.status_ttl_s)
-        self.storage = storage
-        self.long_songs = LongSongs(settings, self.queue, self.status, storage)
-        self.inputs = Inputs(settings, storage)
-        self.tracks = Tracks(settings, storage)
-        self.worker_id = f"{settings.host}-{id(self):x}-{int(time.time() * 1000) % 10**8}"
-        self.stop = StopSignal(settings.shutdown_grace_s)  # the SIGTERM and SIGINT handler
+        self.worker_id = parts.worker_id
+        self.models, self.queue, self.status = parts.models, parts.queue, parts.status
+        self.storage, self.inputs, self.tracks = parts.storage, parts.inputs, parts.tracks
+        self.long_songs, self.separator, self.device = parts.long_songs, parts.separator, \
+            parts.device
+        self.stop = parts.stop  # the SIGTERM and SIGINT handler
         self.stopping, self.abort = self.stop.stopping, self.stop.abort
+        self.heartbeat, self.cancels = parts.heartbeat, parts.cancels
         self.holds_stale_jobs = False
-        self.heartbeat = Heartbeat(self.queue, self.worker_id, settings.heartbeat_ttl_s,
-                                   settings.work_dir)
-        device = settings.demucs_device
-        self.device = device if device != "auto" else "cuda" if cuda_present() else "cpu"
-        self.cancels = CancelWatch(self.queue, settings.cancel_poll_s, self.worker_id)
         self.backoff = Backoff(settings.outage_backoff_max_s)
-        self.separator = Separator(settings, self.status, self.device, self.abort, self.cancels,
-                                   self.models)
         status = StatusRecorder(self.status)
-        webhooks = Webhooks(settings, self.status, Joins(client, settings.status_ttl_s))
+        webhooks = Webhooks(settings, self.status, parts.joins)
         long_songs = LongSongUpkeep(self.long_songs, self.status, webhooks)
         # What an outcome touches, in order: before the queue lets go of the job (a crash
         # there runs the job again), and after.
@@ -470,25 +474,7 @@ class Backoff:
         return wait_s
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="The separation worker; settings come from "
-                                     "the environment (README, 'Settings').")
-    parser.add_argument("--burst", action="store_true",
-                        help="return once the queue is empty (a Kubernetes Job, a cron run)")
-    burst = parser.parse_args(argv).burst
-    settings = Settings.from_env()
-    log_client = connect_redis(settings, fail_fast=True)
-    configure_logging(log_client, settings.host, "worker", settings.log_list_max,
-                      settings.log_list_max_bytes)
-    try:
-        worker = Worker(settings, connect_redis(settings), connect_minio(settings))
-    except ValueError as error:  # a model's weights missing or not the registry's, ...
-        log.error("worker cannot start: %s", error)
-        return 2
-    signal.signal(signal.SIGTERM, worker.stop)
-    signal.signal(signal.SIGINT, worker.stop)
-    return worker.run(burst=burst)
+if __name__ == "__main__":  # python worker/worker.py: the image's and the lab's command
+    from worker.__main__ import main
 
-
-if __name__ == "__main__":
     sys.exit(main())
