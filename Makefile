@@ -1,14 +1,19 @@
 # Music source separation service — developer entry points.
 #   make setup   install what a fresh machine lacks (redis-server, tcmalloc, the Python environment)
-#   make test    run the test suite (real redis-server, S3 server and Demucs CLI)
+#   make test    run the whole test suite (real redis-server, S3 server and Demucs CLI), on
+#                two processes (pytest-xdist; TEST_PROCESSES=1 for one)
+#   make test-fast  the fast tier: no real Demucs, no uvicorn subprocess, no browser (~2 min)
 #   make demo    run the whole pipeline locally on a sample song
 SHELL := /bin/bash
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
+TEST_PROCESSES ?= 2
+# the tiers' markers are set by the fixtures (tests/conftest.py), never by hand
+FAST_TIER := not demucs and not rest_process and not browser
 
-.PHONY: setup test lint clean
+.PHONY: setup test test-fast lint clean
 
 # torch is installed first and alone, pinned: 2.13.0 is the CPU-only build, which pip takes from
 # the local package index where one is configured; any other version, or torch pulled in by
@@ -44,7 +49,10 @@ setup: $(VENV)/.installed
 	  "root or sudo is needed): tests/test_page_browser.py will skip; everything else works"
 
 test: setup
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_PROCESSES) $(PYTEST_ARGS)
+
+test-fast: setup
+	$(PY) -m pytest -n $(TEST_PROCESSES) -m "$(FAST_TIER)" $(PYTEST_ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check .

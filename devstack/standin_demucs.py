@@ -15,6 +15,8 @@ Told by the environment to misbehave (each a test's fault, never set in producti
 - ``STANDIN_DEMUCS_HANG``: on an input whose path contains this text (``*``: any), report
   some progress and then sleep until killed.
 - ``STANDIN_DEMUCS_DELAY_S``: spread each input's progress over this many seconds.
+- ``STANDIN_DEMUCS_SPEED``: seconds of audio separated per second (a CPU run's is about 0.7):
+  each input takes its duration divided by this, on top of ``STANDIN_DEMUCS_DELAY_S``.
 - ``STANDIN_DEMUCS_CUDA_FAIL``: on any device but ``cpu``, fail as CUDA out of memory does.
 - ``STANDIN_DEMUCS_SOURCES``: comma-separated sources (default Demucs' four).
 - ``STANDIN_DEMUCS_CALLS``: a file to which each call appends one line, its inputs' names.
@@ -127,8 +129,11 @@ def separate(track: Path, args: argparse.Namespace, out: Path, names: tuple[str,
         raise SystemExit(f"demucs.audio.LoadAudioError: Could not load file {track}: {error}"
                          ) from error
     width = 3 if args.int24 else 2
-    progress(mix.shape[1] / SAMPLE_RATE, float(os.environ.get("STANDIN_DEMUCS_DELAY_S") or 0),
-             matches("STANDIN_DEMUCS_HANG", track))
+    duration_s = mix.shape[1] / SAMPLE_RATE
+    delay_s = float(os.environ.get("STANDIN_DEMUCS_DELAY_S") or 0)
+    if speed := float(os.environ.get("STANDIN_DEMUCS_SPEED") or 0):
+        delay_s += duration_s / speed
+    progress(duration_s, delay_s, matches("STANDIN_DEMUCS_HANG", track))
     if matches("STANDIN_DEMUCS_FAIL", track):
         raise SystemExit(f"RuntimeError: the stand-in was told to fail on {track.name}")
     weights = np.arange(1, len(names) + 1, dtype=np.float32)

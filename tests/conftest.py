@@ -25,6 +25,7 @@ from typing import Any
 
 import pytest
 import redis
+import requests
 from minio import Minio
 
 import devstack
@@ -35,6 +36,7 @@ from separation.models import Model
 from separation.queue import WAITING_LISTS
 from separation.settings import Settings
 from separation.status import StatusStore
+from tests.inprocess import InProcessRest
 from worker.__main__ import build_worker
 from worker.weights import describe
 from worker.worker import Worker
@@ -229,6 +231,19 @@ class RestService:
     def logs(self) -> str:
         return self.log_path.read_text(errors="replace")[-4000:]
 
+    # as ``tests.inprocess.InProcessRest`` answers: a test runs on either
+    def get(self, url: str, **kwargs: Any) -> requests.Response:
+        return requests.get(url, **kwargs)
+
+    def post(self, url: str, **kwargs: Any) -> requests.Response:
+        return requests.post(url, **kwargs)
+
+    def delete(self, url: str, **kwargs: Any) -> requests.Response:
+        return requests.delete(url, **kwargs)
+
+    def head(self, url: str, **kwargs: Any) -> requests.Response:
+        return requests.head(url, **kwargs)
+
 
 @pytest.fixture
 def start_rest(stack: Stack) -> Iterator[Callable[..., RestService]]:
@@ -246,6 +261,28 @@ def start_rest(stack: Stack) -> Iterator[Callable[..., RestService]]:
     yield start
     for rest in started:
         rest.service.stop()
+
+
+@pytest.fixture
+def start_api(stack: Stack) -> Iterator[Callable[..., InProcessRest]]:
+    """Start the REST app in this process (``tests.inprocess``) on the stack's Redis and S3,
+    with env overrides (API_KEYS...); its probes on a free ``METRICS_PORT``."""
+    started: list[InProcessRest] = []
+
+    def start(**overrides: str) -> InProcessRest:
+        env = {**stack.env, "METRICS_PORT": str(devstack.free_port()), **overrides}
+        started.append(InProcessRest(Settings.from_env(env)))
+        return started[-1]
+
+    yield start
+    for api in started:
+        api.close()
+
+
+@pytest.fixture
+def api(start_api: Callable[..., InProcessRest]) -> InProcessRest:
+    """The REST app in this process with the stack's settings and no API token."""
+    return start_api()
 
 
 @pytest.fixture

@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 
 import pytest
-import requests
 
 from rest.tracks import parse_range
 from separation.contract import Keys
@@ -47,7 +46,7 @@ def _form(name: str, value: str, song: bytes) -> dict:
     ("bitrate", "3_20"), ("bitrate", "+320")])
 def test_multipart_numbers_in_other_digits_are_a_400(stack, rest, make_song, name, value):
     song = make_song(seconds=1.0).read_bytes()
-    response = requests.post(f"{rest.url}/apiv1/separate", timeout=TIMEOUT_S,
+    response = rest.post(f"{rest.url}/apiv1/separate", timeout=TIMEOUT_S,
                              **_form(name, value, song))
     assert response.status_code == 400, (response.status_code, response.text)
     assert name in response.json()["reason"] and "Traceback" not in response.text
@@ -57,12 +56,12 @@ def test_multipart_numbers_in_other_digits_are_a_400(stack, rest, make_song, nam
 @pytest.mark.parametrize("value", ["3_20", " 320", "+320", "320.0"])
 def test_json_numbers_as_text_are_ascii_digits_only(stack, rest, make_song, value):
     song = base64.b64encode(make_song(seconds=1.0).read_bytes()).decode()
-    response = requests.post(f"{rest.url}/apiv1/separate", timeout=TIMEOUT_S,
+    response = rest.post(f"{rest.url}/apiv1/separate", timeout=TIMEOUT_S,
                              json={"mp3": song, "bitrate": value})
     assert response.status_code == 400, (response.status_code, response.text)
     assert "bitrate" in response.json()["reason"] and "ASCII digits" in response.text
     assert stack.waiting() == []
-    accepted = requests.post(f"{rest.url}/apiv1/separate", timeout=TIMEOUT_S,
+    accepted = rest.post(f"{rest.url}/apiv1/separate", timeout=TIMEOUT_S,
                              json={"mp3": song, "bitrate": "192"})
     assert accepted.status_code == 200, accepted.text
 
@@ -73,10 +72,10 @@ def test_json_numbers_as_text_are_ascii_digits_only(stack, rest, make_song, valu
     f"/apiv1/track/{'a' * 64}/vocals.flac?bit_depth=%C2%B2",
     f"/apiv1/remove/{'a' * 64}/vocals.mp3?bitrate=%20320"])
 def test_query_numbers_are_ascii_digits_only(rest, path):
-    response = requests.get(f"{rest.url}{path}", timeout=TIMEOUT_S)
+    response = rest.get(f"{rest.url}{path}", timeout=TIMEOUT_S)
     assert response.status_code == 400, (response.status_code, response.text)
     assert "ASCII digits" in response.json()["reason"]
-    assert requests.get(f"{rest.url}/apiv1/queue?limit=10", timeout=TIMEOUT_S).ok
+    assert rest.get(f"{rest.url}/apiv1/queue?limit=10", timeout=TIMEOUT_S).ok
 
 
 def test_a_stored_number_in_other_digits_is_read_as_absent(stack, rest):
@@ -84,7 +83,7 @@ def test_a_stored_number_in_other_digits_is_read_as_absent(stack, rest):
     stack.redis.hset(Keys.job(job_id), mapping={
         "id": job_id, "state": "done", "stage": "done", "songhash": "b" * 64, "progress": 100,
         "attempts": "²", "bitrate": "٣٢٠", "bit_depth": "³", "format": "mp3", "tracks": "{}"})
-    response = requests.get(f"{rest.url}/apiv1/status/{job_id}", timeout=TIMEOUT_S)
+    response = rest.get(f"{rest.url}/apiv1/status/{job_id}", timeout=TIMEOUT_S)
     assert response.status_code == 200, (response.status_code, response.text)
     record = response.json()
     assert (record["attempts"], record["bitrate"], record["bit_depth"]) == (0, None, None)
@@ -98,7 +97,7 @@ def test_a_unicode_escape_in_the_song_is_four_hex_digits(stack, rest, make_song,
     hex4 = f"{ord(song[0]):04x}"
     bad = spelling.format(hex3=hex4[1:], hex1=hex4[1], hex2=hex4[2:])
     for escape, status in ((bad, 400), (hex4, 200)):
-        response = requests.post(f"{rest.url}/apiv1/separate", timeout=TIMEOUT_S,
+        response = rest.post(f"{rest.url}/apiv1/separate", timeout=TIMEOUT_S,
                                  data='{"mp3": "\\u' + escape + song[1:] + '"}',
                                  headers={"Content-Type": "application/json"})
         assert response.status_code == status, (escape, response.text)

@@ -1,5 +1,6 @@
 """Cancel: a queued job never starts, a running one's Demucs stops at once, a long song's chunks
-and join go with it (real Redis, S3, REST service and Demucs CLI)."""
+and join go with it (real Redis and S3; the REST app in-process, the stand-in Demucs CLI, slowed
+where a cancel must land while it runs; the lab's sample client against a uvicorn subprocess)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-import requests
+import pytest
 
 import devstack
 from separation.contract import Keys
@@ -35,11 +36,18 @@ def _demucs_pids(marker: str) -> list[int]:
     return pids
 
 
+@pytest.fixture
+def rest(api):
+    """This module's REST service runs in-process (``tests.inprocess``), but for the lab's
+    client."""
+    return api
+
+
 def _submit(rest, song: Path, callback: str | None = None) -> str:
     body: dict = {"mp3": base64.b64encode(song.read_bytes()).decode(), "stems": ["vocals"]}
     if callback:
         body["callback"] = {"url": callback}
-    response = requests.post(f"{rest.url}/apiv1/separate", json=body, timeout=TIMEOUT_S)
+    response = rest.post(f"{rest.url}/apiv1/separate", json=body, timeout=TIMEOUT_S)
     assert response.status_code == 200, response.text
     return response.json()["id"]
 
@@ -50,12 +58,12 @@ def _statuses(webhook) -> list[str]:
 
 def test_a_running_job_stops_within_seconds_and_the_worker_goes_on(stack, rest, make_song,
                                                                    webhook):
-    job_id = _submit(rest, make_song(seconds=60, seed=31, name="long.mp3"), webhook.url)
-    worker = stack.start_worker(BATCH_MAX="1", JOB_TIMEOUT_S="600")
+    job_id = _submit(rest, make_song(seconds=30, seed=31, name="long.mp3"), webhook.url)
+    worker = stack.start_worker(BATCH_MAX="1", JOB_TIMEOUT_S="600", STANDIN_DEMUCS_SPEED="1")
     wait_until(lambda: _demucs_pids(str(stack.work_dir)), timeout_s=120,
                message=lambda: f"Demucs never started: {stack.worker_logs()}")
     asked = time.monotonic()
-    response = requests.post(f"{rest.url}/apiv1/cancel/{job_id}", timeout=TIMEOUT_S)
+    response = rest.post(f"{rest.url}/apiv1/cancel/{job_id}", timeout=TIMEOUT_S)
     assert response.status_code == 202 and response.json()["state"] == "cancelling"
     wait_until(lambda: not _demucs_pids(str(stack.work_dir)), timeout_s=30,
                message=lambda: f"Demucs still runs: {_demucs_pids(str(stack.work_dir))}")
@@ -76,11 +84,11 @@ def test_a_running_job_stops_within_seconds_and_the_worker_goes_on(stack, rest, 
 
 def test_a_queued_job_cancelled_never_starts(stack, rest, make_song, webhook):
     job_id = _submit(rest, make_song(seconds=2, seed=33), webhook.url)
-    response = requests.post(f"{rest.url}/apiv1/cancel/{job_id}", timeout=TIMEOUT_S)
+    response = rest.post(f"{rest.url}/apiv1/cancel/{job_id}", timeout=TIMEOUT_S)
     assert response.status_code == 200 and response.json()["state"] == "cancelled"
-    assert requests.get(f"{rest.url}/apiv1/status/{job_id}",
+    assert rest.get(f"{rest.url}/apiv1/status/{job_id}",
                         timeout=TIMEOUT_S).json()["state"] == "cancelled"
-    again = requests.post(f"{rest.url}/apiv1/cancel/{job_id}", timeout=TIMEOUT_S)
+    again = rest.post(f"{rest.url}/apiv1/cancel/{job_id}", timeout=TIMEOUT_S)
     assert again.status_code == 409 and "already cancelled" in again.json()["reason"]
     other_id = _submit(rest, make_song(seconds=2, seed=34, name="other.mp3"))
     stack.start_worker(BATCH_MAX="1")
@@ -108,7 +116,7 @@ def test_a_redis_only_user_cancels_with_one_key(stack, make_song):
 def test_a_long_song_cancels_its_chunks_and_join(stack, make_song, webhook):
     songhash = stack.upload_song(make_song(seconds=40, seed=36))
     stack.push({"songhash": songhash, "id": "long-cancel", "callback": {"url": webhook.url}})
-    stack.start_worker(**LONG)
+    stack.start_worker(**LONG, STANDIN_DEMUCS_DELAY_S="10")
     stack.wait_for_stage("long-cancel", "separating chunks", timeout_s=120)
     JobQueue(stack.redis).request_cancel("long-cancel", 3600)
     record = stack.wait_for("long-cancel", states=("cancelled", "done", "failed"),
@@ -128,14 +136,14 @@ def test_a_long_song_cancels_its_chunks_and_join(stack, make_song, webhook):
 
 
 def test_cancel_answers_clearly_for_unknown_and_finished_jobs(stack, rest, make_song):
-    unknown = requests.post(f"{rest.url}/apiv1/cancel/no-such-job", timeout=TIMEOUT_S)
+    unknown = rest.post(f"{rest.url}/apiv1/cancel/no-such-job", timeout=TIMEOUT_S)
     assert unknown.status_code == 404 and "no job" in unknown.json()["reason"]
-    bad = requests.post(f"{rest.url}/apiv1/cancel/..%2Fetc", timeout=TIMEOUT_S)
+    bad = rest.post(f"{rest.url}/apiv1/cancel/..%2Fetc", timeout=TIMEOUT_S)
     assert bad.status_code == 404
     job_id = _submit(rest, make_song(seconds=2, seed=37))
     stack.start_worker(BATCH_MAX="1")
     assert stack.wait_for(job_id)["state"] == "done"
-    done = requests.post(f"{rest.url}/apiv1/cancel/{job_id}", timeout=TIMEOUT_S)
+    done = rest.post(f"{rest.url}/apiv1/cancel/{job_id}", timeout=TIMEOUT_S)
     assert done.status_code == 409 and "already done" in done.json()["reason"]
 
 
@@ -147,30 +155,31 @@ def test_with_api_keys_a_client_cancels_only_its_own(stack, start_rest, make_son
     body = {"mp3": base64.b64encode(song.read_bytes()).decode(), "stems": ["vocals"]}
     ids = {}
     for name, headers in (("alice", alice), ("bob", bob)):
-        answer = requests.post(f"{rest.url}/apiv1/separate", json=body, headers=headers,
+        answer = rest.post(f"{rest.url}/apiv1/separate", json=body, headers=headers,
                                timeout=TIMEOUT_S)
         assert answer.status_code == 200, answer.text
         ids[name] = answer.json()["id"]
-    denied = requests.post(f"{rest.url}/apiv1/cancel/{ids['alice']}", headers=bob,
+    denied = rest.post(f"{rest.url}/apiv1/cancel/{ids['alice']}", headers=bob,
                            timeout=TIMEOUT_S)
     assert denied.status_code == 404  # not 403: another's job is not confirmed to exist
-    shared = requests.post(f"{rest.url}/apiv1/cancel/{ids['alice']}", headers=alice,
+    shared = rest.post(f"{rest.url}/apiv1/cancel/{ids['alice']}", headers=alice,
                            timeout=TIMEOUT_S)  # bob's request follows alice's separation
     assert shared.status_code == 409 and "other clients" in shared.json()["reason"]
-    own = requests.post(f"{rest.url}/apiv1/cancel/{ids['bob']}", headers=bob, timeout=TIMEOUT_S)
+    own = rest.post(f"{rest.url}/apiv1/cancel/{ids['bob']}", headers=bob, timeout=TIMEOUT_S)
     assert own.status_code == 200 and own.json()["state"] == "cancelled"
-    bob_view = requests.get(f"{rest.url}/apiv1/status/{ids['bob']}", headers=bob,
+    bob_view = rest.get(f"{rest.url}/apiv1/status/{ids['bob']}", headers=bob,
                             timeout=TIMEOUT_S).json()
-    alice_view = requests.get(f"{rest.url}/apiv1/status/{ids['alice']}", headers=alice,
+    alice_view = rest.get(f"{rest.url}/apiv1/status/{ids['alice']}", headers=alice,
                               timeout=TIMEOUT_S).json()
     assert bob_view["state"] == "cancelled" and alice_view["state"] == "queued"
     # nobody else waits on alice's separation any more: she may cancel it
-    mine = requests.post(f"{rest.url}/apiv1/cancel/{ids['alice']}", headers=alice,
+    mine = rest.post(f"{rest.url}/apiv1/cancel/{ids['alice']}", headers=alice,
                          timeout=TIMEOUT_S)
     assert mine.status_code == 200 and mine.json()["state"] == "cancelled"
 
 
-def test_the_sample_client_cancels(stack, rest, make_song):
+def test_the_sample_client_cancels(stack, start_rest, make_song):
+    rest = start_rest()  # the lab's client speaks HTTP to a real server
     job_id = _submit(rest, make_song(seconds=2, seed=39))
     run = subprocess.run([sys.executable, str(devstack.ROOT / "sample-requests" /
                                               "short-sample-request.py"), "--cancel", job_id],

@@ -41,7 +41,7 @@ def upload(rest, song: Path, source: str = "127.0.0.1", key: str | None = None,
 
 def usage(rest, key: str | None = None) -> dict:
     headers = {"Authorization": f"Bearer {key}"} if key else {}
-    answer = requests.get(f"{rest.url}/apiv1/usage", headers=headers, timeout=30)
+    answer = rest.get(f"{rest.url}/apiv1/usage", headers=headers, timeout=30)
     assert answer.status_code == 200, answer.text
     return answer.json()
 
@@ -106,7 +106,7 @@ def test_usage_counts_jobs_by_state_and_meters_without_quotas(stack, start_rest,
     rest = start_rest(API_KEYS=KEYS)
     songs = [make_song(seconds=2, seed=87 + i, name=f"u{i}.mp3") for i in range(2)]
     ids = [upload(rest, song, key=BOB)[1]["id"] for song in songs]
-    cancel = requests.post(f"{rest.url}/apiv1/cancel/{ids[0]}", timeout=30,
+    cancel = rest.post(f"{rest.url}/apiv1/cancel/{ids[0]}", timeout=30,
                            headers={"Authorization": f"Bearer {BOB}"})
     assert cancel.status_code == 200, cancel.text
     figures = usage(rest, BOB)

@@ -196,7 +196,7 @@ def test_a_client_named_model_never_reaches_the_hub_nor_demucs(stack, start_rest
     song = make_song(seconds=2)
     for name in HOSTILE:  # curl -F file=@song.mp3 -F model=mallory/pwn
         with song.open("rb") as handle:
-            answer = requests.post(f"{rest.url}/apiv1/separate", headers=auth(ALICE),
+            answer = rest.post(f"{rest.url}/apiv1/separate", headers=auth(ALICE),
                                    files={"file": ("song.mp3", handle, "audio/mpeg")},
                                    data={"model": name}, timeout=TIMEOUT_S)
         assert answer.status_code == 400, (name, answer.text)
@@ -217,14 +217,14 @@ def test_a_client_named_model_never_reaches_the_hub_nor_demucs(stack, start_rest
     ids = {}
     for model in (None, "small_ht"):
         with song.open("rb") as handle:
-            answer = requests.post(f"{rest.url}/apiv1/separate", headers=auth(ALICE),
+            answer = rest.post(f"{rest.url}/apiv1/separate", headers=auth(ALICE),
                                    files={"file": ("song.mp3", handle, "audio/mpeg")},
                                    data={"model": model} if model else {}, timeout=TIMEOUT_S)
         ids[model or "demucs_unittest"] = answer.json()["id"]
     for model, job_id in ids.items():
         record = stack.wait_for(job_id)
         assert record["state"] == "done", record
-        status = requests.get(f"{rest.url}/apiv1/status/{job_id}", headers=auth(ALICE),
+        status = rest.get(f"{rest.url}/apiv1/status/{job_id}", headers=auth(ALICE),
                               timeout=TIMEOUT_S).json()
         digest = "built-in" if model == "demucs_unittest" else small_model.weights_sha256
         assert status["model"] == model and status["weights_sha256"] == digest
@@ -259,23 +259,23 @@ def test_the_model_list_and_clients_limited_to_some_models(stack, start_rest, ma
     rest = start_rest(
         MODELS_FILE=write_registry(tmp_path / "models.json", builtin_model(), small_model),
         API_KEYS=f"alice:{ALICE}:models=demucs_unittest,bob:{BOB},carol:{CAROL}:models=small_ht")
-    listed = requests.get(f"{rest.url}/apiv1/models", headers=auth(BOB), timeout=TIMEOUT_S)
+    listed = rest.get(f"{rest.url}/apiv1/models", headers=auth(BOB), timeout=TIMEOUT_S)
     assert listed.status_code == 200 and listed.json() == {"models": [
         {"name": "demucs_unittest", "stems": list(DEMUCS_STEMS), "licence": "MIT",
          "source": "built-in", "default": True, "weights_sha256": "built-in"},
         {"name": "small_ht", "stems": list(DEMUCS_STEMS), "licence": "CC-BY-NC-4.0 (a test's)",
          "source": "bench/model.py, random weights", "default": False,
          "weights_sha256": small_model.weights_sha256}]}
-    alice = requests.get(f"{rest.url}/apiv1/models", headers=auth(ALICE), timeout=TIMEOUT_S)
+    alice = rest.get(f"{rest.url}/apiv1/models", headers=auth(ALICE), timeout=TIMEOUT_S)
     assert [m["name"] for m in alice.json()["models"]] == ["demucs_unittest"]
-    carol = requests.get(f"{rest.url}/apiv1/models", headers=auth(CAROL), timeout=TIMEOUT_S)
+    carol = rest.get(f"{rest.url}/apiv1/models", headers=auth(CAROL), timeout=TIMEOUT_S)
     assert [(m["name"], m["default"]) for m in carol.json()["models"]] == [("small_ht", True)]
-    assert requests.get(f"{rest.url}/apiv1/models", timeout=TIMEOUT_S).status_code == 401
+    assert rest.get(f"{rest.url}/apiv1/models", timeout=TIMEOUT_S).status_code == 401
     song = make_song(seconds=1)
 
     def separate(key: str, model: str | None = None) -> requests.Response:
         with song.open("rb") as handle:
-            return requests.post(f"{rest.url}/apiv1/separate", headers=auth(key),
+            return rest.post(f"{rest.url}/apiv1/separate", headers=auth(key),
                                  files={"file": ("song.mp3", handle, "audio/mpeg")},
                                  data={"model": model} if model else {}, timeout=TIMEOUT_S)
 
@@ -286,7 +286,7 @@ def test_the_model_list_and_clients_limited_to_some_models(stack, start_rest, ma
     assert separate(BOB, "small_ht").status_code == 200
     carols = separate(CAROL).json()  # no model: carol's own default, so bob's job is joined
     assert "joined" in carols["reason"]
-    assert requests.get(f"{rest.url}/apiv1/status/{carols['id']}", headers=auth(CAROL),
+    assert rest.get(f"{rest.url}/apiv1/status/{carols['id']}", headers=auth(CAROL),
                         timeout=TIMEOUT_S).json()["model"] == "small_ht"
     assert [json.loads(raw).get("model") for raw in stack.waiting()] == ["small_ht"]
     songhash = json.loads(stack.waiting()[0])["songhash"]

@@ -112,7 +112,7 @@ def test_an_invalid_format_pushed_onto_redis_is_a_recorded_failure(stack, make_s
 def test_flac_after_mp3_is_flac_and_each_format_is_deduplicated(stack, rest, song):
     stack.start_worker()
     songhash = hashlib.sha256(song.read_bytes()).hexdigest()
-    first = requests.post(f"{rest.url}/apiv1/separate", timeout=TIMEOUT_S,
+    first = rest.post(f"{rest.url}/apiv1/separate", timeout=TIMEOUT_S,
                           json={"mp3": b64(song), "stems": ["vocals"]}).json()
     mp3 = wait_done(rest, first["id"])
     assert mp3["tracks"] == {"vocals": f"{songhash}-vocals.mp3"}
@@ -129,29 +129,29 @@ def test_flac_after_mp3_is_flac_and_each_format_is_deduplicated(stack, rest, son
     assert flac["state"] == "done" and flac["format"] == "flac", flac
     assert flac["tracks"] == {"vocals": f"{songhash}-vocals.flac"}
     assert flac["urls"] == {"vocals": f"/apiv1/track/{songhash}/vocals.flac"}
-    got = requests.get(f"{rest.url}{flac['urls']['vocals']}", timeout=TIMEOUT_S)
+    got = rest.get(f"{rest.url}{flac['urls']['vocals']}", timeout=TIMEOUT_S)
     assert got.status_code == 200 and got.headers["content-type"] == "audio/flac"
     assert got.content[:4] == b"fLaC"
     assert 'filename="' + songhash[:12] + '-vocals.flac"' in got.headers["content-disposition"]
     assert soundfile.info(io.BytesIO(got.content)).frames == _input_samples(song)
-    still_mp3 = requests.get(f"{rest.url}/apiv1/track/{songhash}/vocals", timeout=TIMEOUT_S)
+    still_mp3 = rest.get(f"{rest.url}/apiv1/track/{songhash}/vocals", timeout=TIMEOUT_S)
     assert still_mp3.headers["content-type"] == "audio/mpeg" and still_mp3.content[:3] != b"fLa"
 
     # each format again: answered from what exists, in that format
     for fields, job in (({}, mp3), ({"format": "flac"}, flac)):
-        again = requests.post(f"{rest.url}/apiv1/separate", timeout=TIMEOUT_S,
+        again = rest.post(f"{rest.url}/apiv1/separate", timeout=TIMEOUT_S,
                               json={"mp3": b64(song), "stems": ["vocals"], **fields}).json()
         assert again["id"] == job["id"] and "already separated" in again["reason"], again
     # a 24-bit WAV is another encoding still
-    wav = requests.post(f"{rest.url}/apiv1/separate", timeout=TIMEOUT_S, json={
+    wav = rest.post(f"{rest.url}/apiv1/separate", timeout=TIMEOUT_S, json={
         "mp3": b64(song), "stems": ["vocals"], "format": "wav", "bit_depth": 24}).json()
     assert wav["id"] not in (mp3["id"], flac["id"]), wav
     record = wait_done(rest, wav["id"])
     assert record["urls"] == {"vocals": f"/apiv1/track/{songhash}/vocals.wav?bit_depth=24"}
-    got = requests.get(f"{rest.url}{record['urls']['vocals']}", timeout=TIMEOUT_S)
+    got = rest.get(f"{rest.url}{record['urls']['vocals']}", timeout=TIMEOUT_S)
     assert got.headers["content-type"] == "audio/wav"
     assert soundfile.info(io.BytesIO(got.content)).subtype == "PCM_24"
-    assert_error(requests.get(f"{rest.url}/apiv1/track/{songhash}/vocals.wav", timeout=TIMEOUT_S),
+    assert_error(rest.get(f"{rest.url}/apiv1/track/{songhash}/vocals.wav", timeout=TIMEOUT_S),
                  404, "does not exist in that format")
 
 
@@ -160,13 +160,13 @@ def test_invalid_formats_are_refused_with_400(rest, song):
                            ({"bitrate": 1000}, "bitrate must be one of"),
                            ({"format": "flac", "bitrate": 192}, "bitrate applies to format mp3"),
                            ({"format": "wav", "bit_depth": 8}, "bit_depth must be 16 or 24")):
-        assert_error(requests.post(f"{rest.url}/apiv1/separate", timeout=TIMEOUT_S,
+        assert_error(rest.post(f"{rest.url}/apiv1/separate", timeout=TIMEOUT_S,
                                    json={"mp3": b64(song), **fields}), 400, reason)
-    assert_error(requests.post(f"{rest.url}/apiv1/separate", timeout=TIMEOUT_S,
+    assert_error(rest.post(f"{rest.url}/apiv1/separate", timeout=TIMEOUT_S,
                                files={"file": ("s.mp3", song.read_bytes(), "audio/mpeg")},
                                data={"bitrate": "loud"}), 400, "bitrate")
     songhash = "b" * 64
-    assert_error(requests.get(f"{rest.url}/apiv1/track/{songhash}/vocals.mp3?bit_depth=24",
+    assert_error(rest.get(f"{rest.url}/apiv1/track/{songhash}/vocals.mp3?bit_depth=24",
                               timeout=TIMEOUT_S), 400, "bit_depth applies to formats flac")
-    assert_error(requests.get(f"{rest.url}/apiv1/track/{songhash}/vocals.ogg",
+    assert_error(rest.get(f"{rest.url}/apiv1/track/{songhash}/vocals.ogg",
                               timeout=TIMEOUT_S), 404, "unknown track")

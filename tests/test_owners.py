@@ -30,22 +30,22 @@ NOBODY = "0" * 64  # a songhash no client ever sent
 class Client:
     """One client of the API, with its key."""
 
-    def __init__(self, url: str, name: str) -> None:
-        self.url = url
+    def __init__(self, rest, name: str) -> None:
+        self.rest, self.url = rest, rest.url
         self.headers = {"Authorization": f"Bearer {KEYS[name]}"}
         self.key = KEYS[name]
 
-    def get(self, path: str, **kwargs) -> requests.Response:
-        return requests.get(self.url + path, headers=self.headers, timeout=TIMEOUT_S, **kwargs)
+    def get(self, path: str, **kwargs):
+        return self.rest.get(self.url + path, headers=self.headers, timeout=TIMEOUT_S, **kwargs)
 
-    def delete(self, path: str) -> requests.Response:
-        return requests.delete(self.url + path, headers=self.headers, timeout=TIMEOUT_S)
+    def delete(self, path: str):
+        return self.rest.delete(self.url + path, headers=self.headers, timeout=TIMEOUT_S)
 
     def send(self, song, callback: str | None = None) -> dict:
         body: dict = {"mp3": base64.b64encode(song.read_bytes()).decode()}
         if callback:
             body["callback"] = {"url": callback, "data": {"by": self.key[:5]}}
-        answer = requests.post(f"{self.url}/apiv1/separate", json=body, headers=self.headers,
+        answer = self.rest.post(f"{self.url}/apiv1/separate", json=body, headers=self.headers,
                                timeout=TIMEOUT_S)
         assert answer.status_code == 200, answer.text
         return answer.json()
@@ -80,9 +80,9 @@ def worker_runs(worker) -> float:
     return float(found.group(1)) if found else 0.0
 
 
-def test_clients_see_and_remove_only_their_own_songs(stack, start_rest, make_song, webhook):
-    rest = start_rest(API_KEYS=API_KEYS)
-    alice, bob, carol = (Client(rest.url, name) for name in KEYS)
+def test_clients_see_and_remove_only_their_own_songs(stack, start_api, make_song, webhook):
+    rest = start_api(API_KEYS=API_KEYS)
+    alice, bob, carol = (Client(rest, name) for name in KEYS)
     private, shared = make_song(seconds=2, seed=1, name="a.mp3"), \
         make_song(seconds=2, seed=2, name="b.mp3")
     private_hash, shared_hash = (hashlib.sha256(s.read_bytes()).hexdigest()
@@ -127,7 +127,7 @@ def test_clients_see_and_remove_only_their_own_songs(stack, start_rest, make_son
         sorted([a_shared["id"], b_shared["id"]])
     vocals = alice.get(mine["urls"]["vocals"]).content
     assert bob.get(theirs["urls"]["vocals"]).content == vocals and len(vocals) > 1000
-    assert requests.get(f"{rest.url}{theirs['urls']['vocals']}?access_token={bob.key}",
+    assert rest.get(f"{rest.url}{theirs['urls']['vocals']}?access_token={bob.key}",
                         timeout=TIMEOUT_S).content == vocals  # a client that asks for it
 
     # Alice's private song: nothing of it for Bob, whatever he asks
@@ -170,34 +170,34 @@ def test_clients_see_and_remove_only_their_own_songs(stack, start_rest, make_son
     assert f"{private_hash}-vocals.mp3" in stored
 
 
-def test_keys_are_required_and_checked(stack, start_rest, make_song):
-    rest = start_rest(API_KEYS=API_KEYS, API_TOKEN="the-old-shared-token")
+def test_keys_are_required_and_checked(stack, start_api, make_song):
+    rest = start_api(API_KEYS=API_KEYS, API_TOKEN="the-old-shared-token")
     queue = f"{rest.url}/apiv1/queue"
-    assert requests.get(queue, timeout=TIMEOUT_S).status_code == 401
+    assert rest.get(queue, timeout=TIMEOUT_S).status_code == 401
     wrong = {"Authorization": "Bearer alice-key-012345678X"}
-    assert requests.get(queue, headers=wrong, timeout=TIMEOUT_S).status_code == 401
-    assert requests.get(f"{rest.url}/docs", timeout=TIMEOUT_S).status_code == 401
+    assert rest.get(queue, headers=wrong, timeout=TIMEOUT_S).status_code == 401
+    assert rest.get(f"{rest.url}/docs", timeout=TIMEOUT_S).status_code == 401
     song = make_song(seconds=1)
-    answer = requests.post(f"{rest.url}/apiv1/separate", timeout=TIMEOUT_S,
+    answer = rest.post(f"{rest.url}/apiv1/separate", timeout=TIMEOUT_S,
                            json={"mp3": base64.b64encode(song.read_bytes()).decode()})
     assert answer.status_code == 401 and not stack.waiting()
     # API_TOKEN is one more client, "default": it owns what it sends, like any other
     token = {"Authorization": "Bearer the-old-shared-token"}
-    sent = requests.post(f"{rest.url}/apiv1/separate", headers=token, timeout=TIMEOUT_S,
+    sent = rest.post(f"{rest.url}/apiv1/separate", headers=token, timeout=TIMEOUT_S,
                          json={"mp3": base64.b64encode(song.read_bytes()).decode()}).json()
-    assert requests.get(queue, headers=token, timeout=TIMEOUT_S).json()["total"] == 1
-    assert Client(rest.url, "alice").queue()["total"] == 0
-    assert Client(rest.url, "alice").get(f"/apiv1/status/{sent['id']}").status_code == 404
+    assert rest.get(queue, headers=token, timeout=TIMEOUT_S).json()["total"] == 1
+    assert Client(rest, "alice").queue()["total"] == 0
+    assert Client(rest, "alice").get(f"/apiv1/status/{sent['id']}").status_code == 404
     assert stack.redis.hget(Keys.job(sent["id"]), "client") == b"default"
 
 
-def test_a_client_has_at_most_client_max_waiting_jobs_waiting(stack, start_rest, make_song):
-    rest = start_rest(API_KEYS=API_KEYS, CLIENT_MAX_WAITING="1")
-    alice, bob = Client(rest.url, "alice"), Client(rest.url, "bob")
+def test_a_client_has_at_most_client_max_waiting_jobs_waiting(stack, start_api, make_song):
+    rest = start_api(API_KEYS=API_KEYS, CLIENT_MAX_WAITING="1")
+    alice, bob = Client(rest, "alice"), Client(rest, "bob")
     first, second = make_song(seconds=1, seed=1, name="1.mp3"), \
         make_song(seconds=1, seed=2, name="2.mp3")
     alice.send(first)
-    refused = requests.post(f"{rest.url}/apiv1/separate", headers=alice.headers,
+    refused = rest.post(f"{rest.url}/apiv1/separate", headers=alice.headers,
                             timeout=TIMEOUT_S, json={
                                 "mp3": base64.b64encode(second.read_bytes()).decode()})
     assert refused.status_code == 429 and "CLIENT_MAX_WAITING" in refused.json()["error"]
@@ -219,14 +219,14 @@ def test_malformed_api_keys_stop_the_service_at_start(api_keys):
     assert "0123456789" not in str(raised.value)  # a key never reaches a log
 
 
-def test_without_api_keys_every_client_sees_every_song(stack, start_rest, make_song):
+def test_without_api_keys_every_client_sees_every_song(stack, start_api, make_song):
     """API_TOKEN alone keeps its old meaning: one shared token, no ownership."""
-    rest = start_rest(API_TOKEN="the-old-shared-token")
+    rest = start_api(API_TOKEN="the-old-shared-token")
     token = {"Authorization": "Bearer the-old-shared-token"}
     song = make_song(seconds=1)
-    sent = requests.post(f"{rest.url}/apiv1/separate", headers=token, timeout=TIMEOUT_S,
+    sent = rest.post(f"{rest.url}/apiv1/separate", headers=token, timeout=TIMEOUT_S,
                          json={"mp3": base64.b64encode(song.read_bytes()).decode()}).json()
     assert stack.redis.hget(Keys.job(sent["id"]), "client") is None
     stack.push({"songhash": "ef" * 32})  # a Redis-only producer's job is listed too
-    assert requests.get(f"{rest.url}/apiv1/queue", headers=token,
+    assert rest.get(f"{rest.url}/apiv1/queue", headers=token,
                         timeout=TIMEOUT_S).json()["total"] == 2

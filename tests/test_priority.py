@@ -160,10 +160,10 @@ def test_rest_takes_priority_and_shows_places_across_lanes(stack, rest, make_son
 
     # run order: both high ones, then the normal ones, in the page and in each status
     order = [high.json(), form.json(), first, second]
-    page = requests.get(f"{rest.url}/apiv1/queue", timeout=TIMEOUT_S).json()
+    page = rest.get(f"{rest.url}/apiv1/queue", timeout=TIMEOUT_S).json()
     assert page["queue"] == [a["hash"] for a in order] and page["total"] == 4
     for place, answer in enumerate(order, start=1):
-        record = requests.get(f"{rest.url}/apiv1/status/{answer['id']}",
+        record = rest.get(f"{rest.url}/apiv1/status/{answer['id']}",
                               timeout=TIMEOUT_S).json()
         assert record["position"] == place, (place, record)
 
@@ -183,7 +183,7 @@ def test_rest_takes_priority_and_shows_places_across_lanes(stack, rest, make_son
     metrics = requests.get(metrics_url, timeout=TIMEOUT_S).text
     assert _parse_gauges(metrics, "demucs_rest_queue_depth") == {
         "intake": 1, "chunks": 0, "high": 2, "normal": 2}
-    requests.get(f"{rest.url}/apiv1/queue", timeout=TIMEOUT_S)  # routes the intake
+    rest.get(f"{rest.url}/apiv1/queue", timeout=TIMEOUT_S)  # routes the intake
     metrics = requests.get(metrics_url, timeout=TIMEOUT_S).text
     assert _parse_gauges(metrics, "demucs_rest_queue_depth") == {
         "intake": 0, "chunks": 0, "high": 3, "normal": 2}

@@ -35,7 +35,7 @@ def b64(path: Path) -> str:
 def wait_done(rest, ref: str, timeout_s: float = 120.0) -> dict:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        record = requests.get(f"{rest.url}/apiv1/status/{ref}", timeout=TIMEOUT_S).json()
+        record = rest.get(f"{rest.url}/apiv1/status/{ref}", timeout=TIMEOUT_S).json()
         if record["state"] in ("done", "failed"):
             return record
         time.sleep(0.2)
@@ -60,7 +60,7 @@ def decoded_seconds(data: bytes, tmp: Path) -> float:
 
 def test_separate_then_status_tracks_dedup_and_remove(stack, rest, song, webhook, tmp_path):
     stack.start_worker()
-    response = requests.post(f"{rest.url}/apiv1/separate", timeout=TIMEOUT_S, json={
+    response = rest.post(f"{rest.url}/apiv1/separate", timeout=TIMEOUT_S, json={
         "mp3": b64(song), "callback": {"url": webhook.url, "data": {"n": 1}}})
     assert response.status_code == 200, response.text
     body = response.json()
@@ -74,20 +74,20 @@ def test_separate_then_status_tracks_dedup_and_remove(stack, rest, song, webhook
     assert record["state"] == "done" and record["attempts"] == 1, record
     assert record["progress"] == 100 and record["error"] == ""
     assert set(record["tracks"]) == set(TRACKS)
-    by_hash = requests.get(f"{rest.url}/apiv1/status/{songhash}", timeout=TIMEOUT_S).json()
+    by_hash = rest.get(f"{rest.url}/apiv1/status/{songhash}", timeout=TIMEOUT_S).json()
     assert by_hash["id"] == body["id"] and by_hash["hash"] == songhash
 
     input_s = MP3(song).info.length
     tracks = {}
     for track in TRACKS:
-        got = requests.get(f"{rest.url}{record['urls'][track]}", timeout=TIMEOUT_S)
+        got = rest.get(f"{rest.url}{record['urls'][track]}", timeout=TIMEOUT_S)
         assert got.status_code == 200 and got.headers["content-type"] == "audio/mpeg", track
         assert got.headers["accept-ranges"] == "bytes"
         assert int(got.headers["content-length"]) == len(got.content)
         assert abs(decoded_seconds(got.content, tmp_path) - input_s) < 0.15, track
         tracks[track] = got.content
     assert tracks["original"] == song.read_bytes()
-    lab_name = requests.get(f"{rest.url}/apiv1/track/{songhash}/base.mp3", timeout=TIMEOUT_S)
+    lab_name = rest.get(f"{rest.url}/apiv1/track/{songhash}/base.mp3", timeout=TIMEOUT_S)
     assert lab_name.content == tracks["bass"]
 
     check_ranges(rest.url, songhash, tracks["vocals"])
@@ -96,7 +96,7 @@ def test_separate_then_status_tracks_dedup_and_remove(stack, rest, song, webhook
     assert json.loads(webhook.calls[0][0])["status"] == "done"
 
     # the same song again: not separated again, the callback still hears about it
-    again = requests.post(f"{rest.url}/apiv1/separate", timeout=TIMEOUT_S, json={
+    again = rest.post(f"{rest.url}/apiv1/separate", timeout=TIMEOUT_S, json={
         "mp3": b64(song), "callback": {"url": webhook.url, "data": {"n": 2}}}).json()
     assert again["id"] == body["id"] and "already separated" in again["reason"], again
     assert len(stack.waiting()) == 0
@@ -105,23 +105,23 @@ def test_separate_then_status_tracks_dedup_and_remove(stack, rest, song, webhook
     assert second["data"] == {"n": 2} and second["tracks"]["vocals"] == f"{songhash}-vocals.mp3"
 
     # remove one track: it is gone, and the song is separated again when asked
-    removed = requests.delete(f"{rest.url}/apiv1/remove/{songhash}/vocals.mp3",
+    removed = rest.delete(f"{rest.url}/apiv1/remove/{songhash}/vocals.mp3",
                               timeout=TIMEOUT_S).json()
     assert removed["removed"] == ["vocals"], removed
-    after = requests.get(f"{rest.url}/apiv1/status/{songhash}", timeout=TIMEOUT_S).json()
+    after = rest.get(f"{rest.url}/apiv1/status/{songhash}", timeout=TIMEOUT_S).json()
     assert "vocals" not in after["tracks"] and "vocals" not in after["urls"], after
     assert "drums" in after["urls"]
-    assert_error(requests.get(f"{rest.url}/apiv1/track/{songhash}/vocals", timeout=TIMEOUT_S),
+    assert_error(rest.get(f"{rest.url}/apiv1/track/{songhash}/vocals", timeout=TIMEOUT_S),
                  404, "does not exist")
-    assert_error(requests.delete(f"{rest.url}/apiv1/remove/{songhash}/vocals",
+    assert_error(rest.delete(f"{rest.url}/apiv1/remove/{songhash}/vocals",
                                  timeout=TIMEOUT_S), 404, "has no track")
-    rerun = requests.post(f"{rest.url}/apiv1/separate", timeout=TIMEOUT_S,
+    rerun = rest.post(f"{rest.url}/apiv1/separate", timeout=TIMEOUT_S,
                           json={"mp3": b64(song)}).json()
     assert rerun["id"] != body["id"] and rerun["reason"] == "Song enqueued for separation"
     assert wait_done(rest, rerun["id"])["state"] == "done"
-    everything = requests.get(f"{rest.url}/apiv1/remove/{songhash}/all", timeout=TIMEOUT_S)
+    everything = rest.get(f"{rest.url}/apiv1/remove/{songhash}/all", timeout=TIMEOUT_S)
     assert sorted(everything.json()["removed"]) == sorted(TRACKS)
-    after = requests.get(f"{rest.url}/apiv1/status/{songhash}", timeout=TIMEOUT_S).json()
+    after = rest.get(f"{rest.url}/apiv1/status/{songhash}", timeout=TIMEOUT_S).json()
     assert after["tracks"] == {} and after["urls"] == {}, after
     assert not list(stack.minio.list_objects(stack.output_bucket))
     lines = [line.decode() for line in stack.redis.lrange(Keys.LOGGING, 0, -1)]
@@ -165,7 +165,7 @@ def test_queue_lists_songs_in_the_order_they_will_run(stack, rest, make_song):
     songs = [make_song(seconds=1, seed=i, name=f"q{i}.mp3") for i in range(3)]
     ids = []
     for song in songs:
-        response = requests.post(f"{rest.url}/apiv1/separate", json={"mp3": b64(song)},
+        response = rest.post(f"{rest.url}/apiv1/separate", json={"mp3": b64(song)},
                                  timeout=TIMEOUT_S)
         ids.append(response.json()["id"])
     hashes = [hashlib.sha256(s.read_bytes()).hexdigest() for s in songs]
@@ -177,25 +177,25 @@ def test_queue_lists_songs_in_the_order_they_will_run(stack, rest, make_song):
                     "object": f"chunks/long/c{index}.wav", "chunk_of": "long"})
     stack.push({"id": "long-join", "join_of": "long"})
     # a song under way runs first: its chunks and join, then the songs queued, in order
-    queue = requests.get(f"{rest.url}/apiv1/queue", timeout=TIMEOUT_S)
+    queue = rest.get(f"{rest.url}/apiv1/queue", timeout=TIMEOUT_S)
     assert queue.status_code == 200 and queue.json() == {
         "queue": [long_song, *hashes], "total": 7, "offset": 0, "limit": 100, "next": None}
     for position, job_id in enumerate(ids, start=4):
-        record = requests.get(f"{rest.url}/apiv1/status/{job_id}", timeout=TIMEOUT_S).json()
+        record = rest.get(f"{rest.url}/apiv1/status/{job_id}", timeout=TIMEOUT_S).json()
         assert record["state"] == "queued" and record["position"] == position
         assert record["attempts"] == 0 and record["tracks"] == {}
         assert not any(name.startswith("queue_") for name in record)
     # pages: a bounded slice and the path of the next; the limit is capped by the setting
-    first = requests.get(f"{rest.url}/apiv1/queue?limit=3", timeout=TIMEOUT_S).json()
+    first = rest.get(f"{rest.url}/apiv1/queue?limit=3", timeout=TIMEOUT_S).json()
     assert first["queue"] == [long_song] and first["next"] == "/apiv1/queue?offset=3&limit=3"
-    second = requests.get(f"{rest.url}{first['next']}", timeout=TIMEOUT_S).json()
+    second = rest.get(f"{rest.url}{first['next']}", timeout=TIMEOUT_S).json()
     assert second["queue"] == hashes and second["next"] == "/apiv1/queue?offset=6&limit=3"
-    third = requests.get(f"{rest.url}{second['next']}", timeout=TIMEOUT_S).json()
+    third = rest.get(f"{rest.url}{second['next']}", timeout=TIMEOUT_S).json()
     assert third["queue"] == [] and third["total"] == 7  # the broken job is skipped
     assert third["next"] is None
-    assert requests.get(f"{rest.url}/apiv1/queue?offset=4&limit=5000",
+    assert rest.get(f"{rest.url}/apiv1/queue?offset=4&limit=5000",
                         timeout=TIMEOUT_S).json()["limit"] == 1000
-    assert_error(requests.get(f"{rest.url}/apiv1/queue?limit=0", timeout=TIMEOUT_S), 400,
+    assert_error(rest.get(f"{rest.url}/apiv1/queue?limit=0", timeout=TIMEOUT_S), 400,
                  "limit")
     # a worker takes the long song's jobs and the first song; a Redis-only producer's job
     # lands behind: positions move
@@ -203,9 +203,9 @@ def test_queue_lists_songs_in_the_order_they_will_run(stack, rest, make_song):
     assert [json.loads(queue.take("w", 0.1))["id"] for _ in range(4)] == [
         "long-c0", "long-c1", "long-join", ids[0]]
     stack.push({"songhash": "ef" * 32})
-    assert [requests.get(f"{rest.url}/apiv1/status/{job_id}", timeout=TIMEOUT_S).json()[
+    assert [rest.get(f"{rest.url}/apiv1/status/{job_id}", timeout=TIMEOUT_S).json()[
         "position"] for job_id in ids[1:]] == [1, 2]
-    assert_error(requests.get(f"{rest.url}/apiv1/track/{hashes[0]}/vocals", timeout=TIMEOUT_S),
+    assert_error(rest.get(f"{rest.url}/apiv1/track/{hashes[0]}/vocals", timeout=TIMEOUT_S),
                  404, "not separated yet: queued")
 
 
@@ -270,7 +270,7 @@ def test_unknown_things_answer_404_with_a_reason(rest):
     for path, text in cases:
         assert_error(requests.get(rest.url + path, timeout=TIMEOUT_S), 404, text)
     assert_error(requests.put(f"{rest.url}/apiv1/queue", timeout=TIMEOUT_S), 405, "Not Allowed")
-    assert_error(requests.get(f"{rest.url}/apiv1/track/{songhash}/vocals?redirect=maybe",
+    assert_error(rest.get(f"{rest.url}/apiv1/track/{songhash}/vocals?redirect=maybe",
                               timeout=TIMEOUT_S), 400, "redirect")
 
 
@@ -313,7 +313,7 @@ def test_api_token_guards_every_apiv1_route(stack, start_rest, make_song):
     for path in ("/apiv1/status/x", f"/apiv1/track/{'0' * 64}/vocals",
                  f"/apiv1/remove/{'0' * 64}/all"):
         assert requests.get(rest.url + path, timeout=TIMEOUT_S).status_code == 401, path
-    assert requests.post(f"{rest.url}/apiv1/separate", timeout=TIMEOUT_S,
+    assert rest.post(f"{rest.url}/apiv1/separate", timeout=TIMEOUT_S,
                          json={"mp3": b64(make_song(seconds=1))}).status_code == 401
     assert len(stack.waiting()) == 0
     good = {"Authorization": "Bearer test-token-123"}
@@ -329,46 +329,46 @@ def test_api_token_guards_every_apiv1_route(stack, start_rest, make_song):
 def test_docs_are_open_without_a_token_and_presigned_urls_last_presign_ttl_s(stack, start_rest):
     rest = start_rest(PRESIGN_TTL_S="120", MINIO_PRESIGN_ACCESS_KEY="demucs-reader",
                       MINIO_PRESIGN_SECRET_KEY="reader-secret-0123")
-    assert "swagger" in requests.get(f"{rest.url}/docs", timeout=TIMEOUT_S).text.lower()
-    assert "/apiv1/separate" in requests.get(f"{rest.url}/openapi.json",
+    assert "swagger" in rest.get(f"{rest.url}/docs", timeout=TIMEOUT_S).text.lower()
+    assert "/apiv1/separate" in rest.get(f"{rest.url}/openapi.json",
                                              timeout=TIMEOUT_S).json()["paths"]
     songhash = "cd" * 32
     if not stack.minio.bucket_exists(stack.output_bucket):
         stack.minio.make_bucket(stack.output_bucket)
     stack.minio.put_object(stack.output_bucket, f"{songhash}-drums.mp3", io.BytesIO(b"x" * 10),
                            10, content_type="audio/mpeg")
-    redirect = requests.get(f"{rest.url}/apiv1/track/{songhash}/drums?redirect=1",
+    redirect = rest.get(f"{rest.url}/apiv1/track/{songhash}/drums?redirect=1",
                             allow_redirects=False, timeout=TIMEOUT_S)
     assert redirect.status_code == 307 and "X-Amz-Expires=120&" in redirect.headers["location"]
     assert requests.get(redirect.headers["location"], timeout=TIMEOUT_S).content == b"x" * 10
 
 
 def test_get_with_a_null_json_body_is_served(rest):
-    queue = requests.get(f"{rest.url}/apiv1/queue", json=None, timeout=TIMEOUT_S, **JSON_NULL)
+    queue = rest.get(f"{rest.url}/apiv1/queue", json=None, timeout=TIMEOUT_S, **JSON_NULL)
     assert queue.status_code == 200 and queue.json()["queue"] == []
-    status = requests.get(f"{rest.url}/apiv1/status/none", timeout=TIMEOUT_S, **JSON_NULL)
+    status = rest.get(f"{rest.url}/apiv1/status/none", timeout=TIMEOUT_S, **JSON_NULL)
     assert_error(status, 404, "no job")
-    assert requests.get(f"{rest.url}/", timeout=TIMEOUT_S, **JSON_NULL).status_code == 200
-    assert requests.get(f"{rest.url}/healthz", timeout=TIMEOUT_S, **JSON_NULL).json()["ok"]
+    assert rest.get(f"{rest.url}/", timeout=TIMEOUT_S, **JSON_NULL).status_code == 200
+    assert rest.get(f"{rest.url}/healthz", timeout=TIMEOUT_S, **JSON_NULL).json()["ok"]
 
 
 def test_root_answers_200_and_logs_posted_callbacks(stack, start_rest):
     rest = start_rest(WEBHOOK_SECRET="s3cret")
-    plain = requests.get(f"{rest.url}/", timeout=TIMEOUT_S)
+    plain = rest.get(f"{rest.url}/", timeout=TIMEOUT_S)
     assert plain.status_code == 200 and plain.json()["status"] == "ok"
-    page = requests.get(f"{rest.url}/", headers={"Accept": "text/html"}, timeout=TIMEOUT_S)
+    page = rest.get(f"{rest.url}/", headers={"Accept": "text/html"}, timeout=TIMEOUT_S)
     assert page.headers["content-type"].startswith("text/html")
     assert "<title>Music source separation</title>" in page.text
 
     body = json.dumps({"id": "job-7", "status": "done", "songhash": "ab" * 32,
                        "data": {"mp3": "x.mp3", "data": "to be returned"}}).encode()
-    signed = requests.post(f"{rest.url}/", data=body, timeout=TIMEOUT_S, headers={
+    signed = rest.post(f"{rest.url}/", data=body, timeout=TIMEOUT_S, headers={
         "Content-Type": "application/json", **signature_headers(body, "s3cret")})
     assert signed.status_code == 200 and signed.json()["verified"] is True
-    forged = requests.post(f"{rest.url}/", data=body, timeout=TIMEOUT_S,
+    forged = rest.post(f"{rest.url}/", data=body, timeout=TIMEOUT_S,
                            headers=signature_headers(body, "guess"))
     assert forged.status_code == 200 and forged.json()["verified"] is False
-    assert requests.post(f"{rest.url}/", data=b"\x00 not json", timeout=TIMEOUT_S).ok
+    assert rest.post(f"{rest.url}/", data=b"\x00 not json", timeout=TIMEOUT_S).ok
     lines = [line.decode() for line in stack.redis.lrange(Keys.LOGGING, 0, -1)]
     received = [line for line in lines if ".rest.info:callback received: job job-7" in line]
     assert len(received) == 2 and "to be returned" in received[0]
@@ -376,9 +376,9 @@ def test_root_answers_200_and_logs_posted_callbacks(stack, start_rest):
 
 
 def test_health_metrics_and_outages_answer_json(stack, rest, start_rest):
-    health = requests.get(f"{rest.url}/healthz", timeout=TIMEOUT_S)
+    health = rest.get(f"{rest.url}/healthz", timeout=TIMEOUT_S)
     assert health.status_code == 200 and health.json() == {"ok": True, "reason": "ok"}
-    requests.get(f"{rest.url}/apiv1/queue", timeout=TIMEOUT_S)
+    rest.get(f"{rest.url}/apiv1/queue", timeout=TIMEOUT_S)
     metrics = metrics_text(rest)
     assert 'demucs_rest_requests_total{method="GET",route="/apiv1/queue",status="200"} 1.0' \
         in metrics
@@ -404,7 +404,7 @@ def metrics_text(rest) -> str:
 
 def test_metrics_are_not_on_the_api_port(rest):
     """The ingress routes the API's port: Prometheus' page is on METRICS_PORT only."""
-    assert_error(requests.get(f"{rest.url}/metrics", timeout=TIMEOUT_S), 404, "Not Found")
+    assert_error(rest.get(f"{rest.url}/metrics", timeout=TIMEOUT_S), 404, "Not Found")
     assert "demucs_rest_requests_total" in metrics_text(rest)
 
 
@@ -439,10 +439,10 @@ def test_two_models_keep_their_own_tracks(stack, start_rest, make_song, small_mo
     rest = start_rest(**registry)
     stack.start_worker(**registry)
     song = make_song(seconds=2)
-    first = requests.post(f"{rest.url}/apiv1/separate", json={"mp3": b64(song)},
+    first = rest.post(f"{rest.url}/apiv1/separate", json={"mp3": b64(song)},
                           timeout=TIMEOUT_S).json()
     assert wait_done(rest, first["id"])["state"] == "done"
-    second = requests.post(f"{rest.url}/apiv1/separate", timeout=TIMEOUT_S,
+    second = rest.post(f"{rest.url}/apiv1/separate", timeout=TIMEOUT_S,
                            json={"mp3": b64(song), "model": "small_ht"}).json()
     assert second["id"] != first["id"]  # not the default model's tracks
     record = wait_done(rest, second["id"])
@@ -450,20 +450,20 @@ def test_two_models_keep_their_own_tracks(stack, start_rest, make_song, small_mo
     songhash = first["hash"]
     assert record["tracks"]["vocals"] == f"models/small_ht/{songhash}-vocals.mp3"
     assert record["urls"]["vocals"] == f"/apiv1/track/{songhash}/vocals?model=small_ht"
-    default = requests.get(f"{rest.url}/apiv1/track/{songhash}/vocals", timeout=TIMEOUT_S)
-    other = requests.get(f"{rest.url}{record['urls']['vocals']}", timeout=TIMEOUT_S)
+    default = rest.get(f"{rest.url}/apiv1/track/{songhash}/vocals", timeout=TIMEOUT_S)
+    other = rest.get(f"{rest.url}{record['urls']['vocals']}", timeout=TIMEOUT_S)
     assert default.status_code == other.status_code == 200
     assert default.content != other.content
     stored = stack.minio.get_object(stack.output_bucket, f"{songhash}-vocals.mp3").read()
     assert stored == default.content  # the lab's key still holds the default model's track
-    again = requests.post(f"{rest.url}/apiv1/separate", json={"mp3": b64(song)},
+    again = rest.post(f"{rest.url}/apiv1/separate", json={"mp3": b64(song)},
                           timeout=TIMEOUT_S).json()
     assert again["id"] == first["id"]  # each model's earlier result serves its own requests
-    removed = requests.delete(f"{rest.url}/apiv1/remove/{songhash}/all?model=small_ht",
+    removed = rest.delete(f"{rest.url}/apiv1/remove/{songhash}/all?model=small_ht",
                               timeout=TIMEOUT_S).json()
     assert sorted(removed["removed"]) == sorted(TRACKS)
-    assert requests.get(f"{rest.url}/apiv1/track/{songhash}/vocals", timeout=TIMEOUT_S).ok
-    assert_error(requests.get(f"{rest.url}/apiv1/track/{songhash}/vocals?model=../x",
+    assert rest.get(f"{rest.url}/apiv1/track/{songhash}/vocals", timeout=TIMEOUT_S).ok
+    assert_error(rest.get(f"{rest.url}/apiv1/track/{songhash}/vocals?model=../x",
                               timeout=TIMEOUT_S), 404, "not a model name")
 
 
@@ -473,7 +473,7 @@ def test_probes_answer_on_a_port_of_their_own(stack, rest):
     health = requests.get(f"http://127.0.0.1:{port}/healthz", timeout=TIMEOUT_S)
     assert health.status_code == 200 and health.json() == {"ok": True, "reason": "ok"}
     assert requests.get(f"http://127.0.0.1:{port}/", timeout=TIMEOUT_S).json() == {"ok": True}
-    requests.get(f"{rest.url}/apiv1/queue", timeout=TIMEOUT_S)
+    rest.get(f"{rest.url}/apiv1/queue", timeout=TIMEOUT_S)
     stack.redis.lpush(Keys.QUEUE, '{"songhash": "' + "e" * 64 + '"}')
     metrics = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=TIMEOUT_S).text
     assert 'demucs_rest_requests_total{method="GET",route="/apiv1/queue"' in metrics

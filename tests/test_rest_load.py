@@ -29,25 +29,25 @@ def test_past_the_limit_the_api_answers_503_at_once_and_probes_still_answer(star
     held = [open_upload(host, int(port)) for _ in range(2)]
 
     def shed() -> list[requests.Response]:  # a 503 Response is falsy: wrap it
-        answer = requests.get(f"{rest.url}/apiv1/queue", timeout=TIMEOUT_S)
+        answer = rest.get(f"{rest.url}/apiv1/queue", timeout=TIMEOUT_S)
         return [answer] if answer.status_code == 503 else []
 
     [refused] = wait_until(shed, timeout_s=20)
     assert refused.headers["retry-after"] == "1"
     assert "REST_MAX_IN_FLIGHT" in refused.json()["error"]
-    assert requests.get(f"{rest.url}/apiv1/status/nope", timeout=TIMEOUT_S).status_code == 503
-    assert requests.get(f"{rest.url}/healthz", timeout=TIMEOUT_S).json() == {
+    assert rest.get(f"{rest.url}/apiv1/status/nope", timeout=TIMEOUT_S).status_code == 503
+    assert rest.get(f"{rest.url}/healthz", timeout=TIMEOUT_S).json() == {
         "ok": True, "reason": "ok"}
-    assert requests.get(f"{rest.url}/", timeout=TIMEOUT_S).status_code == 200
+    assert rest.get(f"{rest.url}/", timeout=TIMEOUT_S).status_code == 200
     metrics_port = rest.service.extra["metrics_port"]
     assert requests.get(f"http://127.0.0.1:{metrics_port}/metrics",
                         timeout=TIMEOUT_S).status_code == 200
 
     for connection in held:  # the clients give up: their places are free again
         connection.close()
-    wait_until(lambda: requests.get(f"{rest.url}/apiv1/queue", timeout=TIMEOUT_S).ok,
+    wait_until(lambda: rest.get(f"{rest.url}/apiv1/queue", timeout=TIMEOUT_S).ok,
                timeout_s=20)
-    assert "Retry-After" not in requests.get(f"{rest.url}/apiv1/queue",
+    assert "Retry-After" not in rest.get(f"{rest.url}/apiv1/queue",
                                              timeout=TIMEOUT_S).headers
     wait_until(lambda: "abandoned by its client" in rest.logs(), timeout_s=20)
     assert "Traceback" not in rest.logs()

@@ -8,7 +8,7 @@ import hashlib
 import signal
 import time
 
-import requests
+import pytest
 from minio.commonconfig import ENABLED, Filter
 from minio.lifecycleconfig import Expiration, LifecycleConfig, Rule
 
@@ -17,6 +17,12 @@ from tests.test_rest_api import TIMEOUT_S, assert_error, b64, wait_done
 from tests.waiting import wait_until
 
 DAY_S = 24 * 3600
+
+
+@pytest.fixture
+def rest(api):
+    """This module's REST service runs in-process (``tests.inprocess``)."""
+    return api
 
 
 def _rules(stack, bucket: str) -> dict[str, Rule]:
@@ -29,7 +35,7 @@ def _expiry_days(stack, bucket: str) -> int | None:
     return None if rule is None or rule.expiration is None else rule.expiration.days
 
 
-def test_the_services_set_the_lifecycle_rule_at_start(stack, start_rest):
+def test_the_services_set_the_lifecycle_rule_at_start(stack, start_api):
     # an operator's own rule on the output bucket is kept whatever the service sets
     stack.minio.make_bucket(stack.output_bucket)
     operator = Rule(ENABLED, rule_filter=Filter(prefix="scratch/"), rule_id="operator",
@@ -43,11 +49,11 @@ def test_the_services_set_the_lifecycle_rule_at_start(stack, start_rest):
         assert _rules(stack, bucket)[RULE_ID].rule_filter.prefix == ""  # every object
     assert _rules(stack, stack.output_bucket)["operator"].expiration.days == 1
 
-    start_rest(RETENTION_DAYS="10")  # its start sets the rule too (the last one set wins)
+    start_api(RETENTION_DAYS="10")  # its start sets the rule too (the last one set wins)
     assert _expiry_days(stack, stack.queue_bucket) == 10
     assert _expiry_days(stack, stack.output_bucket) == 10
 
-    start_rest(RETENTION_DAYS="0")  # keep forever: the service's rule goes, the operator's stays
+    start_api(RETENTION_DAYS="0")  # keep forever: the service's rule goes, the operator's stays
     assert _expiry_days(stack, stack.queue_bucket) is None
     assert stack.minio.get_bucket_lifecycle(stack.queue_bucket) is None
     assert set(_rules(stack, stack.output_bucket)) == {"operator"}
@@ -57,9 +63,9 @@ def test_status_says_when_results_expire_and_that_they_did(stack, rest, make_son
     song = make_song(seconds=2, seed=31)
     songhash = hashlib.sha256(song.read_bytes()).hexdigest()
     stack.start_worker()
-    answer = requests.post(f"{rest.url}/apiv1/separate", timeout=TIMEOUT_S,
+    answer = rest.post(f"{rest.url}/apiv1/separate", timeout=TIMEOUT_S,
                            json={"mp3": b64(song), "stems": ["vocals"]}).json()
-    queued = requests.get(f"{rest.url}/apiv1/status/{answer['id']}", timeout=TIMEOUT_S).json()
+    queued = rest.get(f"{rest.url}/apiv1/status/{answer['id']}", timeout=TIMEOUT_S).json()
     assert queued["expires_at"] is None or queued["state"] == "done"
     record = wait_done(rest, answer["id"])
     assert record["state"] == "done"
@@ -73,15 +79,15 @@ def test_status_says_when_results_expire_and_that_they_did(stack, rest, make_son
 
     # time passes (the S3 test server does not run lifecycles: the record says it is due)
     stack.redis.hset(f"job:{answer['id']}", "expires_at", time.time() - 60)
-    assert_error(requests.get(f"{rest.url}/apiv1/status/{answer['id']}", timeout=TIMEOUT_S),
+    assert_error(rest.get(f"{rest.url}/apiv1/status/{answer['id']}", timeout=TIMEOUT_S),
                  410, "expired at")
-    gone = requests.get(f"{rest.url}/apiv1/status/{songhash}", timeout=TIMEOUT_S).json()
+    gone = rest.get(f"{rest.url}/apiv1/status/{songhash}", timeout=TIMEOUT_S).json()
     assert "results are kept RETENTION_DAYS=7 days" in gone["error"], gone
     stack.minio.remove_object(stack.output_bucket, f"{songhash}-vocals.mp3")  # as S3 would
-    assert_error(requests.get(f"{rest.url}/apiv1/track/{songhash}/vocals", timeout=TIMEOUT_S),
+    assert_error(rest.get(f"{rest.url}/apiv1/track/{songhash}/vocals", timeout=TIMEOUT_S),
                  404, f"the tracks of song {songhash} expired at")
     # once the record is gone too
-    assert_error(requests.get(f"{rest.url}/apiv1/status/{'c' * 64}", timeout=TIMEOUT_S), 404,
+    assert_error(rest.get(f"{rest.url}/apiv1/status/{'c' * 64}", timeout=TIMEOUT_S), 404,
                  "results are kept RETENTION_DAYS=7 days, so it expired, or was never sent")
 
 
@@ -94,13 +100,13 @@ def test_remove_takes_the_upload_once_no_job_needs_it(stack, rest, make_song):
         return any(o.object_name == upload for o in stack.minio.list_objects(stack.queue_bucket))
 
     def remove(track: str) -> dict:
-        response = requests.delete(f"{rest.url}/apiv1/remove/{songhash}/{track}",
+        response = rest.delete(f"{rest.url}/apiv1/remove/{songhash}/{track}",
                                    timeout=TIMEOUT_S)
         assert response.status_code == 200, response.text
         return response.json()
 
     def separate(**fields: object) -> dict:
-        return requests.post(f"{rest.url}/apiv1/separate", timeout=TIMEOUT_S,
+        return rest.post(f"{rest.url}/apiv1/separate", timeout=TIMEOUT_S,
                              json={"mp3": b64(song), **fields}).json()
 
     worker = stack.start_worker()
@@ -116,7 +122,7 @@ def test_remove_takes_the_upload_once_no_job_needs_it(stack, rest, make_song):
     worker.send_signal(signal.SIGTERM)
     assert worker.wait(timeout=60) == 0
     waiting = separate(stems=["drums"])
-    assert requests.get(f"{rest.url}/apiv1/status/{waiting['id']}",
+    assert rest.get(f"{rest.url}/apiv1/status/{waiting['id']}",
                         timeout=TIMEOUT_S).json()["state"] == "queued"
     removed = remove("vocals.flac")
     assert removed["removed"] == ["vocals.flac"] and removed["upload_removed"] is False, removed

@@ -142,7 +142,7 @@ def test_with_a_single_api_token_links_work_too(stack, start_rest):
     store = StatusStore(stack.redis, 3600)
     store.queued(job_id, songhash, stack.env["DEMUCS_MODEL"])
     store.done(job_id, {"vocals": f"{songhash}-vocals.mp3"}, 1.0)
-    status = requests.get(f"{rest.url}/apiv1/status/{job_id}", timeout=TIMEOUT_S,
+    status = rest.get(f"{rest.url}/apiv1/status/{job_id}", timeout=TIMEOUT_S,
                           headers={"Authorization": "Bearer single-token-0123456789"}).json()
     link = status["links"]["vocals"]
     assert "client=default" in link and "single-token" not in link

@@ -193,7 +193,7 @@ def test_callbacks_into_the_service_network_are_refused_and_recorded(stack, make
     record = wait_until(lambda: (r := stack.status("refused")).get("callback_error") and r)
     assert "does not resolve to a public address" in record["callback_error"], record
     assert webhook.calls == []
-    status = requests.get(f"{rest.url}/apiv1/status/refused", timeout=10).json()
+    status = rest.get(f"{rest.url}/apiv1/status/refused", timeout=10).json()
     assert "webhook" not in status["timings"]  # a callback's duration is not shown
 
     strict.send_signal(signal.SIGTERM)

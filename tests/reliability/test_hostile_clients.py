@@ -235,7 +235,7 @@ def test_smaller_attacks_get_4xx_and_no_internal_error(stack, start_rest):
     assert answer.status_code == 400 and "nested" in answer.json()["error"], answer.text
     deep_callback = '{"id": "j", "data": ' + "[" * 32_000 + "]" * 32_000 + "}"  # < 64 KB
     assert requests.post(rest.url + "/", data=deep_callback, timeout=10).status_code == 200
-    assert requests.get(f"{rest.url}/apiv1/status/{songhash}%0A", timeout=10).status_code == 404
+    assert rest.get(f"{rest.url}/apiv1/status/{songhash}%0A", timeout=10).status_code == 404
     track = f"{rest.url}/apiv1/track/{songhash}/vocals.mp3"
     for header in ("bytes=" + "9" * 5000 + "-", "bytes=0-" + "9" * 5000,
                    "bytes=99999999999999999-"):
