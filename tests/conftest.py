@@ -228,6 +228,11 @@ class RestService:
         """``host:port``, as the lab's clients take it in ``REST``."""
         return self.url.removeprefix("http://")
 
+    @property
+    def metrics_port(self) -> int:
+        """Where its probes and ``/metrics`` are served (``METRICS_PORT``)."""
+        return int(self.service.extra["metrics_port"])
+
     def logs(self) -> str:
         return self.log_path.read_text(errors="replace")[-4000:]
 

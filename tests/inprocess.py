@@ -46,6 +46,10 @@ class InProcessRest:
         transport = httpx.ASGITransport(app=self.app, client=("127.0.0.1", 40000))
         self.client = httpx.AsyncClient(transport=transport, base_url=BASE_URL)
 
+    @property
+    def metrics_port(self) -> int:
+        return self.settings.metrics_port
+
     def request(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
         if isinstance(kwargs.get("data"), bytes | str):
             kwargs["content"] = kwargs.pop("data")

@@ -18,6 +18,8 @@ import pytest
 from bench.model import build_htdemucs
 from worker.demucs_cli import DemucsOptions, allocator_library, child_env, run_demucs
 
+pytestmark = pytest.mark.usefixtures("demucs_cli")  # the real CLI with either allocator
+
 TCMALLOC = allocator_library("tcmalloc")
 needs_tcmalloc = pytest.mark.skipif(TCMALLOC is None, reason="libtcmalloc-minimal4 is not "
                                     "installed (make setup installs it)")

@@ -20,6 +20,12 @@ TIMEOUT_S = 30
 NOT_ASCII = ["²", "³", "٣٢٠", "３２０", " 320", "+320", "3_20", "320.0", "", "1" * 19]
 
 
+@pytest.fixture
+def rest(api):
+    """This module's REST service runs in-process (``tests.inprocess``)."""
+    return api
+
+
 @pytest.mark.parametrize("text", NOT_ASCII)
 def test_only_ascii_digits_make_a_number(text):
     with pytest.raises(ValueError, match="ASCII digits"):

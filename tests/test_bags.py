@@ -25,6 +25,8 @@ from worker import bags
 from worker.chunking import read_wav
 from worker.weights import WeightsError, check, demucs_remote, remote_files
 
+pytestmark = pytest.mark.usefixtures("demucs_cli")  # pruned bags run through the real CLI
+
 SMALL = {"channels": 8, "t_layers": 1}
 
 

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import signal
 
+import pytest
+
 from devstack.synth import undecodable_mp3
+
+pytestmark = pytest.mark.usefixtures("demucs_cli")  # one real CLI call, one model load
 
 
 def _demucs_calls(stack) -> list[str]:

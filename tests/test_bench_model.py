@@ -5,8 +5,12 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 from bench.model import NAME, build_real_size_model, parameter_count
 from devstack.synth import write_song
+
+pytestmark = pytest.mark.usefixtures("demucs_cli")  # the real-size model through the real CLI
 
 
 def test_real_size_model_runs_through_the_cli(tmp_path):

@@ -13,6 +13,8 @@ import pytest
 
 import devstack
 
+pytestmark = pytest.mark.usefixtures("demucs_cli")  # make demo runs the real CLI
+
 
 def listening(port: int) -> bool:
     with socket.socket() as sock:

@@ -14,6 +14,8 @@ import pytest
 
 from bench.model import build_specialist_bag
 
+pytestmark = pytest.mark.usefixtures("demucs_cli")  # the pruned bag runs through the real CLI
+
 KARAOKE = ["vocals", "instrumental"]
 
 

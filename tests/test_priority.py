@@ -138,17 +138,23 @@ def test_a_high_job_overtakes_a_queue_of_normal_ones_end_to_end(stack, make_song
     assert stack.held_jobs() == 0
 
 
+@pytest.fixture
+def rest(api):
+    """This module's REST service runs in-process (``tests.inprocess``)."""
+    return api
+
+
 def test_rest_takes_priority_and_shows_places_across_lanes(stack, rest, make_song):
     url = f"{rest.url}/apiv1/separate"
     songs = [make_song(seconds=1, seed=n, name=f"s{n}.mp3") for n in range(5)]
     b64 = [base64.b64encode(p.read_bytes()).decode() for p in songs]
-    first = requests.post(url, json={"mp3": b64[0]}, timeout=TIMEOUT_S).json()
-    second = requests.post(url, json={"mp3": b64[1], "priority": "normal"},
+    first = rest.post(url, json={"mp3": b64[0]}, timeout=TIMEOUT_S).json()
+    second = rest.post(url, json={"mp3": b64[1], "priority": "normal"},
                            timeout=TIMEOUT_S).json()
-    high = requests.post(url, json={"mp3": b64[2], "priority": "high"}, timeout=TIMEOUT_S)
+    high = rest.post(url, json={"mp3": b64[2], "priority": "high"}, timeout=TIMEOUT_S)
     assert high.status_code == 200, high.text
     with songs[3].open("rb") as handle:
-        form = requests.post(url, files={"file": ("s3.mp3", handle, "audio/mpeg")},
+        form = rest.post(url, files={"file": ("s3.mp3", handle, "audio/mpeg")},
                              data={"priority": "high", "stems": "vocals"}, timeout=TIMEOUT_S)
     assert form.status_code == 200, form.text
     high_payloads = [json.loads(r) for r in stack.redis.lrange(Keys.LANE_HIGH, 0, -1)]
@@ -169,17 +175,17 @@ def test_rest_takes_priority_and_shows_places_across_lanes(stack, rest, make_son
 
     # refused: anything but "high" or "normal", in JSON and in a form; nothing queued
     for body in ({"priority": "urgent"}, {"priority": "HIGH"}, {"priority": 1}):
-        answer = requests.post(url, json={"mp3": b64[4], **body}, timeout=TIMEOUT_S)
+        answer = rest.post(url, json={"mp3": b64[4], **body}, timeout=TIMEOUT_S)
         assert answer.status_code == 400 and "priority" in answer.json()["error"], answer.text
     with songs[4].open("rb") as handle:
-        answer = requests.post(url, files={"file": ("s4.mp3", handle, "audio/mpeg")},
+        answer = rest.post(url, files={"file": ("s4.mp3", handle, "audio/mpeg")},
                                data={"priority": "urgent"}, timeout=TIMEOUT_S)
     assert answer.status_code == 400 and "priority" in answer.json()["error"], answer.text
     assert len(stack.waiting()) == 4
 
     # depth per lane in /metrics: Redis-only pushes wait in the intake until routed
     stack.redis.lpush(Keys.QUEUE, '{"songhash": "' + "e" * 64 + '", "priority": "high"}')
-    metrics_url = f"http://127.0.0.1:{rest.service.extra['metrics_port']}/metrics"  # not the API's
+    metrics_url = f"http://127.0.0.1:{rest.metrics_port}/metrics"  # not the API's port
     metrics = requests.get(metrics_url, timeout=TIMEOUT_S).text
     assert _parse_gauges(metrics, "demucs_rest_queue_depth") == {
         "intake": 1, "chunks": 0, "high": 2, "normal": 2}

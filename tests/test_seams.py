@@ -13,12 +13,15 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from bench.long_songs import snr_db
 from bench.model import build_htdemucs
 from devstack.synth import write_song
 from separation.contract import DEMUCS_STEMS
 from worker.chunking import cut_chunks, plan_chunks, read_wav, stitch
+
+pytestmark = pytest.mark.usefixtures("demucs_cli")  # the real CLI separates the chunks
 
 SONG_S = 22.0
 

@@ -7,6 +7,7 @@ import signal
 import time
 from pathlib import Path
 
+import pytest
 import requests
 from mutagen.mp3 import MP3
 from standardwebhooks import Webhook
@@ -15,6 +16,8 @@ import devstack
 from separation.contract import TRACKS, Keys
 from separation.webhook import verify_delivery
 from tests.waiting import wait_until
+
+pytestmark = pytest.mark.usefixtures("demucs_cli")  # one end-to-end run per path on the real CLI
 
 SECRET = "test-webhook-secret"
 

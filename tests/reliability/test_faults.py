@@ -16,6 +16,7 @@ import threading
 import time
 
 import psutil
+import pytest
 import redis as redis_lib
 
 import devstack
@@ -24,6 +25,8 @@ from separation.contract import Keys
 from separation.queue import JobQueue
 from tests.reliability.accounting import TRIALS, FaultRow
 from tests.waiting import wait_until
+
+pytestmark = pytest.mark.usefixtures("demucs_cli")  # the fault rows hold for the real CLI
 
 STEMS = ["vocals", "drums"]
 SEED = int(os.environ.get("RELIABILITY_SEED", str(int(time.time()))))

@@ -10,10 +10,13 @@ from __future__ import annotations
 import base64
 import json
 
+import pytest
 import requests
 
 from devstack.synth import lying_mp3
 from separation.contract import Keys
+
+pytestmark = pytest.mark.usefixtures("demucs_cli")  # lying audio reaches the real decoder
 
 LYING = lying_mp3(claimed_s=1.44, real_s=1800)
 REASON = "lasts more than 1200 s (counted from its frames; its header claims 1.4 s)"

@@ -8,7 +8,11 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 import devstack
+
+pytestmark = pytest.mark.usefixtures("demucs_cli")  # the soak runs the real CLI
 
 
 def test_a_short_soak_under_faults_breaks_no_promise():
