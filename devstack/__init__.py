@@ -8,6 +8,7 @@ subprocesses configured to use them. Nothing here is used in production.
 from __future__ import annotations
 
 import contextlib
+import http.client
 import os
 import shutil
 import signal
@@ -135,14 +136,40 @@ def start_worker(env: Mapping[str, str], log_path: Path, cwd: Path | None = None
 
 
 def start_rest(env: Mapping[str, str], port: int, log_path: Path) -> Service:
-    """The REST service on ``port``; its probe port (``METRICS_PORT``) is a free one, in
-    ``extra["metrics_port"]``."""
+    """The REST service on ``port`` (``uvicorn --factory rest.app:create_app``); its probe port
+    (``METRICS_PORT``) is a free one, never ``port``, in ``extra["metrics_port"]``. Ready once
+    uvicorn itself answers ``GET /`` (a port that merely accepts may be the probes' server of a
+    uvicorn that then fails to bind, and exits: the first request would be reset)."""
     probe_port = free_port()
-    command = [sys.executable, "-m", "uvicorn", "rest.app:app", "--host", "127.0.0.1",
-               "--port", str(port), "--no-access-log"]
+    while probe_port == port:
+        probe_port = free_port()
+    command = [sys.executable, "-m", "uvicorn", "--factory", "rest.app:create_app", "--host",
+               "127.0.0.1", "--port", str(port), "--no-access-log"]
     process = _spawn(command, log_path, {**env, "METRICS_PORT": str(probe_port)}, cwd=ROOT)
-    wait_for_port(port, timeout_s=30, process=process)
+    wait_for_http(port, timeout_s=30, process=process)
     return Service(process, port, log_path, {"metrics_port": str(probe_port)})
+
+
+def wait_for_http(port: int, timeout_s: float = 20.0, process: subprocess.Popen | None = None
+                  ) -> None:
+    """Wait until uvicorn answers ``GET /`` on loopback ``port``, whatever the status (and
+    ``process``, when given, still runs after it)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"{process.args[0]} exited with code {process.returncode}")
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+        try:
+            connection.request("GET", "/")
+            if connection.getresponse().getheader("server") == "uvicorn" and \
+                    (process is None or process.poll() is None):
+                return
+        except (OSError, http.client.HTTPException):
+            pass
+        finally:
+            connection.close()
+        time.sleep(0.1)
+    raise TimeoutError(f"127.0.0.1:{port} : no answer from uvicorn within {timeout_s} s")
 
 
 class TcpProxy:
