@@ -19,7 +19,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,7 @@ from separation.queue import WAITING_LISTS
 from separation.settings import Settings
 from separation.status import StatusStore
 from tests.inprocess import InProcessRest
+from tests.reliability.accounting import ROWS, FaultRow, write_summary
 from worker.__main__ import build_worker
 from worker.weights import describe
 from worker.worker import Worker
@@ -54,6 +55,25 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         for fixture in getattr(item, "fixturenames", ()):
             if fixture in MARKED_BY:
                 item.add_marker(MARKED_BY[fixture])
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """A pytest-xdist process hands its reliability rows to the controller."""
+    output = getattr(session.config, "workeroutput", None)
+    if output is not None:
+        output["reliability_rows"] = json.dumps([asdict(row) for row in ROWS])
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: Any) -> None:
+    rows = getattr(node, "workeroutput", {}).get("reliability_rows")
+    if rows:
+        ROWS.extend(FaultRow(**row) for row in json.loads(rows))
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if getattr(terminalreporter.config, "workeroutput", None) is None:  # not an xdist process
+        write_summary(terminalreporter)
 
 
 @pytest.fixture(scope="session")

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 TRIALS = int(os.environ.get("RELIABILITY_TRIALS", "3"))
 
@@ -23,3 +25,25 @@ class FaultRow:
 
 
 ROWS: list[FaultRow] = []
+
+
+def write_summary(terminalreporter) -> None:
+    """The table, at the end of the run; and as JSON into ``RELIABILITY_REPORT`` if set."""
+    if not ROWS:
+        return
+    header = f"{'fault':<34} {'trials':>6} {'jobs':>5} {'done':>5} {'failed':>6} " \
+             f"{'lost':>5} {'dup':>4} {'stuck':>5} {'twice':>5} {'regr':>4}"
+    terminalreporter.write_sep("=", "reliability summary")
+    terminalreporter.write_line(header)
+    for r in ROWS:
+        terminalreporter.write_line(
+            f"{r.fault:<34} {r.trials:>6} {r.jobs:>5} {r.done:>5} {r.failed_with_reason:>6} "
+            f"{r.lost:>5} {r.duplicated:>4} {r.stuck:>5} {_cell(r.run_twice):>5} "
+            f"{_cell(r.regressed):>4}")
+    target = os.environ.get("RELIABILITY_REPORT")
+    if target:
+        Path(target).write_text(json.dumps([asdict(r) for r in ROWS], indent=2) + "\n")
+
+
+def _cell(value: int | None) -> str:
+    return "-" if value is None else str(value)
