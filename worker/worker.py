@@ -128,11 +128,10 @@ class Worker:
 
     def __init__(self, settings: Settings, parts: Parts) -> None:
         self.settings = settings
-        self.worker_id = parts.worker_id
-        self.models, self.queue, self.status = parts.models, parts.queue, parts.status
-        self.storage, self.inputs, self.tracks = parts.storage, parts.inputs, parts.tracks
-        self.long_songs, self.separator, self.device = parts.long_songs, parts.separator, \
-            parts.device
+        self.worker_id, self.models = parts.worker_id, parts.models
+        self.queue, self.status, self.storage = parts.queue, parts.status, parts.storage
+        self.inputs, self.tracks, self.long_songs = parts.inputs, parts.tracks, parts.long_songs
+        self.separator, self.device = parts.separator, parts.device
         self.stop = parts.stop  # the SIGTERM and SIGINT handler
         self.stopping, self.abort = self.stop.stopping, self.stop.abort
         self.heartbeat, self.cancels = parts.heartbeat, parts.cancels
