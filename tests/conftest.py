@@ -3,8 +3,8 @@ as subprocesses or in this process, the REST service as a uvicorn subprocess or 
 
 Nothing here mocks Redis or S3: the worker under test is ``python worker/worker.py`` talking to
 real servers on loopback. Its Demucs is the stand-in (``devstack.standin_demucs``: numpy, no
-torch) unless the test asks for the real CLI with the ``demucs_cli`` fixture (then the built-in
-``demucs_unittest`` model runs).
+torch) unless the test asks for the real CLI with the ``demucs_cli`` fixture, directly or
+through another (``small_model``): then the built-in ``demucs_unittest`` model runs.
 
 The fixtures mark the tests that use them (``pytest_collection_modifyitems``), so a test is in
 the right tier without a decorator: ``demucs`` (the real CLI or torch), ``rest_process`` (a
@@ -45,8 +45,7 @@ from worker.worker import Worker
 SHARED_SAMPLES = devstack.ROOT.parent / "shared" / "samples"
 STANDIN_DEMUCS = f"python {devstack.ROOT / 'devstack' / 'standin_demucs.py'}"
 """``DEMUCS_COMMAND`` of the tests' workers unless they ask for ``demucs_cli``."""
-MARKED_BY = {"demucs_cli": "demucs", "small_model": "demucs", "start_rest": "rest_process",
-             "browser_page": "browser"}
+MARKED_BY = {"demucs_cli": "demucs", "start_rest": "rest_process", "browser_page": "browser"}
 """The marker each fixture gives the tests that use it, directly or through another."""
 
 
@@ -317,9 +316,10 @@ def rest(start_rest: Callable[..., RestService]) -> RestService:
 
 
 @pytest.fixture(scope="session")
-def small_model(tmp_path_factory: pytest.TempPathFactory) -> Model:
+def small_model(tmp_path_factory: pytest.TempPathFactory, demucs_cli: tuple[str, ...]) -> Model:
     """``small_ht``, a small htdemucs with random weights (``bench.model``), as the registry
-    lists a model of one's own: its folder and its file's SHA-256."""
+    lists a model of one's own: its folder and its file's SHA-256. Built with torch and run by
+    the real CLI (``demucs_cli``)."""
     from bench.model import build_htdemucs
 
     repo = build_htdemucs(tmp_path_factory.mktemp("models"), "small_ht", channels=8, t_layers=1)

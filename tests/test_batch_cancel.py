@@ -1,6 +1,6 @@
 """Cancel inside a batch: the cancelled job ends within seconds, the others of its Demucs call
 finish with one re-run at most, and no Demucs temp dir is left (real Redis and S3; the stand-in
-Demucs CLI, slowed to 8 s an input so that the cancels land while it runs).
+Demucs CLI, slowed to 5 s an input so that the cancels land while it runs).
 
 Two songs are queued before the worker starts, so one Demucs call takes both (``BATCH_MAX``),
 and the cancel is the one key a Redis-only client writes (``SET job:<id>:cancel 1``).
@@ -21,7 +21,7 @@ from worker.cancel import Interrupt
 # The promise: CANCEL_POLL_S (0.5 s) + Demucs' own 0.25 s check + the kill, well within 2 s;
 # twice that for a busy 2-core test machine.
 CANCEL_DEADLINE_S = 4.0
-BATCH = {"BATCH_MAX": "4", "JOB_TIMEOUT_S": "600", "STANDIN_DEMUCS_DELAY_S": "8"}
+BATCH = {"BATCH_MAX": "4", "JOB_TIMEOUT_S": "600", "STANDIN_DEMUCS_DELAY_S": "5"}
 
 
 def _queue_batch(stack, make_song, *ids: str) -> None:

@@ -78,7 +78,7 @@ def test_a_killed_chunk_holder_is_redone_and_the_join_happens_once(stack, make_s
 def test_a_chunk_that_keeps_failing_fails_the_song(stack, make_song):
     songhash = stack.upload_song(make_song(seconds=13.0, seed=23))
     stack.start_worker(**CHUNKING, JOB_TIMEOUT_S="0.3", MAX_ATTEMPTS="2",
-                       STANDIN_DEMUCS_DELAY_S="5")
+                       STANDIN_DEMUCS_DELAY_S="2")
     stack.push({"songhash": songhash, "id": "long-fail"})
     record = stack.wait_for("long-fail", timeout_s=120)
     assert record["state"] == "failed", record

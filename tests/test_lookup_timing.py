@@ -35,7 +35,7 @@ def slower_share(first: list[float], second: list[float]) -> float:
 
 def test_another_clients_job_and_no_job_take_the_same_time(stack, start_rest, make_song):
     rest = start_rest(API_KEYS=API_KEYS)
-    alice_job = Client(rest.url, "alice").send(make_song(seconds=1))["id"]
+    alice_job = Client(rest, "alice").send(make_song(seconds=1))["id"]
     paths = {"theirs": f"/apiv1/status/{alice_job}",
              "none": f"/apiv1/status/{'e' * len(alice_job)}",
              "none again": f"/apiv1/status/{'f' * len(alice_job)}"}

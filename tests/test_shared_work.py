@@ -31,7 +31,7 @@ RUN_FIELDS = ("callback_error", "worker", "elapsed_s", "runs_as", "client")
 def test_a_client_that_joins_sees_the_result_and_nothing_of_the_other_request(
         stack, start_rest, make_song, webhook):
     rest = start_rest(API_KEYS=API_KEYS)
-    alice, bob = Client(rest.url, "alice"), Client(rest.url, "bob")
+    alice, bob = Client(rest, "alice"), Client(rest, "bob")
     song = make_song(seconds=2, seed=3)
     a_job = alice.send(song, ALICE_HOOK)["id"]
 

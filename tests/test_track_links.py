@@ -35,7 +35,7 @@ def assert_refused(response: requests.Response) -> None:
 def separated(stack, start_rest, make_song):
     """Alice's song, separated; her REST service (links last TRACK_LINK_TTL_S=30 s)."""
     rest = start_rest(API_KEYS=API_KEYS, TRACK_LINK_TTL_S="30")
-    alice = Client(rest.url, "alice")
+    alice = Client(rest, "alice")
     stack.start_worker()
     job = alice.send(make_song(seconds=2, seed=5))
     assert alice.done(job["id"])["state"] == "done"
@@ -81,7 +81,7 @@ def test_a_link_serves_its_one_track_to_its_client_until_it_expires(separated, s
     assert alice.get(f"/apiv1/status/{status['id']}").json()["tracks"]["vocals"]  # all kept
 
     brief = start_rest(API_KEYS=API_KEYS, TRACK_LINK_TTL_S="1")  # the same Redis and S3
-    short = Client(brief.url, "alice").status(status["id"])["links"]["vocals"]
+    short = Client(brief, "alice").status(status["id"])["links"]["vocals"]
     expires = int(parse_qs(urlsplit(short).query)["expires"][0])
     wait_until(lambda: time.time() > expires + 0.5, timeout_s=10)
     assert_refused(fetch(brief, short))
