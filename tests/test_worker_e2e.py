@@ -1,4 +1,6 @@
-"""The worker end to end: real redis-server, real S3 server, real Demucs CLI."""
+"""The worker end to end: real redis-server, real S3 server; the real Demucs CLI for a song's
+path, a model refused before Demucs and the CUDA fallback, the stand-in for the worker's own
+behaviour (signals, order, objects, callbacks)."""
 
 from __future__ import annotations
 
@@ -17,7 +19,8 @@ from separation.contract import TRACKS, Keys
 from separation.webhook import verify_delivery
 from tests.waiting import wait_until
 
-pytestmark = pytest.mark.usefixtures("demucs_cli")  # one end-to-end run per path on the real CLI
+REAL_CLI = pytest.mark.usefixtures("demucs_cli")  # the path end to end on the real Demucs CLI
+SLOW_STANDIN = {"STANDIN_DEMUCS_DELAY_S": "3"}  # a signal lands while the stand-in runs
 
 SECRET = "test-webhook-secret"
 
@@ -28,6 +31,7 @@ def _mp3_duration(stack, key: str, tmp: Path) -> float:
     return MP3(path).info.length
 
 
+@REAL_CLI
 def test_job_runs_end_to_end(stack, song, webhook, tmp_path):
     songhash = stack.upload_song(song)
     worker = stack.start_worker(WEBHOOK_SECRET=SECRET)
@@ -103,6 +107,7 @@ def test_jobs_are_taken_in_the_order_pushed(stack, make_song):
     assert started == sorted(started)
 
 
+@REAL_CLI
 def test_a_model_not_installed_fails_at_start(stack, make_song):
     """A job naming a model the registry does not hold never reaches Demucs (which would look
     the name up on the model hub): failed at start, one attempt, with the installed ones."""
@@ -120,7 +125,7 @@ def test_a_model_not_installed_fails_at_start(stack, make_song):
 
 def test_killed_worker_job_is_finished_by_another(stack, song):
     songhash = stack.upload_song(song)
-    first = stack.start_worker()
+    first = stack.start_worker(**SLOW_STANDIN)
     stack.push({"songhash": songhash, "id": "killed"})
     stack.wait_for_stage("killed", "separating")
     first.send_signal(signal.SIGKILL)
@@ -135,7 +140,7 @@ def test_killed_worker_job_is_finished_by_another(stack, song):
 
 def test_sigterm_during_a_job_finishes_it_and_exits_0(stack, song):
     songhash = stack.upload_song(song)
-    worker = stack.start_worker(SHUTDOWN_GRACE_S="120")  # ample even on a busy machine
+    worker = stack.start_worker(SHUTDOWN_GRACE_S="120", **SLOW_STANDIN)  # ample grace
     stack.push({"songhash": songhash, "id": "term"})
     stack.wait_for_stage("term", "separating")
     worker.send_signal(signal.SIGTERM)
@@ -147,7 +152,7 @@ def test_sigterm_during_a_job_finishes_it_and_exits_0(stack, song):
 
 def test_sigterm_past_the_grace_requeues_the_job(stack, song):
     songhash = stack.upload_song(song)
-    worker = stack.start_worker(SHUTDOWN_GRACE_S="0.2")
+    worker = stack.start_worker(SHUTDOWN_GRACE_S="0.2", **SLOW_STANDIN)
     stack.push({"songhash": songhash, "id": "requeued"})
     stack.wait_for_stage("requeued", "separating")
     worker.send_signal(signal.SIGTERM)
@@ -159,6 +164,7 @@ def test_sigterm_past_the_grace_requeues_the_job(stack, song):
     assert stack.wait_for("requeued")["state"] == "done"
 
 
+@REAL_CLI
 def test_cuda_failure_retries_once_on_the_cpu(stack, make_song):
     # This machine's torch has no CUDA: Demucs on -d cuda fails, as a broken GPU would.
     songhash = stack.upload_song(make_song(seconds=1.5))
