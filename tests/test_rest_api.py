@@ -161,11 +161,11 @@ def wait_for_calls(webhook, count: int) -> None:
     assert len(webhook.calls) == count
 
 
-def test_queue_lists_songs_in_the_order_they_will_run(stack, rest, make_song):
+def test_queue_lists_songs_in_the_order_they_will_run(stack, api, make_song):
     songs = [make_song(seconds=1, seed=i, name=f"q{i}.mp3") for i in range(3)]
     ids = []
     for song in songs:
-        response = rest.post(f"{rest.url}/apiv1/separate", json={"mp3": b64(song)},
+        response = api.post(f"{api.url}/apiv1/separate", json={"mp3": b64(song)},
                                  timeout=TIMEOUT_S)
         ids.append(response.json()["id"])
     hashes = [hashlib.sha256(s.read_bytes()).hexdigest() for s in songs]
@@ -177,25 +177,25 @@ def test_queue_lists_songs_in_the_order_they_will_run(stack, rest, make_song):
                     "object": f"chunks/long/c{index}.wav", "chunk_of": "long"})
     stack.push({"id": "long-join", "join_of": "long"})
     # a song under way runs first: its chunks and join, then the songs queued, in order
-    queue = rest.get(f"{rest.url}/apiv1/queue", timeout=TIMEOUT_S)
+    queue = api.get(f"{api.url}/apiv1/queue", timeout=TIMEOUT_S)
     assert queue.status_code == 200 and queue.json() == {
         "queue": [long_song, *hashes], "total": 7, "offset": 0, "limit": 100, "next": None}
     for position, job_id in enumerate(ids, start=4):
-        record = rest.get(f"{rest.url}/apiv1/status/{job_id}", timeout=TIMEOUT_S).json()
+        record = api.get(f"{api.url}/apiv1/status/{job_id}", timeout=TIMEOUT_S).json()
         assert record["state"] == "queued" and record["position"] == position
         assert record["attempts"] == 0 and record["tracks"] == {}
         assert not any(name.startswith("queue_") for name in record)
     # pages: a bounded slice and the path of the next; the limit is capped by the setting
-    first = rest.get(f"{rest.url}/apiv1/queue?limit=3", timeout=TIMEOUT_S).json()
+    first = api.get(f"{api.url}/apiv1/queue?limit=3", timeout=TIMEOUT_S).json()
     assert first["queue"] == [long_song] and first["next"] == "/apiv1/queue?offset=3&limit=3"
-    second = rest.get(f"{rest.url}{first['next']}", timeout=TIMEOUT_S).json()
+    second = api.get(f"{api.url}{first['next']}", timeout=TIMEOUT_S).json()
     assert second["queue"] == hashes and second["next"] == "/apiv1/queue?offset=6&limit=3"
-    third = rest.get(f"{rest.url}{second['next']}", timeout=TIMEOUT_S).json()
+    third = api.get(f"{api.url}{second['next']}", timeout=TIMEOUT_S).json()
     assert third["queue"] == [] and third["total"] == 7  # the broken job is skipped
     assert third["next"] is None
-    assert rest.get(f"{rest.url}/apiv1/queue?offset=4&limit=5000",
+    assert api.get(f"{api.url}/apiv1/queue?offset=4&limit=5000",
                         timeout=TIMEOUT_S).json()["limit"] == 1000
-    assert_error(rest.get(f"{rest.url}/apiv1/queue?limit=0", timeout=TIMEOUT_S), 400,
+    assert_error(api.get(f"{api.url}/apiv1/queue?limit=0", timeout=TIMEOUT_S), 400,
                  "limit")
     # a worker takes the long song's jobs and the first song; a Redis-only producer's job
     # lands behind: positions move
@@ -203,17 +203,17 @@ def test_queue_lists_songs_in_the_order_they_will_run(stack, rest, make_song):
     assert [json.loads(queue.take("w", 0.1))["id"] for _ in range(4)] == [
         "long-c0", "long-c1", "long-join", ids[0]]
     stack.push({"songhash": "ef" * 32})
-    assert [rest.get(f"{rest.url}/apiv1/status/{job_id}", timeout=TIMEOUT_S).json()[
+    assert [api.get(f"{api.url}/apiv1/status/{job_id}", timeout=TIMEOUT_S).json()[
         "position"] for job_id in ids[1:]] == [1, 2]
-    assert_error(rest.get(f"{rest.url}/apiv1/track/{hashes[0]}/vocals", timeout=TIMEOUT_S),
+    assert_error(api.get(f"{api.url}/apiv1/track/{hashes[0]}/vocals", timeout=TIMEOUT_S),
                  404, "not separated yet: queued")
 
 
-def test_multipart_upload_with_fields(stack, rest, make_song):
+def test_multipart_upload_with_fields(stack, api, make_song):
     song = make_song(seconds=1)
     with song.open("rb") as handle:
-        response = requests.post(
-            f"{rest.url}/apiv1/separate", timeout=TIMEOUT_S,
+        response = api.post(
+            f"{api.url}/apiv1/separate", timeout=TIMEOUT_S,
             files={"file": ("my song.mp3", handle, "audio/mpeg")},
             data={"model": "demucs_unittest", "stems": ["vocals,base", "drums"],
                   "callback": json.dumps({"url": "http://127.0.0.1:9/hook", "data": {"k": 1}})})
@@ -224,9 +224,9 @@ def test_multipart_upload_with_fields(stack, rest, make_song):
                    "callback": {"url": "http://127.0.0.1:9/hook", "data": {"k": 1}}}
 
 
-def test_bad_requests_answer_400_and_enqueue_nothing(stack, rest, make_song, tmp_path):
+def test_bad_requests_answer_400_and_enqueue_nothing(stack, api, make_song, tmp_path):
     song = b64(make_song(seconds=1))
-    url = f"{rest.url}/apiv1/separate"
+    url = f"{api.url}/apiv1/separate"
     text_file = base64.b64encode(b"hello, this is not a song\n" * 50).decode()
     cases = [
         ({"data": "{not json", "headers": {"Content-type": "application/json"}}, "not valid JSON"),
@@ -250,12 +250,12 @@ def test_bad_requests_answer_400_and_enqueue_nothing(stack, rest, make_song, tmp
                     "callback": (None, "{oops")}}, "'callback' is not valid JSON"),
     ]
     for kwargs, text in cases:
-        assert_error(requests.post(url, timeout=TIMEOUT_S, **kwargs), 400, text)
+        assert_error(api.post(url, timeout=TIMEOUT_S, **kwargs), 400, text)
     assert len(stack.waiting()) == 0
     assert not list(stack.minio.list_objects(stack.queue_bucket))
 
 
-def test_unknown_things_answer_404_with_a_reason(rest):
+def test_unknown_things_answer_404_with_a_reason(api):
     songhash = "0" * 64
     cases = [
         ("/apiv1/status/nosuchjob", "no job or song 'nosuchjob'"),
@@ -268,9 +268,9 @@ def test_unknown_things_answer_404_with_a_reason(rest):
         ("/apiv1/nothing-here", "Not Found"),
     ]
     for path, text in cases:
-        assert_error(requests.get(rest.url + path, timeout=TIMEOUT_S), 404, text)
-    assert_error(requests.put(f"{rest.url}/apiv1/queue", timeout=TIMEOUT_S), 405, "Not Allowed")
-    assert_error(rest.get(f"{rest.url}/apiv1/track/{songhash}/vocals?redirect=maybe",
+        assert_error(api.get(api.url + path, timeout=TIMEOUT_S), 404, text)
+    assert_error(api.put(f"{api.url}/apiv1/queue", timeout=TIMEOUT_S), 405, "Not Allowed")
+    assert_error(api.get(f"{api.url}/apiv1/track/{songhash}/vocals?redirect=maybe",
                               timeout=TIMEOUT_S), 400, "redirect")
 
 
@@ -302,28 +302,28 @@ def test_over_max_input_mb_answers_413(stack, start_rest, make_song):
     assert len(stack.waiting()) == 1
 
 
-def test_api_token_guards_every_apiv1_route(stack, start_rest, make_song):
-    rest = start_rest(API_TOKEN="test-token-123")
+def test_api_token_guards_every_apiv1_route(stack, start_api, make_song):
+    rest = start_api(API_TOKEN="test-token-123")
     queue_url = f"{rest.url}/apiv1/queue"
-    missing = requests.get(queue_url, timeout=TIMEOUT_S)
+    missing = rest.get(queue_url, timeout=TIMEOUT_S)
     assert_error(missing, 401, "Authorization: Bearer")
     assert missing.headers["www-authenticate"] == "Bearer"
-    assert_error(requests.get(queue_url, headers={"Authorization": "Bearer wrong"},
+    assert_error(rest.get(queue_url, headers={"Authorization": "Bearer wrong"},
                               timeout=TIMEOUT_S), 401, "not valid")
     for path in ("/apiv1/status/x", f"/apiv1/track/{'0' * 64}/vocals",
                  f"/apiv1/remove/{'0' * 64}/all"):
-        assert requests.get(rest.url + path, timeout=TIMEOUT_S).status_code == 401, path
+        assert rest.get(rest.url + path, timeout=TIMEOUT_S).status_code == 401, path
     assert rest.post(f"{rest.url}/apiv1/separate", timeout=TIMEOUT_S,
                          json={"mp3": b64(make_song(seconds=1))}).status_code == 401
     assert len(stack.waiting()) == 0
     good = {"Authorization": "Bearer test-token-123"}
-    assert requests.get(queue_url, headers=good, timeout=TIMEOUT_S).json()["queue"] == []
-    assert requests.get(queue_url + "?access_token=test-token-123", timeout=TIMEOUT_S).ok
+    assert rest.get(queue_url, headers=good, timeout=TIMEOUT_S).json()["queue"] == []
+    assert rest.get(queue_url + "?access_token=test-token-123", timeout=TIMEOUT_S).ok
     for method, path in (("GET", "/"), ("POST", "/"), ("GET", "/healthz")):
-        assert requests.request(method, rest.url + path, json={}, timeout=TIMEOUT_S).ok, path
+        assert rest.request(method, rest.url + path, json={}, timeout=TIMEOUT_S).ok, path
     for path in ("/docs", "/openapi.json"):  # the API's description is the holders' business
-        assert requests.get(rest.url + path, timeout=TIMEOUT_S).status_code == 401, path
-        assert requests.get(rest.url + path, headers=good, timeout=TIMEOUT_S).ok, path
+        assert rest.get(rest.url + path, timeout=TIMEOUT_S).status_code == 401, path
+        assert rest.get(rest.url + path, headers=good, timeout=TIMEOUT_S).ok, path
 
 
 def test_docs_are_open_without_a_token_and_presigned_urls_last_presign_ttl_s(stack, start_rest):
@@ -343,13 +343,13 @@ def test_docs_are_open_without_a_token_and_presigned_urls_last_presign_ttl_s(sta
     assert requests.get(redirect.headers["location"], timeout=TIMEOUT_S).content == b"x" * 10
 
 
-def test_get_with_a_null_json_body_is_served(rest):
-    queue = rest.get(f"{rest.url}/apiv1/queue", json=None, timeout=TIMEOUT_S, **JSON_NULL)
+def test_get_with_a_null_json_body_is_served(api):
+    queue = api.get(f"{api.url}/apiv1/queue", json=None, timeout=TIMEOUT_S, **JSON_NULL)
     assert queue.status_code == 200 and queue.json()["queue"] == []
-    status = rest.get(f"{rest.url}/apiv1/status/none", timeout=TIMEOUT_S, **JSON_NULL)
+    status = api.get(f"{api.url}/apiv1/status/none", timeout=TIMEOUT_S, **JSON_NULL)
     assert_error(status, 404, "no job")
-    assert rest.get(f"{rest.url}/", timeout=TIMEOUT_S, **JSON_NULL).status_code == 200
-    assert rest.get(f"{rest.url}/healthz", timeout=TIMEOUT_S, **JSON_NULL).json()["ok"]
+    assert api.get(f"{api.url}/", timeout=TIMEOUT_S, **JSON_NULL).status_code == 200
+    assert api.get(f"{api.url}/healthz", timeout=TIMEOUT_S, **JSON_NULL).json()["ok"]
 
 
 def test_root_answers_200_and_logs_posted_callbacks(stack, start_rest):
