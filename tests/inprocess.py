@@ -20,8 +20,10 @@ from anyio.from_thread import start_blocking_portal
 from rest.app import create_app
 from separation.settings import Settings
 
-BASE_URL = "http://127.0.0.1:5000"
-"""What the app sees as its own address (a loopback name ``ALLOWED_HOSTS`` allows)."""
+BASE_URL = "http://127.0.0.1:9"
+"""What the app sees as its own address: a loopback name ``ALLOWED_HOSTS`` allows, on the
+discard port, where nothing listens: a test that sent a request there past this client (with
+``requests``) would fail at once, never reach another service on this machine."""
 
 
 class InProcessRest:

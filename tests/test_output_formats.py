@@ -7,7 +7,6 @@ import io
 import time
 
 import numpy as np
-import requests
 import soundfile
 import sphn
 
@@ -109,64 +108,64 @@ def test_an_invalid_format_pushed_onto_redis_is_a_recorded_failure(stack, make_s
     assert not list(stack.minio.list_objects(stack.output_bucket))
 
 
-def test_flac_after_mp3_is_flac_and_each_format_is_deduplicated(stack, rest, song):
+def test_flac_after_mp3_is_flac_and_each_format_is_deduplicated(stack, api, song):
     stack.start_worker()
     songhash = hashlib.sha256(song.read_bytes()).hexdigest()
-    first = rest.post(f"{rest.url}/apiv1/separate", timeout=TIMEOUT_S,
+    first = api.post(f"{api.url}/apiv1/separate", timeout=TIMEOUT_S,
                           json={"mp3": b64(song), "stems": ["vocals"]}).json()
-    mp3 = wait_done(rest, first["id"])
+    mp3 = wait_done(api, first["id"])
     assert mp3["tracks"] == {"vocals": f"{songhash}-vocals.mp3"}
     assert mp3["urls"] == {"vocals": f"/apiv1/track/{songhash}/vocals"}  # as before formats
 
     # the same song and stems as FLAC (a multipart upload): separated again, as FLAC
-    flac_answer = requests.post(
-        f"{rest.url}/apiv1/separate", timeout=TIMEOUT_S,
+    flac_answer = api.post(
+        f"{api.url}/apiv1/separate", timeout=TIMEOUT_S,
         files={"file": ("song.mp3", song.read_bytes(), "audio/mpeg")},
         data={"stems": "vocals", "format": "flac"}).json()
     assert flac_answer["id"] != first["id"], flac_answer
     assert flac_answer["reason"] == "Song enqueued for separation"
-    flac = wait_done(rest, flac_answer["id"])
+    flac = wait_done(api, flac_answer["id"])
     assert flac["state"] == "done" and flac["format"] == "flac", flac
     assert flac["tracks"] == {"vocals": f"{songhash}-vocals.flac"}
     assert flac["urls"] == {"vocals": f"/apiv1/track/{songhash}/vocals.flac"}
-    got = rest.get(f"{rest.url}{flac['urls']['vocals']}", timeout=TIMEOUT_S)
+    got = api.get(f"{api.url}{flac['urls']['vocals']}", timeout=TIMEOUT_S)
     assert got.status_code == 200 and got.headers["content-type"] == "audio/flac"
     assert got.content[:4] == b"fLaC"
     assert 'filename="' + songhash[:12] + '-vocals.flac"' in got.headers["content-disposition"]
     assert soundfile.info(io.BytesIO(got.content)).frames == _input_samples(song)
-    still_mp3 = rest.get(f"{rest.url}/apiv1/track/{songhash}/vocals", timeout=TIMEOUT_S)
+    still_mp3 = api.get(f"{api.url}/apiv1/track/{songhash}/vocals", timeout=TIMEOUT_S)
     assert still_mp3.headers["content-type"] == "audio/mpeg" and still_mp3.content[:3] != b"fLa"
 
     # each format again: answered from what exists, in that format
     for fields, job in (({}, mp3), ({"format": "flac"}, flac)):
-        again = rest.post(f"{rest.url}/apiv1/separate", timeout=TIMEOUT_S,
+        again = api.post(f"{api.url}/apiv1/separate", timeout=TIMEOUT_S,
                               json={"mp3": b64(song), "stems": ["vocals"], **fields}).json()
         assert again["id"] == job["id"] and "already separated" in again["reason"], again
     # a 24-bit WAV is another encoding still
-    wav = rest.post(f"{rest.url}/apiv1/separate", timeout=TIMEOUT_S, json={
+    wav = api.post(f"{api.url}/apiv1/separate", timeout=TIMEOUT_S, json={
         "mp3": b64(song), "stems": ["vocals"], "format": "wav", "bit_depth": 24}).json()
     assert wav["id"] not in (mp3["id"], flac["id"]), wav
-    record = wait_done(rest, wav["id"])
+    record = wait_done(api, wav["id"])
     assert record["urls"] == {"vocals": f"/apiv1/track/{songhash}/vocals.wav?bit_depth=24"}
-    got = rest.get(f"{rest.url}{record['urls']['vocals']}", timeout=TIMEOUT_S)
+    got = api.get(f"{api.url}{record['urls']['vocals']}", timeout=TIMEOUT_S)
     assert got.headers["content-type"] == "audio/wav"
     assert soundfile.info(io.BytesIO(got.content)).subtype == "PCM_24"
-    assert_error(rest.get(f"{rest.url}/apiv1/track/{songhash}/vocals.wav", timeout=TIMEOUT_S),
+    assert_error(api.get(f"{api.url}/apiv1/track/{songhash}/vocals.wav", timeout=TIMEOUT_S),
                  404, "does not exist in that format")
 
 
-def test_invalid_formats_are_refused_with_400(rest, song):
+def test_invalid_formats_are_refused_with_400(api, song):
     for fields, reason in (({"format": "ogg"}, "format must be one of mp3, flac, wav"),
                            ({"bitrate": 1000}, "bitrate must be one of"),
                            ({"format": "flac", "bitrate": 192}, "bitrate applies to format mp3"),
                            ({"format": "wav", "bit_depth": 8}, "bit_depth must be 16 or 24")):
-        assert_error(rest.post(f"{rest.url}/apiv1/separate", timeout=TIMEOUT_S,
+        assert_error(api.post(f"{api.url}/apiv1/separate", timeout=TIMEOUT_S,
                                    json={"mp3": b64(song), **fields}), 400, reason)
-    assert_error(rest.post(f"{rest.url}/apiv1/separate", timeout=TIMEOUT_S,
+    assert_error(api.post(f"{api.url}/apiv1/separate", timeout=TIMEOUT_S,
                                files={"file": ("s.mp3", song.read_bytes(), "audio/mpeg")},
                                data={"bitrate": "loud"}), 400, "bitrate")
     songhash = "b" * 64
-    assert_error(rest.get(f"{rest.url}/apiv1/track/{songhash}/vocals.mp3?bit_depth=24",
+    assert_error(api.get(f"{api.url}/apiv1/track/{songhash}/vocals.mp3?bit_depth=24",
                               timeout=TIMEOUT_S), 400, "bit_depth applies to formats flac")
-    assert_error(rest.get(f"{rest.url}/apiv1/track/{songhash}/vocals.ogg",
+    assert_error(api.get(f"{api.url}/apiv1/track/{songhash}/vocals.ogg",
                               timeout=TIMEOUT_S), 404, "unknown track")

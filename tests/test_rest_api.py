@@ -375,7 +375,7 @@ def test_root_answers_200_and_logs_posted_callbacks(stack, start_rest):
     assert {"verified", "INVALID"} == {line.rsplit(" ", 1)[1] for line in received}
 
 
-def test_health_metrics_and_outages_answer_json(stack, rest, start_rest):
+def test_health_metrics_and_outages_answer_json(stack, rest, start_api):
     health = rest.get(f"{rest.url}/healthz", timeout=TIMEOUT_S)
     assert health.status_code == 200 and health.json() == {"ok": True, "reason": "ok"}
     rest.get(f"{rest.url}/apiv1/queue", timeout=TIMEOUT_S)
@@ -385,27 +385,27 @@ def test_health_metrics_and_outages_answer_json(stack, rest, start_rest):
     assert 'demucs_rest_queue_depth{lane="normal"} 0.0' in metrics
 
     # Redis and MinIO gone: every answer is still JSON, with no traceback
-    down = start_rest(REDIS_PORT=str(_closed_port()), MINIO_ENDPOINT=f"127.0.0.1:{_closed_port()}")
-    health = requests.get(f"{down.url}/healthz", timeout=TIMEOUT_S)
+    down = start_api(REDIS_PORT=str(_closed_port()), MINIO_ENDPOINT=f"127.0.0.1:{_closed_port()}")
+    health = down.get(f"{down.url}/healthz", timeout=TIMEOUT_S)
     assert health.status_code == 503 and not health.json()["ok"]
     assert "Redis unreachable" in health.json()["reason"]
     assert "MinIO unreachable" in health.json()["reason"]
-    assert_error(requests.get(f"{down.url}/apiv1/queue", timeout=TIMEOUT_S), 503, "Redis")
-    assert_error(requests.get(f"{down.url}/apiv1/track/{'0' * 64}/vocals", timeout=TIMEOUT_S),
+    assert_error(down.get(f"{down.url}/apiv1/queue", timeout=TIMEOUT_S), 503, "Redis")
+    assert_error(down.get(f"{down.url}/apiv1/track/{'0' * 64}/vocals", timeout=TIMEOUT_S),
                  503, "MinIO")
-    assert requests.get(f"{down.url}/", timeout=TIMEOUT_S).status_code == 200
+    assert down.get(f"{down.url}/", timeout=TIMEOUT_S).status_code == 200
 
 
 def metrics_text(rest) -> str:
     """Prometheus' page of a REST service: on METRICS_PORT, never on the API's port."""
-    port = rest.service.extra["metrics_port"]
+    port = rest.metrics_port
     return requests.get(f"http://127.0.0.1:{port}/metrics", timeout=TIMEOUT_S).text
 
 
-def test_metrics_are_not_on_the_api_port(rest):
+def test_metrics_are_not_on_the_api_port(api):
     """The ingress routes the API's port: Prometheus' page is on METRICS_PORT only."""
-    assert_error(rest.get(f"{rest.url}/metrics", timeout=TIMEOUT_S), 404, "Not Found")
-    assert "demucs_rest_requests_total" in metrics_text(rest)
+    assert_error(api.get(f"{api.url}/metrics", timeout=TIMEOUT_S), 404, "Not Found")
+    assert "demucs_rest_requests_total" in metrics_text(api)
 
 
 def _closed_port() -> int:
@@ -469,7 +469,7 @@ def test_two_models_keep_their_own_tracks(stack, start_rest, make_song, small_mo
 
 def test_probes_answer_on_a_port_of_their_own(stack, rest):
     """The kubelet's probes and Prometheus use METRICS_PORT, apart from the API's work."""
-    port = rest.service.extra["metrics_port"]
+    port = rest.metrics_port
     health = requests.get(f"http://127.0.0.1:{port}/healthz", timeout=TIMEOUT_S)
     assert health.status_code == 200 and health.json() == {"ok": True, "reason": "ok"}
     assert requests.get(f"http://127.0.0.1:{port}/", timeout=TIMEOUT_S).json() == {"ok": True}

@@ -190,7 +190,7 @@ def test_sigterm_while_redis_and_minio_are_down_exits_0_without_a_traceback(stac
 
 
 def test_callbacks_into_the_service_network_are_refused_and_recorded(stack, make_song,
-                                                                      webhook, rest):
+                                                                      webhook, api):
     """With local targets refused (the default outside make demo), a callback to loopback is
     not sent, the job still ends done, and its status says why; an allowlisted one is sent."""
     songhash = stack.upload_song(make_song(seconds=1))
@@ -202,7 +202,7 @@ def test_callbacks_into_the_service_network_are_refused_and_recorded(stack, make
     record = wait_until(lambda: (r := stack.status("refused")).get("callback_error") and r)
     assert "does not resolve to a public address" in record["callback_error"], record
     assert webhook.calls == []
-    status = rest.get(f"{rest.url}/apiv1/status/refused", timeout=10).json()
+    status = api.get(f"{api.url}/apiv1/status/refused", timeout=10).json()
     assert "webhook" not in status["timings"]  # a callback's duration is not shown
 
     strict.send_signal(signal.SIGTERM)
