@@ -78,7 +78,7 @@ class Settings:
     max_concurrent_uploads: int = 8  # REST: requests to separate received at once; more: 503
     max_uploads_per_client: int = 2  # REST: of those, one client's at once; more: 429
     body_timeout_s: float = 30.0  # REST: a request body's wait, plus its bytes' time at...
-    body_min_kbps: int = 256  # ...this pace (kilobits/s); slower: 408 (rest.pace)
+    body_min_kbps: int = 256  # ...this pace (kilobits/s); slower: 408 (rest.ingest.pace)
     job_timeout_s: float = 1800.0
     max_attempts: int = 3
     batch_max: int = 4
