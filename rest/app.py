@@ -94,6 +94,9 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         await run_in_threadpool(backend.ensure_buckets)
     except STORAGE_ERRORS as error:
         log.warning("MinIO unreachable at start (%s); buckets are made at the first upload", error)
+    if backend.owned:  # job records from before the clients' index of ids (rest.owners)
+        indexed = await run_in_threadpool(backend.owners.index_jobs)
+        log.info("clients' index of job ids: %d records of clients' jobs (re)indexed", indexed)
     probes = None
     if settings.metrics_port:  # the kubelet's probes: a thread and a port of their own
         try:

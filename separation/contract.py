@@ -199,6 +199,12 @@ class Keys:
         return f"client:{client}:song:{songhash}"
 
     @staticmethod
+    def client_ids(client: str) -> str:
+        """Sorted set of every job id a client was answered with, by time: where a job id is
+        looked up first, so that another client's job and no job are the same miss."""
+        return f"client:{client}:ids"
+
+    @staticmethod
     def followers(run_id: str) -> str:
         """Set of ``<client>/<job id>``: other requests whose job follows this job's work."""
         return f"job:{run_id}:followers"
