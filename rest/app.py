@@ -35,7 +35,7 @@ from rest.ingest.uploads import UploadSlots
 from rest.limits import Load, ShedLoad
 from rest.observability import QUEUE_DEPTH, CountRequests
 from rest.probes import STORAGE_ERRORS, HealthProbe
-from rest.routes import ROUTERS
+from rest.routes import API_ROUTERS, add_site_routes
 from separation.connections import SPARE_CONNECTIONS, connect_redis
 from separation.logs import configure_logging
 from separation.observability import serve
@@ -75,8 +75,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(ShedLoad, load=app.state.load)
     app.add_middleware(RefuseUnknownHosts, allowed_hosts=settings.allowed_host_names)  # first
     _add_error_handlers(app)
-    for router in ROUTERS:
+    for router in API_ROUTERS:
         app.include_router(router)
+    add_site_routes(app)
     return app
 
 

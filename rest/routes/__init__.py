@@ -8,7 +8,10 @@ them: ``rest.submission`` and ``rest.read_models``; who may see what: ``rest.ten
 
 from __future__ import annotations
 
-from rest.routes import account, jobs, results, separate, site
+from rest.routes import account, jobs, results, separate
+from rest.routes.site import add_site_routes
 
-ROUTERS = tuple(module.router for module in (separate, account, jobs, results, site))
-"""Every router of the service, in the order the app includes them."""
+API_ROUTERS = tuple(module.router for module in (separate, account, jobs, results))
+"""The ``/apiv1`` routers, in the order the app includes them."""
+
+__all__ = ["API_ROUTERS", "add_site_routes"]
