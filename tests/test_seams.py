@@ -14,11 +14,12 @@ import sys
 
 import numpy as np
 
-from bench.long_songs import snr_db
+from bench.measures import snr_db
 from bench.model import build_htdemucs
 from devstack.synth import write_song
 from separation.contract import DEMUCS_STEMS
-from worker.chunking import cut_chunks, plan_chunks, read_wav, stitch
+from worker.chunking import cut_chunks, plan_chunks, stitch
+from worker.pcm import read_wav
 
 SONG_S = 22.0
 

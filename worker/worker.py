@@ -76,13 +76,12 @@ from separation.retention import expires_at, prepare_buckets
 from separation.settings import Settings
 from separation.status import StatusStore
 from worker import errors
-from worker.bags import PrunedBag, pruned_bag
+from worker.bags import PrunedBag, pruned_bag, sources_for
 from worker.cancel import CancelWatch
 from worker.chunking import check_geometry
 from worker.demucs_cli import cuda_present
-from worker.encode import sources_for
 from worker.inputs import Inputs
-from worker.long_songs import LongSongs, wav_duration_s
+from worker.long_songs import LongSongs
 from worker.metrics import IN_FLIGHT
 from worker.outcomes import (
     CANCELLED,
@@ -98,6 +97,7 @@ from worker.outcomes import (
     outcome_of_error,
     remove_work_dir,
 )
+from worker.pcm import wav_duration_s
 from worker.separator import Separator
 from worker.task import JobKind, Task, live, timed
 from worker.tracks import Tracks
