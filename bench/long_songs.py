@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import subprocess
 import sys
@@ -32,21 +31,17 @@ from typing import Any
 import numpy as np
 
 import devstack
+from bench.measures import snr_db
 from bench.run import RESULTS, TINY, Bench, PeakRss, bench_model, write_results
 from devstack.synth import write_song
 from separation.contract import DEMUCS_STEMS
 from separation.settings import Settings, available_cpus
-from worker.chunking import cut_chunks, frames, plan_chunks, read_wav, stitch
+from worker.chunking import cut_chunks, frames, plan_chunks, stitch
+from worker.pcm import read_wav
 
 
 def _read(path: Path) -> np.ndarray:
     return read_wav(path).astype(np.float64)
-
-
-def snr_db(reference: np.ndarray, estimate: np.ndarray) -> float:
-    """10·log10 of the reference's energy over the difference's (inf when they are equal)."""
-    noise = float(np.sum((reference - estimate) ** 2))
-    return math.inf if noise == 0 else 10 * math.log10(float(np.sum(reference ** 2)) / noise)
 
 
 def _demucs(model: str, repo: str | None, inputs: list[Path], out: Path, threads: int) -> Path:

@@ -45,6 +45,7 @@ import requests
 from minio import Minio
 
 import devstack
+from bench.measures import snr_db
 from bench.model import (
     NAME,
     build_real_size_bag,
@@ -534,7 +535,6 @@ def bench_karaoke(bench: Bench, song: Path, bag: str, repo: str) -> dict[str, An
                              320, bench.threads)["vocals"]
     import sphn
 
-    from bench.long_songs import snr_db  # that module imports this one
 
     ours, theirs = (sphn.read(str(path))[0].astype("float64") for path in (service_mp3, raw_mp3))
     snr = snr_db(theirs, ours)

@@ -13,7 +13,7 @@ import lameenc
 import numpy as np
 
 from separation.mp3_frames import Frame, parse_header
-from worker.chunking import write_wav
+from worker.pcm import write_wav
 
 SAMPLE_RATE = 44100
 

@@ -1,22 +1,21 @@
 """The REST service's entry point: ``uvicorn --factory rest.app:create_app --port 5000``
 (``rest.app:app``, the same app built from the environment on first use, works too).
 
-Routes besides ``apiv1`` (``rest.api``): ``GET /`` (the page for a browser, a JSON 200 for
-anything else, such as a load balancer), ``POST /`` (job-outcome webhooks, logged),
-``/healthz`` and the OpenAPI docs at ``/docs``. Prometheus' ``/metrics`` is served only on
-``METRICS_PORT`` (with the probes), never on the API's port, which the ingress routes. Every
-error is JSON ``{"error": ..., "reason": ...}``; no traceback ever reaches a client. A request
-whose ``Host`` is not one of ``ALLOWED_HOSTS`` is refused before anything else (``rest.hosts``).
+``create_app(settings)`` builds the service (``uvicorn --factory rest.app:create_app``);
+``app`` is it built from the environment. The routes are ``rest.routes``': the lab's
+``apiv1``, the page, ``POST /`` (job-outcome webhooks, logged) and ``/healthz``; the OpenAPI
+docs at ``/docs``. Prometheus' ``/metrics`` is served only on ``METRICS_PORT`` (with the
+probes), never on the API's port, which the ingress routes. Every error is JSON
+``{"error": ..., "reason": ...}``; no traceback ever reaches a client. A request whose
+``Host`` is not one of ``ALLOWED_HOSTS`` is refused before anything else (``rest.hosts``).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
 
 import redis
 from anyio import to_thread
@@ -24,30 +23,27 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
-from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.responses import JSONResponse, Response
 from fastapi.telemetry import TelemetryConfig
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
-from rest import api
-from rest.backend import Backend, client_of, get_backend, require_token
+from rest.backend import Backend, require_token
 from rest.csrf import RefuseCrossSite
 from rest.hosts import RefuseUnknownHosts
+from rest.ingest.pace import BodyDeadline
+from rest.ingest.uploads import UploadSlots
 from rest.limits import Load, ShedLoad
 from rest.observability import QUEUE_DEPTH, CountRequests
-from rest.pace import BodyDeadline
 from rest.probes import STORAGE_ERRORS, HealthProbe
-from rest.uploads import UploadSlots, read_body
+from rest.routes import API_ROUTERS, add_site_routes
 from separation.connections import SPARE_CONNECTIONS, connect_redis
 from separation.logs import configure_logging
 from separation.observability import serve
 from separation.settings import Settings
-from separation.webhook import verify_delivery
 
 log = logging.getLogger("rest")
 PAGE_PATH = Path(__file__).with_name("page.html")
-CALLBACK_MAX_BYTES = 64 * 1024
-"""The lab's callbacks are a few hundred bytes; a body past this is refused as it arrives."""
 # Metrics are Prometheus' (METRICS_PORT's /metrics): FastAPI's OpenTelemetry hooks would cost
 # every request a look for providers that are never configured.
 NO_OPENTELEMETRY = TelemetryConfig(tracing=False, metrics=False, logs=False)
@@ -82,12 +78,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(ShedLoad, load=app.state.load)
     app.add_middleware(RefuseUnknownHosts, allowed_hosts=settings.allowed_host_names)  # first
     _add_error_handlers(app)
-    app.include_router(api.router)
-    app.add_api_route("/", root, methods=["GET", "HEAD"], include_in_schema=False)
-    for path in ("/favicon.svg", "/favicon.ico"):
-        app.add_api_route(path, favicon, methods=["GET", "HEAD"], include_in_schema=False)
-    app.add_api_route("/", callback, methods=["POST"], summary="Receive a job-outcome webhook")
-    app.add_api_route("/healthz", healthz, methods=["GET"], summary="Redis and MinIO reachable")
+    for router in API_ROUTERS:
+        app.include_router(router)
+    add_site_routes(app)
     return app
 
 
@@ -105,6 +98,9 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         await run_in_threadpool(backend.ensure_buckets)
     except STORAGE_ERRORS as error:
         log.warning("MinIO unreachable at start (%s); buckets are made at the first upload", error)
+    if backend.owned:  # job records from before the clients' index of ids (rest.owners)
+        indexed = await run_in_threadpool(backend.owners.index_jobs)
+        log.info("clients' index of job ids: %d records of clients' jobs (re)indexed", indexed)
     probes = None
     if settings.metrics_port:  # the kubelet's probes: a thread and a port of their own
         try:
@@ -121,74 +117,6 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     if probes is not None:
         probes.shutdown()
     backend.callbacks.close()
-
-
-async def root(request: Request) -> Response:
-    """The page for a browser; a JSON 200 for a load balancer's health check."""
-    if "text/html" in request.headers.get("accept", ""):
-        return HTMLResponse(request.app.state.page)
-    return JSONResponse({"service": "music source separation", "status": "ok",
-                         "api": "/apiv1", "docs": "/docs"})
-
-
-FAVICON = ('<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 16 16">'
-           '<rect x="1" y="6" width="2" height="4" fill="#3b5bdb"/>'
-           '<rect x="5" y="3" width="2" height="10" fill="#3b5bdb"/>'
-           '<rect x="9" y="1" width="2" height="14" fill="#3b5bdb"/>'
-           '<rect x="13" y="5" width="2" height="6" fill="#3b5bdb"/></svg>')
-
-
-async def favicon() -> Response:
-    """The page's icon (four stems), so a browser's own request for it is not a 404."""
-    return Response(FAVICON, media_type="image/svg+xml",
-                    headers={"Cache-Control": "public, max-age=86400"})
-
-
-async def callback(request: Request) -> dict[str, Any]:
-    """Log a job-outcome webhook (the lab's clients point their callback at ``/``).
-
-    At most 64 KB, counted in REST_MAX_IN_FLIGHT and RATE_LIMIT_PER_MIN (its own count).
-    """
-    backend = get_backend(request)
-    await run_in_threadpool(backend.callback_rate_limit.check, client_of(request))
-    body = await read_body(request, CALLBACK_MAX_BYTES, "a callback body is at most 64 KB")
-    verified = None
-    if backend.settings.webhook_secret:
-        verified = verify_delivery(body, request.headers, backend.settings.webhook_secret)
-    try:
-        payload = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
-        payload = None
-    if isinstance(payload, dict):  # each client field bounded; logging escapes them
-        log.info("callback received: job %.64s %.16s, song %.64s, error %.300s, data %.300s, "
-                 "signature %s", payload.get("id"), payload.get("status"),
-                 payload.get("songhash"), payload.get("error"), _shown(payload.get("data")),
-                 _signature_word(verified))
-    else:
-        log.info("callback received: %d bytes that are not a JSON object, signature %s",
-                 len(body), _signature_word(verified))
-    return {"reason": "callback received", "verified": verified}
-
-
-def _shown(data: Any) -> str:
-    """Callback data as JSON for the log; too deep to encode is said, not raised."""
-    try:
-        return json.dumps(data)
-    except (RecursionError, ValueError):
-        return "(not encodable)"
-
-
-def _signature_word(verified: bool | None) -> str:
-    return "not checked (no WEBHOOK_SECRET)" if verified is None else \
-        ("verified" if verified else "INVALID")
-
-
-async def healthz(request: Request) -> JSONResponse:
-    """200 when Redis and MinIO answer; checked apart from the API's work (``rest.probes``)."""
-    healthy, reason = await request.app.state.probe.health_async()
-    return JSONResponse({"ok": healthy, "reason": reason}, status_code=200 if healthy else 503)
-
-
 
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:

@@ -14,6 +14,8 @@ from typing import Annotated
 
 import redis
 from fastapi import Depends, HTTPException, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security.utils import get_authorization_scheme_param
 from minio import Minio
 
 from rest.callbacks import CallbackSender
@@ -109,17 +111,23 @@ async def _backend(request: Request) -> Backend:
 BackendDep = Annotated[Backend, Depends(_backend)]
 
 
-def bearer_token(request: Request) -> str:
+BEARER = HTTPBearer(auto_error=False, description="API_TOKEN, or the client's key of API_KEYS")
+"""``Authorization: Bearer ...``: absent or of another scheme, None (the route then says why)."""
+
+
+def bearer_token(request: Request,
+                 credentials: HTTPAuthorizationCredentials | None = None) -> str:
     """The token of ``Authorization: Bearer ...``, else of ``?access_token=`` (RFC 6750).
 
     The query form is kept for clients that ask for it explicitly: a key in a URL ends up in
     browser history and access logs, so the page uses signed track links (``rest.links``).
     """
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() == "bearer" and token.strip():
-        return token.strip()
-    return request.query_params.get("access_token", "")
+    if credentials is None:
+        scheme, token = get_authorization_scheme_param(request.headers.get("authorization"))
+        credentials = HTTPAuthorizationCredentials(scheme=scheme, credentials=token) \
+            if scheme.lower() == "bearer" and token else None
+    return credentials.credentials if credentials else \
+        request.query_params.get("access_token", "")
 
 
 def _digest(key: str) -> bytes:
@@ -136,7 +144,10 @@ def client_named(clients: dict[str, bytes], given: str) -> str | None:
     return found
 
 
-async def require_token(request: Request) -> str | None:
+async def require_token(
+        request: Request,
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)] = None,
+) -> str | None:
     """401 unless no key is set or the request carries one, or a valid signed track link
     (``rest.links``); async: no thread needed.
 
@@ -145,7 +156,7 @@ async def require_token(request: Request) -> str | None:
     backend = get_backend(request)
     if not backend.clients:
         return None
-    given = bearer_token(request)
+    given = bearer_token(request, credentials)
     name = client_named(backend.clients, given) if given else \
         link_client(request, backend.clients, backend.settings.track_link_ttl_s)
     if name is None:

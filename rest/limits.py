@@ -11,7 +11,7 @@ two integers, on the event loop.
 A request counts until its answer starts. An answer still being sent after that (a streamed
 track, at the pace its client reads) counts apart, in ``Load.sending``: a track route starts
 no stream past ``REST_MAX_IN_FLIGHT`` of them (``check_send_room``), and each is bounded in
-time by ``rest.pace``. So clients that stop reading their downloads cannot shut out the
+time by ``rest.ingest.pace``. So clients that stop reading their downloads cannot shut out the
 others' polls.
 """
 

@@ -34,7 +34,7 @@ _NOBODY_KEY = hashlib.sha256(b"no such client").digest()
 
 
 def sign(url: str, client: str, key_digest: bytes, ttl_s: int) -> str:
-    """``url`` (a track path, as ``rest.api.track_url`` makes it) made a signed link."""
+    """``url`` (a track path, as ``rest.read_models.track_url`` makes it) made a signed link."""
     parts = urlsplit(url)
     expires = int(time.time()) + ttl_s
     signature = _signature(key_digest, client, expires, parts.path, dict(parse_qsl(parts.query)))

@@ -2,10 +2,10 @@
 
 Every job, status, track (``original`` included) and removal belongs to the client that sent
 the song. Another client is answered 404, exactly as for a song nobody sent, never 403 (which
-would confirm that the song exists), and by the same lookup, so in the same time: a job id is
-looked up with one script that reads only the job's ``client`` unless it is the caller's, a
-songhash in the caller's own index. Without ``API_KEYS`` nothing here is used: every route
-behaves as it always did.
+would confirm that the song exists), and by the same lookup, so in the same time: a job id or
+a songhash is looked up in the caller's own index first, where another client's job and no
+job are the same miss. Without ``API_KEYS`` nothing here is used: every route behaves as it
+always did.
 
 What is kept in Redis (key names in ``separation.contract.Keys``):
 
@@ -21,6 +21,10 @@ What is kept in Redis (key names in ``separation.contract.Keys``):
   and the object is deleted only when no other client still owns it (one Lua script decides).
   Never expires, like the objects themselves.
 - ``client:<name>:song:<songhash>``: the client's latest job of a song (``/status/<songhash>``).
+- ``client:<name>:ids``: a sorted set of every job id the client was answered with (its jobs
+  and its views), by time; ids older than ``STATUS_TTL_S`` (their records are gone) leave it as
+  new ones come. Records written before this index existed are added to it once, when REST
+  starts (``index_jobs``).
 - ``client:<name>:waiting``: a sorted set of the client's jobs that may still wait, which
   ``/apiv1/queue`` reads instead of the queue: its cost is the client's own waiting jobs, at
   most ``CLIENT_MAX_WAITING`` (past it a request is answered 429), whatever the queue's depth.
@@ -47,11 +51,12 @@ SHARED_FIELDS = ("state", "stage", "progress", "tracks", "model", "duration_s", 
 id, callback and callback error, times, timings, attempts, worker)."""
 FINAL_STATES = tuple(state.value for state in Status if state.final)
 
-# KEYS: a job's record; ARGV: the client. Its record if the client owns the job, else nothing:
-# another client's job and no job take this one path (one HGET), in the same time.
+# KEYS: the client's index of job ids, a job's record; ARGV: the job id. Its record if the id
+# is in the client's own index, else nothing: another client's job and no job are the same
+# miss in the caller's own key (one ZSCORE), and nothing else is read.
 _OWN_RECORD = """
-if redis.call('HGET', KEYS[1], 'client') ~= ARGV[1] then return {} end
-return redis.call('HGETALL', KEYS[1])
+if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then return {} end
+return redis.call('HGETALL', KEYS[2])
 """
 
 # KEYS: owners set; ARGV: "<client>/<track>", "/<track>".
@@ -93,11 +98,15 @@ class Owners:
         self.redis.sadd(Keys.owners(songhash, model), *(f"{client}/{t}" for t in tracks))
 
     def owned_job(self, client: str, job_id: str, songhash: str, waiting: bool) -> None:
-        """Index the client's own job: its latest of the song, and waiting if queued."""
+        """Index the client's own job: its id, its latest of the song, and waiting if queued."""
+        now = time.time()
         with self.redis.pipeline(transaction=True) as pipe:
+            pipe.zadd(Keys.client_ids(client), {job_id: now})
+            pipe.zremrangebyscore(Keys.client_ids(client), "-inf", now - self.ttl_s)
+            pipe.expire(Keys.client_ids(client), self.ttl_s)
             pipe.set(Keys.client_song(client, songhash), job_id, ex=self.ttl_s)
             if waiting:
-                pipe.zadd(Keys.client_waiting(client), {job_id: time.time()})
+                pipe.zadd(Keys.client_waiting(client), {job_id: now})
                 pipe.expire(Keys.client_waiting(client), self.ttl_s)
             pipe.execute()
 
@@ -151,7 +160,8 @@ class Owners:
     async def _own_async(self, client: str, job_id: str) -> dict[str, Any] | None:
         """The record of job ``job_id`` if ``client`` owns it; None, by the same path, for
         another client's job and for no job at all (neither the answer nor its time tells)."""
-        flat = await self._own_record(keys=[Keys.job(job_id)], args=[client])
+        flat = await self._own_record(keys=[Keys.client_ids(client), Keys.job(job_id)],
+                                      args=[job_id])
         return parse_record(dict(zip(flat[::2], flat[1::2], strict=True)))
 
     def latest(self, client: str, songhash: str) -> dict[str, Any] | None:
@@ -203,6 +213,33 @@ class Owners:
                 in zip(queued, positions, strict=True)]
         jobs.sort(key=lambda job: (job[1] is None, job[1] or 0))
         return jobs
+
+    # --- upgrading ---
+
+    def index_jobs(self, batch: int = 1000) -> int:
+        """Add each job record that names its client to that client's index of ids, once,
+        for the records written before the index existed; how many were added. Records live
+        ``STATUS_TTL_S``, so this reads at most that long's jobs."""
+        added = 0
+        keys = [key for key in self.redis.scan_iter(match=Keys.job("*"), count=batch,
+                                                    _type="hash")
+                if key.count(b":") == 1]  # job:<id>; never job:<id>:chunks and the like
+        for start in range(0, len(keys), batch):
+            chunk = keys[start:start + batch]
+            with self.redis.pipeline(transaction=False) as pipe:
+                for key in chunk:
+                    pipe.hmget(key, "client", "created_at")
+                rows = pipe.execute()
+            with self.redis.pipeline(transaction=False) as pipe:
+                for key, (client, created_at) in zip(chunk, rows, strict=True):
+                    if client:
+                        job_id = key.decode().removeprefix(Keys.job(""))
+                        pipe.zadd(Keys.client_ids(client.decode()),
+                                  {job_id: float(created_at or time.time())}, nx=True)
+                        pipe.expire(Keys.client_ids(client.decode()), self.ttl_s)
+                        added += 1
+                pipe.execute()
+        return added
 
     # --- removing ---
 

@@ -22,10 +22,11 @@ import json
 import re
 from enum import Enum
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -59,6 +60,24 @@ JOB_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 MODEL_RE = re.compile(r"[A-Za-z0-9_]{1,64}")
 """A model's name: what the registry (``separation.models``) lists, never a path or hub id."""
 BUCKET_RE = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+
+
+def _matching(pattern: re.Pattern[str], message: str) -> AfterValidator:
+    """A validator that accepts a string only if ``pattern`` matches it whole."""
+    def check(value: str) -> str:
+        if not pattern.fullmatch(value):
+            raise ValueError(message)
+        return value
+    return AfterValidator(check)
+
+
+JobId = Annotated[str, _matching(
+    JOB_ID_RE, "id must be 1-64 characters of letters, digits, '_' or '-'")]
+SongHash = Annotated[str, _matching(
+    SONGHASH_RE, "songhash must be 64 lowercase hex characters (a SHA-256)")]
+ModelName = Annotated[str, _matching(
+    MODEL_RE, "model must match [A-Za-z0-9_]{1,64}: a name GET /apiv1/models lists")]
+BucketName = Annotated[str, _matching(BUCKET_RE, "bucket must be a valid S3 bucket name")]
 MAX_OBJECT_KEY_CHARS = 1024
 MAX_JOB_JSON_BYTES = 64 * 1024
 MAX_CALLBACK_DATA_DEPTH = 32
@@ -180,6 +199,12 @@ class Keys:
         return f"client:{client}:song:{songhash}"
 
     @staticmethod
+    def client_ids(client: str) -> str:
+        """Sorted set of every job id a client was answered with, by time: where a job id is
+        looked up first, so that another client's job and no job are the same miss."""
+        return f"client:{client}:ids"
+
+    @staticmethod
     def followers(run_id: str) -> str:
         """Set of ``<client>/<job id>``: other requests whose job follows this job's work."""
         return f"job:{run_id}:followers"
@@ -227,11 +252,11 @@ class Job(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    id: str | None = None
-    songhash: str | None = None
-    bucket: str | None = None
+    id: JobId | None = None
+    songhash: SongHash | None = None
+    bucket: BucketName | None = None
     object: str | None = None
-    model: str | None = None
+    model: ModelName | None = None
     stems: tuple[Track, ...] | None = None
     callback: Callback | None = None
     format: str | None = None
@@ -239,44 +264,15 @@ class Job(BaseModel):
     bit_depth: int | None = Field(None, strict=True)
     priority: Priority | None = None
     # set by workers only, for the chunks of a long song and their join (worker.long_songs)
-    chunk_of: str | None = None
+    chunk_of: JobId | None = None
     chunk: int | None = None
-    join_of: str | None = None
-
-    @field_validator("id", "chunk_of", "join_of")
-    @classmethod
-    def _id(cls, value: str | None) -> str | None:
-        if value is not None and not JOB_ID_RE.fullmatch(value):
-            raise ValueError("id must be 1-64 characters of letters, digits, '_' or '-'")
-        return value
-
-    @field_validator("songhash")
-    @classmethod
-    def _songhash(cls, value: str | None) -> str | None:
-        if value is not None and not SONGHASH_RE.fullmatch(value):
-            raise ValueError("songhash must be 64 lowercase hex characters (a SHA-256)")
-        return value
-
-    @field_validator("bucket")
-    @classmethod
-    def _bucket(cls, value: str | None) -> str | None:
-        if value is not None and not BUCKET_RE.fullmatch(value):
-            raise ValueError("bucket must be a valid S3 bucket name")
-        return value
+    join_of: JobId | None = None
 
     @field_validator("object")
     @classmethod
     def _object(cls, value: str | None) -> str | None:
         if value is not None:
             check_object_key(value)
-        return value
-
-    @field_validator("model")
-    @classmethod
-    def _model(cls, value: str | None) -> str | None:
-        if value is not None and not MODEL_RE.fullmatch(value):
-            raise ValueError("model must match [A-Za-z0-9_]{1,64}: a name GET /apiv1/models "
-                             "lists")
         return value
 
     @field_validator("stems")

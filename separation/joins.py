@@ -16,9 +16,9 @@ import json
 import logging
 
 import redis
-from pydantic import ValidationError, field_validator
+from pydantic import ValidationError
 
-from separation.contract import JOB_ID_RE, Callback, Job, Keys
+from separation.contract import Callback, Job, JobId, Keys
 
 log = logging.getLogger(__name__)
 MAX_JOINED = 20
@@ -63,14 +63,7 @@ class JoinedCallback(Callback):
     """A joined request's callback. ``job_id``: the id that request was answered with, when it
     is not the job's own (with API_KEYS each client's request has an id of its own)."""
 
-    job_id: str | None = None
-
-    @field_validator("job_id")
-    @classmethod
-    def _job_id(cls, value: str | None) -> str | None:
-        if value is not None and not JOB_ID_RE.fullmatch(value):
-            raise ValueError("job_id must be 1-64 characters of letters, digits, '_' or '-'")
-        return value
+    job_id: JobId | None = None
 
 
 class JoinFull(Exception):

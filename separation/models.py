@@ -38,7 +38,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
-from separation.contract import DEMUCS_STEMS, MODEL_RE, first_error
+from separation.contract import DEMUCS_STEMS, ModelName, first_error
 from separation.settings import Settings
 
 BUILTIN_MODEL = "demucs_unittest"
@@ -88,20 +88,13 @@ class ModelSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    name: str
+    name: ModelName
     stems: tuple[str, ...]
     licence: str
     source: str
     folder: str | None = None
     files: tuple[WeightFileSpec, ...] = ()
     builtin: bool = False
-
-    @field_validator("name")
-    @classmethod
-    def _name(cls, value: str) -> str:
-        if not MODEL_RE.fullmatch(value):
-            raise ValueError("a model name must match [A-Za-z0-9_]{1,64}")
-        return value
 
     @field_validator("stems")
     @classmethod
@@ -158,7 +151,7 @@ class WeightFile:
 class Model:
     """A model the operator installed."""
 
-    name: str
+    name: ModelName
     stems: tuple[str, ...]
     licence: str
     source: str

@@ -1,6 +1,9 @@
 """Settings of the worker and the REST service: one frozen dataclass, read once from the env.
 
-The variable names are those deployments of this design already use. The only credential
+Each field has an owner (``Owner``), in sections: ``shared`` (both processes read it and must
+agree: it is set in ``deploy/base/common.env``, which both Deployments get, or in the Secret
+both get), ``each`` (both read it, each its own value), ``worker``, ``rest``. The variable
+names are those deployments of this design already use. The only credential
 defaults are MinIO's documented local-development ones (``minioadmin``); deployments set
 ``MINIO_ACCESS_KEY`` / ``MINIO_SECRET_KEY`` from a Kubernetes Secret.
 """
@@ -13,8 +16,10 @@ import re
 import socket
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import Field, dataclass, field, fields
+from enum import Enum
 from pathlib import Path
+from typing import Any
 
 from separation.clients import client_models, parse_api_keys
 from separation.contract import MODEL_RE, check_output_key_pattern
@@ -40,6 +45,34 @@ STATUS_TTL_KEPT_FOREVER_S = 7 * DAY_S
 """How long job records live when tracks never expire (``RETENTION_DAYS=0``)."""
 
 
+class Owner(str, Enum):
+    """Who reads a setting (``Settings.owned_by``)."""
+
+    SHARED = "shared"
+    """Both processes, and they must agree: ``deploy/base/common.env`` (or the Secret)."""
+    EACH = "each"
+    """Both processes, each its own value: its host name, its metrics port, its temp folder."""
+    WORKER = "worker"
+    REST = "rest"
+
+
+def _owned(owner: Owner) -> Any:
+    def default(value: object) -> Any:
+        return field(default=value, metadata={"owner": owner})
+    return default
+
+
+shared, each, worker, rest = (_owned(Owner.SHARED), _owned(Owner.EACH), _owned(Owner.WORKER),
+                              _owned(Owner.REST))
+ALIASES = {"mp3_bitrate_kbps": "MP3_BITRATE", "host": "HOSTNAME"}
+"""Fields whose env var is not their name in upper case."""
+
+
+def env_name(setting: Field[Any]) -> str:
+    """The env var a field is read from."""
+    return ALIASES.get(setting.name, setting.name.upper())
+
+
 def available_cpus() -> int:
     """CPUs this process may use: its affinity, capped by a cgroup v2 CPU quota (a pod limit)."""
     count = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
@@ -57,89 +90,97 @@ def available_cpus() -> int:
 class Settings:
     """Everything configurable; built by ``Settings.from_env()``. Units are in the names."""
 
-    redis_host: str = "localhost"
-    redis_port: int = 6379
-    redis_password: str | None = None
-    minio_endpoint: str = "localhost:9000"
-    minio_access_key: str = LOCAL_DEV_MINIO_USER
-    minio_secret_key: str = LOCAL_DEV_MINIO_USER
-    minio_secure: bool = False
-    queue_bucket: str = "demucs-bucket"
-    output_bucket: str = "demucs-output"
-    output_key: str = "{songhash}-{track}.mp3"
-    demucs_model: str = "htdemucs"
-    demucs_repo: str | None = None
-    models_file: str | None = None  # the model registry (JSON); None: DEMUCS_MODEL alone
-    demucs_device: str = "auto"
-    demucs_threads: int = 0  # 0: every CPU the process may use
-    demucs_shifts: int = 0  # Demucs CLI: 1, one random offset that averages nothing
-    demucs_segment: int | None = None
-    demucs_allocator: str = "tcmalloc"  # malloc of the Demucs process: tcmalloc, system, a .so
-    demucs_command: str = ""  # the CLI's words before its flags; "": python -m demucs
-    mp3_bitrate_kbps: int = 320
-    max_input_mb: float = 100.0
-    max_duration_s: float = 1200.0
-    max_concurrent_uploads: int = 8  # REST: requests to separate received at once; more: 503
-    max_uploads_per_client: int = 2  # REST: of those, one client's at once; more: 429
-    body_timeout_s: float = 30.0  # REST: a request body's wait, plus its bytes' time at...
-    body_min_kbps: int = 256  # ...this pace (kilobits/s); slower: 408 (rest.pace)
-    job_timeout_s: float = 1800.0
-    max_attempts: int = 3
-    batch_max: int = 4
-    high_burst: int = DEFAULT_HIGH_BURST  # high jobs in a row while normal ones wait, then one
-    queue_route_batch: int = DEFAULT_ROUTE_BATCH  # jobs one Lua call moves from the intake
-    chunk_over_s: int = 300  # songs longer than this are split across workers; 0: never
-    chunk_s: int = 60
-    chunk_overlap_s: int = 10
-    model_segment_s: float = 7.8  # the model's Demucs segment (htdemucs*); 0: chunks off-grid
-    shutdown_grace_s: float = 60.0
-    heartbeat_ttl_s: float = 30.0
-    cancel_poll_s: float = 0.5  # how often a worker reads the cancel keys of its jobs
-    outage_backoff_max_s: float = 300.0  # a worker's longest wait while storage is down
-    poll_s: float = 2.0
-    retention_days: int = 7  # songs and tracks expire this long after written; 0: never
-    status_ttl_s: int = 0  # 0: RETENTION_DAYS + 1 day (7 days when RETENTION_DAYS=0)
-    webhook_timeout_s: float = 10.0
-    webhook_secret: str | None = None
-    metrics_port: int = 8000
-    log_list_max: int = 10000
-    log_list_max_bytes: int = 8 * 1024 * 1024
-    rate_limit_per_min: int = 60  # separation requests per client and minute; 0: no limit
-    work_dir: str | None = None  # parent of per-job temp dirs; None: the system's
-    host: str = socket.gethostname()
-    api_token: str | None = None
-    api_keys: str | None = None  # name:key[:models=a|b],... : each sees only its own songs
-    client_max_waiting: int = 1000  # with API_KEYS: a client's jobs waiting at once; more: 429
-    priority_clients: str | None = None  # with API_KEYS: names allowed priority high; else 403
-    quota_audio_s_per_day: int = 0  # audio seconds a client's new jobs hold a day; 0: no quota
-    quota_stored_mb: int = 0  # MB of results a client's new jobs keep; 0: no quota
-    presign_ttl_s: int = 3600  # lifetime of a ?redirect=1 presigned track URL
-    minio_presign_access_key: str | None = None  # a read-only MinIO user: ?redirect=1's URLs
-    minio_presign_secret_key: str | None = None
-    minio_presign_endpoint: str | None = None  # MinIO as clients reach it; None: MINIO_ENDPOINT
-    track_link_ttl_s: int = 3600  # lifetime of the signed track links a status answers
-    webhook_allow_local: bool = False  # callbacks to loopback/private addresses (make demo)
-    webhook_allowlist: str | None = None  # hosts and CIDRs allowed even when local ones are not
-    rest_port: int = 5000
-    allowed_hosts: str = DEFAULT_ALLOWED_HOSTS  # REST: Host names it answers; others get 400
-    queue_page_max_jobs: int = 1000  # GET /apiv1/queue's largest page
-    rest_max_in_flight: int = 64  # API requests served at once; more get 503 + Retry-After
+    # --- shared: both processes read these and must agree (deploy/base/common.env) ---
+    redis_host: str = shared("localhost")
+    redis_port: int = shared(6379)
+    redis_password: str | None = shared(None)
+    minio_endpoint: str = shared("localhost:9000")
+    minio_access_key: str = shared(LOCAL_DEV_MINIO_USER)
+    minio_secret_key: str = shared(LOCAL_DEV_MINIO_USER)
+    minio_secure: bool = shared(False)
+    queue_bucket: str = shared("demucs-bucket")
+    output_bucket: str = shared("demucs-output")
+    output_key: str = shared("{songhash}-{track}.mp3")
+    demucs_model: str = shared("htdemucs")
+    demucs_repo: str | None = shared(None)
+    models_file: str | None = shared(None)  # the model registry (JSON); None: DEMUCS_MODEL alone
+    mp3_bitrate_kbps: int = shared(320)
+    max_input_mb: float = shared(100.0)
+    max_duration_s: float = shared(1200.0)
+    high_burst: int = shared(DEFAULT_HIGH_BURST)  # high jobs in a row while normal ones wait
+    queue_route_batch: int = shared(DEFAULT_ROUTE_BATCH)  # jobs one Lua call moves from intake
+    retention_days: int = shared(7)  # songs and tracks expire this long after written; 0: never
+    status_ttl_s: int = shared(0)  # 0: RETENTION_DAYS + 1 day (7 days when RETENTION_DAYS=0)
+    webhook_timeout_s: float = shared(10.0)
+    webhook_secret: str | None = shared(None)
+    webhook_allow_local: bool = shared(False)  # callbacks to loopback/private addresses (demo)
+    webhook_allowlist: str | None = shared(None)  # hosts and CIDRs allowed even when local ones
+    log_list_max: int = shared(10000)
+    log_list_max_bytes: int = shared(8 * 1024 * 1024)
+    # --- each: both processes read these, each its own value ---
+    host: str = each(socket.gethostname())
+    metrics_port: int = each(8000)
+    work_dir: str | None = each(None)  # parent of per-job temp dirs and uploads; None: system's
+    # --- worker ---
+    demucs_device: str = worker("auto")
+    demucs_threads: int = worker(0)  # 0: every CPU the process may use
+    demucs_shifts: int = worker(0)  # Demucs CLI: 1, one random offset that averages nothing
+    demucs_segment: int | None = worker(None)
+    demucs_allocator: str = worker("tcmalloc")  # the Demucs process' malloc: tcmalloc, system, .so
+    demucs_command: str = worker("")  # the CLI's words before its flags; "": python -m demucs
+    job_timeout_s: float = worker(1800.0)
+    max_attempts: int = worker(3)
+    batch_max: int = worker(4)
+    chunk_over_s: int = worker(300)  # songs longer than this are split across workers; 0: never
+    chunk_s: int = worker(60)
+    chunk_overlap_s: int = worker(10)
+    model_segment_s: float = worker(7.8)  # the model's Demucs segment (htdemucs*); 0: off-grid
+    shutdown_grace_s: float = worker(60.0)
+    heartbeat_ttl_s: float = worker(30.0)
+    cancel_poll_s: float = worker(0.5)  # how often a worker reads the cancel keys of its jobs
+    outage_backoff_max_s: float = worker(300.0)  # a worker's longest wait while storage is down
+    poll_s: float = worker(2.0)
+    # --- REST ---
+    rest_port: int = rest(5000)
+    allowed_hosts: str = rest(DEFAULT_ALLOWED_HOSTS)  # Host names it answers; others get 400
+    max_concurrent_uploads: int = rest(8)  # requests to separate received at once; more: 503
+    max_uploads_per_client: int = rest(2)  # of those, one client's at once; more: 429
+    body_timeout_s: float = rest(30.0)  # a request body's wait, plus its bytes' time at...
+    body_min_kbps: int = rest(256)  # ...this pace (kilobits/s); slower: 408 (rest.ingest.pace)
+    rate_limit_per_min: int = rest(60)  # separation requests per client and minute; 0: no limit
+    rest_max_in_flight: int = rest(64)  # API requests served at once; more get 503 + Retry-After
+    queue_page_max_jobs: int = rest(1000)  # GET /apiv1/queue's largest page
+    api_token: str | None = rest(None)
+    api_keys: str | None = rest(None)  # name:key[:models=a|b],... : each sees only its own songs
+    client_max_waiting: int = rest(1000)  # with API_KEYS: a client's jobs waiting; more: 429
+    priority_clients: str | None = rest(None)  # with API_KEYS: who may ask priority high; 403
+    quota_audio_s_per_day: int = rest(0)  # audio seconds a client's new jobs hold a day; 0: off
+    quota_stored_mb: int = rest(0)  # MB of results a client's new jobs keep; 0: no quota
+    presign_ttl_s: int = rest(3600)  # lifetime of a ?redirect=1 presigned track URL
+    minio_presign_access_key: str | None = rest(None)  # a read-only MinIO user: ?redirect=1
+    minio_presign_secret_key: str | None = rest(None)
+    minio_presign_endpoint: str | None = rest(None)  # MinIO as clients reach it; None: the main
+    track_link_ttl_s: int = rest(3600)  # lifetime of the signed track links a status answers
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         """Read every field from its upper-case env var; raise ValueError on a bad value."""
         env = os.environ if env is None else env
-        aliases = {"mp3_bitrate_kbps": "MP3_BITRATE", "host": "HOSTNAME"}
         values: dict[str, object] = {}
-        for field in fields(cls):
-            name = aliases.get(field.name, field.name.upper())
+        for setting in fields(cls):
+            name = env_name(setting)
             raw = env.get(name)
             if raw is None or raw == "":
                 continue
-            values[field.name] = _convert(name, raw, field.default)
+            values[setting.name] = _convert(name, raw, setting.default)
         settings = cls(**values)  # type: ignore[arg-type]
         settings.check()
         return settings
+
+    @classmethod
+    def owned_by(cls, owner: Owner) -> tuple[str, ...]:
+        """The env vars of the settings ``owner`` reads (see ``Owner``)."""
+        return tuple(env_name(s) for s in fields(cls) if s.metadata["owner"] is owner)
 
     def __post_init__(self) -> None:
         if self.status_ttl_s == 0:  # records outlive the lifecycle's rounding to midnight UTC

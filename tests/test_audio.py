@@ -16,8 +16,9 @@ from devstack.synth import encode_mp3, lying_mp3, synth_song, write_song
 from separation.audio import NotAudio, TooLong, probe_mp3
 from separation.contract import TRACKS
 from separation.mp3_frames import count_frames
-from worker.chunking import read_wav, write_wav
-from worker.encode import mix_and_encode, sources_for, write_mix
+from worker.bags import sources_for
+from worker.encode import mix_and_encode, write_mix
+from worker.pcm import read_wav, write_wav
 
 RATE = 44100
 NOISE = np.random.default_rng(17)  # seeded: the same damage every run

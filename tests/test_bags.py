@@ -16,13 +16,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench.long_songs import snr_db
+from bench.measures import snr_db
 from bench.model import build_specialist_bag
 from devstack.synth import write_song
 from separation.contract import DEMUCS_STEMS
 from separation.models import Model
 from worker import bags
-from worker.chunking import read_wav
+from worker.pcm import read_wav
 from worker.weights import WeightsError, check, demucs_remote, remote_files
 
 pytestmark = pytest.mark.usefixtures("demucs_cli")  # pruned bags run through the real CLI

@@ -14,10 +14,9 @@ from worker.chunking import (
     frames,
     geometry,
     plan_chunks,
-    read_wav,
     stitch,
-    write_wav,
 )
+from worker.pcm import read_wav, write_wav
 
 RATE = 44100
 

@@ -27,7 +27,7 @@ import yaml
 
 from separation.models import Registry
 from separation.queue import WAITING_LISTS
-from separation.settings import LOCAL_DEV_MINIO_USER, Settings
+from separation.settings import LOCAL_DEV_MINIO_USER, Owner, Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -96,7 +96,12 @@ def rest_routes() -> set[str]:
         "from rest.app import create_app\n"
         "from separation.settings import Settings\n"
         "app = create_app(Settings(redis_port=1, minio_endpoint='127.0.0.1:1'))\n"
-        "print('\\n'.join(getattr(route, 'path', '') for route in app.routes))\n")
+        "def paths(routes, prefix=''):\n"
+        "    for route in routes:\n"
+        "        path = prefix + getattr(route, 'path', '')\n"
+        "        yield path\n"
+        "        yield from paths(getattr(route, 'routes', ()), path)\n"
+        "print('\\n'.join(p for p in paths(app.routes) if p))\n")
     return set(out.split())
 
 
@@ -767,3 +772,17 @@ def test_apply_dry_run_sets_images_and_keda(kubectl: str, tmp_path: Path) -> Non
     env["WORKER_IMAGE"] = "registry.test:5000/team/demucs-worker"  # no tag
     result = run_script("deploy/apply.sh", "--dry-run", "gpu", env=env)
     assert result.returncode != 0 and "has no tag" in result.stderr
+
+
+@pytest.mark.parametrize("variant", ["local", "gpu"])
+def test_the_worker_and_rest_get_the_same_shared_settings(rendered: dict, variant: str) -> None:
+    """Every setting owned ``shared`` has one value in both containers (``common.env``, or the
+    Secret both get); neither gets the other's own settings."""
+    docs = rendered[variant]
+    worker = container_env(docs, our_container(docs, "demucs-worker")[1])
+    rest = container_env(docs, our_container(docs, "demucs-rest")[1])
+    differ = [name for name in Settings.owned_by(Owner.SHARED)
+              if worker.get(name) != rest.get(name)]
+    assert not differ, f"shared settings the two processes get apart: {differ}"
+    assert not set(Settings.owned_by(Owner.REST)) & set(worker)
+    assert not set(Settings.owned_by(Owner.WORKER)) & set(rest)

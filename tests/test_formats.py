@@ -16,9 +16,9 @@ from separation.contract import TRACKS, InvalidJob, Keys, output_key, parse_job,
 from separation.formats import Encoding
 from separation.retention import expires_at
 from separation.settings import Settings
-from worker.chunking import stitch, write_wav
+from worker.chunking import stitch
 from worker.encode import mix_and_encode
-from worker.pcm import convert_width, pack, read_block, unpack
+from worker.pcm import convert_width, pack, read_block, unpack, write_wav
 
 H = "a" * 64
 RATE = 44100

@@ -73,7 +73,7 @@ def contract_inputs(job: type[Job] = Job) -> set[tuple[str, str]]:
 def values_read() -> set[str]:
     """Headers and query values the REST code reads itself, as ``header `name```."""
     found = set()
-    for source in (devstack.ROOT / "rest").glob("*.py"):
+    for source in (devstack.ROOT / "rest").rglob("*.py"):
         for kind, name in _READ_RE.findall(source.read_text(encoding="utf-8")):
             found.add(f"{'header' if kind == 'headers' else 'query'} `{name.lower()}`")
     return found

@@ -1,5 +1,14 @@
-"""The layout says who may touch what: ``rest/`` and ``separation/`` never import the worker's
-own code (``worker/``), so the REST image, which holds no ``worker/``, can always start."""
+"""The layout says who may touch what, as a table of allowed import arrows read from the code
+(``ast``, every import: at the top, inside functions and under ``TYPE_CHECKING``).
+
+- Between packages (``PACKAGE_ARROWS``): ``rest/`` and ``separation/`` never import the worker's
+  own code (``worker/``), so the REST image, which holds no ``worker/``, can always start;
+  ``separation/`` imports neither process.
+- Inside ``rest/`` (``REST_LAYERS``): routes on top, then the work behind them, then who may
+  see what, then the clients and parts, then the schemas; an arrow only points down (or stays
+  in its layer).
+- No module imports itself through others: no import loop anywhere.
+"""
 
 from __future__ import annotations
 
@@ -9,30 +18,135 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+PACKAGES = ("separation", "rest", "worker", "devstack", "bench")
+
+PACKAGE_ARROWS: dict[str, set[str]] = {
+    "separation": {"separation"},  # the shared contract, queue protocol and settings
+    "rest": {"rest", "separation"},
+    "worker": {"worker", "separation"},
+    "devstack": {"devstack", "separation", "worker"},  # the local stack and its test songs
+    "bench": {"bench", "devstack", "separation", "worker"},
+}
+"""Which packages each package may import."""
+
+REST_LAYERS: tuple[tuple[str, ...], ...] = (
+    ("rest.app",),
+    ("rest.routes",),
+    ("rest.submission", "rest.read_models", "rest.removal"),
+    ("rest.tenancy",),
+    ("rest.backend",),
+    ("rest.owners", "rest.fair_share", "rest.links", "rest.callbacks", "rest.ratelimit",
+     "rest.limits", "rest.observability", "rest.csrf", "rest.hosts", "rest.probes",
+     "rest.tracks", "rest.ingest"),
+    ("rest.schemas",),
+)
+"""``rest/``'s modules (or packages) from top to bottom; a module may import its own layer's
+and those below."""
 
 
-def _imported_modules(path: Path) -> set[str]:
+def module_name(path: Path) -> str:
+    return ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+
+
+def all_modules() -> dict[str, Path]:
+    return {module_name(path): path for package in PACKAGES
+            for path in sorted((ROOT / package).rglob("*.py"))}
+
+
+def _imported_modules(path: Path, modules: set[str] | None = None) -> set[str]:
+    """What a file imports. Given the project's ``modules``, only those: ``from a import b``
+    names the module ``a.b`` if there is one, else ``a``."""
     names: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
         if isinstance(node, ast.Import):
             names.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names.add(node.module)
-    return names
+            for alias in node.names:
+                submodule = f"{node.module}.{alias.name}"
+                names.add(submodule if modules is not None and submodule in modules
+                          else node.module)
+    return names if modules is None else names & modules
 
 
-@pytest.mark.parametrize("package", ["rest", "separation"])
-def test_no_arrow_into_worker_only_code(package: str) -> None:
-    offenders = {str(path.relative_to(ROOT)): sorted(n for n in _imported_modules(path)
-                                                     if n == "worker" or n.startswith("worker."))
-                 for path in sorted((ROOT / package).rglob("*.py"))}
-    assert {k: v for k, v in offenders.items() if v} == {}
+def arrows(modules: dict[str, Path]) -> dict[str, set[str]]:
+    """Each module's imports among ``modules``."""
+    return {name: _imported_modules(path, set(modules)) for name, path in modules.items()}
 
 
-def test_the_checker_sees_an_import_into_the_worker(tmp_path: Path) -> None:
+def loops(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The import loops of ``graph``: its strongly connected parts of more than one module."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        for target in graph.get(node, ()):
+            if target not in index:
+                visit(target)
+                low[node] = min(low[node], low[target])
+            elif target in stack:
+                low[node] = min(low[node], index[target])
+        if low[node] == index[node]:
+            part = stack[stack.index(node):]
+            del stack[stack.index(node):]
+            if len(part) > 1:
+                found.append(sorted(part))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return found
+
+
+def layer_of(module: str) -> int:
+    for depth, layer in enumerate(REST_LAYERS):
+        if any(module == name or module.startswith(f"{name}.") for name in layer):
+            return depth
+    raise AssertionError(f"{module} is in no layer of REST_LAYERS: place it there")
+
+
+def upward(graph: dict[str, set[str]]) -> list[tuple[str, str]]:
+    return sorted((source, target) for source, targets in graph.items()
+                  if source.startswith("rest.") for target in targets
+                  if target.startswith("rest.") and layer_of(target) < layer_of(source))
+
+
+def strays(graph: dict[str, set[str]], table: dict[str, set[str]]) -> list[tuple[str, str]]:
+    def package(module: str) -> str:
+        return module.split(".", 1)[0]
+    return sorted((source, target) for source, targets in graph.items() for target in targets
+                  if package(target) not in table[package(source)])
+
+
+@pytest.fixture(scope="module")
+def graph() -> dict[str, set[str]]:
+    return arrows(all_modules())
+
+
+def test_arrows_between_packages_follow_the_table(graph: dict[str, set[str]]) -> None:
+    assert strays(graph, PACKAGE_ARROWS) == []
+
+
+def test_arrows_inside_rest_point_down(graph: dict[str, set[str]]) -> None:
+    assert upward(graph) == []
+
+
+def test_no_import_loop(graph: dict[str, set[str]]) -> None:
+    assert loops(graph) == []
+
+
+def test_the_checks_see_a_stray_arrow_an_upward_one_and_a_loop(tmp_path: Path) -> None:
     module = tmp_path / "m.py"
     module.write_text("from worker.errors import Code\nimport separation.queue\n")
     assert _imported_modules(module) == {"worker.errors", "separation.queue"}
+    graph = {"rest.schemas": {"rest.routes.jobs"}, "rest.routes.jobs": {"rest.schemas"},
+             "separation.queue": {"worker.errors"}, "worker.errors": set()}
+    assert strays(graph, PACKAGE_ARROWS) == [("separation.queue", "worker.errors")]
+    assert upward(graph) == [("rest.schemas", "rest.routes.jobs")]
+    assert loops(graph) == [["rest.routes.jobs", "rest.schemas"]]
 
 
 def test_the_rest_image_copies_no_worker_code() -> None:

@@ -15,11 +15,12 @@ import sys
 import numpy as np
 import pytest
 
-from bench.long_songs import snr_db
+from bench.measures import snr_db
 from bench.model import build_htdemucs
 from devstack.synth import write_song
 from separation.contract import DEMUCS_STEMS
-from worker.chunking import cut_chunks, plan_chunks, read_wav, stitch
+from worker.chunking import cut_chunks, plan_chunks, stitch
+from worker.pcm import read_wav
 
 pytestmark = pytest.mark.usefixtures("demucs_cli")  # the real CLI separates the chunks
 

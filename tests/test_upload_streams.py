@@ -14,9 +14,9 @@ import os
 import pytest
 from fastapi import HTTPException
 
-from rest.json_stream import JsonScanner
-from rest.multipart_stream import FormReader
-from rest.song_sink import Base64Decoder, SongFile
+from rest.ingest.json_stream import JsonScanner
+from rest.ingest.multipart_stream import FormReader
+from rest.ingest.song_sink import Base64Decoder, SongFile
 from separation.settings import Settings
 
 SONG = os.urandom(3000)

@@ -1,4 +1,5 @@
-"""Bags of models pruned to the sources a job needs: the same math on fewer sub-models.
+"""The sources a job needs (``sources_for``), and bags of models pruned to them: the same math
+on fewer sub-models.
 
 A Demucs bag (``<name>.yaml``: ``models``, a list of signatures; ``weights``, one row of
 per-source weights per model; optional ``segment``) runs every sub-model whatever its weights
@@ -21,7 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,20 @@ log = logging.getLogger(__name__)
 BAG_NAME_RE = re.compile(r"[A-Za-z0-9_]{1,100}")
 SIGNATURE_RE = re.compile(r"[A-Za-z0-9_]{1,100}")  # Demucs reads '-' as signature-checksum
 MODEL_FILE_RE = re.compile(r"[A-Za-z0-9_]{1,100}(?:-[0-9a-f]{1,64})?\.th")
+
+
+SOURCES: dict[str, tuple[str, ...]] = {
+    "vocals": ("vocals",), "acapella": ("vocals",), "instrumental": ("vocals",),
+    "drums": ("drums",), "bass": ("bass",), "other": ("other",), "full": DEMUCS_STEMS,
+    "original": (),
+}
+"""The Demucs sources each track is made from."""
+
+
+def sources_for(tracks: Iterable[str]) -> tuple[str, ...]:
+    """The Demucs sources that ``tracks`` need, in Demucs' order."""
+    needed = {source for track in tracks for source in SOURCES[track]}
+    return tuple(s for s in DEMUCS_STEMS if s in needed)
 
 
 @dataclass(frozen=True)

@@ -23,12 +23,11 @@ import wave
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
 
 import numpy as np
 
 from separation.settings import Settings
-from worker.pcm import FULL_SCALE_24, pack, unpack
+from worker.pcm import pack, unpack, write_wav
 
 PREROLL_S = 1  # the decoder settles within this after a seek
 BLOCK_FRAMES = 10 * 44100
@@ -118,27 +117,6 @@ def cut_chunks(mp3_path: Path, chunks: list[Chunk], out_dir: Path, duration_s: f
         write_wav(path, pcm.T, rate)
         paths.append(path)
     return paths
-
-
-def write_wav(target: Path | BinaryIO, samples: np.ndarray, rate: int, width: int = 2) -> None:
-    """Write float samples in [-1, 1], shape (frames, channels), as 16-bit PCM (or 24-bit:
-    ``width`` 3)."""
-    if width == 2:
-        data = np.clip(np.round(samples * 32768), -32768, 32767).astype("<i2").tobytes()
-    else:
-        data = pack(np.round(samples * FULL_SCALE_24).astype(np.int64), width)
-    with wave.open(str(target) if isinstance(target, Path) else target, "wb") as out:
-        out.setnchannels(samples.shape[1])
-        out.setsampwidth(width)
-        out.setframerate(rate)
-        out.writeframes(data)
-
-
-def read_wav(path: Path) -> np.ndarray:
-    """A whole 16-bit WAV file as int16 samples, shape (frames, channels)."""
-    with wave.open(str(path), "rb") as reader:
-        data = np.frombuffer(reader.readframes(reader.getnframes()), dtype="<i2")
-        return data.reshape(-1, reader.getnchannels())
 
 
 def _blocks(reader: wave.Wave_read, frames: int) -> Iterator[bytes]:

@@ -20,27 +20,13 @@ import numpy as np
 
 from separation.contract import DEMUCS_STEMS
 from separation.formats import Encoding
-from worker.chunking import write_wav
+from worker.bags import sources_for
 from worker.encoders import TrackWriter, open_writer
-from worker.pcm import clip24, read_block
+from worker.pcm import clip24, read_block, write_wav
 
 BLOCK_S = 10
 MIX = "mix"
 """``<stem_dir>/mix.wav``: the input, frame for frame with the stems (``write_mix``)."""
-SOURCES: dict[str, tuple[str, ...]] = {
-    "vocals": ("vocals",), "acapella": ("vocals",), "instrumental": ("vocals",),
-    "drums": ("drums",), "bass": ("bass",), "other": ("other",), "full": DEMUCS_STEMS,
-    "original": (),
-}
-"""The Demucs sources each track is made from."""
-
-
-def sources_for(tracks: Iterable[str]) -> tuple[str, ...]:
-    """The Demucs sources that ``tracks`` need, in Demucs' order."""
-    needed = {source for track in tracks for source in SOURCES[track]}
-    return tuple(s for s in DEMUCS_STEMS if s in needed)
-
-
 def write_mix(input_path: Path, stem_dir: Path) -> Path:
     """Decode the input as Demucs 4.1.0 does (sphn, then its rate and channels) into
     ``<stem_dir>/mix.wav``, as many frames as the vocals stem; return that path."""

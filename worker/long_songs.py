@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import logging
-import wave
 from pathlib import Path
 
 from minio import Minio
@@ -29,8 +28,8 @@ from separation.numbers import ascii_int, ascii_int_or_none
 from separation.queue import JobQueue
 from separation.settings import Settings
 from separation.status import StatusStore
+from worker.bags import sources_for
 from worker.chunking import cut_chunks, plan_chunks, stitch
-from worker.encode import sources_for
 from worker.pcm import convert_width
 
 log = logging.getLogger(__name__)
@@ -38,11 +37,6 @@ log = logging.getLogger(__name__)
 
 def chunk_prefix(parent_id: str) -> str:
     return f"chunks/{parent_id}/"
-
-
-def wav_duration_s(path: Path) -> float:
-    with wave.open(str(path), "rb") as reader:
-        return reader.getnframes() / reader.getframerate()
 
 
 class LongSongs:

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import logging
 import shutil
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from enum import Enum
+from collections.abc import Callable
 
 from minio.error import S3Error
 from urllib3.exceptions import HTTPError
@@ -24,74 +22,14 @@ from separation.webhook import send_outcome
 from worker import errors
 from worker.long_songs import LongSongs
 from worker.metrics import JOB_SECONDS, JOBS
-from worker.task import JobKind, Task, timed
+from worker.task import JobKind, Outcome, State, Task, timed
 
 log = logging.getLogger("worker")
 
 
-class Settlement(Enum):
-    """What the queue does with a settled job's payload (``JobQueue``, steps 6 and 8)."""
-
-    ACK = "ack"                  # LREM from the processing list: the job is over
-    DEAD_LETTER = "dead_letter"  # to toWorkers:dead with its reason: failed for good
-    GIVE_BACK = "give_back"      # back to the taking end of the queue: it runs again
-
-
-class State(Enum):
-    DONE = "done"                  # every track stored
-    CHUNK_STORED = "chunk_stored"  # a chunk's stems stored and counted
-    SPLIT = "split"                # a long song handed over to its chunk jobs
-    SKIPPED = "skipped"            # a chunk of a song that already failed: not run
-    FAILED = "failed"              # failed for good
-    RETRY = "retry"                # failed; runs again (the attempt counts)
-    RETURNED = "returned"          # the worker stopped: runs again (the attempt does not count)
-    DEFERRED = "deferred"          # storage unreachable: runs again (the attempt does not count)
-    CANCELLED = "cancelled"        # a client cancelled it: ends without tracks
-    ENDED = "ended"                # taken again after it ended (done, failed, cancelled): not run
-    REDELIVERED = "redelivered"    # another worker holds it now: nothing is written here
-
-
-_SETTLEMENT = {State.DONE: Settlement.ACK, State.CHUNK_STORED: Settlement.ACK,
-               State.SPLIT: Settlement.ACK, State.SKIPPED: Settlement.ACK,
-               State.FAILED: Settlement.DEAD_LETTER, State.RETRY: Settlement.GIVE_BACK,
-               State.RETURNED: Settlement.GIVE_BACK, State.DEFERRED: Settlement.GIVE_BACK,
-               State.CANCELLED: Settlement.ACK, State.ENDED: Settlement.ACK,
-               State.REDELIVERED: Settlement.GIVE_BACK}
 OUTAGE_CODES = frozenset({"ServiceUnavailable", "SlowDown", "InternalError", "RequestTimeout",
                           "XMinioServerNotInitialized"})
 """S3 error codes of a storage that is down or overloaded, not of a request it refused."""
-
-
-@dataclass(frozen=True)
-class Outcome:
-    state: State
-    tracks: Mapping[str, str] = field(default_factory=dict)
-    failure: errors.JobFailure | None = None
-    note: str = ""  # why a job was skipped
-
-    @property
-    def settlement(self) -> Settlement:
-        return _SETTLEMENT[self.state]
-
-    @property
-    def reason(self) -> str:
-        return self.failure.reason if self.failure is not None else self.note
-
-    @classmethod
-    def done(cls, tracks: Mapping[str, str]) -> Outcome:
-        return cls(State.DONE, tracks)
-
-    @classmethod
-    def of(cls, state: State, note: str = "") -> Outcome:
-        """An outcome without tracks or failure (a ``SKIPPED`` one says why)."""
-        return cls(state, note=note)
-
-    @classmethod
-    def of_failure(cls, failure: errors.JobFailure, attempt: int, max_attempts: int
-                   ) -> Outcome:
-        """Failed for good when no retry can mend it or the attempts are used up."""
-        final = failure.permanent or attempt >= max_attempts
-        return cls(State.FAILED if final else State.RETRY, failure=failure)
 
 
 Observer = Callable[[Task, Outcome], None]

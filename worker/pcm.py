@@ -1,4 +1,5 @@
-"""PCM samples of Demucs' WAV stems, 16- or 24-bit, held as int32 at the 24-bit scale.
+"""PCM samples of Demucs' WAV stems, 16- or 24-bit, held as int32 at the 24-bit scale; WAV
+files written from float samples, read whole as 16-bit ones, and their duration.
 
 Demucs writes 16-bit stems, or 24-bit ones with ``--int24`` (a job asking for 24-bit FLAC or
 WAV). Mixing and encoding work on int32 samples at the 24-bit scale whatever the stems' width:
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import wave
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -68,3 +70,30 @@ def convert_width(path: Path, width: int) -> None:
             while (block := read_block(reader, BLOCK_FRAMES)).size:
                 out.writeframes(pack(block, width))
     target.replace(path)
+
+
+def write_wav(target: Path | BinaryIO, samples: np.ndarray, rate: int, width: int = 2) -> None:
+    """Write float samples in [-1, 1], shape (frames, channels), as 16-bit PCM (or 24-bit:
+    ``width`` 3)."""
+    if width == 2:
+        data = np.clip(np.round(samples * 32768), -32768, 32767).astype("<i2").tobytes()
+    else:
+        data = pack(np.round(samples * FULL_SCALE_24).astype(np.int64), width)
+    with wave.open(str(target) if isinstance(target, Path) else target, "wb") as out:
+        out.setnchannels(samples.shape[1])
+        out.setsampwidth(width)
+        out.setframerate(rate)
+        out.writeframes(data)
+
+
+def read_wav(path: Path) -> np.ndarray:
+    """A whole 16-bit WAV file as int16 samples, shape (frames, channels)."""
+    with wave.open(str(path), "rb") as reader:
+        data = np.frombuffer(reader.readframes(reader.getnframes()), dtype="<i2")
+        return data.reshape(-1, reader.getnchannels())
+
+
+def wav_duration_s(path: Path) -> float:
+    """How long a WAV file plays, from its header."""
+    with wave.open(str(path), "rb") as reader:
+        return reader.getnframes() / reader.getframerate()

@@ -1,20 +1,19 @@
-"""A taken job while a worker holds it, and the kind of work it is."""
+"""A taken job while a worker holds it, the kind of work it is, and how it ends: its
+``Outcome`` (a value; ``worker.outcomes`` turns errors into outcomes and reacts to them)."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from separation.contract import Job
+from separation.formats import Encoding
+from worker import errors
 from worker.metrics import STAGE_SECONDS
-
-if TYPE_CHECKING:
-    from worker.outcomes import Outcome
 
 
 class JobKind(Enum):
@@ -34,6 +33,66 @@ class JobKind(Enum):
         return cls.SONG
 
 
+class Settlement(Enum):
+    """What the queue does with a settled job's payload (``JobQueue``, steps 6 and 8)."""
+
+    ACK = "ack"                  # LREM from the processing list: the job is over
+    DEAD_LETTER = "dead_letter"  # to toWorkers:dead with its reason: failed for good
+    GIVE_BACK = "give_back"      # back to the taking end of the queue: it runs again
+
+
+class State(Enum):
+    DONE = "done"                  # every track stored
+    CHUNK_STORED = "chunk_stored"  # a chunk's stems stored and counted
+    SPLIT = "split"                # a long song handed over to its chunk jobs
+    SKIPPED = "skipped"            # a chunk of a song that already failed: not run
+    FAILED = "failed"              # failed for good
+    RETRY = "retry"                # failed; runs again (the attempt counts)
+    RETURNED = "returned"          # the worker stopped: runs again (the attempt does not count)
+    DEFERRED = "deferred"          # storage unreachable: runs again (the attempt does not count)
+    CANCELLED = "cancelled"        # a client cancelled it: ends without tracks
+    ENDED = "ended"                # taken again after it ended (done, failed, cancelled): not run
+    REDELIVERED = "redelivered"    # another worker holds it now: nothing is written here
+
+
+_SETTLEMENT = {State.DONE: Settlement.ACK, State.CHUNK_STORED: Settlement.ACK,
+               State.SPLIT: Settlement.ACK, State.SKIPPED: Settlement.ACK,
+               State.FAILED: Settlement.DEAD_LETTER, State.RETRY: Settlement.GIVE_BACK,
+               State.RETURNED: Settlement.GIVE_BACK, State.DEFERRED: Settlement.GIVE_BACK,
+               State.CANCELLED: Settlement.ACK, State.ENDED: Settlement.ACK,
+               State.REDELIVERED: Settlement.GIVE_BACK}
+@dataclass(frozen=True)
+class Outcome:
+    state: State
+    tracks: Mapping[str, str] = field(default_factory=dict)
+    failure: errors.JobFailure | None = None
+    note: str = ""  # why a job was skipped
+
+    @property
+    def settlement(self) -> Settlement:
+        return _SETTLEMENT[self.state]
+
+    @property
+    def reason(self) -> str:
+        return self.failure.reason if self.failure is not None else self.note
+
+    @classmethod
+    def done(cls, tracks: Mapping[str, str]) -> Outcome:
+        return cls(State.DONE, tracks)
+
+    @classmethod
+    def of(cls, state: State, note: str = "") -> Outcome:
+        """An outcome without tracks or failure (a ``SKIPPED`` one says why)."""
+        return cls(state, note=note)
+
+    @classmethod
+    def of_failure(cls, failure: errors.JobFailure, attempt: int, max_attempts: int
+                   ) -> Outcome:
+        """Failed for good when no retry can mend it or the attempts are used up."""
+        final = failure.permanent or attempt >= max_attempts
+        return cls(State.FAILED if final else State.RETRY, failure=failure)
+
+
 @dataclass
 class Task:
     """One taken job. ``raw`` is the payload exactly as taken (what the queue removes)."""
@@ -46,6 +105,8 @@ class Task:
     work_dir: Path
     taken_at: float = field(default_factory=time.monotonic)
     songhash: str | None = None
+    model: str = ""  # the subject's model and encoding: decided once (``Worker.decide``)
+    encoding: Encoding = field(default_factory=Encoding)
     parent: Job | None = None  # a join's long song, read when the join starts
     input_path: Path | None = None
     stem_dir: Path | None = None

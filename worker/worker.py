@@ -65,7 +65,6 @@ from separation.contract import (
     parse_job,
     sha256_file,
 )
-from separation.formats import Encoding
 from separation.joins import Joins
 from separation.observability import serve
 from separation.queue import JobQueue
@@ -73,19 +72,15 @@ from separation.retention import expires_at, prepare_buckets
 from separation.settings import Settings
 from separation.status import StatusStore
 from worker import errors
-from worker.bags import PrunedBag, pruned_bag
+from worker.bags import PrunedBag, pruned_bag, sources_for
 from worker.cancel import CancelWatch
-from worker.encode import sources_for
 from worker.inputs import Inputs
-from worker.long_songs import LongSongs, wav_duration_s
+from worker.long_songs import LongSongs
 from worker.metrics import IN_FLIGHT
 from worker.outcomes import (
     CANCELLED,
     LongSongUpkeep,
     Observer,
-    Outcome,
-    Settlement,
-    State,
     StatusRecorder,
     Webhooks,
     count,
@@ -93,8 +88,9 @@ from worker.outcomes import (
     outcome_of_error,
     remove_work_dir,
 )
+from worker.pcm import wav_duration_s
 from worker.separator import Separator
-from worker.task import JobKind, Task, live, timed
+from worker.task import JobKind, Outcome, Settlement, State, Task, live, timed
 from worker.tracks import Tracks
 from worker.upkeep import Heartbeat, StopSignal, until_up
 from worker.weights import Shelf
@@ -243,8 +239,9 @@ class Worker:
         if refused := self.models.refusal(job.model):  # never reaches Demucs, nor a song key
             self.settle(task, Outcome(State.FAILED, failure=errors.model_unavailable(refused)))
             return None
-        model = self.model_of(job.model)
-        self.status.update(task.id, model=model, weights_sha256=self.models.weights_sha256(model),
+        self.decide(task, job)
+        self.status.update(task.id, model=task.model,
+                           weights_sha256=self.models.weights_sha256(task.model),
                            songhash=job.songhash or "", stage="starting")
         self.status.mirror(task.id, state=Status.RUNNING.value, stage="running")
         log.info("job %s: attempt %d/%d started", task.id, task.attempt,
@@ -282,8 +279,8 @@ class Worker:
                 duration_s = self.inputs.probe(task.input_path, f"s3://{bucket}/{key}")
                 if task.songhash is None:
                     task.songhash = sha256_file(task.input_path)
-                self.status.link_song(task.id, task.songhash, self.model_of(job.model),
-                                      self.encoding_of(job).variant)
+                self.status.link_song(task.id, task.songhash, task.model,
+                                      task.encoding.variant)
         self.status.update(task.id, songhash=task.songhash or "", duration_s=round(duration_s, 3))
         if task.kind is JobKind.SONG and self.long_songs.should_split(duration_s):
             self.still_held(task)
@@ -296,13 +293,14 @@ class Worker:
             raise RuntimeError("a song is split only after its input was fetched")
         self.status.update(task.id, stage="splitting", progress=2)
         with timed(task, "split"):
-            self.long_songs.split(task.subject, task.songhash, self.model_of(task.subject.model),
-                                  task.input_path, duration_s, task.work_dir)
+            self.long_songs.split(task.subject, task.songhash, task.model, task.input_path,
+                                  duration_s, task.work_dir)
         self.settle(task, Outcome.of(State.SPLIT))
 
     def join(self, task: Task) -> None:
         """Stitch a long song's chunk stems; the task then delivers that song's tracks."""
         task.parent, task.songhash = self.long_songs.parent(task.subject.join_of or "")
+        self.decide(task, task.parent)  # a join delivers its song: the song's model and encoding
         task.work_dir.mkdir(parents=True)
         self.status.update(task.subject_id, stage="joining", progress=90)
         with timed(task, "join"):
@@ -331,10 +329,9 @@ class Worker:
 
     def run_of(self, task: Task) -> tuple[str, PrunedBag | None]:
         """The model a job runs, and the pruned bag its sources need (None: all of it)."""
-        model = self.model_of(task.subject.model)
-        repo = self.models.repo(model, task.work_dir.parent)
-        return model, None if repo is None else pruned_bag(model, repo,
-                                                           sources_for(task.subject.tracks()))
+        repo = self.models.repo(task.model, task.work_dir.parent)
+        return task.model, None if repo is None else pruned_bag(
+            task.model, repo, sources_for(task.subject.tracks()))
 
     # -- 5. deliver ------------------------------------------------------------------------
     def deliver(self, task: Task) -> None:
@@ -352,7 +349,7 @@ class Worker:
     def upload_tracks(self, task: Task) -> dict[str, str]:
         if task.stem_dir is None or task.input_path is None or not task.songhash:
             raise RuntimeError(f"job {task.id} reached delivery without stems or input")
-        encoding = self.encoding_of(task.subject)
+        encoding = task.encoding
         self.status.update(task.subject_id, stage="encoding", progress=90)
         with timed(task, "encode"):
             files = self.tracks.encode(task.subject, task.stem_dir, task.input_path,
@@ -362,9 +359,8 @@ class Worker:
         self.status.update(task.subject_id, stage="uploading", progress=95, **encoding.fields(),
                            expires_at=expires_at(time.time(), self.settings.retention_days) or "")
         with timed(task, "upload"):
-            model = self.model_of(task.subject.model)
-            return self.tracks.upload(files, task.songhash, model,
-                                      self.models.weights_sha256(model), task.subject_id,
+            return self.tracks.upload(files, task.songhash, task.model,
+                                      self.models.weights_sha256(task.model), task.subject_id,
                                       encoding)
 
     # -- 6. settle -------------------------------------------------------------------------
@@ -436,11 +432,11 @@ class Worker:
             log.warning("could not leave cleanly: %s", error)
         log.info("worker %s stopped", self.worker_id)
 
-    def model_of(self, model: str | None) -> str:
-        return model or self.settings.demucs_model
-
-    def encoding_of(self, job: Job) -> Encoding:
-        return job.encoding(self.settings.mp3_bitrate_kbps)
+    def decide(self, task: Task, job: Job) -> None:
+        """The model and encoding ``task`` works with, decided once and read by every step
+        after: its job's (``DEMUCS_MODEL``, ``MP3_BITRATE`` where it names none)."""
+        task.model = job.model or self.settings.demucs_model
+        task.encoding = job.encoding(self.settings.mp3_bitrate_kbps)
 
 
 class Backoff:

@@ -1,9 +1,9 @@
 """Reading a separation request: JSON with a base64 ``mp3``, or a multipart file upload.
 
-Both are streamed as they arrive (``rest.json_stream``, ``rest.multipart_stream``) into a temp
-file (``rest.song_sink``), and end as an ``Upload``: the MP3 in that file, its songhash and the
-request's optional fields (``model``, ``stems``, ``callback``, ``format``, ``bitrate``,
-``bit_depth``, ``priority``). No body is ever held whole:
+Both are streamed as they arrive (``rest.ingest.json_stream``, ``rest.ingest.multipart_stream``)
+into a temp file (``rest.ingest.song_sink``), and end as an ``Upload``: the MP3 in that file, its
+songhash and the request's optional fields (``rest.schemas.SeparateRequest``). No body is ever
+held whole:
 memory is bounded by the settings (MAX_CONCURRENT_UPLOADS), not by what clients send.
 Whatever makes the request unusable becomes an ``HTTPException`` with a reason a person can
 act on: 400 for bad data, 413 for too much (as soon as it is too much), 503 when busy.
@@ -20,16 +20,16 @@ from typing import Any, Protocol
 
 from fastapi import HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ValidationError
 from starlette.requests import ClientDisconnect
 
-from rest.json_stream import JsonScanner
-from rest.multipart_stream import FormReader, boundary_of
-from rest.song_sink import Base64Decoder, SongFile
+from rest.ingest.json_stream import JsonScanner
+from rest.ingest.multipart_stream import FormReader, boundary_of
+from rest.ingest.song_sink import Base64Decoder, SongFile
+from rest.schemas import FIELD_TYPES, FORM_FIELDS, REQUEST_FIELDS, SeparateRequest
 from separation.audio import NotAudio, TooLong, probe_mp3
-from separation.contract import Priority, normalize_track
-from separation.formats import MP3_BITRATES_KBPS
-from separation.numbers import DIGITS_RE, AsciiInt, ascii_int_or_none
+from separation.contract import normalize_track
+from separation.numbers import DIGITS_RE, ascii_int_or_none
 from separation.settings import Settings
 
 log = logging.getLogger("rest")
@@ -38,29 +38,6 @@ FIELDS_SLACK_BYTES = 64 * 1024
 JSON_MAX_DEPTH = 32
 """How deep a request's JSON may nest (the lab's clients use 3 levels)."""
 UPLOAD_RETRY_AFTER_S = 5
-
-
-class SeparateRequest(BaseModel):
-    """The JSON body of ``POST /apiv1/separate``."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    mp3: str = Field(description="the MP3 file, base64-encoded")
-    model: str | None = Field(None, description="a model GET /apiv1/models lists; "
-                                     "default: its default")
-    stems: list[str] | None = Field(
-        None, description="tracks to make: vocals drums bass other instrumental acapella "
-                          "original full (default all; 'base' means bass)")
-    callback: dict[str, Any] | None = Field(
-        None, description='{"url": "http://...", "data": {...}}: POSTed the job\'s outcome')
-    format: str | None = Field(None, description="mp3 (default), flac or wav")
-    bitrate: AsciiInt | None = Field(
-        None, description=f"kb/s of MP3 tracks, one of {', '.join(map(str, MP3_BITRATES_KBPS))}"
-                          " (default MP3_BITRATE)")
-    bit_depth: AsciiInt | None = Field(None, description="16 (default) or 24, for flac and wav")
-    priority: Priority | None = Field(
-        None, description='"high": taken before normal jobs (see the README\'s Priority); '
-                          'default "normal"')
 
 
 @dataclass
@@ -109,7 +86,7 @@ class UploadSlots:
 
     Each holds a temp file of up to MAX_INPUT_MB and buffers of a few hundred KB, so this
     bounds the REST process's memory and disk; the share per client (with the bodies' pace,
-    ``rest.pace``) keeps one client's slow uploads from locking the others out. Used on the
+    ``rest.ingest.pace``) keeps one client's slow uploads from locking the others out. Used on the
     event loop only (no lock needed).
     """
 
@@ -220,26 +197,29 @@ class _FormBody:
 
     def finish(self) -> tuple[dict[str, Any], str]:
         self.reader.finish()
-        form = self.reader.fields
-        fields: dict[str, Any] = {}
-        if model := form.get("model", [""])[0]:
-            fields["model"] = model
-        stems = [s.strip() for value in form.get("stems", []) for s in value.split(",")
-                 if s.strip()]
-        if stems:
-            fields["stems"] = stems
-        for name in ("format", "bitrate", "bit_depth"):
-            if value := form.get(name, [""])[0].strip():
-                # a number only as ASCII digits; else kept as text, which the job refuses (400)
-                fields[name] = int(value) if name != "format" and DIGITS_RE.fullmatch(value) \
-                    else value
-        if priority := form.get("priority", [""])[0]:
-            fields["priority"] = priority  # checked with the job (400 unless high or normal)
-        if callback := form.get("callback", [""])[0]:
-            scanner = JsonScanner(None, FIELDS_SLACK_BYTES, JSON_MAX_DEPTH, "'callback'")
-            scanner.feed(callback.encode())
-            fields["callback"] = scanner.document()
+        values = {name: form_value(name, self.reader.fields.get(name, []))
+                  for name in FORM_FIELDS}
+        fields = {name: value for name, value in values.items() if value is not None}
         return fields, song_name(self.reader.song_name)
+
+
+def form_value(name: str, texts: list[str]) -> Any:
+    """A form field's text as the request's field of that name (``SeparateRequest``); None
+    when absent or empty. A number only as ASCII digits: other text is kept, and the job
+    refuses it (400); ``stems`` may repeat or be comma-separated."""
+    kind = FIELD_TYPES[name]
+    if kind == "array":
+        return [s.strip() for text in texts for s in text.split(",") if s.strip()] or None
+    text = texts[0].strip() if texts else ""
+    if not text:
+        return None
+    if kind == "integer":
+        return int(text) if DIGITS_RE.fullmatch(text) else text
+    if kind == "object":
+        scanner = JsonScanner(None, FIELDS_SLACK_BYTES, JSON_MAX_DEPTH, f"{name!r}")
+        scanner.feed(text.encode())
+        return scanner.document()
+    return text
 
 
 SONG_NAME_MAX = 200
@@ -277,6 +257,5 @@ def _explain(error: ValidationError) -> str:
     if first["type"] == "missing" and where == "mp3":
         return 'missing the song: send {"mp3": "<base64 of the file>"}'
     if first["type"] == "extra_forbidden":
-        return (f"unknown field {where!r}; fields are mp3, model, stems, callback, format, "
-                "bitrate, bit_depth, priority")
+        return f"unknown field {where!r}; fields are {REQUEST_FIELDS}"
     return f"{where}: {first['msg']}"

@@ -2,8 +2,8 @@
 
 The song part (``file``, or ``mp3``) goes straight to the upload's ``SongFile`` as its bytes
 arrive (through base64 when it is a text field rather than a file), so the size limit applies
-at once; the other fields (``model``, ``stems``, ``callback``, ``format``, ``bitrate``,
-``bit_depth``, ``priority``) are kept, at most ``fields_max_bytes`` in all. Nothing is spooled.
+at once; the request's other fields (``rest.schemas.FORM_FIELDS``) are kept, at most
+``fields_max_bytes`` in all. Nothing is spooled.
 """
 
 from __future__ import annotations
@@ -14,10 +14,9 @@ from fastapi import HTTPException
 from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
-from rest.song_sink import Base64Decoder, SongFile
+from rest.ingest.song_sink import Base64Decoder, SongFile
+from rest.schemas import FORM_FIELDS, FORM_SONG_FIELDS
 
-SONG_FIELDS = ("file", "mp3")
-OTHER_FIELDS = ("model", "stems", "callback", "format", "bitrate", "bit_depth", "priority")
 MAX_PARTS = 20
 
 
@@ -98,7 +97,7 @@ class FormReader:
         options = parse_options_header(self._headers.get(b"content-disposition", b""))[1]
         self._name = options.get(b"name", b"").decode("utf-8", "replace")
         filename = options.get(b"filename")
-        if self._name in SONG_FIELDS:
+        if self._name in FORM_SONG_FIELDS:
             if self._song_seen:
                 raise HTTPException(400, "send one song per request (one 'file' field)")
             self._song_seen = True
@@ -108,12 +107,12 @@ class FormReader:
             else:
                 self.song_name = filename.decode("utf-8", "replace")
                 self._write = self._song.write
-        elif self._name in OTHER_FIELDS:
+        elif self._name in FORM_FIELDS:
             self._value = bytearray()
             self._write = self._keep
         else:
             raise HTTPException(400, f"unknown form field {self._name!r}; fields are file "
-                                     "(or mp3), " + ", ".join(OTHER_FIELDS))
+                                     "(or mp3), " + ", ".join(FORM_FIELDS))
 
     def _keep(self, data: bytes) -> None:
         self._take_field_bytes(len(data))
