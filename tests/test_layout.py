@@ -1,5 +1,6 @@
 """The layout says who may touch what, as a table of allowed import arrows read from the code
-(``ast``, every import: at the top, inside functions and under ``TYPE_CHECKING``).
+(``ast``, every import: at the top, inside functions and under ``TYPE_CHECKING``; not what
+runs only as a script, under ``if __name__ == "__main__"``).
 
 - Between packages (``PACKAGE_ARROWS``): ``rest/`` and ``separation/`` never import the worker's
   own code (``worker/``), so the REST image, which holds no ``worker/``, can always start;
@@ -57,7 +58,9 @@ def _imported_modules(path: Path, modules: set[str] | None = None) -> set[str]:
     """What a file imports. Given the project's ``modules``, only those: ``from a import b``
     names the module ``a.b`` if there is one, else ``a``."""
     names: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+    tree = ast.parse(path.read_text(), str(path))
+    tree.body = [node for node in tree.body if not _is_script_entry(node)]
+    for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             names.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
@@ -66,6 +69,13 @@ def _imported_modules(path: Path, modules: set[str] | None = None) -> set[str]:
                 names.add(submodule if modules is not None and submodule in modules
                           else node.module)
     return names if modules is None else names & modules
+
+
+def _is_script_entry(node: ast.stmt) -> bool:
+    """``if __name__ == "__main__":`` at a module's top: what runs only as a script (``python
+    worker/worker.py`` hands over to ``worker.__main__``) is no arrow of the module."""
+    return isinstance(node, ast.If) and isinstance(node.test, ast.Compare) and \
+        isinstance(node.test.left, ast.Name) and node.test.left.id == "__name__"
 
 
 def arrows(modules: dict[str, Path]) -> dict[str, set[str]]:
