@@ -21,6 +21,7 @@ from tests.waiting import wait_until
 
 REAL_CLI = pytest.mark.usefixtures("demucs_cli")  # the path end to end on the real Demucs CLI
 SLOW_STANDIN = {"STANDIN_DEMUCS_DELAY_S": "3"}  # a signal lands while the stand-in runs
+HUNG_STANDIN = {"STANDIN_DEMUCS_HANG": "*"}  # it runs until killed, however busy the machine
 
 SECRET = "test-webhook-secret"
 
@@ -125,7 +126,7 @@ def test_a_model_not_installed_fails_at_start(stack, make_song):
 
 def test_killed_worker_job_is_finished_by_another(stack, song):
     songhash = stack.upload_song(song)
-    first = stack.start_worker(**SLOW_STANDIN)
+    first = stack.start_worker(**HUNG_STANDIN)
     stack.push({"songhash": songhash, "id": "killed"})
     stack.wait_for_stage("killed", "separating")
     first.send_signal(signal.SIGKILL)
@@ -152,7 +153,7 @@ def test_sigterm_during_a_job_finishes_it_and_exits_0(stack, song):
 
 def test_sigterm_past_the_grace_requeues_the_job(stack, song):
     songhash = stack.upload_song(song)
-    worker = stack.start_worker(SHUTDOWN_GRACE_S="0.2", **SLOW_STANDIN)
+    worker = stack.start_worker(SHUTDOWN_GRACE_S="0.2", **HUNG_STANDIN)
     stack.push({"songhash": songhash, "id": "requeued"})
     stack.wait_for_stage("requeued", "separating")
     worker.send_signal(signal.SIGTERM)
