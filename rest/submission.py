@@ -51,7 +51,7 @@ def submit(backend: Backend, upload: Upload, tenancy: Tenancy, client: str) -> d
     if done is not None:
         return already_separated(backend, tenancy, job, upload, model, encoding, done)
     active = Keys.active(upload.songhash, model, job.tracks(), encoding.variant)
-    holder = tenancy.claim(backend, active, job)
+    holder = tenancy.claim(active, job)
     if holder != job.id:
         return joined(tenancy, job, upload, model, holder)
     try:

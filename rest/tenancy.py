@@ -21,8 +21,9 @@ from separation.joins import MAX_JOINED, JoinFull
 class Tenancy(Protocol):
     """What a route asks of the caller's tenancy (see the module's docstring)."""
 
-    name: str | None
-    """The client of ``API_KEYS``; None without it."""
+    @property
+    def name(self) -> str | None:
+        """The client of ``API_KEYS``; None without it."""
 
     # --- a request for a separation ---
     def admit(self, job: Job, model: str) -> None:
@@ -39,7 +40,7 @@ class Tenancy(Protocol):
                     ) -> str:
         """The id a request served by job ``runs_as`` is answered with."""
 
-    def claim(self, backend: Backend, active: str, job: Job) -> str:
+    def claim(self, active: str, job: Job) -> str:
         """The job that will separate this content (``separation.joins``); 429 when it has
         no room for another callback of this client's."""
 
@@ -70,10 +71,12 @@ class Tenancy(Protocol):
 class Anonymous:
     """No ``API_KEYS``: one client, who sees every job."""
 
-    name: str | None = None
-
     def __init__(self, backend: Backend) -> None:
         self.backend = backend
+
+    @property
+    def name(self) -> str | None:
+        return None
 
     def admit(self, job: Job, model: str) -> None:
         pass
@@ -88,9 +91,9 @@ class Anonymous:
                     ) -> str:
         return runs_as
 
-    def claim(self, backend: Backend, active: str, job: Job) -> str:
+    def claim(self, active: str, job: Job) -> str:
         try:
-            return backend.joins.claim(active, job)
+            return self.backend.joins.claim(active, job)
         except JoinFull as full:
             raise join_refused(f"job {full.job_id}", "") from None
 
@@ -126,7 +129,11 @@ class Client:
     def __init__(self, backend: Backend, name: str) -> None:
         self.backend = backend
         self.owners = backend.owners
-        self.name = name
+        self.client = name
+
+    @property
+    def name(self) -> str:
+        return self.client
 
     def admit(self, job: Job, model: str) -> None:
         if not self.owners.has_room(self.name):
@@ -149,11 +156,11 @@ class Client:
                          waiting)
         return job.id or ""
 
-    def claim(self, backend: Backend, active: str, job: Job) -> str:
+    def claim(self, active: str, job: Job) -> str:
         """A joined request is answered with its own id, which its callback names; its
         refusal names no job (the one separating the song may be another client's)."""
         try:
-            return backend.joins.claim(active, job, job.id, self.name)
+            return self.backend.joins.claim(active, job, job.id, self.name)
         except JoinFull:
             raise join_refused("a job", "your ") from None
 
