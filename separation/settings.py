@@ -72,6 +72,8 @@ class Settings:
     demucs_shifts: int = 0  # Demucs CLI: 1, one random offset that averages nothing
     demucs_segment: int | None = None
     demucs_allocator: str = "tcmalloc"  # malloc of the Demucs process: tcmalloc, system, a .so
+    demucs_runner: str = "warm"  # warm: one long-lived Demucs child per worker; cli: one per batch
+    warm_model_budget_mb: int = 1024  # models the warm Demucs keeps loaded; 0: none kept
     mp3_bitrate_kbps: int = 320
     max_input_mb: float = 100.0
     max_duration_s: float = 1200.0
@@ -154,6 +156,8 @@ class Settings:
             raise ValueError("DEMUCS_ALLOCATOR must be tcmalloc, system or the absolute path "
                              "of a shared library (e.g. /usr/lib/x86_64-linux-gnu/"
                              "libjemalloc.so.2)")
+        if self.demucs_runner not in ("warm", "cli") or self.warm_model_budget_mb < 0:
+            raise ValueError("DEMUCS_RUNNER must be warm or cli, WARM_MODEL_BUDGET_MB >= 0")
         if self.max_attempts < 1 or self.batch_max < 1 or self.max_concurrent_uploads < 1 or \
                 self.max_uploads_per_client < 1:
             raise ValueError("MAX_ATTEMPTS, BATCH_MAX, MAX_CONCURRENT_UPLOADS and "

@@ -245,3 +245,14 @@ def test_close_ends_the_child(tmp_path, warm):
     warm.close()
     wait_until(lambda: not Path(f"/proc/{pid}").exists(), timeout_s=10)
     assert warm.pid is None
+
+
+def test_the_runner_is_a_setting():
+    from separation.settings import Settings
+    from worker.separator import uses_warm
+
+    assert uses_warm(Settings.from_env({}))  # the default
+    assert not uses_warm(Settings.from_env({"DEMUCS_RUNNER": "cli"}))
+    for bad in ({"DEMUCS_RUNNER": "hot"}, {"WARM_MODEL_BUDGET_MB": "-1"}):
+        with pytest.raises(ValueError, match="DEMUCS_RUNNER"):
+            Settings.from_env(bad)
