@@ -31,7 +31,7 @@ from worker import bags
 from worker.demucs_cli import DemucsOptions, DemucsRun, allocator_library, failure_of, run_demucs
 from worker.errors import Code
 from worker.warm import WarmDemucs
-from worker.warm_child import ModelCache
+from worker.warm_demucs import ModelCache
 
 SMALL = {"channels": 8, "t_layers": 1}
 PRELOAD = allocator_library("tcmalloc")
@@ -83,7 +83,7 @@ def songs(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
             write_song(folder / "b b.mp3", seconds=4.0, seed=9)]
 
 
-def test_the_warm_childs_stems_are_the_clis_bytes(tmp_path, songs, warm):
+def test_the_warm_demucss_stems_are_the_clis_bytes(tmp_path, songs, warm):
     repo = save_unittest_model(tmp_path / "models", "unittest_fixed")
     options = _options("unittest_fixed", repo)
     _cli(options, tmp_path / "cli", songs)

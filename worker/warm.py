@@ -1,4 +1,4 @@
-"""The worker's side of the warm Demucs (``worker.warm_child``): one long-lived child process
+"""The worker's side of the warm Demucs (``worker.warm_demucs``): one long-lived child process
 that separates each batch on request, so a job pays no Python, torch or model start-up.
 
 ``WarmDemucs.run`` has ``worker.demucs_cli.run_demucs``'s signature and returns the same
@@ -32,11 +32,12 @@ from worker.demucs_cli import (
     DemucsOptions,
     DemucsRun,
     Stop,
+    build_command,
     child_env,
     die_with_parent,
     kill_group,
 )
-from worker.warm_child import OUTPUT_MARK
+from worker.warm_demucs import OUTPUT_MARK
 
 log = logging.getLogger(__name__)
 _ROOT = str(Path(__file__).resolve().parent.parent)  # where ``worker`` imports from
@@ -97,8 +98,8 @@ class WarmDemucs:
                        "device": options.device, "shifts": options.shifts,
                        "segment": options.segment, "int24": options.int24,
                        "out": str(out_dir), "tracks": [str(p) for p in inputs]}
-            log.info("warm Demucs (pid %d): %s on %s, %d input(s)", child.process.pid,
-                     options.model, options.device, len(inputs))
+            log.info("warm Demucs (pid %d) running the equivalent of %s", child.process.pid,
+                     " ".join(build_command(options, out_dir, inputs)))
             child.clear_tail()
             try:
                 _send(child.process.stdin, request)
@@ -179,7 +180,7 @@ class WarmDemucs:
 
 def _start(env: dict[str, str], environment: tuple[str, str], budget_mb: float) -> _Child:
     env["PYTHONPATH"] = os.pathsep.join(filter(None, (_ROOT, env.get("PYTHONPATH"))))
-    command = [sys.executable, "-u", "-m", "worker.warm_child", "--budget-mb", f"{budget_mb:g}",
+    command = [sys.executable, "-u", "-m", "worker.warm_demucs", "--budget-mb", f"{budget_mb:g}",
                "--parent", str(os.getpid())]
     process = subprocess.Popen(command,  # a fixed list  # nosec B603
                                stdin=subprocess.PIPE, stdout=subprocess.PIPE,

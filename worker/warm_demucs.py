@@ -1,7 +1,7 @@
 """The warm Demucs: a long-lived child of the worker that imports torch and Demucs once, keeps
 the models it loaded, and separates each batch on request with Demucs' own code.
 
-Run as ``python -m worker.warm_child --budget-mb N --parent PID`` by ``worker.warm`` only; it
+Run as ``python -m worker.warm_demucs --budget-mb N --parent PID`` by ``worker.warm`` only; it
 imports nothing of the worker but this module. Protocol, one JSON object a line:
 
 - requests on stdin: ``{"id", "model", "repo", "device", "shifts", "segment", "int24", "out",
