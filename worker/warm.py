@@ -89,6 +89,8 @@ class WarmDemucs:
         timeout or once ``abort`` is set (checked every 0.25 s)."""
         with self.lock:
             started = time.monotonic()
+            log.info("running in the warm Demucs the equivalent of %s",
+                     " ".join(build_command(options, out_dir, inputs)))
             try:
                 child = self._child_for(options)
             except OSError as error:
@@ -98,8 +100,6 @@ class WarmDemucs:
                        "device": options.device, "shifts": options.shifts,
                        "segment": options.segment, "int24": options.int24,
                        "out": str(out_dir), "tracks": [str(p) for p in inputs]}
-            log.info("warm Demucs (pid %d) running the equivalent of %s", child.process.pid,
-                     " ".join(build_command(options, out_dir, inputs)))
             child.clear_tail()
             try:
                 _send(child.process.stdin, request)
@@ -152,6 +152,9 @@ class WarmDemucs:
             elif kind == "done":
                 self.last_done = event
                 returncode = 0 if event.get("ok") else 1
+                log.info("warm Demucs (pid %d) %s in %.1f s; its RSS %s MB, models kept %s MB",
+                         child.process.pid, "done" if returncode == 0 else "failed",
+                         time.monotonic() - started, event.get("rss_mb"), event.get("kept_mb"))
                 break
         return DemucsRun(returncode, child.take_tail(self.requests), time.monotonic() - started,
                          inputs_started=inputs_started, timed_out=timed_out, aborted=aborted)
