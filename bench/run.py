@@ -604,7 +604,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="small sizes: a smoke test")
     parser.add_argument("--only",
                         default="overhead,batch,memory,ingest,karaoke,allocator,warm")
-    parser.add_argument("--reps", type=int, default=3, help="runs of each side in --only warm")
+    parser.add_argument("--reps", type=int, default=3,
+                        help="runs of each side in --only warm, 7 s clip (60 s: --reps-long)")
+    parser.add_argument("--reps-long", type=int, default=1)
     args = parser.parse_args(argv)
     parts = set(args.only.split(","))
     model, repo, threads = bench_model(args.quick)
@@ -655,8 +657,9 @@ def main(argv: list[str] | None = None) -> int:
                 sizes = {"7s": 7.0} if args.quick else {"7s": 7.0, "60s": 60.0}
                 clips = [song(2.0 if args.quick else 5.0, 100 + i)
                          for i in range(4 if args.quick else 8)]
+                reps = {"7s": 1 if args.quick else args.reps, "60s": args.reps_long}
                 report["warm"] = bench_warm(bench, {k: song(v, 4) for k, v in sizes.items()},
-                                            clips, 1 if args.quick else args.reps,
+                                            clips, reps,
                                             batch_real_model=model != TINY and not args.quick)
         finally:
             bench.close()

@@ -57,7 +57,7 @@ class Service:
         cpu_s = _tree_cpu_s(process) - cpu_before_s
         return {"wall_s": wall_s, "cpu_s": cpu_s, "peak_rss_mb": rss.peak_mb,
                 "others_cores": others_cores(busy_s, cpu_s, wall_s),
-                "demucs_s": record["timings"].get("demucs", 0.0)}
+                "demucs_s": record["timings"].get("demucs", 0.0), "timings": record["timings"]}
 
     def resident(self) -> dict[str, float]:
         """RSS of the worker and its warm child now (between jobs)."""
@@ -93,7 +93,8 @@ def one_at_a_time(bench: Bench, song: Path, reps: int) -> dict[str, Any]:
         "cpu_s": {side: round(statistics.median(r["cpu_s"] for r in rows), 1)
                   for side, rows in runs.items()},
         "warm_first_job_s": round(first["wall_s"], 2),
-        "warm_demucs_s": round(statistics.median(r["demucs_s"] for r in runs["service_warm"]), 2),
+        "breakdown_s": {side: _median_timings(rows) for side, rows in runs.items()
+                        if side != "raw_cli"},
         "peak_rss_mb": {side: round(max(r["peak_rss_mb"] for r in rows))
                         for side, rows in runs.items()},
         "resident_between_jobs_mb": resident,
@@ -106,9 +107,15 @@ def one_at_a_time(bench: Bench, song: Path, reps: int) -> dict[str, Any]:
     return result
 
 
-def bench_warm(bench: Bench, songs: dict[str, Path], clips: list[Path], reps: int,
+def _median_timings(rows: list[dict[str, Any]]) -> dict[str, float]:
+    stages = rows[0]["timings"]
+    return {k: round(statistics.median(r["timings"].get(k, 0.0) for r in rows), 2)
+            for k in stages}
+
+
+def bench_warm(bench: Bench, songs: dict[str, Path], clips: list[Path], reps: dict[str, int],
                batch_real_model: bool) -> dict[str, Any]:
-    report: dict[str, Any] = {"one_at_a_time": {label: one_at_a_time(bench, song, reps)
+    report: dict[str, Any] = {"one_at_a_time": {label: one_at_a_time(bench, song, reps[label])
                                                 for label, song in songs.items()}}
     report["batch_warm"] = {TINY: bench_batch(bench, clips, TINY, None, 4,
                                               DEMUCS_RUNNER="warm")}

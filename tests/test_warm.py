@@ -256,3 +256,18 @@ def test_the_runner_is_a_setting():
     for bad in ({"DEMUCS_RUNNER": "hot"}, {"WARM_MODEL_BUDGET_MB": "-1"}):
         with pytest.raises(ValueError, match="DEMUCS_RUNNER"):
             Settings.from_env(bad)
+
+
+@pytest.mark.skipif(PRELOAD is None, reason="libtcmalloc-minimal4 is not installed")
+def test_the_child_runs_with_the_allocator_on_the_cpu_only(tmp_path, songs, warm):
+    cpu = _options("demucs_unittest", None)
+    assert warm.run(cpu, tmp_path, [], 600, threading.Event(), lambda i, f: None).returncode == 0
+    cpu_pid = warm.pid
+    assert "libtcmalloc" in Path(f"/proc/{cpu_pid}/maps").read_text()
+    # a request needing another environment (a GPU run keeps the system's malloc) gets a
+    # child of its own: here torch has no CUDA, so it fails with the CLI's CUDA reason
+    gpu = DemucsOptions(model="demucs_unittest", device="cuda", threads=2, preload=PRELOAD)
+    run = warm.run(gpu, tmp_path, songs[1:], 600, threading.Event(), lambda i, f: None)
+    assert run.returncode == 1 and failure_of(run, gpu, 600).code is Code.CUDA, run.output_tail
+    assert not Path(f"/proc/{cpu_pid}").exists()  # the CPU child made way for it
+    assert warm.pid is None  # and a child that failed on a GPU is not kept
