@@ -591,12 +591,16 @@ def bench_model(quick: bool) -> tuple[str, str | None, int]:
 def write_results(path: Path, report: dict[str, Any]) -> None:
     """Merge this run's figures into ``path``: a run of some parts keeps the others'."""
     merged = json.loads(path.read_text()) if path.exists() else {}
-    for key, value in report.items():  # two levels: a run of some sizes keeps the others
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key].update(value)
-        else:
-            merged[key] = value
+    _merge(merged, report)  # a run of some sizes keeps the others
     path.write_text(json.dumps(merged, indent=2) + "\n")
+
+
+def _merge(into: dict[str, Any], new: dict[str, Any]) -> None:
+    for key, value in new.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            _merge(into[key], value)
+        else:
+            into[key] = value
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -607,6 +611,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reps", type=int, default=3,
                         help="runs of each side in --only warm, 7 s clip (60 s: --reps-long)")
     parser.add_argument("--reps-long", type=int, default=1)
+    parser.add_argument("--warm-clips", default="7s,60s", help="clips of --only warm")
+    parser.add_argument("--no-warm-batch", action="store_true",
+                        help="--only warm without its batching table")
     args = parser.parse_args(argv)
     parts = set(args.only.split(","))
     model, repo, threads = bench_model(args.quick)
@@ -654,9 +661,10 @@ def main(argv: list[str] | None = None) -> int:
             if "warm" in parts:
                 from bench.warm import bench_warm  # it imports this module
 
-                sizes = {"7s": 7.0} if args.quick else {"7s": 7.0, "60s": 60.0}
-                clips = [song(2.0 if args.quick else 5.0, 100 + i)
-                         for i in range(4 if args.quick else 8)]
+                sizes = {k: float(k.rstrip("s")) for k in
+                         (["7s"] if args.quick else args.warm_clips.split(","))}
+                clips = [] if args.no_warm_batch else [song(2.0 if args.quick else 5.0, 100 + i)
+                                                        for i in range(4 if args.quick else 8)]
                 reps = {"7s": 1 if args.quick else args.reps, "60s": args.reps_long}
                 report["warm"] = bench_warm(bench, {k: song(v, 4) for k, v in sizes.items()},
                                             clips, reps,

@@ -54,8 +54,8 @@ class Service:
         cpu_before_s, busy_s = _tree_cpu_s(process), _busy_cpu_s()
         with PeakRss(self.worker.pid) as rss:
             wall_s, (record,) = self.bench.run_jobs([song], self.worker)
-        cpu_s = _tree_cpu_s(process) - cpu_before_s
-        return {"wall_s": wall_s, "cpu_s": cpu_s, "peak_rss_mb": rss.peak_mb,
+        cpu_s = _tree_cpu_s(process) - cpu_before_s  # only to subtract from the machine's
+        return {"wall_s": wall_s, "peak_rss_mb": rss.peak_mb,
                 "others_cores": others_cores(busy_s, cpu_s, wall_s),
                 "demucs_s": record["timings"].get("demucs", 0.0), "timings": record["timings"]}
 
@@ -90,8 +90,6 @@ def one_at_a_time(bench: Bench, song: Path, reps: int) -> dict[str, Any]:
         "reps": reps,
         "wall_s": {side: round(v, 2) for side, v in median.items()},
         "ratio_to_raw_cli": {side: round(v / median["raw_cli"], 3) for side, v in median.items()},
-        "cpu_s": {side: round(statistics.median(r["cpu_s"] for r in rows), 1)
-                  for side, rows in runs.items()},
         "warm_first_job_s": round(first["wall_s"], 2),
         "breakdown_s": {side: _median_timings(rows) for side, rows in runs.items()
                         if side != "raw_cli"},
@@ -115,8 +113,12 @@ def _median_timings(rows: list[dict[str, Any]]) -> dict[str, float]:
 
 def bench_warm(bench: Bench, songs: dict[str, Path], clips: list[Path], reps: dict[str, int],
                batch_real_model: bool) -> dict[str, Any]:
+    """The one-at-a-time figure for each of ``songs``, then (unless ``clips`` is empty) the
+    batching table with the warm child."""
     report: dict[str, Any] = {"one_at_a_time": {label: one_at_a_time(bench, song, reps[label])
                                                 for label, song in songs.items()}}
+    if not clips:
+        return report
     report["batch_warm"] = {TINY: bench_batch(bench, clips, TINY, None, 4,
                                               DEMUCS_RUNNER="warm")}
     if batch_real_model:
