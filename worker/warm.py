@@ -112,7 +112,7 @@ class WarmDemucs:
             return run
 
     def close(self) -> None:
-        """Stop the child (end of its input first, then its group)."""
+        """Stop the child: SIGKILL to its group (it holds nothing to save)."""
         with self.lock:
             if self.child is not None:
                 self._stop(self.child)
