@@ -12,6 +12,10 @@
 6. allocator the Demucs CLI on 60 s and 300 s songs with the system's malloc vs the allocator
              the worker preloads on the CPU (``DEMUCS_ALLOCATOR``, tcmalloc): time, CPU, peak
              RSS, stems compared.
+7. warm      one job at a time on 7 s and 60 s clips: the service with its warm Demucs child vs
+             the raw CLI (and the service running the CLI); the worker's and the child's memory
+             between jobs; batching with the warm child (``bench/warm.py``; its own
+             ``bench/results/warm.json``).
 
 Models: the real-size random-weight model (bench/model.py) unless ``BENCH_MODEL`` (with
 ``DEMUCS_REPO``) names real weights, and the tiny ``demucs_unittest`` for the batch figure.
@@ -126,9 +130,17 @@ def _children_cpu_s() -> float:
 
 
 def _tree_cpu_s(process: psutil.Process) -> float:
-    """CPU seconds of ``process`` and of its children that have ended (Demucs calls)."""
+    """CPU seconds of ``process``, of its children that have ended (Demucs calls) and of those
+    alive (a warm Demucs child)."""
     times = process.cpu_times()
-    return times.user + times.system + times.children_user + times.children_system
+    live = 0.0
+    for child in process.children(recursive=True):
+        try:
+            child_times = child.cpu_times()
+        except psutil.Error:  # ended meanwhile: counted in children_* once reaped
+            continue
+        live += child_times.user + child_times.system
+    return times.user + times.system + times.children_user + times.children_system + live
 
 
 def _busy_cpu_s() -> float:
@@ -266,12 +278,14 @@ def bench_overhead(bench: Bench, songs: dict[str, Path]) -> dict[str, Any]:
 
 
 def bench_batch(bench: Bench, clips: list[Path], model: str, repo: str | None,
-                batch_max: int) -> dict[str, Any]:
+                batch_max: int, **overrides: str) -> dict[str, Any]:
+    """Songs per minute for ``clips`` pushed at once, one job per Demucs run vs batched; the
+    worker's settings ``overrides`` (e.g. ``DEMUCS_RUNNER``) in both."""
     per_mode: dict[str, float] = {}
     cpu_s: dict[str, float] = {}
     others: dict[str, float] = {}
     for mode, size in (("one_cli_per_job", 1), ("batched", batch_max)):
-        worker = bench.start_worker(model, repo, BATCH_MAX=str(size))
+        worker = bench.start_worker(model, repo, BATCH_MAX=str(size), **overrides)
         try:
             cpu_before_s, busy_s = _tree_cpu_s(psutil.Process(worker.pid)), _busy_cpu_s()
             wall_s, _ = bench.run_jobs(clips, worker)
@@ -282,7 +296,7 @@ def bench_batch(bench: Bench, clips: list[Path], model: str, repo: str | None,
         per_mode[mode] = len(clips) / wall_s * 60
         print(f"  batch {model} {mode}: {per_mode[mode]:.1f} songs/min, CPU {cpu_s[mode]:.1f} s",
               flush=True)
-    return {"clips": len(clips), "batch_max": batch_max,
+    return {"clips": len(clips), "batch_max": batch_max, "settings": overrides,
             "songs_per_min": {k: round(v, 2) for k, v in per_mode.items()},
             "gain": round(per_mode["batched"] / per_mode["one_cli_per_job"], 2),
             "cpu_s": {k: round(v, 1) for k, v in cpu_s.items()},
@@ -577,18 +591,29 @@ def bench_model(quick: bool) -> tuple[str, str | None, int]:
 def write_results(path: Path, report: dict[str, Any]) -> None:
     """Merge this run's figures into ``path``: a run of some parts keeps the others'."""
     merged = json.loads(path.read_text()) if path.exists() else {}
-    for key, value in report.items():  # two levels: a run of some sizes keeps the others
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key].update(value)
-        else:
-            merged[key] = value
+    _merge(merged, report)  # a run of some sizes keeps the others
     path.write_text(json.dumps(merged, indent=2) + "\n")
+
+
+def _merge(into: dict[str, Any], new: dict[str, Any]) -> None:
+    for key, value in new.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            _merge(into[key], value)
+        else:
+            into[key] = value
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes: a smoke test")
-    parser.add_argument("--only", default="overhead,batch,memory,ingest,karaoke,allocator")
+    parser.add_argument("--only",
+                        default="overhead,batch,memory,ingest,karaoke,allocator,warm")
+    parser.add_argument("--reps", type=int, default=3,
+                        help="runs of each side in --only warm, 7 s clip (60 s: --reps-long)")
+    parser.add_argument("--reps-long", type=int, default=1)
+    parser.add_argument("--warm-clips", default="7s,60s", help="clips of --only warm")
+    parser.add_argument("--no-warm-batch", action="store_true",
+                        help="--only warm without its batching table")
     args = parser.parse_args(argv)
     parts = set(args.only.split(","))
     model, repo, threads = bench_model(args.quick)
@@ -633,13 +658,31 @@ def main(argv: list[str] | None = None) -> int:
             if "ingest" in parts:
                 report["ingest"] = bench_ingest(bench, 4 if args.quick else 20,
                                                 1.0 if args.quick else 10.0)
+            if "warm" in parts:
+                from bench.warm import bench_warm  # it imports this module
+
+                sizes = {k: float(k.rstrip("s")) for k in
+                         (["7s"] if args.quick else args.warm_clips.split(","))}
+                clips = [] if args.no_warm_batch else [song(2.0 if args.quick else 5.0, 100 + i)
+                                                        for i in range(4 if args.quick else 8)]
+                reps = {"7s": 1 if args.quick else args.reps, "60s": args.reps_long}
+                report["warm"] = bench_warm(bench, {k: song(v, 4) for k, v in sizes.items()},
+                                            clips, reps,
+                                            batch_real_model=model != TINY and not args.quick)
         finally:
             bench.close()
     RESULTS.mkdir(exist_ok=True)
     name = "quick.json" if args.quick else "latest.json"
-    write_results(RESULTS / name, report)
-    print(json.dumps(report, indent=2))
-    print(f"written to {RESULTS / name}")
+    warm = report.pop("warm", None)
+    if warm is not None:  # figures of their own (notes/warm.md), with this run's machine
+        warm_name = "warm-quick.json" if args.quick else "warm.json"
+        write_results(RESULTS / warm_name, {**report, "warm": warm})
+        print(json.dumps(warm, indent=2))
+        print(f"written to {RESULTS / warm_name}")
+    if set(report) - {"machine", "model", "started", "quick"}:
+        write_results(RESULTS / name, report)
+        print(json.dumps(report, indent=2))
+        print(f"written to {RESULTS / name}")
     return 0
 
 

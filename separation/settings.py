@@ -128,6 +128,8 @@ class Settings:
     demucs_segment: int | None = worker(None)
     demucs_allocator: str = worker("tcmalloc")  # the Demucs process' malloc: tcmalloc, system, .so
     demucs_command: str = worker("")  # the CLI's words before its flags; "": python -m demucs
+    demucs_runner: str = worker("warm")  # warm: one long-lived Demucs child per worker; cli: one
+    warm_model_budget_mb: int = worker(1024)  # models the warm Demucs keeps loaded; 0: none kept
     job_timeout_s: float = worker(1800.0)
     max_attempts: int = worker(3)
     batch_max: int = worker(4)

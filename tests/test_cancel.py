@@ -24,14 +24,17 @@ LONG = {"CHUNK_OVER_S": "10", "CHUNK_S": "8", "CHUNK_OVERLAP_S": "2", "MODEL_SEG
 
 
 def _demucs_pids(marker: str) -> list[int]:
-    """Processes whose command line runs Demucs on a file whose path holds ``marker``."""
+    """Processes whose command line runs Demucs on a file whose path holds ``marker`` (the
+    CLI), or the warm Demucs of a worker whose environment holds it (its ``TMPDIR``)."""
     pids = []
     for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
         try:
             args = cmdline.read_bytes().split(b"\0")
+            warm = b"worker.warm_demucs" in args and \
+                marker.encode() in cmdline.with_name("environ").read_bytes()
         except OSError:
             continue
-        if b"demucs" in b" ".join(args) and any(marker.encode() in a for a in args):
+        if warm or (b"demucs" in b" ".join(args) and any(marker.encode() in a for a in args)):
             pids.append(int(cmdline.parent.name))
     return pids
 

@@ -47,7 +47,8 @@ except OSError:  # pragma: no cover - not Linux
     _LIBC = None
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
+    """``preexec_fn`` of a Demucs child: SIGKILL when the worker (the forking thread) dies."""
     if _LIBC is not None:
         _LIBC.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
@@ -203,7 +204,7 @@ def run_demucs(options: DemucsOptions, out_dir: Path, inputs: Sequence[Path], ti
     process = subprocess.Popen(command,  # a list built by build_command  # nosec B603
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                stdin=subprocess.DEVNULL, env=child_env(options),
-                               start_new_session=True, preexec_fn=_die_with_parent)
+                               start_new_session=True, preexec_fn=die_with_parent)
     reader = _OutputReader(process.stdout, inputs, on_progress)
     reader.start()
     timed_out = aborted = False
@@ -218,7 +219,7 @@ def run_demucs(options: DemucsOptions, out_dir: Path, inputs: Sequence[Path], ti
             except subprocess.TimeoutExpired:
                 pass
             continue
-        _kill_group(process)
+        kill_group(process)
     reader.join(timeout=5)
     if process.stdout is not None:
         process.stdout.close()
@@ -226,7 +227,8 @@ def run_demucs(options: DemucsOptions, out_dir: Path, inputs: Sequence[Path], ti
                      inputs_started=reader.started, timed_out=timed_out, aborted=aborted)
 
 
-def _kill_group(process: subprocess.Popen[bytes]) -> None:
+def kill_group(process: subprocess.Popen[bytes]) -> None:
+    """SIGKILL a child started with ``start_new_session`` and all its group; reap it."""
     try:
         os.killpg(process.pid, signal.SIGKILL)
     except ProcessLookupError:

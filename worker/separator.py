@@ -1,4 +1,8 @@
-"""Step 4 of a batch: one Demucs CLI run for the batch's jobs of one model, with fallbacks.
+"""Step 4 of a batch: one Demucs run for the batch's jobs of one model, with fallbacks.
+
+A run is a request to the worker's warm Demucs child (``worker.warm``; ``DEMUCS_RUNNER=warm``,
+the default), or one ``python -m demucs`` call (``worker.demucs_cli``; ``DEMUCS_RUNNER=cli``):
+the same stems, the same ``DemucsRun`` back, so what follows reads both alike.
 
 Demucs loads only the model's own ``--repo`` folder on the worker's shelf (``worker.weights``),
 with the model hub offline. A cancelled job's run is stopped: the job ends at once (``ended``),
@@ -26,6 +30,7 @@ from worker.bags import PrunedBag
 from worker.cancel import CancelWatch, Interrupt
 from worker.demucs_cli import DemucsOptions, allocator_library, failure_of, run_demucs
 from worker.task import Task
+from worker.warm import WarmDemucs
 from worker.weights import Shelf
 
 log = logging.getLogger("worker")
@@ -49,6 +54,13 @@ class Separator:
         elif settings.demucs_allocator == "tcmalloc":
             log.info("tcmalloc not found: Demucs runs with the system's malloc (install "
                      "libtcmalloc-minimal4: a fifth less time per job)")
+        self.warm = WarmDemucs(settings.warm_model_budget_mb) if uses_warm(settings) else None
+        self.run_demucs = self.warm.run if self.warm is not None else run_demucs
+
+    def close(self) -> None:
+        """Stop the warm Demucs child, if any (the worker is leaving)."""
+        if self.warm is not None:
+            self.warm.close()
 
     def separate(self, tasks: list[Task], model: str, pruned: PrunedBag | None,
                  ended: Ended) -> dict[str, Exception]:
@@ -102,7 +114,7 @@ class Separator:
 
     def run_once(self, tasks: list[Task], model: str, device: str,
                  pruned: PrunedBag | None) -> dict[str, Exception]:
-        """One Demucs CLI call over ``tasks`` on ``device``."""
+        """One Demucs run (warm request or CLI call) over ``tasks`` on ``device``."""
         for task in tasks:
             self.status.update(task.subject_id, stage="separating", progress=5)
         out_dir = Path(tempfile.mkdtemp(prefix=f"demucs-{device}-", dir=tasks[0].work_dir.parent))
@@ -118,8 +130,8 @@ class Separator:
                                           .bit_depth == 24 for t in tasks))
         inputs = [t.input_path for t in tasks if t.input_path is not None]
         progress = _ProgressWriter(self.status, tasks)
-        run = run_demucs(options, out_dir, inputs, self.settings.job_timeout_s * len(tasks),
-                         Interrupt(self.abort, self.cancels, tasks), progress.report)
+        run = self.run_demucs(options, out_dir, inputs, self.settings.job_timeout_s * len(tasks),
+                              Interrupt(self.abort, self.cancels, tasks), progress.report)
         if run.aborted:
             shutil.rmtree(out_dir, ignore_errors=True)
             shutil.rmtree(out_dir.with_name(out_dir.name + "-bag"), ignore_errors=True)
@@ -143,6 +155,12 @@ class Separator:
         if self.abort.is_set():
             return errors.ShutdownRequested()
         return errors.Interrupted()
+
+
+def uses_warm(settings: Settings) -> bool:
+    """Whether Demucs runs in the warm child: ``DEMUCS_RUNNER=warm`` and no ``DEMUCS_COMMAND``
+    (a command of its own, such as the tests' stand-in, is a CLI: it runs once per batch)."""
+    return settings.demucs_runner == "warm" and not settings.demucs_command.strip()
 
 
 def _stopped_for_nothing(jobs: int) -> errors.JobFailure:

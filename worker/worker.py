@@ -425,6 +425,7 @@ class Worker:
     def leave(self) -> None:
         self.heartbeat.stop()
         self.cancels.stop()
+        self.separator.close()
         try:
             self.return_held_jobs()  # nothing should be left; be sure
             self.queue.forget(self.worker_id)
