@@ -31,8 +31,9 @@ from typing import Any
 import numpy as np
 
 import devstack
+from bench.harness import RESULTS, TINY, Bench, PeakRss
 from bench.measures import snr_db
-from bench.run import RESULTS, TINY, Bench, PeakRss, bench_model, write_results
+from bench.run import bench_model, write_results
 from devstack.synth import write_song
 from separation.contract import DEMUCS_STEMS
 from separation.settings import Settings, available_cpus

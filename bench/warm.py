@@ -8,7 +8,7 @@
 2. memory: the resident memory (RSS) of the worker and of its warm child between jobs, with
    the model kept, and the peak of both during the 60 s job.
 3. batching with the warm child: songs per minute for 8 short clips, ``BATCH_MAX=1`` vs 4
-   (``bench.run.bench_batch``), on ``demucs_unittest`` and on the real-size model.
+   (``bench.harness.bench_batch``), on ``demucs_unittest`` and on the real-size model.
 
 Figures go to ``bench/results/warm.json``; the load other processes put on the machine during
 each measurement is recorded beside it (``others_cores``).
@@ -25,7 +25,7 @@ from typing import Any
 import psutil
 
 import devstack
-from bench.run import TINY, Bench, PeakRss, _busy_cpu_s, _tree_cpu_s, bench_batch, others_cores
+from bench.harness import TINY, Bench, PeakRss, _busy_cpu_s, _tree_cpu_s, bench_batch, others_cores
 
 SIDES = ("raw_cli", "service_cli", "service_warm")
 

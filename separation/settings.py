@@ -202,6 +202,8 @@ class Settings:
                              "of a shared library (e.g. /usr/lib/x86_64-linux-gnu/"
                              "libjemalloc.so.2)")
         command_argv(self.demucs_command)  # ValueError
+        if self.demucs_runner not in ("warm", "cli") or self.warm_model_budget_mb < 0:
+            raise ValueError("DEMUCS_RUNNER must be warm or cli, WARM_MODEL_BUDGET_MB >= 0")
         if self.max_attempts < 1 or self.batch_max < 1 or self.max_concurrent_uploads < 1 or \
                 self.max_uploads_per_client < 1:
             raise ValueError("MAX_ATTEMPTS, BATCH_MAX, MAX_CONCURRENT_UPLOADS and "

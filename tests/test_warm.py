@@ -68,7 +68,8 @@ def save_unittest_model(repo: Path, name: str, seed: int = 33) -> Path:
 
 
 @pytest.fixture
-def warm() -> Iterator[WarmDemucs]:
+def warm(demucs_cli: tuple[str, ...]) -> Iterator[WarmDemucs]:
+    """A warm Demucs child (real torch and Demucs: the test is ``demucs``)."""
     demucs = WarmDemucs(budget_mb=1024)
     yield demucs
     demucs.close()
@@ -222,7 +223,7 @@ def test_a_failed_request_keeps_the_child_and_gives_the_clis_reason(tmp_path, wa
     assert warm.pid == pid  # the same warm child
 
 
-def test_models_beyond_the_budget_leave_least_recently_used_first():
+def test_models_beyond_the_budget_leave_least_recently_used_first(demucs_cli):
     cache = ModelCache(budget_mb=2.5)
     layers = {name: torch.nn.Linear(512, 512) for name in "abc"}  # ~1 MB each
     for name in "ab":

@@ -23,7 +23,7 @@ def _warm_children(worker: subprocess.Popen) -> list[psutil.Process]:
             if "worker.warm_demucs" in child.cmdline()]
 
 
-def test_a_child_killed_mid_job_retries_the_job_on_a_fresh_child(stack, make_song):
+def test_a_child_killed_mid_job_retries_the_job_on_a_fresh_child(stack, make_song, demucs_cli):
     long_song = stack.upload_song(make_song(seconds=90, seed=41, name="long.mp3"))
     worker = stack.start_worker(BATCH_MAX="1", JOB_TIMEOUT_S="600")
     stack.push({"id": "killed", "songhash": long_song, "stems": STEMS})
@@ -50,7 +50,7 @@ def test_a_child_killed_mid_job_retries_the_job_on_a_fresh_child(stack, make_son
                fresh.status() == psutil.STATUS_ZOMBIE, timeout_s=10)
 
 
-def test_the_cli_runner_starts_no_warm_child(stack, make_song):
+def test_the_cli_runner_starts_no_warm_child(stack, make_song, demucs_cli):
     worker = stack.start_worker(DEMUCS_RUNNER="cli")
     stack.push({"id": "cli", "songhash": stack.upload_song(make_song(seconds=2, seed=43)),
                 "stems": STEMS})

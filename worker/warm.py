@@ -207,7 +207,9 @@ def _send(stream: IO[bytes] | None, request: dict[str, Any]) -> None:
 
 def _read_events(child: _Child) -> None:
     stream = child.process.stdout
-    assert stream is not None
+    if stream is None:  # started with stdout=PIPE: never
+        child.events.put(_ENDED)
+        return
     try:
         for line in stream:
             try:
@@ -223,7 +225,8 @@ def _read_output(child: _Child) -> None:
     """Keep the tail of Demucs' own output (stderr, with its prints), for failure reasons; the
     child ends each request's output with a mark line."""
     stream = child.process.stderr
-    assert stream is not None
+    if stream is None:  # started with stderr=PIPE: never
+        return
     pending = ""
     try:
         while chunk := stream.read1(65536):  # type: ignore[attr-defined]
