@@ -7,6 +7,7 @@ defaults are MinIO's documented local-development ones (``minioadmin``); deploym
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import os
 import re
@@ -98,6 +99,7 @@ class Settings:
     webhook_timeout_s: float = 10.0
     webhook_secret: str | None = None
     metrics_port: int = 8000
+    metrics_host: str = "0.0.0.0"  # noqa: S104  # the probe port's bind address  # nosec B104
     log_list_max: int = 10000
     log_list_max_bytes: int = 8 * 1024 * 1024
     rate_limit_per_min: int = 60  # separation requests per client and minute; 0: no limit
@@ -212,6 +214,11 @@ class Settings:
                              f"({(self.retention_days + 1) * DAY_S}), or leave it unset")
         if self.poll_s >= 5:
             raise ValueError("POLL_S must stay under redis-py's 5 s socket timeout")
+        try:
+            ipaddress.ip_address(self.metrics_host)
+        except ValueError:
+            raise ValueError(f"METRICS_HOST={self.metrics_host[:100]!r} is not an IP address "
+                             "(0.0.0.0: every interface, 127.0.0.1: loopback only)") from None
 
     @property
     def chunk_segment_s(self) -> float:
