@@ -328,8 +328,10 @@ def test_page_asks_for_the_api_token(start_rest, browser_page):
     page.wait_for_selector("#token-row:not([hidden])", timeout=15_000)
     page.fill("#token", "page-token")
     page.click("#token-save")
-    page.wait_for_function("document.querySelector('#message').textContent.includes('no job')",
+    # with the token the status is read: the job is unknown (before it, a 401)
+    page.wait_for_function("document.querySelector('#state').textContent === 'unknown'",
                            timeout=15_000)
+    assert "unknown or has expired" in page.inner_text("#message")
 
 
 def test_a_karaoke_upload_asks_for_vocals_and_instrumental_and_plays_both(stack, rest, make_song,
