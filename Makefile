@@ -17,7 +17,7 @@ FAST_TIER := not demucs and not rest_process and not browser
 
 # torch is installed first and alone, pinned: 2.13.0 is the CPU-only build, which pip takes from
 # the local package index where one is configured; any other version, or torch pulled in by
-# Demucs, would download a CUDA build of several GB (README "Setup").
+# Demucs, would download a CUDA build of several GB (README "Real weights").
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@echo "installing torch 2.13.0 (CPU build), then Demucs and the project's tools into $(VENV)"
@@ -60,7 +60,7 @@ lint: setup
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
 
-# --- benchmarks (bench/run.py; figures in README "Benchmarks") ---
+# --- benchmarks (bench/run.py; figures in docs/benchmarks.md) ---
 .PHONY: bench bench-quick bench-long
 bench: setup
 	$(PY) -m bench.run $(BENCH_ARGS)
@@ -68,7 +68,7 @@ bench: setup
 bench-quick: setup
 	$(PY) -m bench.run --quick $(BENCH_ARGS)
 
-# -- Deployment: images and Kubernetes (deploy/; README "Deploy on Kubernetes") -------------
+# -- Deployment: images and Kubernetes (deploy/; docs/deploy.md) -----------------------------
 #   make images REGISTRY=... TAG=...    build both images (a Docker engine is needed)
 #   make push-images                    push them
 #   make deploy | deploy-gpu [KEDA=1]   apply overlays/local | overlays/gpu with those images
@@ -113,14 +113,14 @@ lint-deploy: $(VENV)/.installed
 test-reliability: setup
 	RELIABILITY_TRIALS=20 $(PY) -m pytest tests/reliability $(PYTEST_ARGS)
 
-# --- the soak (bench/soak.py; README "Reliability"): mixed requests under faults, then a
+# --- the soak (bench/soak.py; docs/reliability.md): mixed requests under faults, then a
 #     checker over the whole history; exits 1 on any violation. `make test` runs 2 minutes.
 .PHONY: soak
 SOAK_MINUTES ?= 15
 soak: setup
 	$(PY) -m bench.soak --minutes $(SOAK_MINUTES) $(SOAK_ARGS)
 
-# --- model weights (worker/weights.py; README "Models") ---
+# --- model weights (worker/weights.py; docs/models.md) ---
 #   make models [MODELS_FILE=registry.json]   download each weight file the registry lists and
 #                                             lacks, once, kept only if its SHA-256 matches
 .PHONY: models
@@ -128,7 +128,7 @@ MODELS_FILE ?= deploy/base/models.json
 models: setup
 	MODELS_FILE=$(MODELS_FILE) $(PY) -m worker.weights fetch
 
-# --- the local demo (devstack/demo.py; README "Local demo") ---
+# --- the local demo (devstack/demo.py; README "Quick start") ---
 #   make demo [DEMUCS_MODEL=...] [DEMUCS_REPO=dir] [DEMO_SONG=song.mp3] [DEMO_EXIT=1]
 #   make stop                            stops a demo started in another terminal
 .PHONY: demo stop

@@ -55,8 +55,8 @@ SECRET = "soak-webhook-secret"
 KINDS = ("normal", "high", "flac", "wav", "karaoke", "long", "duplicate", "cancel", "invalid")
 PERSISTENT_KEYS = {*QUEUE_KEYS, Keys.WORKERS, Keys.DEAD_LETTER, Keys.LOGGING,
                    Keys.LOGGING_BYTES}
-"""The keys README documents as kept without an expiry (the queue, the registry of workers,
-dead letters, the log list)."""
+"""The keys docs/reliability.md documents as kept without an expiry (the queue, the registry of
+workers, dead letters, the log list)."""
 WORKER_ENV = {"DEMUCS_MODEL": "demucs_unittest", "DEMUCS_SHIFTS": "0", "HEARTBEAT_TTL_S": "3",
               "POLL_S": "0.3", "BATCH_MAX": "2", "MAX_ATTEMPTS": "5", "JOB_TIMEOUT_S": "90",
               "SHUTDOWN_GRACE_S": "10", "CHUNK_OVER_S": "10", "CHUNK_S": "8",

@@ -1,8 +1,12 @@
 """``make demo``: the whole pipeline on loopback, then a sample request through it.
 
 Starts Redis, an S3 server (``minio`` when on PATH, else moto's), one worker and the REST
-service, runs ``sample-requests/short-sample-request.py``, prints where the tracks are and the
-page's URL, and keeps the stack running until Ctrl-C or ``make stop``.
+service, every one of them listening on loopback only, runs
+``sample-requests/short-sample-request.py`` on a short song (kept as ``song.mp3`` in its state
+folder), prints where the tracks are and the page's URL, and keeps the stack running until
+Ctrl-C or ``make stop``. Each run starts afresh: the previous run's data (queue, songs,
+tracks, logs) is removed first, and it says so. Webhooks are signed with a secret made for the
+run (``WEBHOOK_SECRET`` in ``demo.env``).
 
 Environment: ``DEMUCS_MODEL`` (default ``htdemucs``; when its weights are not here, the
 built-in ``demucs_unittest`` model runs instead, as a pipeline check: ``make models`` fetches
@@ -16,8 +20,10 @@ the pid file and ``models.json``, the model registry its services read).
 
 from __future__ import annotations
 
+import base64
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -38,6 +44,12 @@ SHARED_SONG = devstack.ROOT.parent / "shared" / "samples" / "short-hop.mp3"
 FALLBACK_MODEL = "demucs_unittest"
 STOP_TIMEOUT_S = 30
 REDIS_PORT, S3_PORT, REST_PORT = 6379, 9000, 5000  # the settings' defaults: no copying needed
+WORKER_METRICS_PORT = 8000  # METRICS_PORT's default; REST's probe port is a free one
+
+
+def webhook_secret() -> str:
+    """A signing key for this run's webhooks, in Standard Webhooks' ``whsec_`` form."""
+    return "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
 
 
 class Stopped(Exception):
@@ -90,9 +102,10 @@ class Demo:
         self._keep("s3", s3.process)
         passed = {k: v for k, v in os.environ.items() if k.startswith("DEMUCS_")}
         (self.state / "work").mkdir(exist_ok=True)
+        worker_metrics_port = default_or_free(WORKER_METRICS_PORT)
         overrides = {**passed, "DEMUCS_MODEL": model, "MODELS_FILE": str(registry),
-                     "METRICS_PORT": str(devstack.free_port()),
-                     "WORK_DIR": str(self.state / "work")}
+                     "METRICS_HOST": "127.0.0.1", "METRICS_PORT": str(worker_metrics_port),
+                     "WEBHOOK_SECRET": webhook_secret(), "WORK_DIR": str(self.state / "work")}
         env = devstack.service_env(redis.port, s3.port, **overrides)
         self._keep("worker", devstack.start_worker(env, self.state / "worker.log"))
         port = default_or_free(int(os.environ.get("REST_PORT") or REST_PORT))
@@ -101,7 +114,9 @@ class Demo:
         self.rest_url = f"http://127.0.0.1:{port}"
         say(f"Redis on 127.0.0.1:{redis.port}, S3 ({s3.extra['kind']}) on 127.0.0.1:{s3.port}, "
             f"one worker (model {model}), REST on {self.rest_url}; logs in {self.state}")
-        settings = demo_env.write(self.state, {**env, "REST": f"127.0.0.1:{port}"})
+        settings = demo_env.write(self.state, {
+            **env, "REST": f"127.0.0.1:{port}", "REST_METRICS_PORT": rest.extra["metrics_port"],
+            "WORKER_METRICS_PORT": str(worker_metrics_port)})
         say(f"its settings are in {settings}: the sample scripts read them while the demo "
             f"runs; a shell takes them with `set -a; . {settings}; set +a`")
 
@@ -113,10 +128,10 @@ class Demo:
         children = [{"name": name, "pid": p.pid} for name, p in self.services]
         self.pid_file.write_text(json.dumps({"pid": os.getpid(), "children": children}))
 
-    def run_sample(self, out_dir: Path) -> int:
-        song = os.environ.get("DEMO_SONG") or (str(SHARED_SONG) if SHARED_SONG.exists() else "")
+    def run_sample(self, out_dir: Path, song: Path, exiting: bool) -> int:
         command = [sys.executable, str(SAMPLE_SCRIPT), "--host", self.rest_url.removeprefix(
-            "http://"), "--out", str(out_dir)] + (["--file", song] if song else [])
+            "http://"), "--out", str(out_dir), "--file", str(song)] + \
+            (["--no-page-link"] if exiting else [])
         say("running " + " ".join(command[1:]))
         return subprocess.run(command, check=False, cwd=devstack.ROOT).returncode  # nosec B603
 
@@ -129,6 +144,22 @@ class Demo:
         self.services.clear()
         demo_env.env_file(self.state).unlink(missing_ok=True)
         self.pid_file.unlink(missing_ok=True)
+
+
+def demo_song(state: Path) -> Path:
+    """The song of the sample request, kept as ``song.mp3`` in the state folder for the
+    commands of README: ``DEMO_SONG``, else the lab's short sample when ``../shared`` has it,
+    else a synthetic one."""
+    song = state / "song.mp3"
+    chosen = os.environ.get("DEMO_SONG") or (str(SHARED_SONG) if SHARED_SONG.exists() else "")
+    if chosen:
+        shutil.copyfile(chosen, song)
+    else:
+        from devstack.synth import write_song  # numpy and lameenc: not needed by `make stop`
+
+        write_song(song)
+        say(f"made a synthetic song, {song} (the project ships no third-party music)")
+    return song
 
 
 def default_or_free(port: int) -> int:
@@ -156,23 +187,28 @@ def run() -> int:
     if running:
         say(f"a demo is already running (pid {running}): `make stop` stops it")
         return 1
-    shutil.rmtree(state, ignore_errors=True)
+    if state.exists():
+        say(f"starting afresh: removing the previous demo's data (queue, songs, tracks, logs) "
+            f"in {state}")
+        shutil.rmtree(state, ignore_errors=True)
     state.mkdir(parents=True)
     signal.signal(signal.SIGTERM, _raise_stopped)
     signal.signal(signal.SIGINT, _raise_stopped)
     demo = Demo(state)
     demo.write_pid_file()
     try:
+        exiting = os.environ.get("DEMO_EXIT", "") not in ("", "0")
         model, registry = choose_models(state)
+        song = demo_song(state)
         demo.start(model, registry)
-        code = demo.run_sample(state / "tracks")
+        code = demo.run_sample(state / "tracks", song, exiting)
         if code != 0:
             say(f"the sample request failed (exit {code}); the logs are in {state}")
             return code
         if model == FALLBACK_MODEL:
             say(f"these tracks come from {FALLBACK_MODEL}: a pipeline check, not a real "
                 "separation")
-        if os.environ.get("DEMO_EXIT", "") not in ("", "0"):
+        if exiting:
             say("DEMO_EXIT is set: the pipeline works; stopping the stack")
             return 0
         say(f"open {demo.rest_url}/ in a browser to separate and play songs; "

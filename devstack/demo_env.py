@@ -1,7 +1,10 @@
 """How a shell and the sample scripts reach a running ``make demo``: ``.run/demo/demo.env``.
 
 The demo writes the addresses and local credentials of its services there (``REST``,
-``REDIS_HOST``, ``REDIS_PORT``, ``MINIO_ENDPOINT``, ...) as ``KEY=value`` lines, which
+``REDIS_HOST``, ``REDIS_PORT``, ``MINIO_ENDPOINT``, ...), the probe ports of its REST service
+and worker (``REST_METRICS_PORT``, ``WORKER_METRICS_PORT``), its model (``DEMUCS_MODEL``,
+``MODELS_FILE``) and the secret its webhooks are signed with (``WEBHOOK_SECRET``, made afresh
+for each run) as ``KEY=value`` lines, which
 ``source``-ing in a shell exports (``set -a; . .run/demo/demo.env; set +a``) and which the
 sample scripts read on their own while the demo runs. Variables already set in the
 environment win over the file.
@@ -16,7 +19,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 KEYS = ("REST", "REDIS_HOST", "REDIS_PORT", "MINIO_ENDPOINT", "MINIO_ACCESS_KEY",
-        "MINIO_SECRET_KEY", "MINIO_SECURE", "QUEUE_BUCKET", "OUTPUT_BUCKET")
+        "MINIO_SECRET_KEY", "MINIO_SECURE", "QUEUE_BUCKET", "OUTPUT_BUCKET", "DEMUCS_MODEL",
+        "MODELS_FILE", "WEBHOOK_SECRET", "WEBHOOK_ALLOW_LOCAL", "METRICS_HOST",
+        "REST_METRICS_PORT", "WORKER_METRICS_PORT")
 
 
 def state_dir() -> Path:

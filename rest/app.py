@@ -104,7 +104,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     probes = None
     if settings.metrics_port:  # the kubelet's probes: a thread and a port of their own
         try:
-            probes = serve(settings.metrics_port, app.state.probe.health)
+            probes = serve(settings.metrics_port, app.state.probe.health, settings.metrics_host)
         except OSError as error:
             log.warning("cannot serve probes on METRICS_PORT=%d: %s", settings.metrics_port,
                         error)

@@ -59,8 +59,10 @@ def base_url(host: str) -> str:
     return host if host.startswith(("http://", "https://")) else f"http://{host}"
 
 
-def call(method: str, url: str, **kwargs: Any) -> requests.Response:
-    """One request; a dead service or an error answer becomes a ClientError.
+def call(method: str, url: str, ok: tuple[int, ...] = (200,), **kwargs: Any
+         ) -> requests.Response:
+    """One request; a dead service or an answer whose status is not in ``ok`` becomes a
+    ClientError.
 
     Over the service's rate limit (429), it waits the ``Retry-After`` it is told, a few times.
     """
@@ -75,7 +77,7 @@ def call(method: str, url: str, **kwargs: Any) -> requests.Response:
         wait_s = min(float(response.headers.get("Retry-After") or 1), 60.0)
         print(f"over the service's rate limit; retrying in {wait_s:.0f} s", file=sys.stderr)
         time.sleep(wait_s)
-    if response.status_code != 200:
+    if response.status_code not in ok:
         try:
             reason = response.json().get("error") or response.text
         except ValueError:
@@ -144,7 +146,7 @@ FINAL = ("done", "failed", "cancelled")
 
 def cancel(base: str, ref: str) -> dict[str, Any]:
     """Cancel a job (by id or songhash): a queued one never starts, a running one stops."""
-    return call("POST", f"{base}/apiv1/cancel/{ref}").json()
+    return call("POST", f"{base}/apiv1/cancel/{ref}", ok=(200, 202)).json()
 
 
 def status(base: str, job_id: str) -> dict[str, Any]:

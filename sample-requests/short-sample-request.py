@@ -50,6 +50,9 @@ def main() -> int:
     parser.add_argument("--timeout-s", type=float, default=900, help="give up waiting after")
     parser.add_argument("--cancel", metavar="JOB", help="cancel a job (its id or songhash) and "
                                                         "exit")
+    parser.add_argument("--no-page-link", action="store_true",
+                        help="do not print the page's link to the result (for a service about "
+                             "to stop)")
     args = parser.parse_args()
 
     if args.cancel:
@@ -84,7 +87,7 @@ def separate(args: argparse.Namespace, song: Path) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     report(song, record, paths)
-    if record["state"] == "done":
+    if record["state"] == "done" and not args.no_page_link:
         print(f"play them in a browser: {base}/#{answer['id']}")
     return 0 if record["state"] == "done" else 1
 

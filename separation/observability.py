@@ -15,9 +15,12 @@ log = logging.getLogger(__name__)
 HealthCheck = Callable[[], "tuple[bool, str]"]
 
 
-def serve(port: int, check: HealthCheck) -> ThreadingHTTPServer:
+def serve(port: int, check: HealthCheck, host: str = "0.0.0.0"  # noqa: S104  # nosec B104
+          ) -> ThreadingHTTPServer:
     """Serve ``/healthz`` (200 or 503 with the reason), ``/metrics`` and ``/`` (liveness: the
-    process answers) in a daemon thread, apart from the service's own work."""
+    process answers) in a daemon thread, apart from the service's own work, on ``host``
+    (``METRICS_HOST``: every interface by default, where the kubelet probes it; loopback for
+    ``make demo``)."""
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
@@ -42,6 +45,6 @@ def serve(port: int, check: HealthCheck) -> ThreadingHTTPServer:
         def log_message(self, format: str, *args: object) -> None:
             log.debug("health endpoint: " + format, *args)
 
-    server = ThreadingHTTPServer(("0.0.0.0", port), Handler)  # noqa: S104  # the kubelet probes it  # nosec B104
+    server = ThreadingHTTPServer((host, port), Handler)
     threading.Thread(target=server.serve_forever, name="health", daemon=True).start()
     return server

@@ -10,6 +10,7 @@ defaults are MinIO's documented local-development ones (``minioadmin``); deploym
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import os
 import re
@@ -120,6 +121,7 @@ class Settings:
     # --- each: both processes read these, each its own value ---
     host: str = each(socket.gethostname())
     metrics_port: int = each(8000)
+    metrics_host: str = each("0.0.0.0")  # noqa: S104  # the probe port's bind address  # nosec B104
     work_dir: str | None = each(None)  # parent of per-job temp dirs and uploads; None: system's
     # --- worker ---
     demucs_device: str = worker("auto")
@@ -262,6 +264,11 @@ class Settings:
                              f"({(self.retention_days + 1) * DAY_S}), or leave it unset")
         if self.poll_s >= 5:
             raise ValueError("POLL_S must stay under redis-py's 5 s socket timeout")
+        try:
+            ipaddress.ip_address(self.metrics_host)
+        except ValueError:
+            raise ValueError(f"METRICS_HOST={self.metrics_host[:100]!r} is not an IP address "
+                             "(0.0.0.0: every interface, 127.0.0.1: loopback only)") from None
 
     @property
     def chunk_segment_s(self) -> float:

@@ -107,7 +107,7 @@ def test_a_queued_job_cancelled_never_starts(stack, rest, make_song, webhook):
 def test_a_redis_only_user_cancels_with_one_key(stack, make_song):
     songhash = stack.upload_song(make_song(seconds=2, seed=35))
     stack.push({"songhash": songhash, "id": "redis-cancel", "stems": ["bass"]})
-    stack.redis.set(Keys.cancel("redis-cancel"), 1, ex=3600)  # as documented in the README
+    stack.redis.set(Keys.cancel("redis-cancel"), 1, ex=3600)  # as documented in docs/api.md
     stack.push({"songhash": songhash, "id": "redis-next", "stems": ["drums"]})
     stack.start_worker(BATCH_MAX="1")
     assert stack.wait_for("redis-next")["state"] == "done"

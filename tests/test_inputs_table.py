@@ -20,7 +20,7 @@ ROUTE_ROW = "(the route)"
 KEY_ROW = "(the key)"
 QUEUE_KEY = f"`{Keys.QUEUE}` (Redis list)"
 CLIENT_KEYS = {QUEUE_KEY, f"`{Keys.cancel('<id>')}` (Redis key)"}
-"""The Redis keys a client may write (README, "Jobs" and "Cancel")."""
+"""The Redis keys a client may write (docs/design.md "Jobs on Redis", docs/api.md "Cancel")."""
 # ``request.headers.get("range")``, ``request.query_params.get("access_token")``, ...
 _READ_RE = re.compile(r"""(headers|query_params)\.get\(\s*b?["']([A-Za-z0-9_-]+)["']""")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -215,8 +216,73 @@ def test_page_says_an_unknown_job_is_unknown(rest, browser_page):
     page.goto(rest.url + "/#" + "0" * 32)
     page.wait_for_function("document.querySelector('#state').textContent === 'unknown'",
                            timeout=15_000)
-    assert "unknown or has expired" in page.inner_text("#message")
+    message = page.inner_text("#message")
+    assert "unknown or has expired" in message and "kept 7 days" in message, message
+    assert not SETTING_NAME.search(message), message  # the server's reason names RETENTION_DAYS
     assert page.is_visible("#drop")
+
+
+SETTING_NAME = re.compile(r"\b[A-Z][A-Z0-9]*_[A-Z0-9_]+\b")
+"""A setting's name (``RETENTION_DAYS``): for operators, never in a message to a person."""
+
+
+def test_page_follows_an_id_pasted_into_the_address_and_labels_its_controls(
+        stack, rest, song, browser_page):
+    page = browser_page
+    stack.start_worker()
+    separate_in_page(page, rest, song)
+    job_id = page.evaluate("location.hash.slice(1)")
+    # another id pasted into the open tab: the page follows it, with no reload
+    page.evaluate("document.title = 'not reloaded'; location.hash = '#' + '0'.repeat(32)")
+    page.wait_for_function("document.querySelector('#state').textContent === 'unknown'",
+                           timeout=15_000)
+    assert page.is_hidden("#player-card")
+    page.evaluate(f"location.hash = '#{job_id}'")
+    page.wait_for_selector("#player-card:not([hidden])", timeout=15_000)
+    assert page.inner_text("#state") == "done" and page.title() == "not reloaded"
+    assert page.locator(".track").count() == len(TRACKS)
+
+    # solo, mute and volume say what they are, on the page and not only in a tooltip
+    for track in page.locator(".track").all():
+        assert [track.locator(".solo").inner_text(), track.locator(".mute").inner_text(),
+                track.locator(".vol").inner_text()] == ["Solo", "Mute", "Volume"]
+        assert track.locator(".vol .volume").is_visible()
+
+    # a phone's width: nothing wider than the screen, every label beside what it names
+    page.set_viewport_size({"width": 390, "height": 844})
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390
+    for selector in ("#model", "#stems", "#format", ".track .solo", ".track .mute",
+                     ".track .volume", ".track a", ".track audio"):
+        box = page.locator(selector).first.bounding_box()
+        assert box["x"] >= 0 and box["x"] + box["width"] <= 390, (selector, box)
+    for field in ("model", "stems", "format"):
+        label = page.locator(f'label[for="{field}"]').bounding_box()
+        menu = page.locator(f"#{field}").bounding_box()
+        assert abs((label["y"] + label["height"] / 2) - (menu["y"] + menu["height"] / 2)) < 8 \
+            and label["x"] + label["width"] <= menu["x"], (field, label, menu)
+
+
+def test_page_says_separating_with_the_stage_and_glides_its_bar(stack, rest, make_song,
+                                                                browser_page):
+    page = browser_page
+    song = make_song(seconds=40)
+    stack.start_worker()
+    page.goto(rest.url + "/")
+    page.evaluate("""window.bars = []; (function sample() {  // the bar while the job runs
+        if (document.querySelector('#state').textContent === 'running')
+            window.bars.push(document.querySelector('#progress').value);
+        requestAnimationFrame(sample); })()""")
+    page.set_input_files("#file", str(song))
+    page.wait_for_function("document.querySelector('#message').textContent"
+                           ".startsWith('Separating… ')", polling=20, timeout=60_000)
+    running = page.inner_text("#message")
+    assert re.fullmatch(r"Separating… [a-z ]+(, \d+ of \d+ parts)? \(\d+ %\)", running), running
+    assert "enqueued" not in running.lower()
+    page.wait_for_selector("#player-card:not([hidden])", timeout=120_000)
+    bars = page.evaluate("window.bars")
+    between = {value for value in bars if value != int(value)}
+    assert len(between) >= 10, sorted(set(bars))  # steps in between what the service said
+    assert bars == sorted(bars), bars  # it only ever moves forward while the job runs
 
 
 def test_page_says_a_song_was_already_separated(stack, rest, song, browser_page):
@@ -262,8 +328,10 @@ def test_page_asks_for_the_api_token(start_rest, browser_page):
     page.wait_for_selector("#token-row:not([hidden])", timeout=15_000)
     page.fill("#token", "page-token")
     page.click("#token-save")
-    page.wait_for_function("document.querySelector('#message').textContent.includes('no job')",
+    # with the token the status is read: the job is unknown (before it, a 401)
+    page.wait_for_function("document.querySelector('#state').textContent === 'unknown'",
                            timeout=15_000)
+    assert "unknown or has expired" in page.inner_text("#message")
 
 
 def test_a_karaoke_upload_asks_for_vocals_and_instrumental_and_plays_both(stack, rest, make_song,

@@ -13,6 +13,7 @@ import devstack
 from separation.contract import TRACKS, Keys
 from separation.settings import Settings
 from separation.webhook import egress_policy, post_webhook, signature_headers
+from tests.waiting import wait_until
 
 SCRIPTS = devstack.ROOT / "sample-requests"
 
@@ -54,6 +55,27 @@ def test_sample_requests_separates_every_song_of_a_folder(stack, rest, make_song
     assert folders == ["song0", "song1"]
     for folder in out.iterdir():
         assert sorted(p.name for p in folder.iterdir()) == ["bass.mp3", "vocals.mp3"]
+
+
+def test_cancel_of_a_running_job_exits_0(stack, rest, make_song):
+    """The service answers a running job's cancel 202 (``cancelling``): the script took it."""
+    song = make_song(seconds=60)
+    stack.start_worker()
+    with song.open("rb") as upload:
+        job_id = requests.post(f"{rest.url}/apiv1/separate", files={"file": upload},
+                               timeout=60).json()["id"]
+
+    def stage() -> str:
+        return requests.get(f"{rest.url}/apiv1/status/{job_id}", timeout=10).json()["stage"]
+    wait_until(lambda: stage() == "separating", timeout_s=120, message=stage)
+    result = run_script("short-sample-request.py", "--host", rest.host, "--cancel", job_id,
+                        env=stack.env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert json.loads(result.stdout)["state"] == "cancelling", result.stdout
+    wait_until(lambda: stage() == "cancelled", timeout_s=30, message=stage)
+    again = run_script("short-sample-request.py", "--host", rest.host, "--cancel", job_id,
+                       env=stack.env)
+    assert again.returncode == 2 and "HTTP 409" in again.stderr, again.stdout + again.stderr
 
 
 def test_scripts_say_plainly_when_the_service_is_unreachable(stack, tmp_path):

@@ -134,7 +134,7 @@ def check_file(model: str, path: Path, expected: str | None) -> str:
     """The SHA-256 of a model's file; WeightsError when it is missing or not ``expected``."""
     if not path.is_file():
         raise WeightsError(f"model {model}: weight file {path} is missing: fetch it first "
-                           "(make models, or the models init container; README 'Models')")
+                           "(make models, or the models init container; docs/models.md)")
     actual = sha256_file(path)
     if expected is not None and actual != expected:
         raise WeightsError(f"model {model}: {path} has SHA-256 {actual}, but the registry "
@@ -173,7 +173,7 @@ def discover(model: Model) -> tuple[WeightFile, ...]:
     if not remote.is_file():
         raise WeightsError(f"model {model.name}: {home} holds neither {model.name}.th nor "
                            f"{model.name}.yaml, and it is not one of Demucs' pretrained "
-                           "models: list it in MODELS_FILE with its files (README 'Models')")
+                           "models: list it in MODELS_FILE with its files (docs/models.md)")
     return tuple(WeightFile(by_sig.get(sig, f"{sig}.th"), None) for sig in bag_signatures(remote))
 
 
@@ -263,7 +263,7 @@ def download(url: str, path: Path, sha256: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="The model registry's weights (MODELS_FILE, "
-                                     "else DEMUCS_MODEL): README 'Models'.")
+                                     "else DEMUCS_MODEL): docs/models.md.")
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("fetch", help="download the missing files once, verified (make models)")
     commands.add_parser("verify", help="check every model as a worker does at start")

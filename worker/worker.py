@@ -155,7 +155,7 @@ class Worker:
         self.heartbeat.start()
         self.cancels.start()
         if self.settings.metrics_port:
-            serve(self.settings.metrics_port, self.heartbeat.health)
+            serve(self.settings.metrics_port, self.heartbeat.health, self.settings.metrics_host)
         log.info("worker %s ready: device=%s threads=%d models=%s (default %s) batch_max=%d%s",
                  self.worker_id, self.device, self.settings.threads,
                  ",".join(self.models.registry.names()), self.settings.demucs_model,

@@ -1,7 +1,7 @@
 """Hostile clients can neither stall nor exhaust the service: one attack per test.
 
 Real processes throughout (redis-server, the S3 server, the REST service and workers as
-subprocesses, the Demucs CLI). Each test prints the figure the README's reliability section
+subprocesses, the Demucs CLI). Each test prints the figure docs/security.md
 quotes (``FIGURE ...`` lines, shown with ``pytest -s``); the asserts are bounds, never timings
 of performance.
 """

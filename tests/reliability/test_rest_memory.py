@@ -7,7 +7,7 @@ a chunked multipart upload without Content-Length that never ends; and two songs
 and stores. Its peak RSS (the kernel's high-water mark, VmHWM) must stay under
 ``REST_PEAK_BOUND_MIB``: a bound, not a timing. Bodies are sent over raw sockets so the test
 sees how much was sent before the refusal came back. With ``REST_MEMORY_REPORT=<file>`` the
-figures are written there (``bench/results/rest-memory.json``, quoted by the README).
+figures are written there (``bench/results/rest-memory.json``, quoted by docs/security.md).
 """
 
 from __future__ import annotations

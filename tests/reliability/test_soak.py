@@ -1,7 +1,7 @@
 """The soak (``bench.soak``, ``make soak``) in short: 2 minutes of mixed requests under faults,
 then its checker over the whole history (exactly one final state and webhook per request, no
 status regression, tracks, temp dirs, processing entries, key expiries, priority order). The
-15-minute run's figures are in README's reliability section."""
+15-minute run's figures are in docs/reliability.md."""
 
 from __future__ import annotations
 

@@ -1,7 +1,8 @@
-"""The README's figures are the ones the suite and the bench wrote to ``bench/results/``.
+"""The figures in ``docs/`` are the ones the suite and the bench wrote to ``bench/results/``.
 
-Each table row of the README's reliability and benchmark sections is read back and compared
-with the JSON the runs left, so a figure cannot be edited by hand or left stale by a rerun.
+Each table row of ``docs/reliability.md`` and ``docs/benchmarks.md`` is read back and compared
+with the JSON the runs left, so a figure cannot be edited by hand or left stale by a rerun; and
+every fault the reliability suite runs has its row in both.
 """
 
 from __future__ import annotations
@@ -14,14 +15,17 @@ from typing import Any
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-README = (ROOT / "README.md").read_text(encoding="utf-8")
-README_TEXT = " ".join(README.split())  # prose as one line: figures wrap anywhere
+RELIABILITY = (ROOT / "docs" / "reliability.md").read_text(encoding="utf-8")
+BENCHMARKS = (ROOT / "docs" / "benchmarks.md").read_text(encoding="utf-8")
+BENCHMARKS_TEXT = " ".join(BENCHMARKS.split())  # prose as one line: figures wrap anywhere
+RELIABILITY_TEXT = " ".join(RELIABILITY.split())
 RESULTS = ROOT / "bench" / "results"
+SUITE = ROOT / "tests" / "reliability"
 
 
-def table(header_start: str) -> list[list[str]]:
-    """The body rows of the README table whose header row starts with ``header_start``."""
-    lines = README.splitlines()
+def table(header_start: str, text: str = BENCHMARKS) -> list[list[str]]:
+    """The body rows of the table whose header row starts with ``header_start``."""
+    lines = text.splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith(header_start))
     rows = []
     for line in lines[start + 2:]:
@@ -40,14 +44,32 @@ def load(name: str) -> Any:
 
 
 def test_reliability_table_is_the_suites_last_run():
-    rows = table("| fault | trials |")
+    rows = table("| fault | trials |", RELIABILITY)
     runs = load("reliability.json")
-    assert len(rows) == len(runs), "one README row per fault the suite ran"
+    assert len(rows) == len(runs), "one row per fault the suite ran"
     for row, run in zip(rows, runs, strict=True):
         figures = [None if cell == "–" else int(cell) for cell in row[1:]]
         expected = [run.get(k) for k in ("trials", "jobs", "done", "failed_with_reason", "lost",
                                          "duplicated", "stuck", "run_twice", "regressed")]
         assert figures == expected, (row[0], run["fault"])
+
+
+def suite_faults() -> list[str]:
+    """The fault of every row the reliability suite prints (its ``account(...)`` calls; where
+    a machine cannot run a fault as documented it prints another name, not counted here)."""
+    found = []
+    for path in sorted(SUITE.glob("test_*.py")):
+        text = path.read_text(encoding="utf-8")
+        found += re.findall(r'account\(\s*stack,\s*"([^"]+)"', text)
+    return found
+
+
+def test_every_fault_the_suite_prints_has_its_figures():
+    printed = set(suite_faults())
+    assert "SIGKILL worker holding a high job" in printed  # the reading above finds them
+    recorded = {run["fault"] for run in load("reliability.json")}
+    assert printed == recorded, {"printed, not recorded": printed - recorded,
+                                 "recorded, not printed": recorded - printed}
 
 
 def _f(value: float, places: int) -> str:
@@ -114,12 +136,12 @@ def test_seams_table_is_the_benchs_last_run():
                                                ("5min", "memory")])
 def test_memory_figures_are_the_benchs_last_run(size, section):
     figure = load("latest.json")[section][size]["peak_rss_mb"]
-    assert f"{figure} MB ({size.replace('min', ' min')})" in README_TEXT
+    assert f"{figure} MB ({size.replace('min', ' min')})" in BENCHMARKS_TEXT
 
 
 def test_memory_slope_is_the_benchs_last_run():
     slope = load("latest.json")["memory"]["slope_mb_per_min"]
-    assert f"+{slope:.0f} MB per minute" in README_TEXT
+    assert f"+{slope:.0f} MB per minute" in BENCHMARKS_TEXT
 
 
 def test_long_song_memory_figures_are_the_benchs_last_run():
@@ -128,9 +150,9 @@ def test_long_song_memory_figures_are_the_benchs_last_run():
     for size, run in chunked.items():
         minutes = size.removesuffix("min")
         assert f"{run['peak_rss_mb']} MB ({minutes} min, {run['chunks']} chunks)" \
-            in README_TEXT
+            in BENCHMARKS_TEXT
     for size, run in whole.items():
-        assert f"{run['peak_rss_mb']} MB" in README_TEXT, size
+        assert f"{run['peak_rss_mb']} MB" in BENCHMARKS_TEXT, size
 
 
 def test_the_soak_paragraph_is_its_last_run():
@@ -149,4 +171,4 @@ def test_the_soak_paragraph_is_its_last_run():
                 f"{ended['done']} done, {ended['cancelled']} cancelled, {ended['failed']} failed",
                 f"{soak['overtakes'].replace('/', ' of ')} times"]
     for figure in expected:
-        assert figure in README_TEXT, figure
+        assert figure in RELIABILITY_TEXT, figure
