@@ -2,7 +2,7 @@
 #   make setup   install what a fresh machine lacks (redis-server, tcmalloc, the Python environment)
 #   make test    run the whole test suite (real redis-server, S3 server and Demucs CLI), on
 #                two processes (pytest-xdist; TEST_PROCESSES=1 for one)
-#   make test-fast  the fast tier: no real Demucs, no uvicorn subprocess, no browser (~2 min)
+#   make test-fast  the fast tier: no real Demucs, no uvicorn subprocess, no browser
 #   make demo    run the whole pipeline locally on a sample song
 SHELL := /bin/bash
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
