@@ -87,8 +87,8 @@ def test_another_clients_job_and_no_job_read_the_same(stack, start_rest, make_so
     unknown id find and miss the same number of keys (the previous path found Alice's record
     for the one and nothing for the other)."""
     rest = start_rest(API_KEYS=API_KEYS)
-    alice_job = Client(rest.url, "alice").send(make_song(seconds=1))["id"]
-    bob = Client(rest.url, "bob")
+    alice_job = Client(rest, "alice").send(make_song(seconds=1))["id"]
+    bob = Client(rest, "bob")
     bob.send(make_song(seconds=2))  # Bob's own index exists: a hit on its key for both
 
     def lookups(job_id: str) -> tuple[int, int]:
@@ -107,11 +107,11 @@ def test_a_job_from_before_the_index_is_still_its_owners(stack, start_rest, make
     """Records written before the clients' index of ids existed are indexed when REST starts:
     the owner finds its job by id again, another client still does not."""
     rest = start_rest(API_KEYS=API_KEYS)
-    alice = Client(rest.url, "alice")
+    alice = Client(rest, "alice")
     job_id = alice.send(make_song(seconds=1))["id"]
     stack.redis.delete(Keys.client_ids("alice"))  # as an older REST left it
     assert alice.get(f"/apiv1/status/{job_id}").status_code == 404
 
     upgraded = start_rest(API_KEYS=API_KEYS)
-    assert Client(upgraded.url, "alice").get(f"/apiv1/status/{job_id}").status_code == 200
-    assert Client(upgraded.url, "bob").get(f"/apiv1/status/{job_id}").status_code == 404
+    assert Client(upgraded, "alice").get(f"/apiv1/status/{job_id}").status_code == 200
+    assert Client(upgraded, "bob").get(f"/apiv1/status/{job_id}").status_code == 404

@@ -207,8 +207,13 @@ def test_demucs_crashes_and_hangs(stack, make_song, report):
     fake = stack.wait_for("fake-model")
     assert fake["state"] == "failed" and fake["attempts"] == 1
     assert "is not one this worker has installed" in fake["error"]
-    # Demucs killed mid-run: retried, then done
-    stack.push({"id": "killed-demucs", "songhash": songhash, "stems": STEMS})
+    # Demucs killed mid-run: retried, then done. Killed once it has reported progress for the
+    # job (the warm child lives between jobs: killed idle, the job would just get a fresh one);
+    # the song is long enough that the run is still going when the kill lands.
+    long_song = stack.upload_song(make_song(seconds=90, seed=7, name="long.mp3"))
+    stack.push({"id": "killed-demucs", "songhash": long_song, "stems": STEMS})
+    wait_until(lambda: (stack.status("killed-demucs") or {}).get("progress", 0) > 5,
+               timeout_s=180, message=stack.worker_logs)
     _demucs_child(worker).kill()
     killed = stack.wait_for("killed-demucs")
     assert killed["state"] == "done" and killed["attempts"] == 2, killed
