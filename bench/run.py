@@ -381,6 +381,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warm-clips", default="7s,60s", help="clips of --only warm")
     parser.add_argument("--no-warm-batch", action="store_true",
                         help="--only warm without its batching table")
+    parser.add_argument("--warm-cpu", action="store_true",
+                        help="--only warm: instead, the Demucs step's CPU on one thread")
     args = parser.parse_args(argv)
     parts = set(args.only.split(","))
     model, repo, threads = bench_model(args.quick)
@@ -433,9 +435,16 @@ def main(argv: list[str] | None = None) -> int:
                 clips = [] if args.no_warm_batch else [song(2.0 if args.quick else 5.0, 100 + i)
                                                         for i in range(4 if args.quick else 8)]
                 reps = {"7s": 1 if args.quick else args.reps, "60s": args.reps_long}
-                report["warm"] = bench_warm(bench, {k: song(v, 4) for k, v in sizes.items()},
-                                            clips, reps,
-                                            batch_real_model=model != TINY and not args.quick)
+                if args.warm_cpu:
+                    from bench.warm import demucs_cpu
+
+                    report["warm"] = {"demucs_cpu_1_thread": {
+                        k: demucs_cpu(song(v, 4), model, repo, args.reps)
+                        for k, v in sizes.items()}}
+                else:
+                    report["warm"] = bench_warm(
+                        bench, {k: song(v, 4) for k, v in sizes.items()}, clips, reps,
+                        batch_real_model=model != TINY and not args.quick)
         finally:
             bench.close()
     RESULTS.mkdir(exist_ok=True)

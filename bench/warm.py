@@ -125,3 +125,50 @@ def bench_warm(bench: Bench, songs: dict[str, Path], clips: list[Path], reps: di
         report["batch_warm"][bench.model] = bench_batch(bench, clips, bench.model, bench.repo,
                                                         4, DEMUCS_RUNNER="warm")
     return report
+
+
+def demucs_cpu(song: Path, model: str, repo: str | None, reps: int) -> dict[str, Any]:
+    """CPU seconds of the Demucs step alone on one thread (no OpenMP threads spinning for a
+    busy machine's cores, so the figure hardly depends on the load): a CLI call
+    (``run_demucs``, WAV stems) against a request to a warm child that already separated once,
+    taken in turn; and the stems compared."""
+    import threading
+
+    from worker.demucs_cli import DemucsOptions, allocator_library, run_demucs
+    from worker.warm import WarmDemucs
+
+    options = DemucsOptions(model=model, device="cpu", threads=1, shifts=0, repo=repo,
+                            preload=allocator_library("tcmalloc"))
+    warm = WarmDemucs(budget_mb=1024)
+    root = song.parent
+    cli_s: list[float] = []
+    warm_s: list[float] = []
+    try:
+        warm.run(options, root / "cpu-warm-first", [song], 3600, threading.Event(),
+                 lambda i, f: None)
+        for rep in range(reps):
+            before = psutil.Process().cpu_times()
+            run = run_demucs(options, root / f"cpu-cli-{rep}", [song], 3600, threading.Event(),
+                             lambda i, f: None)
+            after = psutil.Process().cpu_times()
+            assert run.returncode == 0, run.output_tail
+            cli_s.append(after.children_user + after.children_system
+                         - before.children_user - before.children_system)
+            child = psutil.Process(warm.pid)
+            start = child.cpu_times()
+            run = warm.run(options, root / f"cpu-warm-{rep}", [song], 3600, threading.Event(),
+                           lambda i, f: None)
+            end = child.cpu_times()
+            assert run.returncode == 0, run.output_tail
+            warm_s.append(end.user + end.system - start.user - start.system)
+        same = all((root / f"cpu-cli-{r}").joinpath(p.relative_to(root / f"cpu-warm-{r}"))
+                   .read_bytes() == p.read_bytes()
+                   for r in range(reps) for p in (root / f"cpu-warm-{r}").rglob("*.wav"))
+    finally:
+        warm.close()
+    result = {"reps": reps, "threads": 1, "cli_cpu_s": [round(v, 2) for v in cli_s],
+              "warm_cpu_s": [round(v, 2) for v in warm_s],
+              "ratio": round(statistics.median(warm_s) / statistics.median(cli_s), 3),
+              "stems_identical": same}
+    print(f"  warm demucs CPU, 1 thread, {song.name}: {result}", flush=True)
+    return result
