@@ -117,6 +117,19 @@ def test_benchmark_table_is_the_benchs_last_run():
         assert not missing, (row[0], missing, shown)
 
 
+def test_warm_table_is_the_benchs_last_run():
+    """The warm Demucs' one-job-at-a-time rows (7 s and 60 s): times, ratio, memory."""
+    runs = json.loads((RESULTS / "warm.json").read_text())["warm"]["one_at_a_time"]
+    rows = table("| clip | machine |")
+    for clip, run in runs.items():
+        wanted = [*map(str, run["wall_s"].values()), str(run["ratio_to_raw_cli"]["service_warm"])]
+        shown = [numbers(" ".join(row[2:])) for row in rows
+                 if row[0].replace(" ", "").startswith(clip)]
+        assert any(all(figure in row for figure in wanted) for row in shown), (clip, wanted, shown)
+        between = run["resident_between_jobs_mb"]
+        assert f"{between['warm_child_mb']} MB" in BENCHMARKS_TEXT
+
+
 SEAMS_ROWS = ["overlap_10s_grid_7.8s", "overlap_20s_grid_7.8s", "overlap_10s_plain",
               "overlap_20s_plain"]
 
