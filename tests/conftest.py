@@ -49,7 +49,19 @@ MARKED_BY = {"demucs_cli": "demucs", "start_rest": "rest_process", "browser_page
 """The marker each fixture gives the tests that use it, directly or through another."""
 
 
+LONGEST_FIRST = ("tests/reliability/test_soak.py", "tests/test_demo.py",
+                 "tests/reliability/test_faults.py", "tests/test_warm_worker.py",
+                 "tests/test_warm.py", "tests/test_bags.py")
+"""Files whose tests take minutes: run first, so that under pytest-xdist no process starts one
+of them while the other has nothing left to do (each file's own order is kept)."""
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> int:
+        path = item.nodeid.split("::", 1)[0]
+        return LONGEST_FIRST.index(path) if path in LONGEST_FIRST else len(LONGEST_FIRST)
+
+    items.sort(key=rank)  # stable: each file's tests stay in order
     for item in items:
         for fixture in getattr(item, "fixturenames", ()):
             if fixture in MARKED_BY:
