@@ -47,6 +47,12 @@ setup: $(VENV)/.installed
 	  { $$SUDO apt-get update -q >/dev/null 2>&1 && $$SUDO apt-get install -y -q chromium >/dev/null 2>&1; }; } || true
 	@command -v chromium >/dev/null || echo "note: chromium could not be installed (apt-get with" \
 	  "root or sudo is needed): tests/test_page_browser.py will skip; everything else works"
+	@command -v jq >/dev/null || { \
+	  echo "installing jq (README's try-it commands use it; so does their test)"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get install -y -q jq curl >/dev/null 2>&1 || \
+	  { $$SUDO apt-get update -q >/dev/null 2>&1 && $$SUDO apt-get install -y -q jq curl >/dev/null 2>&1; }; } || true
+	@command -v jq >/dev/null || echo "note: jq could not be installed: README's try-it test will skip"
 
 test: setup
 	$(PY) -m pytest -n $(TEST_PROCESSES) $(PYTEST_ARGS)

@@ -36,7 +36,7 @@ class SeparateRequest(BaseModel):
                           " (default MP3_BITRATE)")
     bit_depth: AsciiInt | None = Field(None, description="16 (default) or 24, for flac and wav")
     priority: Priority | None = Field(
-        None, description='"high": taken before normal jobs (see the README\'s Priority); '
+        None, description='"high": taken before normal jobs (see docs/design.md, Priority); '
                           'default "normal"')
 
 

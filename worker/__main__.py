@@ -69,8 +69,8 @@ def build_worker(settings: Settings, client: redis.Redis | None = None,
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m worker", description="The separation "
-                                     "worker; settings come from the environment (README, "
-                                     "'Settings').")
+                                     "worker; settings come from the environment "
+                                     "(docs/configuration.md).")
     parser.add_argument("--burst", action="store_true",
                         help="return once the queue is empty (a Kubernetes Job, a cron run)")
     burst = parser.parse_args(argv).burst

@@ -7,7 +7,7 @@ On the CPU, Demucs runs with tcmalloc preloaded where the system has it (``DEMUC
 glibc's malloc hands Demucs' large, short-lived tensors back and forth to the kernel (a fifth
 of a CPU run's time in page faults) and keeps fragments of them; tcmalloc reuses them. The
 same stems bit for bit in about a fifth less time, at a peak 7 % lower on a 1-minute song and
-2 % higher on a 5-minute one (README "Benchmarks"). On CUDA it saved no time and raised the
+2 % higher on a 5-minute one (docs/benchmarks.md). On CUDA it saved no time and raised the
 host's peak RSS, so GPU runs keep the system's malloc.
 """
 

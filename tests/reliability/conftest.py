@@ -1,7 +1,7 @@
 """The reliability suite's trial count and its summary table.
 
 ``make test`` runs a bounded form (RELIABILITY_TRIALS=3 by default); ``make test-reliability``
-runs 20 trials per fault and prints the table that the README's reliability section quotes
+runs 20 trials per fault and prints the table that docs/reliability.md quotes
 (``tests/conftest.py`` prints it, gathered from every pytest-xdist process).
 """
 
