@@ -201,7 +201,7 @@ def test_s3_outage_during_uploads(stack, song, report, services):
 
 def test_demucs_crashes_and_hangs(stack, make_song, report):
     songhash = stack.upload_song(make_song(seconds=3))
-    worker = stack.start_worker(JOB_TIMEOUT_S="20")
+    worker = stack.start_worker(JOB_TIMEOUT_S="45")  # the 30 s song's run fits on a busy CI
     # an unknown model: permanent, one attempt, the reason says why
     stack.push({"id": "fake-model", "songhash": songhash, "model": "no_such_model_xyz"})
     fake = stack.wait_for("fake-model")
@@ -210,7 +210,7 @@ def test_demucs_crashes_and_hangs(stack, make_song, report):
     # Demucs killed mid-run: retried, then done. Killed once it has reported progress for the
     # job (the warm child lives between jobs: killed idle, the job would just get a fresh one);
     # the song is long enough that the run is still going when the kill lands.
-    long_song = stack.upload_song(make_song(seconds=90, seed=7, name="long.mp3"))
+    long_song = stack.upload_song(make_song(seconds=30, seed=7, name="long.mp3"))
     stack.push({"id": "killed-demucs", "songhash": long_song, "stems": STEMS})
     wait_until(lambda: (stack.status("killed-demucs") or {}).get("progress", 0) > 5,
                timeout_s=180, message=stack.worker_logs)
