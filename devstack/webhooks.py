@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from devstack.loopback import LoopbackServer, QuietHandler
 
 
 class WebhookReceiver:
@@ -16,8 +16,8 @@ class WebhookReceiver:
         self.delay_s = delay_s
         receiver = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
+        class Handler(QuietHandler):
+            def do_POST(self) -> None:  # noqa: N802 - http.server's name
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 receiver.calls.append((body, dict(self.headers)))
                 time.sleep(receiver.delay_s)
@@ -25,12 +25,8 @@ class WebhookReceiver:
                 self.send_header("Content-Length", "0")
                 self.end_headers()
 
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.server = LoopbackServer(Handler)
+        self.url = f"http://127.0.0.1:{self.server.port}/hook"
 
     def close(self) -> None:
-        self.server.shutdown()
+        self.server.close()

@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import http.client
 import json
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
 import devstack
+from devstack.loopback import LoopbackServer, QuietHandler
 
 LIMIT = 3
 PROXY_ADDRESS = "127.0.0.2"  # the "ingress controller": the peer REST trusts
@@ -54,23 +53,19 @@ class ForwardingProxy:
     address the request came from (whatever the client sent in it)."""
 
     def __init__(self, rest_port: int) -> None:
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
+        class Handler(QuietHandler):
+            def do_POST(self) -> None:  # noqa: N802 - http.server's name
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 self.send_response(separate(rest_port, PROXY_ADDRESS, self.client_address[0],
                                             body))
                 self.send_header("Content-Length", "0")
                 self.end_headers()
 
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.port = self.server.server_address[1]
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.server = LoopbackServer(Handler)
+        self.port = self.server.port
 
     def close(self) -> None:
-        self.server.shutdown()
+        self.server.close()
 
 
 @pytest.fixture

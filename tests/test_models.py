@@ -12,14 +12,13 @@ clients limited to some models.
 from __future__ import annotations
 
 import json
-import threading
 from dataclasses import replace
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 import requests
 
+from devstack.loopback import LoopbackServer, QuietHandler
 from separation.clients import client_models
 from separation.contract import DEMUCS_STEMS, Keys
 from separation.models import Model, Registry, WeightFile, builtin_model, registry_json
@@ -41,7 +40,7 @@ class RecordingServer:
         server = self
         contents = files or {}
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             def _answer(self) -> None:
                 server.requests.append(f"{self.command} {self.path}")
                 body = contents.get(self.path)
@@ -53,15 +52,11 @@ class RecordingServer:
 
             do_GET = do_HEAD = do_POST = _answer  # noqa: N815 - http.server's names
 
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        self.server = LoopbackServer(Handler)
+        self.url = f"http://127.0.0.1:{self.server.port}"
 
     def close(self) -> None:
-        self.httpd.shutdown()
+        self.server.close()
 
 
 @pytest.fixture
