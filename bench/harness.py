@@ -88,7 +88,7 @@ def _children_cpu_s() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def _tree_cpu_s(process: psutil.Process) -> float:
+def tree_cpu_s(process: psutil.Process) -> float:
     """CPU seconds of ``process``, of its children that have ended (Demucs calls) and of those
     alive (a warm Demucs child)."""
     times = process.cpu_times()
@@ -102,7 +102,7 @@ def _tree_cpu_s(process: psutil.Process) -> float:
     return times.user + times.system + times.children_user + times.children_system + live
 
 
-def _busy_cpu_s() -> float:
+def busy_cpu_s() -> float:
     """CPU seconds the whole machine has been busy (every process, and time stolen by the
     hypervisor for other guests)."""
     t = psutil.cpu_times()
@@ -113,7 +113,7 @@ def _busy_cpu_s() -> float:
 def others_cores(busy_before_s: float, own_cpu_s: float, wall_s: float) -> float:
     """How many cores, on average over ``wall_s``, went to everything but the measured side
     (other sessions on a shared machine): the load the figure was taken under."""
-    return round(max(0.0, _busy_cpu_s() - busy_before_s - own_cpu_s) / wall_s, 2)
+    return round(max(0.0, busy_cpu_s() - busy_before_s - own_cpu_s) / wall_s, 2)
 
 
 class Bench:
@@ -158,7 +158,7 @@ class Bench:
             command += ["--repo", repo]
         env = {**os.environ, "OMP_NUM_THREADS": str(self.threads),
                "MKL_NUM_THREADS": str(self.threads), **env_vars}
-        started, cpu_before_s, busy_s = time.monotonic(), _children_cpu_s(), _busy_cpu_s()
+        started, cpu_before_s, busy_s = time.monotonic(), _children_cpu_s(), busy_cpu_s()
         process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
                                    stderr=subprocess.DEVNULL)
         with PeakRss(process.pid) as rss:
@@ -222,9 +222,9 @@ def bench_batch(bench: Bench, clips: list[Path], model: str, repo: str | None,
     for mode, size in (("one_cli_per_job", 1), ("batched", batch_max)):
         worker = bench.start_worker(model, repo, BATCH_MAX=str(size), **overrides)
         try:
-            cpu_before_s, busy_s = _tree_cpu_s(psutil.Process(worker.pid)), _busy_cpu_s()
+            cpu_before_s, busy_s = tree_cpu_s(psutil.Process(worker.pid)), busy_cpu_s()
             wall_s, _ = bench.run_jobs(clips, worker)
-            cpu_s[mode] = _tree_cpu_s(psutil.Process(worker.pid)) - cpu_before_s
+            cpu_s[mode] = tree_cpu_s(psutil.Process(worker.pid)) - cpu_before_s
             others[mode] = others_cores(busy_s, cpu_s[mode], wall_s)
         finally:
             devstack.stop(worker)

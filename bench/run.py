@@ -51,10 +51,10 @@ from bench.harness import (
     TINY,
     Bench,
     PeakRss,
-    _busy_cpu_s,
-    _tree_cpu_s,
     bench_batch,
+    busy_cpu_s,
     others_cores,
+    tree_cpu_s,
 )
 from bench.measures import snr_db
 from bench.model import (
@@ -300,10 +300,10 @@ def bench_karaoke(bench: Bench, song: Path, bag: str, repo: str) -> dict[str, An
           f"{raw['peak_rss_mb']:.0f} MB", flush=True)
     worker = bench.start_worker(bag, repo, BATCH_MAX="1", CHUNK_OVER_S="0")
     try:
-        cpu_before_s, busy_s = _tree_cpu_s(psutil.Process(worker.pid)), _busy_cpu_s()
+        cpu_before_s, busy_s = tree_cpu_s(psutil.Process(worker.pid)), busy_cpu_s()
         with PeakRss(worker.pid) as rss:
             wall_s, (record,) = bench.run_jobs([song], worker, stems=KARAOKE)
-        cpu_s = _tree_cpu_s(psutil.Process(worker.pid)) - cpu_before_s
+        cpu_s = tree_cpu_s(psutil.Process(worker.pid)) - cpu_before_s
         service_others = others_cores(busy_s, cpu_s, wall_s)
         worker_job_mb = PeakRss._high_water_bytes(worker.pid) / 2**20
     finally:

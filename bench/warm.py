@@ -25,7 +25,7 @@ from typing import Any
 import psutil
 
 import devstack
-from bench.harness import TINY, Bench, PeakRss, _busy_cpu_s, _tree_cpu_s, bench_batch, others_cores
+from bench.harness import TINY, Bench, PeakRss, bench_batch, busy_cpu_s, others_cores, tree_cpu_s
 
 SIDES = ("raw_cli", "service_cli", "service_warm")
 
@@ -51,10 +51,10 @@ class Service:
 
     def job(self, song: Path) -> dict[str, Any]:
         process = psutil.Process(self.worker.pid)
-        cpu_before_s, busy_s = _tree_cpu_s(process), _busy_cpu_s()
+        cpu_before_s, busy_s = tree_cpu_s(process), busy_cpu_s()
         with PeakRss(self.worker.pid) as rss:
             wall_s, (record,) = self.bench.run_jobs([song], self.worker)
-        cpu_s = _tree_cpu_s(process) - cpu_before_s  # only to subtract from the machine's
+        cpu_s = tree_cpu_s(process) - cpu_before_s  # only to subtract from the machine's
         return {"wall_s": wall_s, "peak_rss_mb": rss.peak_mb,
                 "others_cores": others_cores(busy_s, cpu_s, wall_s),
                 "demucs_s": record["timings"].get("demucs", 0.0), "timings": record["timings"]}
