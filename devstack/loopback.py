@@ -14,11 +14,17 @@ class QuietHandler(BaseHTTPRequestHandler):
         pass
 
 
+class _Server(ThreadingHTTPServer):
+    # http.server listens with a backlog of 5: a worker that sends a job's 21 joined webhooks
+    # at once then has connections dropped while the serving thread is slow to accept them.
+    request_queue_size = 128
+
+
 class LoopbackServer:
     """``handler`` served on ``127.0.0.1`` at a free ``port``, in a daemon thread."""
 
     def __init__(self, handler: type[BaseHTTPRequestHandler]) -> None:
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.httpd = _Server(("127.0.0.1", 0), handler)
         self.port = self.httpd.server_address[1]
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
 
