@@ -126,13 +126,13 @@ SOAK_MINUTES ?= 15
 soak: setup
 	$(PY) -m bench.soak --minutes $(SOAK_MINUTES) $(SOAK_ARGS)
 
-# --- model weights (worker/weights.py; docs/models.md) ---
+# --- model weights (worker/demucs/weights.py; docs/models.md) ---
 #   make models [MODELS_FILE=registry.json]   download each weight file the registry lists and
 #                                             lacks, once, kept only if its SHA-256 matches
 .PHONY: models
 MODELS_FILE ?= deploy/base/models.json
 models: setup
-	MODELS_FILE=$(MODELS_FILE) $(PY) -m worker.weights fetch
+	MODELS_FILE=$(MODELS_FILE) $(PY) -m worker.demucs.weights fetch
 
 # --- the local demo (devstack/demo.py; README "Quick start") ---
 #   make demo [DEMUCS_MODEL=...] [DEMUCS_REPO=dir] [DEMO_SONG=song.mp3] [DEMO_EXIT=1]

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from worker.demucs_cli import DemucsOptions, allocator_library, run_demucs
+from worker.demucs.cli import DemucsOptions, allocator_library, run_demucs
 
 ROOT = Path(os.environ.get("GPU_CHECK_ROOT", "/tmp/gpucheck"))
 DEVICE = os.environ.get("GPU_CHECK_DEVICE", "cuda")  # cpu: a dry run here

@@ -19,9 +19,9 @@ import redis
 from minio import Minio
 
 import devstack
-from separation.contract import Keys, input_key, sha256_file
-from separation.settings import Settings
-from separation.status import StatusStore
+from common.contract import Keys, input_key, sha256_file
+from common.settings import Settings
+from common.status import StatusStore
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TINY = "demucs_unittest"

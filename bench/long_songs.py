@@ -34,10 +34,10 @@ import devstack
 from bench.harness import RESULTS, TINY, Bench, PeakRss
 from bench.measures import snr_db
 from bench.run import bench_model, write_results
+from common.contract import DEMUCS_STEMS
+from common.settings import Settings, available_cpus
 from devstack.synth import write_song
-from separation.contract import DEMUCS_STEMS
-from separation.settings import Settings, available_cpus
-from worker.chunking import cut_chunks, frames, plan_chunks, stitch
+from worker.long_songs.chunking import cut_chunks, frames, plan_chunks, stitch
 from worker.pcm import read_wav
 
 

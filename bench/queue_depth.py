@@ -51,9 +51,9 @@ import psutil
 import redis
 
 import devstack
-from separation.contract import Keys
-from separation.queue import QUEUE_KEYS, JobQueue
-from separation.status import StatusStore
+from common.contract import Keys
+from common.queue import QUEUE_KEYS, JobQueue
+from common.status import StatusStore
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PROBE_EVERY_S = 0.05

@@ -64,10 +64,10 @@ from bench.model import (
     build_specialist_bag,
     cache_dir,
 )
+from common.settings import Settings, available_cpus
 from devstack.synth import write_song
-from separation.settings import Settings, available_cpus
-from worker.demucs_cli import allocator_library
-from worker.encode import mix_and_encode
+from worker.demucs.cli import allocator_library
+from worker.output.encode import mix_and_encode
 
 
 def bench_overhead(bench: Bench, songs: dict[str, Path]) -> dict[str, Any]:
@@ -261,7 +261,7 @@ def karaoke_memory(raw_peak_mb: float, rss: PeakRss, bag: str, repo: str,
     Demucs) and the models — and the rest, which the separation itself uses (one segment's
     forward pass, the song-length output buffers, and what the allocator keeps of them).
     ``floor_ratio`` is the ratio if that rest were zero on both sides."""
-    from worker.bags import pruned_bag
+    from worker.demucs.bags import pruned_bag
 
     pruned = pruned_bag(bag, repo, ["vocals"])
     if pruned is None:

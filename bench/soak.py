@@ -43,12 +43,12 @@ import requests
 from minio import Minio
 
 import devstack
+from common.contract import Keys
+from common.queue import QUEUE_KEYS
+from common.status import StatusStore
+from common.webhook import verify_delivery
 from devstack.synth import write_song
 from devstack.webhooks import WebhookReceiver
-from separation.contract import Keys
-from separation.queue import QUEUE_KEYS
-from separation.status import StatusStore
-from separation.webhook import verify_delivery
 
 FINAL = ("done", "failed", "cancelled")
 SECRET = "soak-webhook-secret"

@@ -32,7 +32,7 @@ SIDES = ("raw_cli", "service_cli", "service_warm")
 
 def _warm_child(worker: subprocess.Popen) -> psutil.Process | None:
     for child in psutil.Process(worker.pid).children(recursive=True):
-        if "worker.warm_demucs" in child.cmdline():
+        if "worker.demucs.warm_child" in child.cmdline():
             return child
     return None
 
@@ -134,8 +134,8 @@ def demucs_cpu(song: Path, model: str, repo: str | None, reps: int) -> dict[str,
     taken in turn; and the stems compared."""
     import threading
 
-    from worker.demucs_cli import DemucsOptions, allocator_library, run_demucs
-    from worker.warm import WarmDemucs
+    from worker.demucs.cli import DemucsOptions, allocator_library, run_demucs
+    from worker.demucs.warm import WarmDemucs
 
     options = DemucsOptions(model=model, device="cpu", threads=1, shifts=0, repo=repo,
                             preload=allocator_library("tcmalloc"))

@@ -71,7 +71,7 @@ done < <(git ls-files --cached --others --exclude-standard)
 echo "${scripts[*]}: clean"
 
 echo "== vermin: Python 3.10 (the worker image's) compatible"
-"$BIN/vermin" --target=3.10- --violations --eval-annotations --no-tips separation/ worker/ rest/
+"$BIN/vermin" --target=3.10- --violations --eval-annotations --no-tips common/ worker/ rest/
 
 echo "== Python 3.10: the worker's packages install and its modules import"
 py310=
@@ -95,12 +95,12 @@ else
   fi
   "$venv/bin/python" -c '
 import importlib, pkgutil, runpy, sys
-import separation, worker
+import common, worker
 names = []
-for package in (separation, worker):
-    for module in sorted(m.name for m in pkgutil.iter_modules(package.__path__)):
-        importlib.import_module(package.__name__ + "." + module)
-        names.append(package.__name__ + "." + module)
+for package in (common, worker):
+    for module in sorted(m.name for m in pkgutil.walk_packages(package.__path__, package.__name__ + ".")):
+        importlib.import_module(module)
+        names.append(module)
 runpy.run_path("worker/worker.py", run_name="import_check")  # defines, does not run
 print("Python %d.%d.%d: worker/worker.py and %s import" % (
     *sys.version_info[:3], ", ".join(names)))

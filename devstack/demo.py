@@ -33,11 +33,11 @@ import time
 from pathlib import Path
 
 import devstack
+from common.models import Registry, builtin_model, registry_json
+from common.settings import Settings
 from devstack import demo_env
 from devstack.demo_env import demo_pid, process_matches, state_dir
-from separation.models import Registry, builtin_model, registry_json
-from separation.settings import Settings
-from worker.weights import describe
+from worker.demucs.weights import describe
 
 SAMPLE_SCRIPT = devstack.ROOT / "sample-requests" / "short-sample-request.py"
 SHARED_SONG = devstack.ROOT.parent / "shared" / "samples" / "short-hop.mp3"

@@ -1,7 +1,7 @@
 """A stand-in for the Demucs CLI in tests: numpy and sphn, no torch, no model.
 
 Run as ``python -m devstack.standin_demucs`` (the tests set ``DEMUCS_COMMAND`` to that). It
-takes the flags the worker passes (``worker.demucs_cli.build_command``) and writes what a real
+takes the flags the worker passes (``worker.demucs.cli.build_command``) and writes what a real
 run writes: ``<out>/<model>/<input name without extension>/<source>.wav``, 16-bit (24-bit with
 ``--int24``) stereo WAV at 44.1 kHz, as many frames as the decoded input. Each source is the
 input scaled by a weight (the weights sum to 1, so the stems add up to the input). It prints

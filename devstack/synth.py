@@ -12,7 +12,7 @@ from pathlib import Path
 import lameenc
 import numpy as np
 
-from separation.mp3_frames import Frame, parse_header
+from common.mp3_frames import Frame, parse_header
 from worker.pcm import write_wav
 
 SAMPLE_RATE = 44100

@@ -28,6 +28,10 @@ from fastapi.telemetry import TelemetryConfig
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
+from common.connections import SPARE_CONNECTIONS, connect_redis
+from common.logs import configure_logging
+from common.observability import serve
+from common.settings import Settings
 from rest.backend import Backend, require_token
 from rest.csrf import RefuseCrossSite
 from rest.hosts import RefuseUnknownHosts
@@ -37,10 +41,6 @@ from rest.limits import Load, ShedLoad
 from rest.observability import QUEUE_DEPTH, CountRequests
 from rest.probes import STORAGE_ERRORS, HealthProbe
 from rest.routes import API_ROUTERS, add_site_routes
-from separation.connections import SPARE_CONNECTIONS, connect_redis
-from separation.logs import configure_logging
-from separation.observability import serve
-from separation.settings import Settings
 
 log = logging.getLogger("rest")
 PAGE_PATH = Path(__file__).with_name("page.html")

@@ -18,24 +18,24 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.security.utils import get_authorization_scheme_param
 from minio import Minio
 
-from rest.callbacks import CallbackSender
-from rest.fair_share import FairShare
-from rest.links import link_client
-from rest.owners import Owners
-from rest.ratelimit import RateLimit
-from separation.clients import client_models, parse_api_keys
-from separation.connections import (
+from common.clients import client_models, parse_api_keys
+from common.connections import (
     connect_minio,
     connect_presigner,
     connect_redis,
     connect_redis_async,
 )
-from separation.joins import Joins
-from separation.models import Registry
-from separation.queue import JobQueue
-from separation.retention import prepare_buckets
-from separation.settings import Settings
-from separation.status import StatusStore
+from common.joins import Joins
+from common.models import Registry
+from common.queue import JobQueue
+from common.retention import prepare_buckets
+from common.settings import Settings
+from common.status import StatusStore
+from rest.callbacks import CallbackSender
+from rest.fair_share import FairShare
+from rest.links import link_client
+from rest.owners import Owners
+from rest.ratelimit import RateLimit
 
 
 @dataclass

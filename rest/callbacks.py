@@ -3,7 +3,7 @@
 A song already separated is answered at once; its callback is posted by a few threads of its
 own (``THREADS``) with a bounded backlog (``BACKLOG``). Past that a delivery is dropped with a
 log line, so receivers that stall hold neither the request-serving threads nor memory. Each
-delivery keeps ``WEBHOOK_TIMEOUT_S`` as its whole deadline (``separation.webhook``).
+delivery keeps ``WEBHOOK_TIMEOUT_S`` as its whole deadline (``common.webhook``).
 """
 
 from __future__ import annotations

@@ -33,9 +33,9 @@ from limits import RateLimitItem, RateLimitItemPerDay
 from limits.storage import RedisStorage
 from limits.strategies import FixedWindowRateLimiter
 
-from separation.contract import Keys
-from separation.formats import Encoding
-from separation.settings import Settings
+from common.contract import Keys
+from common.formats import Encoding
+from common.settings import Settings
 
 USAGE_JOBS_MAX = 1000
 """The latest jobs of a client whose states ``GET /apiv1/usage`` counts."""

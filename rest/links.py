@@ -21,8 +21,8 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from fastapi import HTTPException, Request
 
-from separation.clients import CLIENT_NAME_RE
-from separation.numbers import ascii_int
+from common.clients import CLIENT_NAME_RE
+from common.numbers import ascii_int
 
 SIGNED_QUERY = ("model", "bitrate", "bit_depth")
 """The query parameters that choose which object a track path serves: all signed."""

@@ -12,7 +12,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from separation.queue import LANES
+from common.queue import LANES
 
 log = logging.getLogger("rest")
 

@@ -7,7 +7,7 @@ a songhash is looked up in the caller's own index first, where another client's 
 job are the same miss. Without ``API_KEYS`` nothing here is used: every route behaves as it
 always did.
 
-What is kept in Redis (key names in ``separation.contract.Keys``):
+What is kept in Redis (key names in ``common.contract.Keys``):
 
 - ``job:<id>`` has a ``client`` field: the job's owner. A request that is served by another
   client's work (the same song, model and stems already queued, running or done: separated
@@ -39,9 +39,9 @@ from typing import Any
 import redis
 import redis.asyncio
 
-from separation.contract import JOB_ID_RE, SONGHASH_RE, Keys, Status
-from separation.queue import JobQueue
-from separation.status import StatusStore, parse_record
+from common.contract import JOB_ID_RE, SONGHASH_RE, Keys, Status
+from common.queue import JobQueue
+from common.status import StatusStore, parse_record
 
 OWNER_FIELDS = ("client", "runs_as")
 """Fields of a status record that are bookkeeping, never shown to a client."""

@@ -17,8 +17,8 @@ import redis
 from minio.error import MinioException
 from urllib3.exceptions import HTTPError
 
-from separation.connections import connect_minio, connect_redis
-from separation.settings import Settings
+from common.connections import connect_minio, connect_redis
+from common.settings import Settings
 
 FRESH_S = 1.0
 STORAGE_ERRORS = (MinioException, HTTPError)
@@ -43,7 +43,7 @@ class HealthProbe:
     def health(self) -> tuple[bool, str]:
         """Whether Redis and MinIO answer, and what is unreachable; checked at most once per
         ``FRESH_S``, concurrent callers waiting for the check in progress. The probe port's
-        ``/healthz`` (``separation.observability.serve``) calls it on its own threads."""
+        ``/healthz`` (``common.observability.serve``) calls it on its own threads."""
         with self.lock:
             if time.monotonic() - self.checked_at >= FRESH_S:
                 self.last, self.checked_at = self.check(), time.monotonic()

@@ -18,7 +18,7 @@ from limits import RateLimitItemPerMinute
 from limits.storage import RedisStorage
 from limits.strategies import MovingWindowRateLimiter
 
-from separation.contract import Keys
+from common.contract import Keys
 
 
 class RateLimit:

@@ -3,7 +3,7 @@ track's key and why it is not there.
 
 A job's status is its record less the bookkeeping (``rest.owners.OWNER_FIELDS``) and the
 callback's timing, with each track's path and signed link, and a queued job's position.
-Results expire ``RETENTION_DAYS`` after they are written (``separation.retention``): the
+Results expire ``RETENTION_DAYS`` after they are written (``common.retention``): the
 status says when, and 410 once they have. With ``API_KEYS`` the caller's tenancy finds only
 its own jobs (``rest.tenancy``): another client's are answered 404, as if they did not exist.
 """
@@ -17,13 +17,13 @@ from typing import Any
 from fastapi import HTTPException
 from fastapi.concurrency import run_in_threadpool
 
+from common.contract import JOB_ID_RE, SONGHASH_RE, Status, output_key, split_track_name
+from common.formats import Encoding, check_format_fields
+from common.retention import expires_at, iso_utc
 from rest.backend import Backend
 from rest.links import sign
 from rest.owners import OWNER_FIELDS
 from rest.tenancy import Tenancy
-from separation.contract import JOB_ID_RE, SONGHASH_RE, Status, output_key, split_track_name
-from separation.formats import Encoding, check_format_fields
-from separation.retention import expires_at, iso_utc
 
 
 async def find_job(tenancy: Tenancy, backend: Backend, ref: str

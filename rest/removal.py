@@ -4,7 +4,7 @@ A track is removed in one encoding (``vocals.flac``, ``vocals.mp3?bitrate=192``)
 tracks in every encoding. The jobs' records stop listing what was removed. Then the song's
 upload (``<songhash>.mp3`` in the input bucket) goes too, unless a job of the song is queued or
 running, or a track of it (any model, any format) is still stored
-(``separation.retention.upload_needed``); a song sent by ``bucket``/``object`` is never
+(``common.retention.upload_needed``); a song sent by ``bucket``/``object`` is never
 touched, only uploads the service stored.
 """
 
@@ -16,10 +16,10 @@ from dataclasses import dataclass
 
 from minio.error import S3Error
 
+from common.contract import input_key, output_key
+from common.formats import Encoding
+from common.retention import MISSING_OBJECT, upload_needed
 from rest.backend import Backend
-from separation.contract import input_key, output_key
-from separation.formats import Encoding
-from separation.retention import MISSING_OBJECT, upload_needed
 
 log = logging.getLogger("rest")
 

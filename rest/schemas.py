@@ -3,7 +3,7 @@
 ``SeparateRequest`` is the one list of a separation request's fields: the JSON body is
 validated against it, and the multipart form (``FORM_FIELDS``, ``form_schema``) and the
 "unknown field" reasons are derived from it. What a request becomes on the queue is the job
-contract's (``separation.contract.Job``).
+contract's (``common.contract.Job``).
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from separation.contract import Priority
-from separation.formats import MP3_BITRATES_KBPS
-from separation.numbers import AsciiInt
+from common.contract import Priority
+from common.formats import MP3_BITRATES_KBPS
+from common.numbers import AsciiInt
 
 
 class SeparateRequest(BaseModel):

@@ -4,7 +4,7 @@
     tenancy      the caller may queue more, and owns the tracks it asked for (``admit``)
     1 dedupe     a song already separated with that model in that encoding, whose tracks
                  still exist, is not separated again: the answer names that job
-    2 join       content already queued or running is joined (``separation.joins``)
+    2 join       content already queued or running is joined (``common.joins``)
     3 charge     the client's quotas (``rest.fair_share``)
     4 store      the MP3 as ``<songhash>.mp3`` in the input bucket
     5 record     the job's ``queued`` status
@@ -26,15 +26,15 @@ from typing import Any
 from fastapi import HTTPException
 from minio.error import S3Error
 
+from common.contract import InvalidJob, Job, Keys, Status, input_key, output_key, parse_job
+from common.formats import Encoding
+from common.retention import MISSING_OBJECT
+from common.webhook import send_outcome
 from rest.backend import Backend
 from rest.fair_share import stored_bytes
 from rest.ingest.uploads import Upload, normalize_stems
 from rest.observability import SONGS
 from rest.tenancy import Tenancy
-from separation.contract import InvalidJob, Job, Keys, Status, input_key, output_key, parse_job
-from separation.formats import Encoding
-from separation.retention import MISSING_OBJECT
-from separation.webhook import send_outcome
 
 log = logging.getLogger("rest")
 ENQUEUED = "Song enqueued for separation"

@@ -13,9 +13,9 @@ from typing import Annotated, Any, Protocol
 
 from fastapi import Depends, HTTPException
 
+from common.contract import JOB_ID_RE, SONGHASH_RE, Job
+from common.joins import MAX_JOINED, JoinFull
 from rest.backend import Backend, BackendDep, Caller
-from separation.contract import JOB_ID_RE, SONGHASH_RE, Job
-from separation.joins import MAX_JOINED, JoinFull
 
 
 class Tenancy(Protocol):
@@ -41,7 +41,7 @@ class Tenancy(Protocol):
         """The id a request served by job ``runs_as`` is answered with."""
 
     def claim(self, active: str, job: Job) -> str:
-        """The job that will separate this content (``separation.joins``); 429 when it has
+        """The job that will separate this content (``common.joins``); 429 when it has
         no room for another callback of this client's."""
 
     def joined_words(self, holder: str) -> str:

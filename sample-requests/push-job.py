@@ -30,12 +30,12 @@ try:
     from redis import RedisError
     from urllib3.exceptions import HTTPError
 
+    from common.connections import connect_minio, connect_redis, ensure_bucket
+    from common.contract import InvalidJob, Keys, input_key, parse_job, sha256_file
+    from common.queue import JobQueue
+    from common.settings import Settings
+    from common.status import StatusStore
     from devstack.synth import write_song
-    from separation.connections import connect_minio, connect_redis, ensure_bucket
-    from separation.contract import InvalidJob, Keys, input_key, parse_job, sha256_file
-    from separation.queue import JobQueue
-    from separation.settings import Settings
-    from separation.status import StatusStore
 except ImportError as import_error:
     missing_module(import_error)
 

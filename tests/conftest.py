@@ -29,17 +29,17 @@ import requests
 from minio import Minio
 
 import devstack
+from common.contract import DEMUCS_STEMS, Keys, input_key, sha256_file
+from common.models import Model
+from common.queue import WAITING_LISTS
+from common.settings import Settings
+from common.status import StatusStore
 from devstack.synth import write_song
 from devstack.webhooks import WebhookReceiver
-from separation.contract import DEMUCS_STEMS, Keys, input_key, sha256_file
-from separation.models import Model
-from separation.queue import WAITING_LISTS
-from separation.settings import Settings
-from separation.status import StatusStore
 from tests.inprocess import InProcessRest
 from tests.reliability.accounting import ROWS, FaultRow, write_summary
 from worker.__main__ import build_worker
-from worker.weights import describe
+from worker.demucs.weights import describe
 from worker.worker import Worker
 
 SHARED_SAMPLES = devstack.ROOT.parent / "shared" / "samples"

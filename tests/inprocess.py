@@ -17,8 +17,8 @@ from typing import Any
 import httpx
 from anyio.from_thread import start_blocking_portal
 
+from common.settings import Settings
 from rest.app import create_app
-from separation.settings import Settings
 
 BASE_URL = "http://127.0.0.1:9"
 """What the app sees as its own address: a loopback name ``ALLOWED_HOSTS`` allows, on the

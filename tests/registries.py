@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from separation.models import Model, registry_json
+from common.models import Model, registry_json
 
 
 def write_registry(path: Path, *models: Model) -> str:

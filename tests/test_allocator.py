@@ -16,7 +16,7 @@ import threading
 import pytest
 
 from bench.model import build_htdemucs
-from worker.demucs_cli import DemucsOptions, allocator_library, child_env, run_demucs
+from worker.demucs.cli import DemucsOptions, allocator_library, child_env, run_demucs
 
 pytestmark = pytest.mark.usefixtures("demucs_cli")  # the real CLI with either allocator
 

@@ -12,9 +12,9 @@ import base64
 
 import pytest
 
+from common.contract import Keys
+from common.numbers import ascii_int
 from rest.tracks import parse_range
-from separation.contract import Keys
-from separation.numbers import ascii_int
 
 TIMEOUT_S = 30
 NOT_ASCII = ["²", "³", "٣٢٠", "３２０", " 320", "+320", "3_20", "320.0", "", "1" * 19]

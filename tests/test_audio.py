@@ -12,12 +12,12 @@ import sphn
 from mutagen.id3 import APIC, ID3, TIT2
 from mutagen.mp3 import MP3
 
+from common.audio import NotAudio, TooLong, probe_mp3
+from common.contract import TRACKS
+from common.mp3_frames import count_frames
 from devstack.synth import encode_mp3, lying_mp3, synth_song, write_song
-from separation.audio import NotAudio, TooLong, probe_mp3
-from separation.contract import TRACKS
-from separation.mp3_frames import count_frames
-from worker.bags import sources_for
-from worker.encode import mix_and_encode, write_mix
+from worker.demucs.bags import sources_for
+from worker.output.encode import mix_and_encode, write_mix
 from worker.pcm import read_wav, write_wav
 
 RATE = 44100

@@ -18,12 +18,12 @@ import pytest
 
 from bench.measures import snr_db
 from bench.model import build_specialist_bag
+from common.contract import DEMUCS_STEMS
+from common.models import Model
 from devstack.synth import write_song
-from separation.contract import DEMUCS_STEMS
-from separation.models import Model
-from worker import bags
+from worker.demucs import bags
+from worker.demucs.weights import WeightsError, check, demucs_remote, remote_files
 from worker.pcm import read_wav
-from worker.weights import WeightsError, check, demucs_remote, remote_files
 
 pytestmark = pytest.mark.usefixtures("demucs_cli")  # pruned bags run through the real CLI
 

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from separation.contract import Keys
+from common.contract import Keys
 from tests.test_cancel import _demucs_pids
 from tests.waiting import wait_until
 from worker.cancel import Interrupt

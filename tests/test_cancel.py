@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 import devstack
-from separation.contract import Keys
-from separation.queue import JobQueue
+from common.contract import Keys
+from common.queue import JobQueue
 from tests.waiting import wait_until
 
 TIMEOUT_S = 30
@@ -30,7 +30,7 @@ def _demucs_pids(marker: str) -> list[int]:
     for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
         try:
             args = cmdline.read_bytes().split(b"\0")
-            warm = b"worker.warm_demucs" in args and \
+            warm = b"worker.demucs.warm_child" in args and \
                 marker.encode() in cmdline.with_name("environ").read_bytes()
         except OSError:
             continue

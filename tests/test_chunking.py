@@ -9,7 +9,7 @@ import pytest
 import sphn
 
 from devstack.synth import write_song
-from worker.chunking import (
+from worker.long_songs.chunking import (
     cut_chunks,
     frames,
     geometry,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from separation.contract import (
+from common.contract import (
     TRACKS,
     InvalidJob,
     check_output_key_pattern,
@@ -13,7 +13,7 @@ from separation.contract import (
     output_key,
     parse_job,
 )
-from separation.settings import Settings
+from common.settings import Settings
 
 H = "a" * 64
 

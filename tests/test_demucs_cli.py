@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from worker.demucs_cli import (
+from worker.demucs.cli import (
     DemucsOptions,
     DemucsRun,
     build_command,

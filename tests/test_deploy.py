@@ -2,7 +2,7 @@
 
 ``deploy/`` is rendered with ``kubectl kustomize`` (the secrets example's placeholders stand in
 for the git-ignored ``deploy/secrets/secrets.env``), then checked for what a cluster would only
-reveal at run time: every env var our containers get is one ``separation.settings`` reads and
+reveal at run time: every env var our containers get is one ``common.settings`` reads and
 parses; probes hit the paths and ports the code serves; sizes, threads and grace periods fit
 the settings; GPU scheduling; KEDA's target; no credentials in the repository; the images'
 files and packages; ``deploy-local-dev.sh``'s dry run and its errors.
@@ -25,9 +25,9 @@ from typing import Any
 import pytest
 import yaml
 
-from separation.models import Registry
-from separation.queue import WAITING_LISTS
-from separation.settings import LOCAL_DEV_MINIO_USER, Owner, Settings
+from common.models import Registry
+from common.queue import WAITING_LISTS
+from common.settings import LOCAL_DEV_MINIO_USER, Owner, Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -77,10 +77,10 @@ def run_python(code: str) -> str:
 
 
 def test_worker_health_endpoint_serves_healthz() -> None:
-    """The path the worker's probes use is the one ``separation.observability`` serves."""
+    """The path the worker's probes use is the one ``common.observability`` serves."""
     answer = run_python(
         "import urllib.request\n"
-        "from separation.observability import serve\n"
+        "from common.observability import serve\n"
         "server = serve(0, lambda: (True, 'ok'))\n"
         "url = 'http://127.0.0.1:%d/healthz' % server.server_address[1]\n"
         "with urllib.request.urlopen(url, timeout=5) as answer:\n"
@@ -94,7 +94,7 @@ def rest_routes() -> set[str]:
     pytest.importorskip("fastapi")
     out = run_python(
         "from rest.app import create_app\n"
-        "from separation.settings import Settings\n"
+        "from common.settings import Settings\n"
         "app = create_app(Settings(redis_port=1, minio_endpoint='127.0.0.1:1'))\n"
         "def paths(routes, prefix=''):\n"
         "    for route in routes:\n"
@@ -283,7 +283,7 @@ def test_worker_and_rest_read_one_model_registry(rendered: dict, variant: str) -
     workload, worker = our_container(docs, "demucs-worker")
     init = workload["spec"]["template"]["spec"]["initContainers"]
     assert [(c["image"], c["command"]) for c in init] == [
-        (worker["image"], ["python3", "-m", "worker.weights", "fetch"])]
+        (worker["image"], ["python3", "-m", "worker.demucs.weights", "fetch"])]
     assert init[0]["envFrom"] == worker["envFrom"]
     assert {m["mountPath"] for m in init[0]["volumeMounts"]} >= {"/etc/demucs", "/tmp"}
     assert init[0]["securityContext"] == worker["securityContext"]
@@ -664,7 +664,7 @@ def test_worker_image_runs_the_daemon_as_pid_1() -> None:
     script = entrypoint[1]
     assert script == "/app/worker/worker.py" and ("COPY", "worker/ /app/worker/") in steps
     assert (ROOT / "worker" / "worker.py").exists()
-    assert ("COPY", "separation/ /app/separation/") in steps  # the worker's own and the shared
+    assert ("COPY", "common/ /app/common/") in steps  # the worker's own and the shared
     assert not any(i == "CMD" for i, _ in steps)
 
 

@@ -6,7 +6,7 @@ import re
 from dataclasses import fields
 
 import devstack
-from separation.settings import Settings
+from common.settings import Settings
 
 PAGE = devstack.ROOT / "docs" / "configuration.md"
 ALIASES = {"mp3_bitrate_kbps": "MP3_BITRATE", "host": "HOSTNAME"}

@@ -1,4 +1,4 @@
-"""The callback guard (separation/egress.py): what it refuses, what it lets through.
+"""The callback guard (common/egress.py): what it refuses, what it lets through.
 
 Unit tests: the resolver is the machine's own (literal addresses and ``localhost`` need no
 network); public names cannot be resolved here, so public targets are literal addresses.
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from separation.egress import EgressPolicy, RefusedTarget, check_target
+from common.egress import EgressPolicy, RefusedTarget, check_target
 
 STRICT = EgressPolicy.parse(False, "")
 

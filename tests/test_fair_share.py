@@ -12,7 +12,7 @@ from pathlib import Path
 
 import requests
 
-from separation.audio import probe_mp3
+from common.audio import probe_mp3
 
 ALICE, BOB = "alice-key-0123456789", "bob-key-0123456789ab"
 KEYS = f"alice:{ALICE},bob:{BOB}"

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 import devstack
-from separation.settings import Settings
-from worker.demucs_cli import DemucsOptions, DemucsRun, build_command, failure_of, parse_progress
+from common.settings import Settings
+from worker.demucs.cli import DemucsOptions, DemucsRun, build_command, failure_of, parse_progress
 
 pytest_plugins = ["pytester"]
 STANDIN = [sys.executable, "-m", "devstack.standin_demucs"]

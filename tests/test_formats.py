@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 import soundfile
 
-from separation.contract import TRACKS, InvalidJob, Keys, output_key, parse_job, split_track_name
-from separation.formats import Encoding
-from separation.retention import expires_at
-from separation.settings import Settings
-from worker.chunking import stitch
-from worker.encode import mix_and_encode
+from common.contract import TRACKS, InvalidJob, Keys, output_key, parse_job, split_track_name
+from common.formats import Encoding
+from common.retention import expires_at
+from common.settings import Settings
+from worker.long_songs.chunking import stitch
+from worker.output.encode import mix_and_encode
 from worker.pcm import convert_width, pack, read_block, unpack, write_wav
 
 H = "a" * 64

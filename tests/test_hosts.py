@@ -13,7 +13,7 @@ import base64
 import pytest
 import requests
 
-from separation.settings import Settings
+from common.settings import Settings
 
 TIMEOUT_S = 30
 EVIL = "rebind.evil.example"

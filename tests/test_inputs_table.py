@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 
 import devstack
+from common.contract import Callback, Job, Keys
+from common.settings import Settings
 from rest.app import create_app
-from separation.contract import Callback, Job, Keys
-from separation.settings import Settings
 
 TABLE = devstack.ROOT / "docs" / "inputs.md"
 ROUTE_ROW = "(the route)"

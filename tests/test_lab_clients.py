@@ -15,7 +15,7 @@ import time
 
 import requests
 
-from separation.contract import Keys
+from common.contract import Keys
 
 
 def test_the_lab_short_sample_request_is_served_unchanged(stack, rest, song, make_song,

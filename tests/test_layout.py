@@ -2,9 +2,9 @@
 (``ast``, every import: at the top, inside functions and under ``TYPE_CHECKING``; not what
 runs only as a script, under ``if __name__ == "__main__"``).
 
-- Between packages (``PACKAGE_ARROWS``): ``rest/`` and ``separation/`` never import the worker's
+- Between packages (``PACKAGE_ARROWS``): ``rest/`` and ``common/`` never import the worker's
   own code (``worker/``), so the REST image, which holds no ``worker/``, can always start;
-  ``separation/`` imports neither process.
+  ``common/`` imports neither process.
 - Inside ``rest/`` (``REST_LAYERS``): routes on top, then the work behind them, then who may
   see what, then the clients and parts, then the schemas; an arrow only points down (or stays
   in its layer).
@@ -14,19 +14,21 @@ runs only as a script, under ``if __name__ == "__main__"``).
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("separation", "rest", "worker", "devstack", "bench")
+PACKAGES = ("common", "rest", "worker", "devstack", "bench")
 
 PACKAGE_ARROWS: dict[str, set[str]] = {
-    "separation": {"separation"},  # the shared contract, queue protocol and settings
-    "rest": {"rest", "separation"},
-    "worker": {"worker", "separation"},
-    "devstack": {"devstack", "separation", "worker"},  # the local stack and its test songs
-    "bench": {"bench", "devstack", "separation", "worker"},
+    "common": {"common"},  # the shared contract, queue protocol and settings
+    "rest": {"rest", "common"},
+    "worker": {"worker", "common"},
+    "devstack": {"devstack", "common", "worker"},  # the local stack and its test songs
+    "bench": {"bench", "devstack", "common", "worker"},
 }
 """Which packages each package may import."""
 
@@ -150,15 +152,28 @@ def test_no_import_loop(graph: dict[str, set[str]]) -> None:
 
 def test_the_checks_see_a_stray_arrow_an_upward_one_and_a_loop(tmp_path: Path) -> None:
     module = tmp_path / "m.py"
-    module.write_text("from worker.errors import Code\nimport separation.queue\n")
-    assert _imported_modules(module) == {"worker.errors", "separation.queue"}
+    module.write_text("from worker.errors import Code\nimport common.queue\n")
+    assert _imported_modules(module) == {"worker.errors", "common.queue"}
     graph = {"rest.schemas": {"rest.routes.jobs"}, "rest.routes.jobs": {"rest.schemas"},
-             "separation.queue": {"worker.errors"}, "worker.errors": set()}
-    assert strays(graph, PACKAGE_ARROWS) == [("separation.queue", "worker.errors")]
+             "common.queue": {"worker.errors"}, "worker.errors": set()}
+    assert strays(graph, PACKAGE_ARROWS) == [("common.queue", "worker.errors")]
     assert upward(graph) == [("rest.schemas", "rest.routes.jobs")]
     assert loops(graph) == [["rest.routes.jobs", "rest.schemas"]]
 
 
 def test_the_rest_image_copies_no_worker_code() -> None:
     dockerfile = (ROOT / "rest" / "Dockerfile").read_text()
-    assert "COPY separation/" in dockerfile and "COPY worker" not in dockerfile
+    assert "COPY common/" in dockerfile and "COPY worker" not in dockerfile
+
+
+def test_the_worker_run_as_a_script_imports_demucs_not_its_own_folder_of_that_name():
+    """``python /app/worker/worker.py`` (the image's command) puts ``worker/`` first on
+    ``sys.path``, where ``worker/demucs/`` would shadow Demucs itself: the script takes its own
+    folder off the path before it imports anything."""
+    check = ("import runpy, sys; sys.path.insert(0, 'worker'); "
+             "runpy.run_path('worker/worker.py', run_name='import_check'); "
+             "import demucs; print(demucs.__file__)")
+    result = subprocess.run([sys.executable, "-c", check], cwd=ROOT, capture_output=True,
+                            text=True, timeout=120, check=True)
+    assert Path(result.stdout.strip()).parent.name == "demucs"
+    assert ROOT / "worker" not in Path(result.stdout.strip()).parents  # not worker/demucs/

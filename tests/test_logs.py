@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import logging
 
-from separation.contract import Keys
-from separation.logs import LOG_ENTRY_MAX_BYTES, EscapingFormatter, RedisListHandler, cap, escape
+from common.contract import Keys
+from common.logs import LOG_ENTRY_MAX_BYTES, EscapingFormatter, RedisListHandler, cap, escape
 
 
 def test_escape_puts_every_control_character_on_one_line():
@@ -39,7 +39,7 @@ def test_stderr_formatter_escapes_the_message_but_keeps_a_traceback():
 
 def test_only_the_services_own_lines_reach_the_redis_list(stack):
     handler = RedisListHandler(stack.redis, "host", "rest", max_entries=100, max_bytes=1 << 20)
-    for name in ("rest", "worker", "separation.webhook", "urllib3.connectionpool",
+    for name in ("rest", "worker", "common.webhook", "urllib3.connectionpool",
                  "uvicorn.error", "restless"):
         logger = logging.getLogger(name)
         logger.addHandler(handler)
@@ -48,6 +48,6 @@ def test_only_the_services_own_lines_reach_the_redis_list(stack):
         finally:
             logger.removeHandler(handler)
     lines = sorted(line.decode() for line in stack.redis.lrange(Keys.LOGGING, 0, -1))
-    assert lines == ["host.rest.warning:line from rest",
-                     "host.rest.warning:line from separation.webhook",
+    assert lines == ["host.rest.warning:line from common.webhook",
+                     "host.rest.warning:line from rest",
                      "host.rest.warning:line from worker"]

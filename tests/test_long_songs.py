@@ -11,8 +11,8 @@ import pytest
 import sphn
 from mutagen.mp3 import MP3
 
+from common.contract import TRACKS, Keys
 from devstack.synth import lying_mp3
-from separation.contract import TRACKS, Keys
 
 # short chunks, plain overlaps: the tiny test model's own segment is 40 s, no grid to follow
 CHUNKING = {"CHUNK_OVER_S": "10", "CHUNK_S": "8", "CHUNK_OVERLAP_S": "2", "MODEL_SEGMENT_S": "0",

@@ -24,7 +24,7 @@ import http.client
 import random
 import time
 
-from separation.contract import Keys
+from common.contract import Keys
 from tests.test_owners import API_KEYS, KEYS, Client
 
 ROUNDS = 6000

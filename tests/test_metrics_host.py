@@ -6,8 +6,8 @@ import pytest
 import requests
 
 import devstack
-from separation.observability import serve
-from separation.settings import Settings
+from common.observability import serve
+from common.settings import Settings
 
 
 def test_metrics_host_is_an_ip_address_or_the_process_does_not_start():

@@ -1,4 +1,4 @@
-"""The model registry (``separation.models``, ``worker.weights``): a model is what the operator
+"""The model registry (``common.models``, ``worker.demucs.weights``): a model is what the operator
 installed, never what a client names.
 
 The attack: a client names a model on the hub (``mallory/pwn``), whose files would choose the
@@ -18,13 +18,13 @@ from pathlib import Path
 import pytest
 import requests
 
+from common.clients import client_models
+from common.contract import DEMUCS_STEMS, Keys
+from common.models import Model, Registry, WeightFile, builtin_model, registry_json
+from common.settings import Settings
 from devstack.loopback import LoopbackServer, QuietHandler
-from separation.clients import client_models
-from separation.contract import DEMUCS_STEMS, Keys
-from separation.models import Model, Registry, WeightFile, builtin_model, registry_json
-from separation.settings import Settings
 from tests.registries import write_registry
-from worker.weights import Shelf, WeightsError, describe, fetch
+from worker.demucs.weights import Shelf, WeightsError, describe, fetch
 
 TIMEOUT_S = 30
 ALICE, BOB, CAROL = "alice-key-0123456789", "bob-key-0123456789ab", "carol-key-0123456789"
@@ -144,7 +144,8 @@ def test_a_weight_file_missing_or_not_the_registrys_stops_the_shelf(small_model,
 
 
 def test_an_entry_pins_a_pretrained_bag_fetched_into_a_folder(tmp_path):
-    """``python -m worker.weights entry htdemucs_ft --folder DIR``: its four files' hashes."""
+    """``python -m worker.demucs.weights entry htdemucs_ft --folder DIR``: its four files'
+    hashes."""
     names = ("f7e0c4bc-ba3fe64a.th", "d12395a8-e57c48e6.th", "92cfc3b6-ef3bcb9c.th",
              "04573f0d-f3cf25b2.th")  # demucs/remote/files.txt
     for number, name in enumerate(names):

@@ -10,7 +10,7 @@ import numpy as np
 import soundfile
 import sphn
 
-from separation.contract import Keys
+from common.contract import Keys
 from tests.test_long_songs import CHUNKING
 from tests.test_rest_api import TIMEOUT_S, assert_error, b64, wait_done
 

@@ -16,8 +16,8 @@ import re
 import pytest
 import requests
 
-from separation.contract import TRACKS, Keys
-from separation.settings import Settings
+from common.contract import TRACKS, Keys
+from common.settings import Settings
 from tests.waiting import wait_until
 
 TIMEOUT_S = 30

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from mutagen.mp3 import MP3
 
-from separation.contract import TRACKS
-from separation.models import builtin_model
+from common.contract import TRACKS
+from common.models import builtin_model
 from tests.registries import write_registry
 from tests.waiting import wait_until
 

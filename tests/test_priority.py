@@ -10,9 +10,9 @@ import re
 import pytest
 import requests
 
-from separation.contract import InvalidJob, Keys, parse_job
-from separation.queue import JobQueue
-from separation.status import StatusStore
+from common.contract import InvalidJob, Keys, parse_job
+from common.queue import JobQueue
+from common.status import StatusStore
 from tests.waiting import wait_until
 
 TIMEOUT_S = 30

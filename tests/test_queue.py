@@ -8,9 +8,9 @@ import random
 
 import redis.asyncio
 
-from separation.contract import Keys
-from separation.queue import DEFAULT_HIGH_BURST, JobQueue
-from separation.status import StatusStore
+from common.contract import Keys
+from common.queue import DEFAULT_HIGH_BURST, JobQueue
+from common.status import StatusStore
 from tests.waiting import wait_until
 
 

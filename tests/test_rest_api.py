@@ -17,11 +17,11 @@ import sphn
 from mutagen.mp3 import MP3
 
 import devstack
-from separation.contract import TRACKS, Keys
-from separation.models import builtin_model
-from separation.queue import JobQueue
-from separation.status import StatusStore
-from separation.webhook import signature_headers
+from common.contract import TRACKS, Keys
+from common.models import builtin_model
+from common.queue import JobQueue
+from common.status import StatusStore
+from common.webhook import signature_headers
 from tests.registries import write_registry
 
 TIMEOUT_S = 30

@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import requests
 
-from separation.contract import Keys
+from common.contract import Keys
 from tests.waiting import wait_until
 
 TIMEOUT_S = 30

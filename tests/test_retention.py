@@ -12,7 +12,7 @@ import pytest
 from minio.commonconfig import ENABLED, Filter
 from minio.lifecycleconfig import Expiration, LifecycleConfig, Rule
 
-from separation.retention import RULE_ID, expires_at
+from common.retention import RULE_ID, expires_at
 from tests.test_rest_api import TIMEOUT_S, assert_error, b64, wait_done
 from tests.waiting import wait_until
 

@@ -10,9 +10,9 @@ import time
 import requests
 
 import devstack
-from separation.contract import TRACKS, Keys
-from separation.settings import Settings
-from separation.webhook import egress_policy, post_webhook, signature_headers
+from common.contract import TRACKS, Keys
+from common.settings import Settings
+from common.webhook import egress_policy, post_webhook, signature_headers
 from tests.waiting import wait_until
 
 SCRIPTS = devstack.ROOT / "sample-requests"

@@ -17,9 +17,9 @@ import pytest
 
 from bench.measures import snr_db
 from bench.model import build_htdemucs
+from common.contract import DEMUCS_STEMS
 from devstack.synth import write_song
-from separation.contract import DEMUCS_STEMS
-from worker.chunking import cut_chunks, plan_chunks, stitch
+from worker.long_songs.chunking import cut_chunks, plan_chunks, stitch
 from worker.pcm import read_wav
 
 pytestmark = pytest.mark.usefixtures("demucs_cli")  # the real CLI separates the chunks

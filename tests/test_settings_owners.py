@@ -1,4 +1,4 @@
-"""Every setting has an owner (``separation.settings.Owner``), and the deployment follows it:
+"""Every setting has an owner (``common.settings.Owner``), and the deployment follows it:
 what both processes must agree on is set once, in ``deploy/base/common.env``, which both
 Deployments get; each process' own settings are in its own file and read by its code alone.
 """
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from separation.settings import Owner, Settings
+from common.settings import Owner, Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 BASE = ROOT / "deploy" / "base"

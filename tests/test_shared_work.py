@@ -17,8 +17,8 @@ from pathlib import Path
 
 import requests
 
+from common.contract import Keys
 from rest.owners import OWNER_FIELDS, shown
-from separation.contract import Keys
 from tests.test_owners import API_KEYS, Client
 from tests.waiting import wait_until
 

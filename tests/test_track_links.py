@@ -13,8 +13,8 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 import requests
 
-from separation.settings import Settings
-from separation.status import StatusStore
+from common.settings import Settings
+from common.status import StatusStore
 from tests.test_owners import API_KEYS, KEYS, Client
 from tests.waiting import wait_until
 

@@ -14,10 +14,10 @@ import os
 import pytest
 from fastapi import HTTPException
 
+from common.settings import Settings
 from rest.ingest.json_stream import JsonScanner
 from rest.ingest.multipart_stream import FormReader
 from rest.ingest.song_sink import Base64Decoder, SongFile
-from separation.settings import Settings
 
 SONG = os.urandom(3000)
 B64 = base64.b64encode(SONG).decode()

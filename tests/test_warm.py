@@ -1,11 +1,11 @@
-"""The warm Demucs (``worker.warm``): the same stems as the CLI, and a child that dies alone.
+"""The warm Demucs (``worker.demucs.warm``): the same stems as the CLI, and a child that dies alone.
 
 Equality: the real ``python -m demucs`` CLI and the warm child separate the same songs with the
 same model files and flags (``--shifts 0``, the worker's default; tcmalloc preloaded where
 installed, as on a CPU worker), and every WAV stem must be the same bytes. Two models: Demucs'
 ``demucs_unittest`` architecture saved with fixed weights (``demucs_unittest`` itself draws new
 random weights in every process, so two CLI calls differ), and a bag shaped like
-``htdemucs_ft`` pruned to its vocals model (``worker.bags``), run warm after the full bag so
+``htdemucs_ft`` pruned to its vocals model (``worker.demucs.bags``), run warm after the full bag so
 that its sub-model comes from the child's cache.
 
 Faults: a child SIGKILLed mid-run fails the run with the CLI's reason and the next run gets a
@@ -27,11 +27,11 @@ import torch
 
 from bench.model import build_htdemucs, build_specialist_bag
 from tests.waiting import wait_until
-from worker import bags
-from worker.demucs_cli import DemucsOptions, DemucsRun, allocator_library, failure_of, run_demucs
+from worker.demucs import bags
+from worker.demucs.cli import DemucsOptions, DemucsRun, allocator_library, failure_of, run_demucs
+from worker.demucs.warm import WarmDemucs
+from worker.demucs.warm_child import ModelCache
 from worker.errors import Code
-from worker.warm import WarmDemucs
-from worker.warm_demucs import ModelCache
 
 SMALL = {"channels": 8, "t_layers": 1}
 PRELOAD = allocator_library("tcmalloc")
@@ -134,7 +134,7 @@ def test_a_pruned_bags_stems_are_the_clis_bytes(tmp_path, songs, warm):
     assert "bag of 1 models" in cli_run.output_tail
     cli, warmed = _stems(tmp_path / "cli"), _stems(tmp_path / "warm")
     assert warmed == cli and len(cli) == 4
-    # the full bag's vocals are the pruned bag's (worker.bags): the cache shared the model
+    # the full bag's vocals are the pruned bag's (worker.demucs.bags): the cache shared the model
     full_vocals = (tmp_path / "full/small_ft/a/vocals.wav").read_bytes()
     assert full_vocals == cli[f"{pruned.name}/a/vocals.wav"]
     assert warm.last_done["kept_mb"] == pytest.approx(full_kept_mb(repo), rel=0.01)
@@ -249,8 +249,8 @@ def test_close_ends_the_child(tmp_path, warm):
 
 
 def test_the_runner_is_a_setting():
-    from separation.settings import Settings
-    from worker.separator import uses_warm
+    from common.settings import Settings
+    from worker.demucs.separator import uses_warm
 
     assert uses_warm(Settings.from_env({}))  # the default
     assert not uses_warm(Settings.from_env({"DEMUCS_RUNNER": "cli"}))

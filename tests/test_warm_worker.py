@@ -20,7 +20,7 @@ STEMS = ["vocals"]
 
 def _warm_children(worker: subprocess.Popen) -> list[psutil.Process]:
     return [child for child in psutil.Process(worker.pid).children(recursive=True)
-            if "worker.warm_demucs" in child.cmdline()]
+            if "worker.demucs.warm_child" in child.cmdline()]
 
 
 def test_a_child_killed_mid_job_retries_the_job_on_a_fresh_child(stack, make_song, demucs_cli):

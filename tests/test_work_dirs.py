@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from separation.queue import JobQueue
+from common.queue import JobQueue
 from tests.waiting import wait_until
 from worker.work_dirs import make_batch_dir, remove_dead_workers_dirs
 

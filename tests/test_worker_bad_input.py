@@ -9,8 +9,8 @@ from __future__ import annotations
 import json
 import os
 
+from common.contract import Keys, claimed_job_id
 from devstack.synth import encode_mp3, lying_mp3, synth_song, wav_bytes
-from separation.contract import Keys, claimed_job_id
 from tests.waiting import wait_until
 
 GOOD = "f" * 64  # replaced by the real songhash of an uploaded file where needed

@@ -15,8 +15,8 @@ from mutagen.mp3 import MP3
 from standardwebhooks import Webhook
 
 import devstack
-from separation.contract import TRACKS, Keys
-from separation.webhook import verify_delivery
+from common.contract import TRACKS, Keys
+from common.webhook import verify_delivery
 from tests.waiting import wait_until
 
 REAL_CLI = pytest.mark.usefixtures("demucs_cli")  # the path end to end on the real Demucs CLI
@@ -87,7 +87,7 @@ def test_object_job_with_stem_subset(stack, make_song):
                 "id": "obj-1", "stems": ["acapella", "instrumental"]})
     record = stack.wait_for("obj-1")
     assert record["state"] == "done", record
-    from separation.contract import sha256_file
+    from common.contract import sha256_file
     songhash = sha256_file(song)
     assert record["songhash"] == songhash
     assert record["tracks"] == {"instrumental": f"{songhash}-instrumental.mp3",

@@ -12,8 +12,8 @@ import sys
 from prometheus_client import REGISTRY
 
 import devstack
+from common.contract import Keys
 from devstack.synth import undecodable_mp3
-from separation.contract import Keys
 from worker import errors
 from worker.worker import Worker
 

@@ -18,22 +18,22 @@ import uuid
 import redis
 from minio import Minio
 
-from separation.connections import connect_minio, connect_redis
-from separation.joins import Joins
-from separation.logs import configure_logging
-from separation.models import Registry
-from separation.queue import JobQueue
-from separation.settings import Settings
-from separation.status import StatusStore
+from common.connections import connect_minio, connect_redis
+from common.joins import Joins
+from common.logs import configure_logging
+from common.models import Registry
+from common.queue import JobQueue
+from common.settings import Settings
+from common.status import StatusStore
 from worker.cancel import CancelWatch
-from worker.chunking import check_geometry
-from worker.demucs_cli import cuda_present
+from worker.demucs.cli import cuda_present
+from worker.demucs.separator import Separator
+from worker.demucs.weights import Shelf
 from worker.inputs import Inputs
-from worker.long_songs import LongSongs
-from worker.separator import Separator
-from worker.tracks import Tracks
+from worker.long_songs.chunk_jobs import LongSongs
+from worker.long_songs.chunking import check_geometry
+from worker.output.tracks import Tracks
 from worker.upkeep import Heartbeat, StopSignal
-from worker.weights import Shelf
 from worker.worker import Parts, Worker
 
 log = logging.getLogger("worker")

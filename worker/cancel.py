@@ -16,8 +16,8 @@ import threading
 
 import redis
 
-from separation.contract import Job
-from separation.queue import JobQueue
+from common.contract import Job
+from common.queue import JobQueue
 from worker.errors import Cancelled, Redelivered
 from worker.task import Task
 

@@ -8,8 +8,8 @@ from pathlib import Path
 from minio import Minio
 from minio.error import S3Error
 
-from separation.audio import NotAudio, TooLong, probe_mp3
-from separation.settings import Settings
+from common.audio import NotAudio, TooLong, probe_mp3
+from common.settings import Settings
 from worker import errors
 
 MISSING = ("NoSuchKey", "NoSuchBucket", "NoSuchObject")

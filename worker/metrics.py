@@ -1,4 +1,4 @@
-"""The worker's Prometheus metrics, served on ``METRICS_PORT`` (``separation.observability``)."""
+"""The worker's Prometheus metrics, served on ``METRICS_PORT`` (``common.observability``)."""
 
 from __future__ import annotations
 

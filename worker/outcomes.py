@@ -14,13 +14,13 @@ from collections.abc import Callable
 from minio.error import S3Error
 from urllib3.exceptions import HTTPError
 
-from separation.contract import Job, Keys, Status
-from separation.joins import Joins
-from separation.settings import Settings
-from separation.status import StatusStore
-from separation.webhook import send_outcome
+from common.contract import Job, Keys, Status
+from common.joins import Joins
+from common.settings import Settings
+from common.status import StatusStore
+from common.webhook import send_outcome
 from worker import errors
-from worker.long_songs import LongSongs
+from worker.long_songs.chunk_jobs import LongSongs
 from worker.metrics import JOB_SECONDS, JOBS
 from worker.task import JobKind, Outcome, State, Task, timed
 

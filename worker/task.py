@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 
-from separation.contract import Job
-from separation.formats import Encoding
+from common.contract import Job
+from common.formats import Encoding
 from worker import errors
 from worker.metrics import STAGE_SECONDS
 

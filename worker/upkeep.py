@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 import redis
 
-from separation.queue import JobQueue
+from common.queue import JobQueue
 from worker.metrics import record_queue_depths
 from worker.work_dirs import remove_dead_workers_dirs
 

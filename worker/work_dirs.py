@@ -16,7 +16,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from separation.queue import JobQueue
+from common.queue import JobQueue
 
 log = logging.getLogger("worker")
 PREFIX = "demucs-batch-"

@@ -2,8 +2,8 @@
 
 Run as ``python -m worker`` or ``python worker/worker.py`` (``--burst``: return once the queue
 is empty; ``worker.__main__`` builds the worker's parts); every setting comes from the
-environment (``separation.settings``). The queue protocol is written down in
-``separation.queue``; every Redis command of it is a ``JobQueue`` method.
+environment (``common.settings``). The queue protocol is written down in
+``common.queue``; every Redis command of it is a ``JobQueue`` method.
 
 A job's lifecycle, one method each, in the order ``run_batch`` calls them:
 
@@ -17,7 +17,7 @@ A job's lifecycle, one method each, in the order ``run_batch`` calls them:
                    longer than ``CHUNK_OVER_S`` is ``split`` into chunk jobs here. A join:
                    ``join`` stitches its long song's chunk stems.
 4. ``separate``    one Demucs CLI call for all of a batch's jobs of one model, with its
-                   fallbacks (``worker.separator``).
+                   fallbacks (``worker.demucs.separator``).
 5. ``deliver``     a chunk's stems are stored for its join (``LongSongs.store_chunk``); a
                    song's or join's tracks are mixed from the WAV stems, encoded once each in
                    the job's format (MP3, FLAC, WAV), and ``fput_object``-ed
@@ -48,15 +48,18 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: make the repository's packages importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+if __package__ in (None, ""):  # run as a script: make the repository's packages importable,
+    # and only them: the script's own folder would make worker/demucs/ shadow Demucs itself
+    _here = Path(__file__).resolve().parent
+    sys.path[:] = [entry for entry in sys.path if Path(entry or ".").resolve() != _here]
+    sys.path.insert(0, str(_here.parent))
 
 import redis
 from minio import Minio
 from minio.error import S3Error
 from urllib3.exceptions import HTTPError
 
-from separation.contract import (
+from common.contract import (
     InvalidJob,
     Job,
     Status,
@@ -65,17 +68,19 @@ from separation.contract import (
     parse_job,
     sha256_file,
 )
-from separation.joins import Joins
-from separation.observability import serve
-from separation.queue import JobQueue
-from separation.retention import expires_at, prepare_buckets
-from separation.settings import Settings
-from separation.status import StatusStore
+from common.joins import Joins
+from common.observability import serve
+from common.queue import JobQueue
+from common.retention import expires_at, prepare_buckets
+from common.settings import Settings
+from common.status import StatusStore
 from worker import errors
-from worker.bags import PrunedBag, pruned_bag, sources_for
 from worker.cancel import CancelWatch
+from worker.demucs.bags import PrunedBag, pruned_bag, sources_for
+from worker.demucs.separator import Separator
+from worker.demucs.weights import Shelf
 from worker.inputs import Inputs
-from worker.long_songs import LongSongs
+from worker.long_songs.chunk_jobs import LongSongs
 from worker.metrics import IN_FLIGHT
 from worker.outcomes import (
     CANCELLED,
@@ -88,12 +93,10 @@ from worker.outcomes import (
     outcome_of_error,
     remove_work_dir,
 )
+from worker.output.tracks import Tracks
 from worker.pcm import wav_duration_s
-from worker.separator import Separator
 from worker.task import JobKind, Outcome, Settlement, State, Task, live, timed
-from worker.tracks import Tracks
 from worker.upkeep import Heartbeat, StopSignal, until_up
-from worker.weights import Shelf
 from worker.work_dirs import make_batch_dir
 
 log = logging.getLogger("worker")
@@ -309,7 +312,8 @@ class Worker:
 
     # -- 4. separate ----------------------------------------------------------------------
     def separate(self, tasks: list[Task]) -> None:
-        """One Demucs run (``worker.separator``) for each model the jobs without stems need."""
+        """One Demucs run (``worker.demucs.separator``) for each model the jobs without stems
+        need."""
         runs = {task.id: self.run_of(task) for task in tasks if task.stem_dir is None}
         for model, pruned in dict.fromkeys(runs.values()):
             group = [t for t in tasks if runs.get(t.id) == (model, pruned)]

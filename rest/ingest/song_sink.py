@@ -18,7 +18,7 @@ from pathlib import Path
 
 from fastapi import HTTPException
 
-from separation.settings import Settings
+from common.settings import Settings
 
 NOT_BASE64 = "'mp3' is not valid base64 (standard alphabet, with padding)"
 DATA_URL_PREFIX_MAX_BYTES = 256  # "data:audio/mpeg;base64," and the like

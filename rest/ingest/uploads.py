@@ -23,14 +23,14 @@ from fastapi.concurrency import run_in_threadpool
 from pydantic import ValidationError
 from starlette.requests import ClientDisconnect
 
+from common.audio import NotAudio, TooLong, probe_mp3
+from common.contract import normalize_track
+from common.numbers import DIGITS_RE, ascii_int_or_none
+from common.settings import Settings
 from rest.ingest.json_stream import JsonScanner
 from rest.ingest.multipart_stream import FormReader, boundary_of
 from rest.ingest.song_sink import Base64Decoder, SongFile
 from rest.schemas import FIELD_TYPES, FORM_FIELDS, REQUEST_FIELDS, SeparateRequest
-from separation.audio import NotAudio, TooLong, probe_mp3
-from separation.contract import normalize_track
-from separation.numbers import DIGITS_RE, ascii_int_or_none
-from separation.settings import Settings
 
 log = logging.getLogger("rest")
 FIELDS_SLACK_BYTES = 64 * 1024

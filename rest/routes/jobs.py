@@ -9,13 +9,13 @@ from fastapi import HTTPException, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
+from common.contract import Status
+from common.numbers import AsciiInt
 from rest.backend import Backend, BackendDep
 from rest.read_models import find_job, job_status, queue_page
 from rest.routes import apiv1
 from rest.schemas import CancelResponse, QueueResponse
 from rest.tenancy import Tenancy, TenancyDep
-from separation.contract import Status
-from separation.numbers import AsciiInt
 
 log = logging.getLogger("rest")
 QUEUE_PAGE_JOBS = 100  # /queue's page when the client names no limit

@@ -11,6 +11,10 @@ from fastapi import HTTPException, Request
 from fastapi.responses import RedirectResponse, Response
 from minio.error import S3Error
 
+from common.contract import TRACKS
+from common.formats import all_encodings
+from common.numbers import AsciiInt
+from common.retention import MISSING_OBJECT
 from rest.backend import BackendDep
 from rest.read_models import absent_reason, track_encoding, track_key
 from rest.removal import Removed, remove_tracks
@@ -18,10 +22,6 @@ from rest.routes import apiv1
 from rest.schemas import RemoveResponse
 from rest.tenancy import TenancyDep
 from rest.tracks import stream_track
-from separation.contract import TRACKS
-from separation.formats import all_encodings
-from separation.numbers import AsciiInt
-from separation.retention import MISSING_OBJECT
 
 log = logging.getLogger("rest")
 

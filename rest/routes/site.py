@@ -12,9 +12,9 @@ from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
+from common.webhook import verify_delivery
 from rest.backend import client_of, get_backend
 from rest.ingest.uploads import read_body
-from separation.webhook import verify_delivery
 
 log = logging.getLogger("rest")
 CALLBACK_MAX_BYTES = 64 * 1024

@@ -20,9 +20,9 @@ import pytest
 import redis as redis_lib
 
 import devstack
+from common.contract import Keys
+from common.queue import JobQueue
 from devstack.webhooks import WebhookReceiver
-from separation.contract import Keys
-from separation.queue import JobQueue
 from tests.reliability.accounting import TRIALS, FaultRow
 from tests.waiting import wait_until
 

@@ -21,12 +21,12 @@ from pathlib import Path
 import pytest
 import requests
 
+from common.contract import Keys, output_key
+from common.egress import EgressPolicy
+from common.logs import LOG_ENTRY_MAX_BYTES, RedisListHandler
+from common.status import StatusStore
+from common.webhook import post_webhook
 from devstack.synth import encode_mp3, synth_song
-from separation.contract import Keys, output_key
-from separation.egress import EgressPolicy
-from separation.logs import LOG_ENTRY_MAX_BYTES, RedisListHandler
-from separation.status import StatusStore
-from separation.webhook import post_webhook
 
 MP3 = encode_mp3(synth_song(1.0, seed=5))
 JSON = {"Content-Type": "application/json"}
@@ -211,7 +211,7 @@ def test_lying_files_fail_for_good_with_a_clear_reason(stack, start_rest, tmp_pa
     via_rest = requests.post(rest.url + "/apiv1/separate",
                              json={"mp3": base64.b64encode(text).decode(), "stems": ["vocals"]},
                              timeout=10)
-    # the frame walk (separation/mp3_frames.py) finds no chain of frames: refused at the door
+    # the frame walk (common/mp3_frames.py) finds no chain of frames: refused at the door
     assert via_rest.status_code == 400 and "not an MP3" in via_rest.json()["error"], \
         via_rest.text
     lie = tmp_path / "lie.mp3"

@@ -13,8 +13,8 @@ import json
 import pytest
 import requests
 
+from common.contract import Keys
 from devstack.synth import lying_mp3
-from separation.contract import Keys
 
 pytestmark = pytest.mark.usefixtures("demucs_cli")  # lying audio reaches the real decoder
 

@@ -28,8 +28,8 @@ import psutil
 import pytest
 import requests
 
+from common.settings import Settings
 from devstack.synth import encode_mp3, split_frames, synth_song
-from separation.settings import Settings
 
 DEFAULTS = Settings()
 REST_PEAK_BOUND_MIB = 512

@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from separation.webhook import signature_headers, verify_delivery
+from common.webhook import signature_headers, verify_delivery
 
 ROOT = Path(__file__).resolve().parents[2]
 # MinIO's documented local-development default may appear only where it is documented as such
 LOCAL_DEV_DEFAULT = "minio" + "admin"
-ALLOWED_LOCAL_DEV = {"separation/settings.py", "devstack/__init__.py", "docs/configuration.md"}
+ALLOWED_LOCAL_DEV = {"common/settings.py", "devstack/__init__.py", "docs/configuration.md"}
 ASSIGNED_SECRET = re.compile(
     r"(password|secret_?key|access_?key|api_?token)[\"']?\s*[:=]\s*[\"']([A-Za-z0-9/+_-]{6,})[\"']",
     re.IGNORECASE)
@@ -55,7 +55,7 @@ def test_bandit_is_clean():
         pytest.skip("bandit is not installed (make setup installs it)")
     result = subprocess.run(
         [str(Path(sys.executable).parent / "bandit"), "-q", "-c", "pyproject.toml", "-r",
-         "separation", "worker", "rest", "devstack", "-f", "custom",
+         "common", "worker", "rest", "devstack", "-f", "custom",
          "--msg-template", "{relpath}:{line} {test_id} {msg}"],
         cwd=ROOT, capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stdout + result.stderr

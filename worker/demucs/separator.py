@@ -1,16 +1,18 @@
 """Step 4 of a batch: one Demucs run for the batch's jobs of one model, with fallbacks.
 
-A run is a request to the worker's warm Demucs child (``worker.warm``; ``DEMUCS_RUNNER=warm``,
-the default), or one ``python -m demucs`` call (``worker.demucs_cli``; ``DEMUCS_RUNNER=cli``):
-the same stems, the same ``DemucsRun`` back, so what follows reads both alike.
+A run is a request to the worker's warm Demucs child (``worker.demucs.warm``;
+``DEMUCS_RUNNER=warm``, the default), or one ``python -m demucs`` call (``worker.demucs.cli``;
+``DEMUCS_RUNNER=cli``): the same stems, the same ``DemucsRun`` back, so what follows reads
+both alike.
 
-Demucs loads only the model's own ``--repo`` folder on the worker's shelf (``worker.weights``),
-with the model hub offline. A cancelled job's run is stopped: the job ends at once (``ended``),
-and the others of the batch run again without it, each re-run over fewer jobs than the run
-before, so a batch of N jobs runs Demucs at most N times however its cancels fall; a CUDA
-failure runs the failed jobs again on the CPU; a failed batch runs each job not yet separated
-alone, so one bad file fails only itself. A bag pruned to the sources the jobs need
-(``worker.bags``) is written as a ``--repo`` of its own and run as a model.
+Demucs loads only the model's own ``--repo`` folder on the worker's shelf
+(``worker.demucs.weights``), with the model hub offline. A cancelled job's run is stopped: the
+job ends at once (``ended``), and the others of the batch run again without it, each re-run
+over fewer jobs than the run before, so a batch of N jobs runs Demucs at most N times however
+its cancels fall; a CUDA failure runs the failed jobs again on the CPU; a failed batch runs
+each job not yet separated alone, so one bad file fails only itself. A bag pruned to the
+sources the jobs need (``worker.demucs.bags``) is written as a ``--repo`` of its own and run
+as a model.
 """
 
 from __future__ import annotations
@@ -23,15 +25,15 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from separation.settings import Settings
-from separation.status import StatusStore
+from common.settings import Settings
+from common.status import StatusStore
 from worker import errors
-from worker.bags import PrunedBag
 from worker.cancel import CancelWatch, Interrupt
-from worker.demucs_cli import DemucsOptions, allocator_library, failure_of, run_demucs
+from worker.demucs.bags import PrunedBag
+from worker.demucs.cli import DemucsOptions, allocator_library, failure_of, run_demucs
+from worker.demucs.warm import WarmDemucs
+from worker.demucs.weights import Shelf
 from worker.task import Task
-from worker.warm import WarmDemucs
-from worker.weights import Shelf
 
 log = logging.getLogger("worker")
 

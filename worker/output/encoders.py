@@ -13,7 +13,7 @@ from typing import BinaryIO, Protocol
 import lameenc
 import numpy as np
 
-from separation.formats import Encoding
+from common.formats import Encoding
 from worker.pcm import clip24, pack, to_int16
 
 MP3_QUALITY = 2  # Demucs' default MP3 preset

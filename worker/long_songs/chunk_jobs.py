@@ -1,9 +1,9 @@
 """Long songs across workers: split into chunk jobs, store each chunk's stems, join them once.
 
 1. ``split``         a song longer than ``CHUNK_OVER_S`` is cut losslessly into overlapping
-                     WAV chunks (``worker.chunking``), stored under ``chunks/<job>/`` in the
-                     input bucket, and pushed as chunk jobs; the parent's record shows
-                     ``chunks_done`` / ``chunks_total``.
+                     WAV chunks (``worker.long_songs.chunking``), stored under
+                     ``chunks/<job>/`` in the input bucket, and pushed as chunk jobs; the
+                     parent's record shows ``chunks_done`` / ``chunks_total``.
 2. ``store_stems``   a worker that separated a chunk stores its WAV stems (those the song's
                      tracks need: chunk jobs carry the parent's ``stems``, and its ``format``
                      and ``bit_depth``, so a 24-bit song has 24-bit stems) next to it,
@@ -23,13 +23,13 @@ from pathlib import Path
 
 from minio import Minio
 
-from separation.contract import Job, Status, input_key
-from separation.numbers import ascii_int, ascii_int_or_none
-from separation.queue import JobQueue
-from separation.settings import Settings
-from separation.status import StatusStore
-from worker.bags import sources_for
-from worker.chunking import cut_chunks, plan_chunks, stitch
+from common.contract import Job, Status, input_key
+from common.numbers import ascii_int, ascii_int_or_none
+from common.queue import JobQueue
+from common.settings import Settings
+from common.status import StatusStore
+from worker.demucs.bags import sources_for
+from worker.long_songs.chunking import cut_chunks, plan_chunks, stitch
 from worker.pcm import convert_width
 
 log = logging.getLogger(__name__)

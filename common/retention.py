@@ -24,10 +24,10 @@ from minio.commonconfig import ENABLED, Filter
 from minio.error import S3Error
 from minio.lifecycleconfig import Expiration, LifecycleConfig, Rule
 
-from separation.connections import ensure_bucket
-from separation.contract import Status
-from separation.settings import Settings
-from separation.status import StatusStore
+from common.connections import ensure_bucket
+from common.contract import Status
+from common.settings import Settings
+from common.status import StatusStore
 
 log = logging.getLogger(__name__)
 RULE_ID = "demucs-retention"

@@ -20,7 +20,7 @@ import sys
 
 import redis
 
-from separation.contract import Keys
+from common.contract import Keys
 
 LOG_ENTRY_MAX_BYTES = 8192
 _CONTROL = re.compile(r"[\x00-\x1f\x7f\u0085\u2028\u2029]")
@@ -75,7 +75,7 @@ class EscapingFormatter(logging.Formatter):
         return super().formatMessage(record)
 
 
-SERVICE_LOGGERS = frozenset({"rest", "worker", "separation"})
+SERVICE_LOGGERS = frozenset({"rest", "worker", "common"})
 
 
 def from_the_service(record: logging.LogRecord) -> bool:

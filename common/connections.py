@@ -11,7 +11,7 @@ from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
 from redis.retry import Retry
 
-from separation.settings import Settings
+from common.settings import Settings
 
 PRESIGN_REGION = "us-east-1"  # MinIO's default region
 SPARE_CONNECTIONS = 4  # beyond REST_MAX_IN_FLIGHT: metrics, start-up, a worker's threads

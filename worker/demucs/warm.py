@@ -1,7 +1,7 @@
-"""The worker's side of the warm Demucs (``worker.warm_demucs``): one long-lived child process
+"""The worker's side of the warm Demucs (``worker.demucs.warm_child``): one long-lived child process
 that separates each batch on request, so a job pays no Python, torch or model start-up.
 
-``WarmDemucs.run`` has ``worker.demucs_cli.run_demucs``'s signature and returns the same
+``WarmDemucs.run`` has ``worker.demucs.cli.run_demucs``'s signature and returns the same
 ``DemucsRun``, so the separator, its fallbacks and ``failure_of`` read a warm run as a CLI
 call: the child's stderr is the output tail, a failed request is exit code 1, a dead child is
 its signal. The child is what the CLI is to the worker: its own process group, killed with
@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from worker.demucs_cli import (
+from worker.demucs.cli import (
     DemucsOptions,
     DemucsRun,
     Stop,
@@ -37,10 +37,10 @@ from worker.demucs_cli import (
     die_with_parent,
     kill_group,
 )
-from worker.warm_demucs import OUTPUT_MARK
+from worker.demucs.warm_child import OUTPUT_MARK
 
 log = logging.getLogger(__name__)
-_ROOT = str(Path(__file__).resolve().parent.parent)  # where ``worker`` imports from
+_ROOT = str(Path(__file__).resolve().parents[2])  # where ``worker`` imports from
 _ENDED = {"event": "ended"}  # the child's stdout closed: it is gone
 _CHECK_S = 0.25  # how often a run checks its abort and timeout (the CLI's too)
 
@@ -183,8 +183,8 @@ class WarmDemucs:
 
 def _start(env: dict[str, str], environment: tuple[str, str], budget_mb: float) -> _Child:
     env["PYTHONPATH"] = os.pathsep.join(filter(None, (_ROOT, env.get("PYTHONPATH"))))
-    command = [sys.executable, "-u", "-m", "worker.warm_demucs", "--budget-mb", f"{budget_mb:g}",
-               "--parent", str(os.getpid())]
+    command = [sys.executable, "-u", "-m", "worker.demucs.warm_child",
+               "--budget-mb", f"{budget_mb:g}", "--parent", str(os.getpid())]
     process = subprocess.Popen(command,  # a fixed list  # nosec B603
                                stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, env=env, start_new_session=True,

@@ -16,7 +16,7 @@ read: only its status counts. HTTPS receivers are verified against the CA bundle
 ships (certifi), as before. Name resolution is the one step the watchdog cannot cut; it is
 bounded by the resolver's own timeouts.
 
-Every delivery goes through the callback guard (``separation.egress``): the URL's host is
+Every delivery goes through the callback guard (``common.egress``): the URL's host is
 resolved once, refused unless public (or allowed by ``WEBHOOK_ALLOW_LOCAL`` /
 ``WEBHOOK_ALLOWLIST``), and the connection goes to that very address, the Host header and
 TLS naming the host. No redirect is followed.
@@ -40,10 +40,10 @@ from typing import Any
 from requests.certs import where as ca_bundle
 from standardwebhooks import Webhook, WebhookVerificationError
 
-from separation.contract import Callback, Job
-from separation.egress import EgressPolicy, RefusedTarget, Target, check_target
-from separation.joins import JoinedCallback
-from separation.settings import Settings
+from common.contract import Callback, Job
+from common.egress import EgressPolicy, RefusedTarget, Target, check_target
+from common.joins import JoinedCallback
+from common.settings import Settings
 
 log = logging.getLogger(__name__)
 

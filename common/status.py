@@ -3,7 +3,7 @@
 A record holds ``id state songhash name model stage progress attempts worker error tracks
 created_at started_at finished_at updated_at elapsed_s``; ``tracks`` is a JSON object
 ``{track: object key}``; ``format`` with ``bitrate`` or ``bit_depth`` says how they are encoded,
-``expires_at`` when they expire (``separation.retention``). Every write refreshes the record's
+``expires_at`` when they expire (``common.retention``). Every write refreshes the record's
 TTL (``STATUS_TTL_S``). Index keys, ``song:<songhash>`` and ``song:<songhash>:<model>`` (with
 ``:as:<variant>`` for an encoding other than the default), point at a song's latest job; the
 set ``songjobs:<songhash>`` holds all of a song's jobs.
@@ -20,8 +20,8 @@ from typing import Any
 import redis
 import redis.asyncio
 
-from separation.contract import SONGHASH_RE, Keys, Status
-from separation.numbers import ascii_int_or_none
+from common.contract import SONGHASH_RE, Keys, Status
+from common.numbers import ascii_int_or_none
 
 FINAL_STATES = tuple(s.value for s in Status if s.final)
 _FINAL_LUA = "local FINAL = {" + ", ".join(f"['{s}'] = true" for s in FINAL_STATES) + "}\n"

@@ -1,6 +1,6 @@
 """The registry's weights on this worker: checked at start, and the only files Demucs may load.
 
-When a worker starts, every model of the registry (``separation.models``) is put on its
+When a worker starts, every model of the registry (``common.models``) is put on its
 *shelf*: each listed file is found (in the model's ``folder``, else torch hub's cache) and its
 SHA-256 compared with the registry's. A batch then gets, in its temp dir, a folder per model
 holding a symlink to each checked file and the bag's yaml (the registry's, or Demucs' own for
@@ -11,9 +11,9 @@ hub's files name). A missing file or one whose hash differs stops the worker at 
 the reason; nothing is ever downloaded while a job runs.
 
 Downloading is one explicit step, apart from any worker: ``make models`` (``python -m
-worker.weights fetch``) fetches each listed file that is missing from its ``url``, once, and
-keeps it only if its SHA-256 is the registry's. ``python -m worker.weights entry NAME --folder
-DIR`` prints the registry entry of a model of one's own, with its files' hashes.
+worker.demucs.weights fetch``) fetches each listed file that is missing from its ``url``, once, and
+keeps it only if its SHA-256 is the registry's. ``python -m worker.demucs.weights entry NAME
+--folder DIR`` prints the registry entry of a model of one's own, with its files' hashes.
 """
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from separation.contract import DEMUCS_STEMS, MODEL_RE, sha256_file
-from separation.models import (
+from common.contract import DEMUCS_STEMS, MODEL_RE, sha256_file
+from common.models import (
     BUILTIN_SOURCE,
     FILE_NAME_RE,
     Model,
@@ -40,8 +40,8 @@ from separation.models import (
     registry_json,
     weights_digest,
 )
-from separation.settings import Settings
-from worker.bags import MODEL_FILE_RE, bag_signatures, model_signature
+from common.settings import Settings
+from worker.demucs.bags import MODEL_FILE_RE, bag_signatures, model_signature
 
 log = logging.getLogger(__name__)
 DOWNLOAD_TIMEOUT_S = 60.0

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from separation.settings import Settings
+from common.settings import Settings
 from worker.pcm import pack, unpack, write_wav
 
 PREROLL_S = 1  # the decoder settles within this after a seek

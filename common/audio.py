@@ -10,7 +10,7 @@ from pathlib import Path
 from mutagen import MutagenError
 from mutagen.mp3 import MPEGInfo
 
-from separation.mp3_frames import NotMpeg, count_frames
+from common.mp3_frames import NotMpeg, count_frames
 
 
 class NotAudio(ValueError):
@@ -29,7 +29,7 @@ def probe_mp3(path: Path, max_duration_s: float | None = None) -> float:
     """The duration in seconds of an MP3, counted from its frames, never its header's claim.
 
     NotAudio if it is not an MP3; TooLong once the count passes ``max_duration_s`` (the walk
-    stops there). Streaming, in constant memory (``separation.mp3_frames``).
+    stops there). Streaming, in constant memory (``common.mp3_frames``).
     """
     if path.stat().st_size == 0:
         raise NotAudio("input file is empty (0 bytes)")

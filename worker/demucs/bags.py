@@ -12,9 +12,9 @@ Sources that no kept model weighs come out as 0/0 and are never read.
 
 The pruned bag reaches the CLI as a ``--repo`` folder holding ``<name>.yaml`` (written as JSON,
 which YAML reads) and one symlink per kept sub-model to the very file Demucs would load: the
-model's files on the worker's shelf (``worker.weights``), checked against their SHA-256 when the
-worker started (Demucs' ``LocalRepo`` naming; the link keeps the name, so Demucs' own checksum
-is checked too).
+model's files on the worker's shelf (``worker.demucs.weights``), checked against their SHA-256
+when the worker started (Demucs' ``LocalRepo`` naming; the link keeps the name, so Demucs' own
+checksum is checked too).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from separation.contract import DEMUCS_STEMS
+from common.contract import DEMUCS_STEMS
 
 log = logging.getLogger(__name__)
 

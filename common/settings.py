@@ -22,12 +22,12 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from separation.clients import client_models, parse_api_keys
-from separation.contract import MODEL_RE, check_output_key_pattern
-from separation.egress import EgressPolicy
-from separation.formats import MP3_BITRATES_KBPS
-from separation.logs import LOG_ENTRY_MAX_BYTES
-from separation.queue import DEFAULT_HIGH_BURST, DEFAULT_ROUTE_BATCH
+from common.clients import client_models, parse_api_keys
+from common.contract import MODEL_RE, check_output_key_pattern
+from common.egress import EgressPolicy
+from common.formats import MP3_BITRATES_KBPS
+from common.logs import LOG_ENTRY_MAX_BYTES
+from common.queue import DEFAULT_HIGH_BURST, DEFAULT_ROUTE_BATCH
 
 LOCAL_DEV_MINIO_USER = "minioadmin"  # MinIO's documented default, for a laptop only
 ALLOCATOR_RE = re.compile(r"tcmalloc|system|/[A-Za-z0-9_.+/-]{1,200}\.so(?:\.[0-9]+)*")

@@ -1,8 +1,9 @@
 """The warm Demucs: a long-lived child of the worker that imports torch and Demucs once, keeps
 the models it loaded, and separates each batch on request with Demucs' own code.
 
-Run as ``python -m worker.warm_demucs --budget-mb N --parent PID`` by ``worker.warm`` only; it
-imports nothing of the worker but this module. Protocol, one JSON object a line:
+Run as ``python -m worker.demucs.warm_child --budget-mb N --parent PID`` by
+``worker.demucs.warm`` only; it imports nothing of the worker but this module. Protocol, one
+JSON object a line:
 
 - requests on stdin: ``{"id", "model", "repo", "device", "shifts", "segment", "int24", "out",
   "tracks"}`` (``out``: the CLI's ``-o``; ``tracks``: input paths);
@@ -47,7 +48,7 @@ OUTPUT_MARK = "@warm-output-of "
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="the worker's warm Demucs (worker.warm)")
+    parser = argparse.ArgumentParser(description="the worker's warm Demucs (worker.demucs.warm)")
     parser.add_argument("--budget-mb", type=float, required=True)
     parser.add_argument("--parent", type=int, required=True)
     args = parser.parse_args(argv)

@@ -20,10 +20,10 @@ the code its files name. REST, the worker and the page read the same registry:
   Demucs model's files go. ``url`` is where ``make models`` fetches a missing file from; the
   worker never fetches. ``demucs_unittest`` is Demucs' built-in test model: no files.
 - no ``MODELS_FILE``: one model, ``DEMUCS_MODEL`` (with ``DEMUCS_REPO``, as before); its files
-  are found and hashed when a worker starts (``worker.weights``), with nothing to compare to.
+  are found and hashed when a worker starts (``worker.demucs.weights``), with nothing to compare to.
 
 ``DEMUCS_MODEL`` is the default model and must be listed. ``API_KEYS`` may limit a client to
-some models (``separation.clients``); to it, the others do not exist.
+some models (``common.clients``); to it, the others do not exist.
 """
 
 from __future__ import annotations
@@ -38,8 +38,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
-from separation.contract import DEMUCS_STEMS, ModelName, first_error
-from separation.settings import Settings
+from common.contract import DEMUCS_STEMS, ModelName, first_error
+from common.settings import Settings
 
 BUILTIN_MODEL = "demucs_unittest"
 """Demucs' built-in test model: code, no weight file."""

@@ -10,7 +10,7 @@ A job is JSON pushed onto the Redis list ``toWorkers``::
     {"bucket": "songs", "object": "a/b.mp3"}    # any stored MP3; songhash = SHA-256 of it
     optional: "id", "model", "stems": [...], "callback": {"url": ..., "data": {...}},
               "format": "mp3" | "flac" | "wav", "bitrate": 192 (mp3), "bit_depth": 24 (flac, wav)
-              "priority": "high" | "normal"     # absent: normal (see separation.queue)
+              "priority": "high" | "normal"     # absent: normal (see common.queue)
 
 Unknown fields are refused, so a typo never silently changes what a job does.
 """
@@ -35,7 +35,7 @@ from pydantic import (
     model_validator,
 )
 
-from separation.formats import FORMATS, Encoding, check_format_fields
+from common.formats import FORMATS, Encoding, check_format_fields
 
 DEMUCS_STEMS: tuple[str, ...] = ("drums", "bass", "other", "vocals")
 """The four sources every Demucs 4-stem model writes."""
@@ -53,12 +53,12 @@ Track = Literal[
 ]
 
 Priority = Literal["high", "normal"]
-"""A job's ``priority``: high jobs are taken before normal ones (``separation.queue``)."""
+"""A job's ``priority``: high jobs are taken before normal ones (``common.queue``)."""
 
 SONGHASH_RE = re.compile(r"[0-9a-f]{64}")
 JOB_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 MODEL_RE = re.compile(r"[A-Za-z0-9_]{1,64}")
-"""A model's name: what the registry (``separation.models``) lists, never a path or hub id."""
+"""A model's name: what the registry (``common.models``) lists, never a path or hub id."""
 BUCKET_RE = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 
 
@@ -98,7 +98,7 @@ class Status(str, Enum):
 
 
 class Keys:
-    """Every Redis key of the service. See ``separation.queue`` for how they are used."""
+    """Every Redis key of the service. See ``common.queue`` for how they are used."""
 
     QUEUE = "toWorkers"
     """The intake: producers push jobs here; workers route them into the lanes below."""
@@ -117,7 +117,7 @@ class Keys:
     """Sorted set: worker id -> the time (ms, Redis' clock) past which it counts as dead."""
     LOGGING = "logging"
     LOGGING_BYTES = "logging:bytes"
-    """The bytes held in ``logging``, kept beside it (``separation.logs``)."""
+    """The bytes held in ``logging``, kept beside it (``common.logs``)."""
     RATE_LIMIT_PREFIX = "ratelimit"
     """The prefix of the REST rate limit's keys (``rest.ratelimit``)."""
 
@@ -168,18 +168,18 @@ class Keys:
     @staticmethod
     def song_jobs(songhash: str) -> str:
         """The set of the jobs recorded for a song, whatever their model or encoding: what
-        decides whether its upload is still needed (``separation.retention``)."""
+        decides whether its upload is still needed (``common.retention``)."""
         return f"songjobs:{songhash}"
 
     @staticmethod
     def joined(job_id: str) -> str:
-        """The callbacks of the requests that joined a job (``separation.joins``)."""
+        """The callbacks of the requests that joined a job (``common.joins``)."""
         return f"job:{job_id}:joined"
 
     @staticmethod
     def joined_by(job_id: str) -> str:
         """Hash of client name (``''``: no API_KEYS) to how many callbacks of its requests
-        joined a job: each client has ``MAX_JOINED`` of them (``separation.joins``)."""
+        joined a job: each client has ``MAX_JOINED`` of them (``common.joins``)."""
         return f"job:{job_id}:joined-by"
 
     @staticmethod
@@ -263,7 +263,8 @@ class Job(BaseModel):
     bitrate: int | None = Field(None, strict=True)
     bit_depth: int | None = Field(None, strict=True)
     priority: Priority | None = None
-    # set by workers only, for the chunks of a long song and their join (worker.long_songs)
+    # set by workers only, for the chunks of a long song and their join
+    # (worker.long_songs.chunk_jobs)
     chunk_of: JobId | None = None
     chunk: int | None = None
     join_of: JobId | None = None

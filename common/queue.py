@@ -1,7 +1,7 @@
 """The queue protocol: how jobs travel through Redis without ever being lost.
 
 This is the one place the protocol is written down. Key names come from
-``separation.contract.Keys``.
+``common.contract.Keys``.
 
 0. **Lanes.** Jobs wait in three lists, taken in this order: ``toWorkers:chunks`` (the chunks
    and joins of long songs already under way), ``toWorkers:high`` and ``toWorkers:normal``
@@ -46,7 +46,7 @@ This is the one place the protocol is written down. Key names come from
    times fails for good. A job whose status is final (done, failed, cancelled) is not run
    again: a job id ends once (``StatusStore``: a final state is final).
 6. **Finish.** Success: every track stored → status ``done`` → webhooks (the job's, and those
-   of the requests that joined it: ``separation.joins``) → ``LREM`` from the
+   of the requests that joined it: ``common.joins``) → ``LREM`` from the
    processing list. A crash before the status reads ``done`` means the job runs again; outputs
    are overwritten under the same keys, so a rerun is harmless (at-least-once, idempotent); a
    crash after it, and the payload taken again is acknowledged without running (step 5).
@@ -99,7 +99,7 @@ import time
 import redis
 import redis.asyncio
 
-from separation.contract import MAX_JOB_JSON_BYTES, Keys
+from common.contract import MAX_JOB_JSON_BYTES, Keys
 
 DEFAULT_HIGH_BURST = 4
 """High jobs taken in a row while normal ones wait before one normal job (``HIGH_BURST``)."""

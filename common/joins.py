@@ -18,7 +18,7 @@ import logging
 import redis
 from pydantic import ValidationError
 
-from separation.contract import Callback, Job, JobId, Keys
+from common.contract import Callback, Job, JobId, Keys
 
 log = logging.getLogger(__name__)
 MAX_JOINED = 20

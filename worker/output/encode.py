@@ -1,11 +1,11 @@
 """Tracks from Demucs' WAV stems: mixed, and encoded once each to MP3, FLAC or WAV
-(``worker.encoders``).
+(``worker.output.encoders``).
 
 Derived tracks are mixed from the lossless WAV stems, block by block, so memory stays flat
 with song length, and every track is encoded exactly once (``acapella`` is the vocals file).
 ``full`` sums the four stems; ``instrumental`` is the mix minus the vocals estimate (the input
 decoded as Demucs decodes it, ``write_mix``), so it needs the vocals source alone and a bag
-pruned to its vocals model (``worker.bags``) gives the same instrumental as the full bag.
+pruned to its vocals model (``worker.demucs.bags``) gives the same instrumental as the full bag.
 """
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
-from separation.contract import DEMUCS_STEMS
-from separation.formats import Encoding
-from worker.bags import sources_for
-from worker.encoders import TrackWriter, open_writer
+from common.contract import DEMUCS_STEMS
+from common.formats import Encoding
+from worker.demucs.bags import sources_for
+from worker.output.encoders import TrackWriter, open_writer
 from worker.pcm import clip24, read_block, write_wav
 
 BLOCK_S = 10

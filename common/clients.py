@@ -6,7 +6,7 @@ token, stays: alone it guards the API for everyone as before (no ownership); bes
 ``API_KEYS`` it is one more client, named ``default``. Names become parts of Redis keys, so
 they are checked whole (``CLIENT_NAME_RE``).
 
-A pair may end in ``:models=a|b``: that client may use only those models (``separation.models``);
+A pair may end in ``:models=a|b``: that client may use only those models (``common.models``);
 to it, every other model is answered as one that does not exist.
 """
 
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 
-from separation.contract import MODEL_RE
+from common.contract import MODEL_RE
 
 CLIENT_NAME_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 API_KEY_RE = re.compile(r"[!-+\--~]{16,256}")

@@ -8,10 +8,10 @@ from pathlib import Path
 
 from minio import Minio
 
-from separation.contract import Job, output_key
-from separation.formats import Encoding
-from separation.settings import Settings
-from worker.encode import mix_and_encode, write_mix
+from common.contract import Job, output_key
+from common.formats import Encoding
+from common.settings import Settings
+from worker.output.encode import mix_and_encode, write_mix
 
 
 class Tracks:

@@ -1,0 +1,1 @@
+"""Long songs across workers: cut into chunk jobs and stitched back together."""
