@@ -27,6 +27,19 @@ def ascii_int(text: str | bytes) -> int:
     return int(text)
 
 
+DECIMAL_RE = re.compile(r"[0-9]{1,18}(\.[0-9]{1,18})?")
+"""A non-negative decimal in ASCII: ``30``, ``0.5``; no sign, exponent, ``nan`` or ``inf``."""
+
+
+def ascii_decimal(text: str) -> float:
+    """The non-negative number ``text`` spells in ASCII digits with an optional ``.`` and
+    fraction; ValueError for anything else (``float()`` takes ``"١.٥"``, ``"nan"``, ``"1e400"``)."""
+    if not DECIMAL_RE.fullmatch(text):
+        raise ValueError("must be a number written in ASCII digits (0-9), with an optional "
+                         "decimal point")
+    return float(text)
+
+
 def ascii_int_or_none(text: str | bytes | None) -> int | None:
     """``ascii_int``, or None for an absent, empty or malformed value (a stored field)."""
     try:

@@ -27,6 +27,7 @@ from common.contract import MODEL_RE, check_output_key_pattern
 from common.egress import EgressPolicy
 from common.formats import MP3_BITRATES_KBPS
 from common.logs import LOG_ENTRY_MAX_BYTES
+from common.numbers import ascii_decimal, ascii_int
 from common.queue import DEFAULT_HIGH_BURST, DEFAULT_ROUTE_BATCH
 
 LOCAL_DEV_MINIO_USER = "minioadmin"  # MinIO's documented default, for a laptop only
@@ -321,11 +322,11 @@ def _convert(name: str, raw: str, default: object) -> object:
         if isinstance(default, int):
             if name == "REDIS_PORT" and raw.startswith("tcp://"):
                 raw = raw.rsplit(":", 1)[1]  # Kubernetes' service link for a Service "redis"
-            return int(raw)
+            return ascii_int(raw)
         if isinstance(default, float):
-            return float(raw)
+            return ascii_decimal(raw)
         if name == "DEMUCS_SEGMENT":
-            return int(raw)
+            return ascii_int(raw)
     except ValueError:
         raise ValueError(f"{name}={raw!r} is not a valid {type(default).__name__}") from None
     return raw

@@ -14,6 +14,7 @@ import pytest
 
 from common.contract import Keys
 from common.numbers import ascii_int
+from common.settings import Settings
 from rest.tracks import parse_range
 
 TIMEOUT_S = 30
@@ -34,6 +35,25 @@ def test_only_ascii_digits_make_a_number(text):
 
 def test_ascii_digits_do():
     assert ascii_int("320") == 320 and ascii_int(b"0024") == 24 and ascii_int("9" * 18) > 0
+
+
+@pytest.mark.parametrize(("name", "value"), [
+    ("MP3_BITRATE", "٣٢٠"), ("MP3_BITRATE", "３２０"), ("BATCH_MAX", " 4"), ("BATCH_MAX", "+4"),
+    ("REDIS_PORT", "6_379"), ("REDIS_PORT", "tcp://10.0.0.7:٦٣٧٩"), ("DEMUCS_SEGMENT", "٧"),
+    ("POLL_S", "١.٥"), ("POLL_S", "nan"), ("JOB_TIMEOUT_S", "inf"), ("JOB_TIMEOUT_S", "1e400"),
+    ("HEARTBEAT_TTL_S", "-5"), ("HEARTBEAT_TTL_S", "30."), ("MAX_INPUT_MB", "1_0")])
+def test_a_setting_in_other_digits_stops_the_process_at_start(name, value):
+    """Settings are numbers in ASCII digits too: ``int()`` and ``float()`` would read
+    ``"٣٢٠"`` as 320 and ``float()`` takes ``nan``, ``inf`` and exponents."""
+    with pytest.raises(ValueError, match=f"{name}=.* is not a valid"):
+        Settings.from_env({name: value})
+
+
+def test_settings_in_ascii_digits_are_read():
+    settings = Settings.from_env({"MP3_BITRATE": "192", "POLL_S": "0.5", "JOB_TIMEOUT_S": "90",
+                                  "REDIS_PORT": "tcp://10.0.0.7:6380", "DEMUCS_SEGMENT": "7"})
+    assert (settings.mp3_bitrate_kbps, settings.poll_s, settings.job_timeout_s) == (192, 0.5, 90)
+    assert (settings.redis_port, settings.demucs_segment) == (6380, 7)
 
 
 def test_a_range_in_other_digits_is_ignored():
