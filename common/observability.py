@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
+import socket
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -45,6 +47,13 @@ def serve(port: int, check: HealthCheck, host: str = "0.0.0.0"  # noqa: S104  # 
         def log_message(self, format: str, *args: object) -> None:
             log.debug("health endpoint: " + format, *args)
 
-    server = ThreadingHTTPServer((host, port), Handler)
+    server_class = _IPv6Server if ipaddress.ip_address(host).version == 6 else ThreadingHTTPServer
+    server = server_class((host, port), Handler)
     threading.Thread(target=server.serve_forever, name="health", daemon=True).start()
     return server
+
+
+class _IPv6Server(ThreadingHTTPServer):
+    """The probe port on an IPv6 address (``METRICS_HOST=::`` or ``::1``)."""
+
+    address_family = socket.AF_INET6

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+
 import pytest
 import requests
 
@@ -24,6 +26,31 @@ def test_the_probe_port_listens_on_metrics_host_only():
     try:
         assert server.server_address == ("127.0.0.1", port)
         answer = requests.get(f"http://127.0.0.1:{port}/healthz", timeout=10)
+        assert answer.status_code == 200 and answer.json() == {"ok": True, "reason": "ok"}
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not _ipv6_loopback(), reason="this machine has no IPv6 loopback")
+def test_an_ipv6_metrics_host_is_served_on_ipv6():
+    """``::1`` passes the check, so it must start: an IPv4 server would fail to bind it (the
+    worker would not start)."""
+    assert Settings.from_env({"METRICS_HOST": "::1"}).metrics_host == "::1"
+    port = devstack.free_port()
+    server = serve(port, lambda: (True, "ok"), "::1")
+    try:
+        assert server.server_address[:2] == ("::1", port)
+        answer = requests.get(f"http://[::1]:{port}/healthz", timeout=10)
         assert answer.status_code == 200 and answer.json() == {"ok": True, "reason": "ok"}
     finally:
         server.shutdown()
