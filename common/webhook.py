@@ -48,6 +48,10 @@ from common.settings import Settings
 log = logging.getLogger(__name__)
 
 
+MAX_PARALLEL_DELIVERIES = 16
+"""A job's webhooks in flight at once: the worker's threads and a receiver's connections."""
+
+
 class DeadlinePassed(TimeoutError):
     """The receiver did not answer within the delivery's deadline."""
 
@@ -79,8 +83,10 @@ def send_outcome(job: Job, songhash: str | None, state: str, tracks: dict[str, s
                  ) -> str | None:
     """POST a job's outcome to its callback and to those of the requests that joined it.
 
-    The deliveries run at once, so together they last at most one ``WEBHOOK_TIMEOUT_S``.
-    Returns why the callback guard refused the job's own callback, if it did.
+    Up to ``MAX_PARALLEL_DELIVERIES`` at once, whatever the number of joined requests (every
+    client may join ``MAX_JOINED``), so N callbacks last at most ceil(N / 16) times
+    ``WEBHOOK_TIMEOUT_S``. Returns why the callback guard refused the job's own callback, if it
+    did.
     """
     callbacks = [c for c in (job.callback, *joined) if c is not None]
     payload = {"id": job.id, "songhash": songhash, "status": state, "tracks": tracks,
@@ -100,7 +106,8 @@ def send_outcome(job: Job, songhash: str | None, state: str, tracks: dict[str, s
     if len(callbacks) <= 1:
         results = [send(c) for c in callbacks]
     else:
-        with ThreadPoolExecutor(len(callbacks), thread_name_prefix="webhook") as pool:
+        with ThreadPoolExecutor(min(len(callbacks), MAX_PARALLEL_DELIVERIES),
+                                thread_name_prefix="webhook") as pool:
             results = list(pool.map(send, callbacks))
     return results[0][1] if job.callback is not None else None  # its own callback is first
 
