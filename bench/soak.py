@@ -89,8 +89,10 @@ class Report:
 
 
 class Soak:
-    def __init__(self, tmp: Path, minutes: float, workers: int, seed: int) -> None:
+    def __init__(self, tmp: Path, minutes: float, workers: int, seed: int,
+                 fault_every_s: float = 12.0) -> None:
         self.tmp, self.minutes, self.rng = tmp, minutes, random.Random(seed)
+        self.fault_every_s = fault_every_s
         self.redis_service = devstack.start_redis(tmp / "redis")
         self.s3_service = devstack.start_s3(tmp / "s3")
         self.redis_proxy = devstack.TcpProxy(self.redis_service.port)
@@ -198,7 +200,7 @@ class Soak:
         kinds = ["kill_worker", "kill_demucs", "freeze_worker", "storage_outage",
                  "redis_outage"]
         n = 0
-        while not self.stopping.wait(12):
+        while not self.stopping.wait(self.fault_every_s):
             fault = kinds[n % len(kinds)]
             n += 1
             self.report.faults[fault] = self.report.faults.get(fault, 0) + 1
@@ -390,12 +392,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--minutes", type=float, default=15.0)
     parser.add_argument("--workers", type=int, default=3)
     parser.add_argument("--seed", type=int, default=int(os.environ.get("SOAK_SEED", "1")))
+    parser.add_argument("--fault-every-s", type=float, default=12.0,
+                        help="the pause between one fault's end and the next fault")
     parser.add_argument("--report", type=Path, help="write the report as JSON here")
     parser.add_argument("--keep", action="store_true",
                         help="keep the state dir (services' and workers' logs) and say where")
     args = parser.parse_args(argv)
     tmp = Path(tempfile.mkdtemp(prefix="soak-"))
-    soak = Soak(tmp, args.minutes, args.workers, args.seed)
+    soak = Soak(tmp, args.minutes, args.workers, args.seed, args.fault_every_s)
     try:
         report = soak.run()
     finally:
