@@ -16,11 +16,11 @@ import os
 import re
 import socket
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import Field, dataclass, field, fields
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from common.clients import client_models, parse_api_keys
 from common.contract import MODEL_RE, check_output_key_pattern
@@ -29,6 +29,8 @@ from common.formats import MP3_BITRATES_KBPS
 from common.logs import LOG_ENTRY_MAX_BYTES
 from common.numbers import ascii_decimal, ascii_int
 from common.queue import DEFAULT_HIGH_BURST, DEFAULT_ROUTE_BATCH
+
+T = TypeVar("T", int, float)
 
 LOCAL_DEV_MINIO_USER = "minioadmin"  # MinIO's documented default, for a laptop only
 ALLOCATOR_RE = re.compile(r"tcmalloc|system|/[A-Za-z0-9_.+/-]{1,200}\.so(?:\.[0-9]+)*")
@@ -313,6 +315,12 @@ def command_argv(command: str) -> tuple[str, ...]:
     return (sys.executable if words[0] == "python" else words[0], *words[1:])
 
 
+def _signed(parse: Callable[[str], T], raw: str) -> T:
+    """A number in ASCII digits, with a leading ``-`` read too: a negative value is refused
+    by ``check`` with the setting's range, not as unreadable."""
+    return -parse(raw[1:]) if raw.startswith("-") else parse(raw)  # type: ignore[operator]
+
+
 def _convert(name: str, raw: str, default: object) -> object:
     try:
         if isinstance(default, bool):
@@ -322,11 +330,11 @@ def _convert(name: str, raw: str, default: object) -> object:
         if isinstance(default, int):
             if name == "REDIS_PORT" and raw.startswith("tcp://"):
                 raw = raw.rsplit(":", 1)[1]  # Kubernetes' service link for a Service "redis"
-            return ascii_int(raw)
+            return _signed(ascii_int, raw)
         if isinstance(default, float):
-            return ascii_decimal(raw)
+            return _signed(ascii_decimal, raw)
         if name == "DEMUCS_SEGMENT":
-            return ascii_int(raw)
+            return _signed(ascii_int, raw)
     except ValueError:
         raise ValueError(f"{name}={raw!r} is not a valid {type(default).__name__}") from None
     return raw

@@ -41,7 +41,8 @@ def test_ascii_digits_do():
     ("MP3_BITRATE", "٣٢٠"), ("MP3_BITRATE", "３２０"), ("BATCH_MAX", " 4"), ("BATCH_MAX", "+4"),
     ("REDIS_PORT", "6_379"), ("REDIS_PORT", "tcp://10.0.0.7:٦٣٧٩"), ("DEMUCS_SEGMENT", "٧"),
     ("POLL_S", "١.٥"), ("POLL_S", "nan"), ("JOB_TIMEOUT_S", "inf"), ("JOB_TIMEOUT_S", "1e400"),
-    ("HEARTBEAT_TTL_S", "-5"), ("HEARTBEAT_TTL_S", "30."), ("MAX_INPUT_MB", "1_0")])
+    ("HEARTBEAT_TTL_S", "-٥"), ("HEARTBEAT_TTL_S", "--5"), ("HEARTBEAT_TTL_S", "30."),
+    ("MAX_INPUT_MB", "1_0")])
 def test_a_setting_in_other_digits_stops_the_process_at_start(name, value):
     """Settings are numbers in ASCII digits too: ``int()`` and ``float()`` would read
     ``"٣٢٠"`` as 320 and ``float()`` takes ``nan``, ``inf`` and exponents."""

@@ -26,6 +26,7 @@ import pytest
 import torch
 
 from bench.model import build_htdemucs, build_specialist_bag
+from devstack.synth import write_song
 from tests.waiting import wait_until
 from worker.demucs import bags
 from worker.demucs.cli import DemucsOptions, DemucsRun, allocator_library, failure_of, run_demucs
@@ -77,8 +78,6 @@ def warm(demucs_cli: tuple[str, ...]) -> Iterator[WarmDemucs]:
 
 @pytest.fixture(scope="module")
 def songs(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
-    from devstack.synth import write_song
-
     folder = tmp_path_factory.mktemp("warm-songs")
     return [write_song(folder / "a.mp3", seconds=9.0, seed=8),
             write_song(folder / "b b.mp3", seconds=4.0, seed=9)]
@@ -153,8 +152,6 @@ def full_kept_mb(repo: Path) -> float:
 
 
 def _long_song(tmp_path: Path) -> Path:
-    from devstack.synth import write_song
-
     return write_song(tmp_path / "long.mp3", seconds=120.0, seed=5)
 
 
@@ -177,7 +174,8 @@ def test_a_child_killed_mid_run_fails_the_run_and_the_next_gets_a_fresh_child(tm
     failure = failure_of(run, options, 600)
     assert failure.code is Code.DEMUCS_FAILED and "killed by SIGKILL" in failure.reason
     assert "out of memory?" in failure.reason
-    again = warm.run(options, tmp_path / "again", [song], 600, threading.Event(),
+    short = write_song(tmp_path / "short.mp3", seconds=3.0, seed=6)  # a whole run, quickly
+    again = warm.run(options, tmp_path / "again", [short], 600, threading.Event(),
                      lambda i, f: None)
     assert again.returncode == 0, again.output_tail
     assert warm.pid not in (None, killed_pid)

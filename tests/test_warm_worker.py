@@ -24,7 +24,7 @@ def _warm_children(worker: subprocess.Popen) -> list[psutil.Process]:
 
 
 def test_a_child_killed_mid_job_retries_the_job_on_a_fresh_child(stack, make_song, demucs_cli):
-    long_song = stack.upload_song(make_song(seconds=90, seed=41, name="long.mp3"))
+    long_song = stack.upload_song(make_song(seconds=30, seed=41, name="long.mp3"))
     worker = stack.start_worker(BATCH_MAX="1", JOB_TIMEOUT_S="600")
     stack.push({"id": "killed", "songhash": long_song, "stems": STEMS})
     # mid-run: the child has reported progress for the job (Demucs' own callback)

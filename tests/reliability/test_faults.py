@@ -218,7 +218,12 @@ def test_demucs_crashes_and_hangs(stack, make_song, report):
     killed = stack.wait_for("killed-demucs")
     assert killed["state"] == "done" and killed["attempts"] == 2, killed
     assert "Demucs was killed by SIGKILL (out of memory?" in stack.worker_logs()
-    # Demucs hanging (stopped): killed at JOB_TIMEOUT_S, retried, then done
+    # Demucs hanging (stopped): killed at JOB_TIMEOUT_S, retried, then done. On a worker of
+    # its own with a deadline that fits the 3 s song (the 30 s one needed more); its Demucs
+    # child is stopped as soon as it appears, long before it can have answered
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(timeout=60) == 0, stack.worker_logs()
+    worker = stack.start_worker(JOB_TIMEOUT_S="20")
     stack.push({"id": "hung-demucs", "songhash": songhash, "stems": STEMS})
     _demucs_child(worker).suspend()
     hung = stack.wait_for("hung-demucs")
