@@ -7,7 +7,8 @@ runs only as a script, under ``if __name__ == "__main__"``).
   ``common/`` imports neither process.
 - Inside ``rest/`` (``REST_LAYERS``): routes on top, then the work behind them, then who may
   see what, then the clients and parts, then the schemas; an arrow only points down (or stays
-  in its layer).
+  in its layer). Inside ``worker/`` (``WORKER_LAYERS``) likewise: the entry, the daemon, how a
+  job ends and one Demucs run, the parts, then the values and helpers.
 - No module imports itself through others: no import loop anywhere.
 """
 
@@ -45,6 +46,22 @@ REST_LAYERS: tuple[tuple[str, ...], ...] = (
 )
 """``rest/``'s modules (or packages) from top to bottom; a module may import its own layer's
 and those below."""
+
+WORKER_LAYERS: tuple[tuple[str, ...], ...] = (
+    ("worker.__main__",),  # builds the parts
+    ("worker.worker",),  # the daemon: a job's steps
+    ("worker.outcomes", "worker.demucs.separator"),  # how a job ends; one Demucs run
+    ("worker.demucs.warm", "worker.output", "worker.long_songs", "worker.inputs",
+     "worker.upkeep", "worker.cancel"),  # the parts
+    ("worker.demucs.cli", "worker.demucs.weights", "worker.demucs.warm_child", "worker.task",
+     "worker.work_dirs"),
+    ("worker.demucs.bags", "worker.pcm", "worker.errors", "worker.metrics"),  # values, helpers
+)
+"""``worker/``'s modules (or packages) from top to bottom, as ``REST_LAYERS``: the parts never
+reach back into the daemon, and the folders (``demucs/``, ``output/``, ``long_songs/``) only
+into the helpers below them."""
+
+LAYERS = {"rest": REST_LAYERS, "worker": WORKER_LAYERS}
 
 
 def module_name(path: Path) -> str:
@@ -114,16 +131,22 @@ def loops(graph: dict[str, set[str]]) -> list[list[str]]:
 
 
 def layer_of(module: str) -> int:
-    for depth, layer in enumerate(REST_LAYERS):
+    package = module.split(".", 1)[0]
+    for depth, layer in enumerate(LAYERS[package]):
         if any(module == name or module.startswith(f"{name}.") for name in layer):
             return depth
-    raise AssertionError(f"{module} is in no layer of REST_LAYERS: place it there")
+    raise AssertionError(f"{module} is in no layer of {package}'s table: place it there")
 
 
 def upward(graph: dict[str, set[str]]) -> list[tuple[str, str]]:
+    """The arrows inside ``rest/`` or ``worker/`` that point up their package's layers (a
+    package's own ``__init__`` is no layer)."""
+    def layered(module: str) -> bool:
+        return module.split(".", 1)[0] in LAYERS and "." in module
     return sorted((source, target) for source, targets in graph.items()
-                  if source.startswith("rest.") for target in targets
-                  if target.startswith("rest.") and layer_of(target) < layer_of(source))
+                  if layered(source) for target in targets
+                  if layered(target) and target.split(".", 1)[0] == source.split(".", 1)[0]
+                  and layer_of(target) < layer_of(source))
 
 
 def strays(graph: dict[str, set[str]], table: dict[str, set[str]]) -> list[tuple[str, str]]:
@@ -142,8 +165,15 @@ def test_arrows_between_packages_follow_the_table(graph: dict[str, set[str]]) ->
     assert strays(graph, PACKAGE_ARROWS) == []
 
 
-def test_arrows_inside_rest_point_down(graph: dict[str, set[str]]) -> None:
+def test_arrows_inside_rest_and_worker_point_down(graph: dict[str, set[str]]) -> None:
     assert upward(graph) == []
+
+
+def test_every_module_of_rest_and_worker_has_a_layer(graph: dict[str, set[str]]) -> None:
+    packages = {module.rsplit(".", 1)[0] for module in graph}  # their __init__ holds no code
+    for module in sorted(set(graph) - packages):
+        if module.split(".", 1)[0] in LAYERS:
+            layer_of(module)  # raises for a module no layer names
 
 
 def test_no_import_loop(graph: dict[str, set[str]]) -> None:
@@ -155,9 +185,11 @@ def test_the_checks_see_a_stray_arrow_an_upward_one_and_a_loop(tmp_path: Path) -
     module.write_text("from worker.errors import Code\nimport common.queue\n")
     assert _imported_modules(module) == {"worker.errors", "common.queue"}
     graph = {"rest.schemas": {"rest.routes.jobs"}, "rest.routes.jobs": {"rest.schemas"},
-             "common.queue": {"worker.errors"}, "worker.errors": set()}
+             "common.queue": {"worker.errors"}, "worker.errors": set(),
+             "worker.output.tracks": {"worker.worker"}}
     assert strays(graph, PACKAGE_ARROWS) == [("common.queue", "worker.errors")]
-    assert upward(graph) == [("rest.schemas", "rest.routes.jobs")]
+    assert upward(graph) == [("rest.schemas", "rest.routes.jobs"),
+                             ("worker.output.tracks", "worker.worker")]
     assert loops(graph) == [["rest.routes.jobs", "rest.schemas"]]
 
 
