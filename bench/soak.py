@@ -92,6 +92,7 @@ class Soak:
     def __init__(self, tmp: Path, minutes: float, workers: int, seed: int,
                  fault_every_s: float = 12.0) -> None:
         self.tmp, self.minutes, self.rng = tmp, minutes, random.Random(seed)
+        self.worker_logs: dict[int, Path] = {}
         self.fault_every_s = fault_every_s
         self.redis_service = devstack.start_redis(tmp / "redis")
         self.s3_service = devstack.start_s3(tmp / "s3")
@@ -125,8 +126,21 @@ class Soak:
     # -- the stack ----------------------------------------------------------------------------
     def start_worker(self) -> subprocess.Popen:
         self.started = getattr(self, "started", 0) + 1
-        return devstack.start_worker(self.worker_env, self.tmp / f"worker-{self.started}.log",
-                                     cwd=self.tmp)
+        log_path = self.tmp / f"worker-{self.started}.log"
+        worker = devstack.start_worker(self.worker_env, log_path, cwd=self.tmp)
+        self.worker_logs[worker.pid] = log_path
+        return worker
+
+    def why_running(self, worker: subprocess.Popen) -> str:
+        """What a worker that outlived its SIGTERM was doing: its and its children's states
+        (``stopped`` would be a freeze never thawed) and the last lines of its log."""
+        try:
+            states = [f"{p.pid} {p.status()}" for p in
+                      (psutil.Process(worker.pid), *psutil.Process(worker.pid).children(True))]
+        except psutil.Error as error:
+            states = [str(error)]
+        lines = self.worker_logs[worker.pid].read_text(errors="replace").splitlines()[-12:]
+        return "; ".join(states) + "\n      " + "\n      ".join(lines)
 
     def close(self) -> None:
         for worker in self.workers:
@@ -299,7 +313,8 @@ class Soak:
             try:
                 worker.wait(timeout=60)
             except subprocess.TimeoutExpired:
-                self.report.violations.append(f"worker {worker.pid} did not stop on SIGTERM")
+                self.report.violations.append(f"worker {worker.pid} did not stop on SIGTERM: "
+                                              f"{self.why_running(worker)}")
         self.poll_once()
 
     def check(self) -> None:
