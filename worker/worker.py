@@ -474,7 +474,7 @@ class Backoff:
         return wait_s
 
 
-if __name__ == "__main__":  # python worker/worker.py: the image's and the lab's command
-    from worker.__main__ import main
+if __name__ == "__main__":  # python worker/worker.py, the image's and the lab's command, is
+    import runpy  # python -m worker
 
-    sys.exit(main())
+    runpy.run_module("worker", run_name="__main__", alter_sys=True)
