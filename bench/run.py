@@ -450,7 +450,7 @@ def main(argv: list[str] | None = None) -> int:
     RESULTS.mkdir(exist_ok=True)
     name = "quick.json" if args.quick else "latest.json"
     warm = report.pop("warm", None)
-    if warm is not None:  # figures of their own (notes/warm.md), with this run's machine
+    if warm is not None:  # figures of their own (docs/benchmarks.md), with this run's machine
         warm_name = "warm-quick.json" if args.quick else "warm.json"
         write_results(RESULTS / warm_name, {**report, "warm": warm})
         print(json.dumps(warm, indent=2))
