@@ -18,7 +18,6 @@ Unknown fields are refused, so a typo never silently changes what a job does.
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from enum import Enum
 from pathlib import Path
@@ -36,6 +35,7 @@ from pydantic import (
 )
 
 from common.formats import FORMATS, Encoding, check_format_fields
+from common.json_text import NotJson, parse_json
 
 DEMUCS_STEMS: tuple[str, ...] = ("drums", "bass", "other", "vocals")
 """The four sources every Demucs 4-stem model writes."""
@@ -377,8 +377,8 @@ def claimed_job_id(raw: str | bytes) -> str:
     """
     text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
     try:
-        claimed = json.loads(text).get("id")
-    except (ValueError, AttributeError, RecursionError):
+        claimed = parse_json(text).get("id")
+    except (NotJson, AttributeError):
         claimed = None
     if isinstance(claimed, str) and JOB_ID_RE.fullmatch(claimed):
         return claimed
@@ -392,8 +392,8 @@ def parse_job(raw: str | bytes) -> Job:
     if len(raw) > MAX_JOB_JSON_BYTES:
         raise InvalidJob(f"job JSON is {len(raw)} bytes, over the {MAX_JOB_JSON_BYTES} limit")
     try:
-        data = json.loads(raw)
-    except json.JSONDecodeError as error:
+        data = parse_json(raw)
+    except NotJson as error:
         raise InvalidJob(f"job is not valid JSON: {error}") from None
     if not isinstance(data, dict):
         raise InvalidJob(f"job must be a JSON object, not {type(data).__name__}")

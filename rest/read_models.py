@@ -10,7 +10,6 @@ its own jobs (``rest.tenancy``): another client's are answered 404, as if they d
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Any
 
@@ -19,6 +18,7 @@ from fastapi.concurrency import run_in_threadpool
 
 from common.contract import JOB_ID_RE, SONGHASH_RE, Status, output_key, split_track_name
 from common.formats import Encoding, check_format_fields
+from common.json_text import NotJson, parse_json
 from common.retention import expires_at, iso_utc
 from rest.backend import Backend
 from rest.links import sign
@@ -142,8 +142,8 @@ def song_of(raw: bytes) -> tuple[str, bool] | None:
     it has neither. Only the fields a listing needs are read: a page costs ``json.loads``s,
     not full validations (the worker validates, and dead-letters what is invalid)."""
     try:
-        job = json.loads(raw)
-    except ValueError:  # not JSON, or not UTF-8
+        job = parse_json(raw)
+    except NotJson:  # not JSON, not UTF-8, too deep
         return None
     if not isinstance(job, dict):
         return None

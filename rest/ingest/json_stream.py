@@ -15,12 +15,13 @@ scanner follows only JSON's lexical structure (strings, escapes, nesting) as byt
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Callable
 from typing import Any
 
 from fastapi import HTTPException
+
+from common.json_text import NotJson, parse_json
 
 QUOTE, BACKSLASH = ord('"'), ord("\\")
 OPENERS, CLOSERS, WHITESPACE = b"{[", b"}]", b" \t\r\n"
@@ -67,8 +68,8 @@ class JsonScanner:
     def document(self) -> Any:
         """The kept document, parsed (with ``"mp3": ""`` where the song was streamed out)."""
         try:
-            return json.loads(self._kept)
-        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            return parse_json(self._kept)
+        except NotJson as error:
             raise HTTPException(400, f"{self._what} is not valid JSON: {error}") from None
 
     def _scan(self, byte: int) -> None:

@@ -12,6 +12,7 @@ from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
+from common.json_text import NotJson, parse_json
 from common.webhook import verify_delivery
 from rest.backend import client_of, get_backend
 from rest.ingest.uploads import read_body
@@ -53,8 +54,8 @@ async def callback(request: Request) -> dict[str, Any]:
     if backend.settings.webhook_secret:
         verified = verify_delivery(body, request.headers, backend.settings.webhook_secret)
     try:
-        payload = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
+        payload = parse_json(body)
+    except NotJson:
         payload = None
     if isinstance(payload, dict):  # each client field bounded; logging escapes them
         log.info("callback received: job %.64s %.16s, song %.64s, error %.300s, data %.300s, "
