@@ -172,14 +172,18 @@ Caller = Annotated[str | None, Depends(require_token)]
 
 
 def client_of(request: Request) -> str:
-    """Who sent ``request``, for the rate limit: its API token, else its address.
+    """Who sent ``request``, for the rate limit: its API token if it is a valid one, else its
+    address.
 
-    The token is hashed, so it never reaches Redis. The address is the one uvicorn reports:
-    the TCP peer, or the address in ``X-Forwarded-For`` only when the peer is a proxy listed in
+    The token is hashed, so it never reaches Redis; one that names no client counts as the
+    address (on routes that check no token, ``POST /``, a made-up token each time would
+    otherwise be a new client each time). The address is the one uvicorn reports: the TCP
+    peer, or the address in ``X-Forwarded-For`` only when the peer is a proxy listed in
     uvicorn's ``FORWARDED_ALLOW_IPS`` (default ``127.0.0.1``), so a client cannot choose its
     own identity.
     """
-    token = bearer_token(request) if get_backend(request).clients else ""
-    if token:
+    clients = get_backend(request).clients
+    token = bearer_token(request) if clients else ""
+    if token and client_named(clients, token) is not None:
         return "token:" + hashlib.sha256(token.encode()).hexdigest()[:32]
     return "addr:" + (request.client.host if request.client else "unknown")
