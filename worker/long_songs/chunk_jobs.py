@@ -17,6 +17,7 @@ A chunk that fails for good fails its parent with the chunk's reason (``fail_par
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from pathlib import Path
@@ -37,6 +38,16 @@ log = logging.getLogger(__name__)
 
 def chunk_prefix(parent_id: str) -> str:
     return f"chunks/{parent_id}/"
+
+
+def derived_id(parent_id: str, room: int) -> str:
+    """``parent_id`` as the start of its chunks' and join's ids, in at most ``room``
+    characters, one parent to one start: an id shorter than ``room`` as it is (``song-c0``),
+    a longer one cut and ended by a digest of the whole, exactly ``room`` long (ids that share
+    their first 50 characters once shared their chunks, records and cancel keys)."""
+    if len(parent_id) < room:
+        return parent_id
+    return f"{parent_id[:room - 17]}_{hashlib.sha256(parent_id.encode()).hexdigest()[:16]}"
 
 
 class LongSongs:
@@ -68,7 +79,7 @@ class LongSongs:
         record = {"total": len(chunks), "overlap_ms": plan.overlap_ms,
                   "fade_margin_ms": plan.fade_margin_ms,
                   "songhash": songhash, "parent": parent.to_json()}
-        jobs = [Job(id=f"{parent_id[:50]}-c{chunk.index}", bucket=bucket,
+        jobs = [Job(id=f"{derived_id(parent_id, 50)}-c{chunk.index}", bucket=bucket,
                     object=f"{chunk_prefix(parent_id)}c{chunk.index}.wav", model=model,
                     stems=parent.stems, format=parent.format, bit_depth=parent.bit_depth,
                     chunk_of=parent_id, chunk=chunk.index).to_json()
@@ -104,7 +115,7 @@ class LongSongs:
     def complete(self, chunk: Job) -> bool:
         """Count ``chunk`` as stored; return whether it was the last (the join is queued)."""
         parent_id = chunk.chunk_of or ""
-        join = Job(id=f"{parent_id[:59]}-join", join_of=parent_id).to_json()
+        join = Job(id=f"{derived_id(parent_id, 59)}-join", join_of=parent_id).to_json()
         done, pushed = self.queue.complete_chunk(parent_id, chunk.chunk or 0, join,
                                                  self.settings.status_ttl_s)
         total = ascii_int_or_none(self.queue.chunk_record(parent_id).get("total")) or done
