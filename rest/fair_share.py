@@ -33,7 +33,7 @@ from limits import RateLimitItem, RateLimitItemPerDay
 from limits.storage import RedisStorage
 from limits.strategies import FixedWindowRateLimiter
 
-from common.contract import Keys
+from common.contract import Keys, Status
 from common.formats import Encoding
 from common.settings import Settings
 
@@ -126,12 +126,19 @@ class FairShare:
             for job_id in ids:
                 pipe.hmget(Keys.job(job_id.decode()), "state", "runs_as")
             records = pipe.execute()
-        views = [runs_as for state, runs_as in records if state is None and runs_as]
         with self.redis.pipeline() as pipe:
-            for runs_as in views:  # a client's view of another's job: that job's state
-                pipe.hget(Keys.job(runs_as.decode()), "state")
-            states = [state for state, _ in records if state] + pipe.execute()
-        return dict(sorted(Counter(s.decode() for s in states if s).items()))
+            for _, runs_as in records:
+                if runs_as:  # a client's view of another's job: that job's state
+                    pipe.hget(Keys.job(runs_as.decode()), "state")
+            run_states = iter(pipe.execute())
+        states = []
+        for state, runs_as in records:  # as ``owners.shown`` tells the view's status
+            if runs_as:
+                run_state = next(run_states) or Status.FAILED.value.encode()  # run expired
+                states.append(state if state == Status.CANCELLED.value.encode() else run_state)
+            elif state:
+                states.append(state)
+        return dict(sorted(Counter(s.decode() for s in states).items()))
 
 
 class _Quota:

@@ -5,6 +5,7 @@ client's own figures; per key with API_KEYS, per address without (real REST, Red
 
 from __future__ import annotations
 
+import base64
 import http.client
 import json
 import math
@@ -115,3 +116,29 @@ def test_usage_counts_jobs_by_state_and_meters_without_quotas(stack, start_rest,
                                   "resets_at": figures["audio_s"]["resets_at"]}, figures
     assert figures["stored_mb"]["limit"] is None and figures["stored_mb"]["used"] >= 2
     assert usage(rest, ALICE)["jobs"] == {}
+
+
+def test_usage_counts_a_request_answered_already_separated_as_done(start_api, stack, make_song):
+    """With API_KEYS, bob's request for a song alice had separated is answered "already
+    separated" with a view of her job: his status says done, and so must his usage (it read
+    the view's own record, queued until it expired)."""
+    alice, bob = "a" * 32, "b" * 32
+    api = start_api(API_KEYS=f"alice:{alice},bob:{bob}")
+    body = {"mp3": base64.b64encode(make_song(seconds=1.0).read_bytes()).decode(),
+            "stems": ["vocals"]}
+
+    def send(key: str) -> dict:
+        answer = api.post(f"{api.url}/apiv1/separate", json=body, timeout=30,
+                          headers={"Authorization": f"Bearer {key}"})
+        assert answer.status_code == 200, answer.text
+        return answer.json()
+
+    send(alice)
+    stack.worker_in_process().run(burst=True)
+    bobs = send(bob)
+    assert "already separated" in bobs["reason"]
+    headers = {"Authorization": f"Bearer {bob}"}
+    assert api.get(f"{api.url}/apiv1/status/{bobs['id']}", headers=headers,
+                   timeout=30).json()["state"] == "done"
+    usage = api.get(f"{api.url}/apiv1/usage", headers=headers, timeout=30).json()
+    assert usage["jobs"] == {"done": 1}, usage
