@@ -19,7 +19,11 @@ What is kept in Redis (key names in ``common.contract.Keys``):
 - ``owners:<songhash>:<model>``: the set of ``<client>/<track>``, who owns each track. Granted
   when a request is accepted, before any dedup check; a removal takes the caller's name out,
   and the object is deleted only when no other client still owns it (one Lua script decides).
-  Never expires, like the objects themselves.
+  It expires as the objects do: each grant sets it to ``STATUS_TTL_S`` (the longest a job may
+  wait or run and still be answered) plus ``RETENTION_DAYS`` and a day (the lifecycle rounds
+  to midnight), so it outlives any track it names; with ``RETENTION_DAYS=0`` it never
+  expires, as the objects never do. A request refused after the grant (a quota's 429) leaves
+  it to expire in that time.
 - ``client:<name>:song:<songhash>``: the client's latest job of a song (``/status/<songhash>``).
 - ``client:<name>:ids``: a sorted set of every job id the client was answered with (its jobs
   and its views), by time; ids older than ``STATUS_TTL_S`` (their records are gone) leave it as
@@ -75,12 +79,14 @@ class Owners:
     """The ownership records of ``API_KEYS``' clients (see the module's docstring)."""
 
     def __init__(self, client: redis.Redis, async_client: redis.asyncio.Redis,
-                 status: StatusStore, queue: JobQueue, ttl_s: int, max_waiting: int) -> None:
+                 status: StatusStore, queue: JobQueue, ttl_s: int, max_waiting: int,
+                 retention_days: int = 0) -> None:
         self.redis = client
         self.async_redis = async_client
         self.status = status
         self.queue = queue
         self.ttl_s = ttl_s
+        self.owners_ttl_s = ttl_s + (retention_days + 1) * 86400 if retention_days else None
         self.max_waiting = max_waiting
         self._release = client.register_script(_RELEASE)
         self._own_record = async_client.register_script(_OWN_RECORD)
@@ -95,7 +101,12 @@ class Owners:
 
     def grant(self, client: str, songhash: str, model: str, tracks: tuple[str, ...]) -> None:
         """The client owns these tracks of the song made with ``model`` (made or not yet)."""
-        self.redis.sadd(Keys.owners(songhash, model), *(f"{client}/{t}" for t in tracks))
+        key = Keys.owners(songhash, model)
+        with self.redis.pipeline(transaction=True) as pipe:
+            pipe.sadd(key, *(f"{client}/{t}" for t in tracks))
+            if self.owners_ttl_s:
+                pipe.expire(key, self.owners_ttl_s)
+            pipe.execute()
 
     def owned_job(self, client: str, job_id: str, songhash: str, waiting: bool) -> None:
         """Index the client's own job: its id, its latest of the song, and waiting if queued."""
