@@ -189,9 +189,10 @@ class Keys:
 
     # With API_KEYS, what each client owns (``rest.owners``); client names are checked whole.
     @staticmethod
-    def owners(songhash: str, model: str) -> str:
-        """Set of ``<client>/<track>``: who owns each track of a song made with a model."""
-        return f"owners:{songhash}:{model}"
+    def owners(songhash: str, model: str, variant: str = "") -> str:
+        """Set of ``<client>/<track>``: who owns each track of a song made with a model, in an
+        encoding (``Encoding.variant``; ``original`` is the default's, one object for all)."""
+        return f"owners:{songhash}:{model}" + (f":as:{variant}" if variant else "")
 
     @staticmethod
     def client_song(client: str, songhash: str) -> str:

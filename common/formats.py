@@ -31,6 +31,18 @@ class Encoding:
     default: bool = True
 
     @classmethod
+    def of_record(cls, record: dict[str, Any], default_bitrate_kbps: int) -> Encoding:
+        """How a job's tracks are encoded, from its status record (MP3 when it says nothing
+        or something no job could ask for)."""
+        fields = (record.get("format") or None, record.get("bitrate") or None,
+                  record.get("bit_depth") or None)
+        try:
+            check_format_fields(*fields)
+        except ValueError:
+            fields = (None, None, None)
+        return cls.resolve(*fields, default_bitrate_kbps)
+
+    @classmethod
     def resolve(cls, fmt: str | None, bitrate_kbps: int | None, bit_depth: int | None,
                 default_bitrate_kbps: int) -> Encoding:
         """The encoding a job asks for (fields already validated by the contract)."""
@@ -56,6 +68,10 @@ class Encoding:
         if self.format == "mp3":
             return f"mp3-{self.bitrate_kbps}k"
         return f"{self.format}-{self.bit_depth}bit"
+
+    def label(self, track: str) -> str:
+        """How an answer names ``track`` in this encoding: ``vocals``, ``vocals.flac``..."""
+        return track if self.default or track == "original" else f"{track}{self.key_tail}"
 
     @property
     def key_tail(self) -> str:
@@ -105,3 +121,7 @@ def all_encodings(default_bitrate_kbps: int) -> list[Encoding]:
     mp3 = [Encoding.resolve("mp3", rate, None, default_bitrate_kbps) for rate in MP3_BITRATES_KBPS]
     return [*mp3, *(Encoding.resolve(fmt, None, depth, default_bitrate_kbps)
                     for fmt in ("flac", "wav") for depth in BIT_DEPTHS)]
+
+
+StoredTrack = tuple[str, Encoding]
+"""A track in an encoding: one object of the output bucket."""

@@ -79,7 +79,8 @@ class Backend:
                              "callback requests"),
                    FairShare(client, settings),
                    Owners(client, async_client, status, queue, settings.status_ttl_s,
-                          settings.client_max_waiting, settings.retention_days),
+                          settings.client_max_waiting, settings.retention_days,
+                          settings.mp3_bitrate_kbps),
                    clients, connect_presigner(settings), models, limits)
 
     @property

@@ -16,7 +16,9 @@ What is kept in Redis (key names in ``common.contract.Keys``):
   job's result alone (state, stage, progress, tracks, model, duration: ``SHARED_FIELDS``)
   under the view's id, never that request's callback, errors, times, worker or id; its
   webhook names the view's id.
-- ``owners:<songhash>:<model>``: the set of ``<client>/<track>``, who owns each track. Granted
+- ``owners:<songhash>:<model>[:as:<variant>]``: the set of ``<client>/<track>``, who owns each
+  track in an encoding (one key per encoding, as each is its own object; ``original``, one
+  object for all, in the default's key). Granted
   when a request is accepted, before any dedup check; a removal takes the caller's name out,
   and the object is deleted only when no other client still owns it (one Lua script decides).
   It expires as the objects do: each grant sets it to ``STATUS_TTL_S`` (the longest a job may
@@ -44,6 +46,7 @@ import redis
 import redis.asyncio
 
 from common.contract import JOB_ID_RE, SONGHASH_RE, Keys, Status
+from common.formats import Encoding
 from common.queue import JobQueue
 from common.status import StatusStore, parse_record
 
@@ -80,13 +83,14 @@ class Owners:
 
     def __init__(self, client: redis.Redis, async_client: redis.asyncio.Redis,
                  status: StatusStore, queue: JobQueue, ttl_s: int, max_waiting: int,
-                 retention_days: int = 0) -> None:
+                 retention_days: int = 0, mp3_bitrate_kbps: int = 320) -> None:
         self.redis = client
         self.async_redis = async_client
         self.status = status
         self.queue = queue
         self.ttl_s = ttl_s
         self.owners_ttl_s = ttl_s + (retention_days + 1) * 86400 if retention_days else None
+        self.mp3_bitrate_kbps = mp3_bitrate_kbps
         self.max_waiting = max_waiting
         self._release = client.register_script(_RELEASE)
         self._own_record = async_client.register_script(_OWN_RECORD)
@@ -99,13 +103,16 @@ class Owners:
             return True
         return len(self._waiting(client)) < self.max_waiting  # drops the jobs that ended
 
-    def grant(self, client: str, songhash: str, model: str, tracks: tuple[str, ...]) -> None:
-        """The client owns these tracks of the song made with ``model`` (made or not yet)."""
-        key = Keys.owners(songhash, model)
+    def grant(self, client: str, songhash: str, model: str, tracks: tuple[str, ...],
+              variant: str = "") -> None:
+        """The client owns these tracks of the song made with ``model`` in encoding
+        ``variant`` (made or not yet)."""
         with self.redis.pipeline(transaction=True) as pipe:
-            pipe.sadd(key, *(f"{client}/{t}" for t in tracks))
-            if self.owners_ttl_s:
-                pipe.expire(key, self.owners_ttl_s)
+            for track in tracks:
+                key = owners_key(songhash, model, track, variant)
+                pipe.sadd(key, f"{client}/{track}")
+                if self.owners_ttl_s:
+                    pipe.expire(key, self.owners_ttl_s)
             pipe.execute()
 
     def owned_job(self, client: str, job_id: str, songhash: str, waiting: bool) -> None:
@@ -164,8 +171,10 @@ class Owners:
             return None
         run_id = record.get("runs_as") or record["id"]
         run = record if run_id == record["id"] else await self.status.get_async(run_id)
-        owned = await self.async_redis.smembers(
-            Keys.owners(record.get("songhash") or "", record.get("model") or ""))
+        async with self.async_redis.pipeline(transaction=False) as pipe:
+            for key in self._owned_keys(record):
+                pipe.smembers(key)
+            owned = set().union(*await pipe.execute())
         return shown(record, run, owned, client), run_id
 
     async def _own_async(self, client: str, job_id: str) -> dict[str, Any] | None:
@@ -183,11 +192,23 @@ class Owners:
             return None
         run_id = record.get("runs_as") or record["id"]
         run = record if run_id == record["id"] else self.status.get(run_id)
-        owned = self.redis.smembers(Keys.owners(songhash, record.get("model") or ""))
+        with self.redis.pipeline(transaction=False) as pipe:
+            for key in self._owned_keys(record):
+                pipe.smembers(key)
+            owned = set().union(*pipe.execute())
         return shown(record, run, owned, client)
 
-    def owns(self, client: str, songhash: str, model: str, track: str) -> bool:
-        return bool(self.redis.sismember(Keys.owners(songhash, model), f"{client}/{track}"))
+    def _owned_keys(self, record: dict[str, Any]) -> list[str]:
+        """The owners keys of a job's tracks: its encoding's, and the default's (``original``)."""
+        songhash, model = record.get("songhash") or "", record.get("model") or ""
+        variant = Encoding.of_record(record, self.mp3_bitrate_kbps).variant
+        return [Keys.owners(songhash, model, variant)] + \
+            ([Keys.owners(songhash, model)] if variant else [])
+
+    def owns(self, client: str, songhash: str, model: str, track: str, variant: str = ""
+             ) -> bool:
+        return bool(self.redis.sismember(owners_key(songhash, model, track, variant),
+                                         f"{client}/{track}"))
 
     def waiting(self, client: str, offset: int, limit: int) -> tuple[int, list[str]]:
         """How many of the client's jobs wait, and the songhashes of one page of them, in
@@ -254,11 +275,18 @@ class Owners:
 
     # --- removing ---
 
-    def release(self, client: str, songhash: str, model: str, track: str) -> int:
-        """Take the client's ownership of a track away: -1 if it had none, else how many
-        other clients still own the track (0: the object may go)."""
-        return int(self._release(keys=[Keys.owners(songhash, model)],
+    def release(self, client: str, songhash: str, model: str, track: str, variant: str = ""
+                ) -> int:
+        """Take the client's ownership of a track in an encoding away: -1 if it had none,
+        else how many other clients still own it (0: the object may go)."""
+        return int(self._release(keys=[owners_key(songhash, model, track, variant)],
                                  args=[f"{client}/{track}", f"/{track}"]))
+
+
+def owners_key(songhash: str, model: str, track: str, variant: str) -> str:
+    """Where a track's owners are: its encoding's key, but ``original``'s is the default's
+    (the upload, one object whatever the encoding)."""
+    return Keys.owners(songhash, model, "" if track == "original" else variant)
 
 
 def shown(record: dict[str, Any], run: dict[str, Any] | None, owned: set[bytes],

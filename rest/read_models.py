@@ -82,13 +82,7 @@ def results_expire_at(backend: Backend, record: dict[str, Any]) -> float | None:
 
 def record_encoding(backend: Backend, record: dict[str, Any]) -> Encoding:
     """How a job's tracks are encoded, from its status record (MP3 when it says nothing)."""
-    try:
-        check_format_fields(record.get("format") or None, record.get("bitrate") or None,
-                            record.get("bit_depth") or None)
-    except ValueError:
-        return Encoding.resolve(None, None, None, backend.settings.mp3_bitrate_kbps)
-    return Encoding.resolve(record.get("format") or None, record.get("bitrate") or None,
-                            record.get("bit_depth") or None, backend.settings.mp3_bitrate_kbps)
+    return Encoding.of_record(record, backend.settings.mp3_bitrate_kbps)
 
 
 def track_url(backend: Backend, songhash: str, track: str, model: str | None,

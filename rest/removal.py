@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from minio.error import S3Error
 
 from common.contract import input_key, output_key
-from common.formats import Encoding
+from common.formats import Encoding, StoredTrack
 from common.retention import MISSING_OBJECT, upload_needed
 from rest.backend import Backend
 
@@ -32,24 +32,23 @@ class Removed:
     upload_removed: bool
 
 
-def remove_tracks(backend: Backend, songhash: str, model: str | None, tracks: Sequence[str],
-                  encodings: Sequence[Encoding]) -> Removed:
-    """Delete those of ``tracks`` × ``encodings`` that are stored; then the upload if unneeded."""
+def remove_tracks(backend: Backend, songhash: str, model: str | None,
+                  tracks: Sequence[StoredTrack]) -> Removed:
+    """Delete those of ``tracks`` (a track in an encoding each) that are stored; then the
+    upload if unneeded."""
     settings = backend.settings
     candidates: dict[str, list[tuple[str, Encoding]]] = {}
-    for encoding in encodings:
-        for track in tracks:
-            key = output_key(settings.output_key, songhash, track, settings.key_model(model),
-                             encoding)
-            candidates.setdefault(key, []).append((track, encoding))
+    for track, encoding in tracks:
+        key = output_key(settings.output_key, songhash, track, settings.key_model(model),
+                         encoding)
+        candidates.setdefault(key, []).append((track, encoding))
     stored = _stored(backend, songhash, candidates)
     dropped: dict[str, list[str]] = {}
     labels: list[str] = []
     for key in stored:
         backend.storage.remove_object(settings.output_bucket, key)
         track, encoding = candidates[key][0]
-        labels.append(track if encoding.default or track == "original"
-                      else f"{track}{encoding.key_tail}")
+        labels.append(encoding.label(track))
         for track, encoding in candidates[key]:  # ``original``: one object for every encoding
             dropped.setdefault(encoding.variant, []).append(track)
     for variant, names in dropped.items():

@@ -9,11 +9,13 @@ ask the caller's tenancy at their edges and never test who the caller is themsel
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Annotated, Any, Protocol
 
 from fastapi import Depends, HTTPException
 
 from common.contract import JOB_ID_RE, SONGHASH_RE, Job
+from common.formats import Encoding, StoredTrack
 from common.joins import MAX_JOINED, JoinFull
 from rest.backend import Backend, BackendDep, Caller
 
@@ -58,11 +60,12 @@ class Tenancy(Protocol):
     def waiting(self, offset: int, limit: int) -> tuple[int, list[str]] | None:
         """The caller's own waiting jobs (total, a page of songhashes); None: the queue's."""
 
-    def owns(self, songhash: str, model: str, track: str) -> bool: ...
+    def owns(self, songhash: str, model: str, track: str, encoding: Encoding) -> bool: ...
 
-    def release(self, songhash: str, model: str, tracks: tuple[str, ...]
-                ) -> tuple[tuple[str, ...], list[str]]:
-        """The tracks to delete, and those the caller let go of that others still own."""
+    def release(self, songhash: str, model: str, tracks: tuple[str, ...],
+                encodings: Sequence[Encoding]) -> tuple[list[StoredTrack], list[str]]:
+        """The tracks × encodings to delete, and those the caller let go of that others still
+        own (their labels)."""
 
     def others_follow(self, job_id: str, run_id: str) -> bool:
         """Whether cancelling job ``job_id`` would stop work other clients still wait on."""
@@ -112,12 +115,12 @@ class Anonymous:
     def waiting(self, offset: int, limit: int) -> tuple[int, list[str]] | None:
         return None
 
-    def owns(self, songhash: str, model: str, track: str) -> bool:
+    def owns(self, songhash: str, model: str, track: str, encoding: Encoding) -> bool:
         return True
 
-    def release(self, songhash: str, model: str, tracks: tuple[str, ...]
-                ) -> tuple[tuple[str, ...], list[str]]:
-        return tracks, []
+    def release(self, songhash: str, model: str, tracks: tuple[str, ...],
+                encodings: Sequence[Encoding]) -> tuple[list[StoredTrack], list[str]]:
+        return [(track, encoding) for encoding in encodings for track in tracks], []
 
     def others_follow(self, job_id: str, run_id: str) -> bool:
         return False
@@ -142,7 +145,8 @@ class Client:
                      "(CLIENT_MAX_WAITING); send more once some have run",
                 headers={"Retry-After": "60"})
         # owned before any dedup check, so a removal by another client keeps the objects
-        self.owners.grant(self.name, job.songhash or "", model, job.tracks())
+        self.owners.grant(self.name, job.songhash or "", model, job.tracks(),
+                          job.encoding(self.backend.settings.mp3_bitrate_kbps).variant)
 
     def record_fields(self) -> dict[str, str]:
         return {"client": self.name}
@@ -176,16 +180,18 @@ class Client:
     def waiting(self, offset: int, limit: int) -> tuple[int, list[str]] | None:
         return self.owners.waiting(self.name, offset, limit)
 
-    def owns(self, songhash: str, model: str, track: str) -> bool:
-        return self.owners.owns(self.name, songhash, model, track)
+    def owns(self, songhash: str, model: str, track: str, encoding: Encoding) -> bool:
+        return self.owners.owns(self.name, songhash, model, track, encoding.variant)
 
-    def release(self, songhash: str, model: str, tracks: tuple[str, ...]
-                ) -> tuple[tuple[str, ...], list[str]]:
-        """An object goes once no other client owns it."""
-        others = {track: self.owners.release(self.name, songhash, model, track)
-                  for track in tracks}
-        return (tuple(track for track, count in others.items() if count == 0),
-                [track for track, count in others.items() if count > 0])
+    def release(self, songhash: str, model: str, tracks: tuple[str, ...],
+                encodings: Sequence[Encoding]) -> tuple[list[StoredTrack], list[str]]:
+        """An object (a track in an encoding) goes once no other client owns it."""
+        others = {(track, encoding): self.owners.release(self.name, songhash, model, track,
+                                                         encoding.variant)
+                  for encoding in encodings for track in tracks}
+        return ([stored for stored, count in others.items() if count == 0],
+                [encoding.label(track) for (track, encoding), count in others.items()
+                 if count > 0])
 
     def others_follow(self, job_id: str, run_id: str) -> bool:
         return run_id == job_id and self.owners.followed_by_others(job_id, self.name)

@@ -46,7 +46,7 @@ def track(songhash: str, track: str, request: Request, backend: BackendDep,
     name, encoding = track_encoding(backend, track, bitrate, bit_depth)
     bucket = backend.settings.output_bucket
     key = track_key(backend, songhash, name, model, encoding)
-    if not tenancy.owns(songhash, model or backend.settings.demucs_model, name):
+    if not tenancy.owns(songhash, model or backend.settings.demucs_model, name, encoding):
         raise HTTPException(404, absent_reason(backend, tenancy, songhash, name))
     try:
         stat = backend.storage.stat_object(bucket, key)
@@ -87,9 +87,9 @@ def remove(songhash: str, track: str, backend: BackendDep, tenancy: TenancyDep,
         name, encoding = track_encoding(backend, track, bitrate, bit_depth)
         track_key(backend, songhash, name, model, encoding)
         names, encodings = (name,), [encoding]
-    names, kept_for_others = tenancy.release(
-        songhash, model or backend.settings.demucs_model, names)
-    removed = remove_tracks(backend, songhash, model, names, encodings) if names else \
+    deletable, kept_for_others = tenancy.release(
+        songhash, model or backend.settings.demucs_model, names, encodings)
+    removed = remove_tracks(backend, songhash, model, deletable) if deletable else \
         Removed([], False)
     labels = removed.labels + kept_for_others
     if not labels:
