@@ -191,3 +191,25 @@ def test_the_sample_client_cancels(stack, start_rest, make_song):
     assert run.returncode == 0, run.stderr
     assert json.loads(run.stdout)["state"] == "cancelled"
     assert stack.status(job_id)["state"] == "cancelled"
+
+
+def test_a_job_that_ends_between_the_read_and_the_cancel_is_a_409(stack, api, make_song):
+    """The cancel route reads a queued job, then a worker finishes it before the cancel is
+    written: the record keeps ``done`` (never moved from an end) and the answer must say so,
+    not 200 "cancelled" (the route's second half, run on a record that ended meanwhile)."""
+    from fastapi import HTTPException
+
+    from common.contract import Status
+    from rest.routes.jobs import cancel_job
+    from rest.tenancy import Anonymous
+
+    backend = api.app.state.backend
+    answer = api.post(f"{api.url}/apiv1/separate", timeout=30, json={
+        "mp3": base64.b64encode(make_song(seconds=1.0).read_bytes()).decode(),
+        "stems": ["vocals"]}).json()
+    stack.worker_in_process().run(burst=True)  # it ends after the route read "queued"
+    assert stack.status(answer["id"])["state"] == "done"
+    with pytest.raises(HTTPException) as refused:
+        cancel_job(backend, Anonymous(backend), answer["id"], answer["id"], Status.QUEUED)
+    assert refused.value.status_code == 409 and "already done" in refused.value.detail
+    assert stack.status(answer["id"])["state"] == "done"

@@ -79,15 +79,23 @@ def cancel_job(backend: Backend, tenancy: Tenancy, job_id: str, run_id: str, sta
         raise HTTPException(409, f"job {job_id} also serves other clients' requests for the "
                                  "same song: it goes on for them; its tracks stay yours")
     if run_id != job_id:  # the caller's view of another client's work: that work goes on
-        backend.status.cancelled(job_id, "cancelled by the client")
+        mark_cancelled(backend, job_id)
         return JSONResponse({"id": job_id, "state": Status.CANCELLED.value,
                              "reason": "Cancelled for you; the same song's separation for "
                                        "another client goes on"})
     backend.queue.request_cancel(job_id, backend.settings.status_ttl_s)
     log.info("job %s: cancel asked while %s", job_id, state.value)
     if state is Status.QUEUED:
-        backend.status.cancelled(job_id, "cancelled by the client")
+        mark_cancelled(backend, job_id)
         return JSONResponse({"id": job_id, "state": Status.CANCELLED.value,
                              "reason": "Cancelled before it started"})
     return JSONResponse({"id": job_id, "state": "cancelling",
                          "reason": "Cancelling: the worker stops it within seconds"}, 202)
+
+
+def mark_cancelled(backend: Backend, job_id: str) -> None:
+    """Record the cancel; 409 when the job ended since its state was read (the record is
+    never moved from an end to another)."""
+    if not backend.status.cancelled(job_id, "cancelled by the client"):
+        ended = (backend.status.get(job_id) or {}).get("state") or "ended"
+        raise HTTPException(409, f"job {job_id} is already {ended}: nothing to cancel")
