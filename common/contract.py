@@ -57,6 +57,9 @@ Priority = Literal["high", "normal"]
 
 SONGHASH_RE = re.compile(r"[0-9a-f]{64}")
 JOB_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
+PART_ID_RE = re.compile(r".+-(c[0-9]+|join)")
+"""The ids of a long song's chunks and join (``worker.long_songs.chunk_jobs``): no other job's
+(a producer's ``mix-c0`` ended first made the song ``mix``'s chunk 0 end unrun)."""
 MODEL_RE = re.compile(r"[A-Za-z0-9_]{1,64}")
 """A model's name: what the registry (``common.models``) lists, never a path or hub id."""
 BUCKET_RE = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
@@ -302,6 +305,10 @@ class Job(BaseModel):
     def _source(self) -> Job:
         if (self.chunk_of is None) != (self.chunk is None) or (self.chunk or 0) < 0:
             raise ValueError("'chunk_of' and 'chunk' (>= 0) go together")
+        if self.chunk_of is None and self.join_of is None and self.id and \
+                PART_ID_RE.fullmatch(self.id):
+            raise ValueError(f"id {self.id!r}: ids ending in -c<number> or -join name a long "
+                             "song's chunks and join; choose another")
         if self.join_of is not None:
             if self.songhash or self.bucket or self.object or self.chunk_of:
                 raise ValueError("a join job names only 'join_of'")
@@ -374,14 +381,19 @@ def job_id_for(raw: str) -> str:
 def claimed_job_id(raw: str | bytes) -> str:
     """The id a payload names if it is a valid one, else the payload's derived id.
 
-    Lets an invalid job's failure be recorded where its producer will look for it.
+    Lets an invalid job's failure be recorded where its producer will look for it; but never
+    under a chunk's or join's id that the payload is not (``PART_ID_RE``): that record would
+    end the long song's own chunk of that name before it ran.
     """
     text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
     try:
-        claimed = parse_json(text).get("id")
+        data = parse_json(text)
+        claimed = data.get("id")
+        part = bool(data.get("chunk_of") or data.get("join_of"))
     except (NotJson, AttributeError):
-        claimed = None
-    if isinstance(claimed, str) and JOB_ID_RE.fullmatch(claimed):
+        claimed, part = None, False
+    if isinstance(claimed, str) and JOB_ID_RE.fullmatch(claimed) and \
+            (part or not PART_ID_RE.fullmatch(claimed)):
         return claimed
     return job_id_for(text)
 

@@ -239,6 +239,10 @@ class Worker:
         if task.attempt == 0:  # its record says it ended: a job id ends once
             self.settle(task, Outcome.of(State.ENDED))
             return None
+        if forged := self.long_songs.refusal(job):  # a chunk or join no worker made: it
+            task.kind = JobKind.INVALID  # fails alone, never the song it names
+            self.settle(task, Outcome(State.FAILED, failure=errors.invalid_job(forged)))
+            return None
         if refused := self.models.refusal(job.model):  # never reaches Demucs, nor a song key
             self.settle(task, Outcome(State.FAILED, failure=errors.model_unavailable(refused)))
             return None

@@ -92,7 +92,34 @@ class LongSongs:
 
     def parent_failed(self, parent_id: str) -> bool:
         record = self.status.get(parent_id)
-        return record is not None and record["state"] == Status.FAILED.value
+        return record is not None and record.get("state") == Status.FAILED.value
+
+    def refusal(self, job: Job) -> str | None:
+        """Why a chunk or join job is none this service made, if it is not: the fields only
+        workers write (``chunk_of``, ``chunk``, ``join_of``) must name a song that was split,
+        a chunk of it, and the very id, bucket and object its split gave that chunk. A Redis
+        producer's forged chunk would otherwise put its own audio into another song's tracks,
+        count a chunk that does not exist (the join ran early), or write stems under any
+        id."""
+        parent = job.chunk_of or job.join_of
+        if parent is None:
+            return None
+        total = ascii_int_or_none(self.queue.chunk_record(parent).get("total"))
+        if total is None:
+            return f"job {parent} is no long song split into chunks (or it ended)"
+        if job.join_of is not None:
+            made = (f"{derived_id(parent, 59)}-join",)
+            given: tuple[object, ...] = (job.id,)
+        else:
+            if not 0 <= (job.chunk or 0) < total:
+                return f"job {parent} has {total} chunks, not a chunk {job.chunk}"
+            made = (f"{derived_id(parent, 50)}-c{job.chunk}", self.settings.queue_bucket,
+                    f"{chunk_prefix(parent)}c{job.chunk}.wav")
+            given = (job.id, job.bucket, job.object)
+        if given != made:
+            return (f"a chunk or join of job {parent} is named {made[0]!r} and made by a "
+                    "worker; this one was not")
+        return None
 
     def store_chunk(self, chunk: Job, stem_dir: Path) -> None:
         """Store a chunk's stems for the join, then count it (the last one queues the join)."""
