@@ -84,6 +84,8 @@ NEVER_PUBLIC: tuple[IPNetwork, ...] = tuple(ipaddress.ip_network(n) for n in (
     "64:ff9b:1::/48",  # local-use NAT64 (RFC 8215): translated inside the operator's network
     "2002::/16",  # 6to4 (RFC 3056, deprecated): an IPv4 address inside, any IPv4 address
     "::ffff:0:0:0/96",  # SIIT's IPv4-translated addresses (RFC 2765): likewise
+    "3fff::/20",  # documentation (RFC 9637, 2024; Python 3.11 calls it global)
+    "5f00::/16",  # SRv6 segment identifiers (RFC 9602, 2024): inside an operator's network
 ))
 """Ranges Python's ``is_global`` lets through that lead to any IPv4 address, local ones
 included, or to the operator's own network: refused whole."""

@@ -72,6 +72,7 @@ def test_allow_local_and_allowlist():
     "http://[2002:808:808::1]/", "http://[2002:7f00:1::1]/",  # 6to4: any IPv4 inside
     "http://[::ffff:0:808:808]/", "http://[::ffff:0:7f00:1]/",  # SIIT
     "http://192.0.0.9/", "http://192.0.0.10/", "http://192.0.0.170/",  # IETF assignments
+    "http://[3fff::1]/", "http://[5f00::1]/",  # 2024's documentation and SRv6 ranges
 ])
 def test_ranges_that_lead_to_any_ipv4_address_are_refused(url):
     with pytest.raises(RefusedTarget, match="does not resolve to a public address"):
@@ -79,5 +80,6 @@ def test_ranges_that_lead_to_any_ipv4_address_are_refused(url):
 
 
 def test_addresses_next_to_those_ranges_stay_public():
-    for url in ("http://192.0.1.1/", "http://[64:ff9b:2::1]/", "http://[2003::1]/"):
+    for url in ("http://192.0.1.1/", "http://[64:ff9b:2::1]/", "http://[2003::1]/",
+                "http://[3fff:1000::1]/", "http://[5f01::1]/"):
         assert check_target(url, STRICT).host == url[7:-1].strip("[]")
