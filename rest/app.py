@@ -33,6 +33,7 @@ from common.logs import configure_logging
 from common.observability import serve
 from common.settings import Settings
 from rest.backend import Backend, require_token
+from rest.browser_headers import BrowserHeaders
 from rest.csrf import RefuseCrossSite
 from rest.hosts import RefuseUnknownHosts
 from rest.ingest.pace import BodyDeadline
@@ -76,6 +77,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(CountRequests)
     app.state.load = Load(settings.rest_max_in_flight)
     app.add_middleware(ShedLoad, load=app.state.load)
+    app.add_middleware(BrowserHeaders)  # on every answer, refusals included
     app.add_middleware(RefuseUnknownHosts, allowed_hosts=settings.allowed_host_names)  # first
     _add_error_handlers(app)
     for router in API_ROUTERS:

@@ -3,10 +3,12 @@
 Without ``API_TOKEN`` (an intranet deployment, ``make demo``) any web page a colleague visits
 could otherwise make their browser remove tracks (``GET /apiv1/remove/...``, an ``<img>``
 suffices) or post uploads and webhooks (a cross-site form). Browsers say where a request
-comes from: ``Sec-Fetch-Site`` (every current browser) and ``Origin``. A state-changing
-request marked ``cross-site`` or ``same-site``, or whose ``Origin`` is not this service's own
-address, gets a 403 with the reason. Clients that are not browsers (the lab's scripts, curl,
-the worker's webhooks) send neither header and are not affected; the page is same-origin.
+comes from: ``Sec-Fetch-Site`` (every current browser, to HTTPS and loopback addresses),
+``Origin``, and, over plain HTTP where an ``<img>`` sends neither, ``Referer``. A
+state-changing request marked ``cross-site`` or ``same-site``, or whose ``Origin`` (else
+``Referer``) is not this service's own address, gets a 403 with the reason. Clients that are
+not browsers (the lab's scripts, curl, the worker's webhooks) send none of these and are not
+affected; the page is same-origin.
 ``Host`` itself, which ``Origin`` is compared with, is checked before this (``rest.hosts``).
 """
 
@@ -33,10 +35,15 @@ def cross_site_reason(headers: Headers) -> str | None:
     if site is not None and site not in ALLOWED_FETCH_SITES:
         return f"Sec-Fetch-Site: {site}"
     origin = headers.get("origin")
+    host = headers.get("host", "")
     if origin is not None:
-        host = headers.get("host", "")
         if origin == "null" or urlsplit(origin).netloc.lower() != host.lower():
             return f"Origin {origin!r} is not this service ({host})"
+    # over plain HTTP a browser sends no Sec-Fetch-*, and an <img> no Origin: its Referer
+    # (the page's address; sent cross-site by default) is what is left
+    elif site is None and (referer := headers.get("referer")) is not None and \
+            urlsplit(referer).netloc.lower() != host.lower():
+        return f"Referer from another site ({urlsplit(referer).netloc[:100]!r})"
     return None
 
 

@@ -34,6 +34,12 @@ class RefuseUnknownHosts:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        if sum(name == b"host" for name, _ in scope["headers"]) > 1:  # RFC 9112 3.2: a 400;
+            log.info("%s %s refused: more than one Host", scope["method"],  # a proxy may
+                     scope["path"][:200])  # have routed it by the other one
+            await JSONResponse({"error": REFUSED, "reason": REFUSED}, status_code=400)(
+                scope, receive, send)
+            return
         admitted = False
 
         async def admit(scope: Scope, receive: Receive, _: Send) -> None:

@@ -58,7 +58,8 @@ def link_client(request: Request, clients: Mapping[str, bytes], max_ttl_s: int) 
     now = time.time()
     key = clients.get(client, _NOBODY_KEY) if CLIENT_NAME_RE.fullmatch(client) else _NOBODY_KEY
     expected = _signature(key, client, expires, request.url.path, query)
-    valid = hmac.compare_digest(expected, query.get("sig", "")) and client in clients and \
+    given = query.get("sig", "").encode("utf-8", "surrogateescape")  # any text: bytes compare
+    valid = hmac.compare_digest(expected.encode(), given) and client in clients and \
         request.method in ("GET", "HEAD") and request.url.path.startswith(TRACK_PATH_PREFIX) \
         and now < expires <= now + max_ttl_s
     if not valid:

@@ -40,8 +40,8 @@ REST_LAYERS: tuple[tuple[str, ...], ...] = (
     ("rest.tenancy",),
     ("rest.backend",),
     ("rest.owners", "rest.fair_share", "rest.links", "rest.callbacks", "rest.ratelimit",
-     "rest.limits", "rest.observability", "rest.csrf", "rest.hosts", "rest.probes",
-     "rest.tracks", "rest.ingest"),
+     "rest.limits", "rest.observability", "rest.csrf", "rest.browser_headers", "rest.hosts",
+     "rest.probes", "rest.tracks", "rest.ingest"),
     ("rest.schemas",),
 )
 """``rest/``'s modules (or packages) from top to bottom; a module may import its own layer's

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from datetime import timedelta
 from typing import Any
 
@@ -13,9 +14,9 @@ from minio.error import S3Error
 
 from common.contract import TRACKS
 from common.formats import all_encodings
-from common.numbers import AsciiInt
+from common.numbers import AsciiInt, ascii_int
 from common.retention import MISSING_OBJECT
-from rest.backend import BackendDep
+from rest.backend import Backend, BackendDep
 from rest.read_models import absent_reason, track_encoding, track_key
 from rest.removal import Removed, remove_tracks
 from rest.routes import apiv1
@@ -56,7 +57,7 @@ def track(songhash: str, track: str, request: Request, backend: BackendDep,
         raise
     if redirect and backend.presigner is not None:  # never the main user's credentials
         url = backend.presigner.presigned_get_object(
-            bucket, key, expires=timedelta(seconds=backend.settings.presign_ttl_s))
+            bucket, key, expires=timedelta(seconds=presign_ttl_s(backend, request)))
         return RedirectResponse(url, status_code=307)
     disposition = "attachment" if download else "inline"
     extension = ".mp3" if name == "original" else encoding.extension
@@ -106,3 +107,14 @@ router.add_api_route("/track/{songhash}/{track}", track, methods=["HEAD"],
 router.add_api_route("/remove/{songhash}/{track}", remove, methods=["GET"],
                      response_model=RemoveResponse, operation_id="remove_with_get",
                      summary="Remove (with GET, as the lab's clients do)")
+
+
+def presign_ttl_s(backend: Backend, request: Request) -> int:
+    """How long a presigned URL lives: ``PRESIGN_TTL_S``, but no longer than the signed link
+    it was asked through (``rest.links``, already checked), which would otherwise be
+    stretched from its minutes to the presign's hour."""
+    ttl_s = backend.settings.presign_ttl_s
+    if "sig" in request.query_params:
+        left_s = ascii_int(request.query_params.get("expires", "0")) - time.time()
+        ttl_s = min(ttl_s, max(1, int(left_s)))
+    return ttl_s

@@ -29,8 +29,10 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from common.contract import DEMUCS_STEMS, MODEL_RE, sha256_file
+from common.egress import EgressPolicy, RefusedTarget, check_target
 from common.models import (
     BUILTIN_SOURCE,
     FILE_NAME_RE,
@@ -45,6 +47,10 @@ from worker.demucs.bags import MODEL_FILE_RE, bag_signatures, model_signature
 
 log = logging.getLogger(__name__)
 DOWNLOAD_TIMEOUT_S = 60.0
+MAX_WEIGHT_BYTES = 1 << 30
+"""A weight file's most bytes (the pretrained ones are 80-170 MB): a host that keeps sending
+is cut off before it fills the disk, whatever the hash says at the end."""
+PUBLIC_ONLY = EgressPolicy.parse(False, None)
 
 
 class WeightsError(ValueError):
@@ -245,10 +251,16 @@ def download(url: str, path: Path, sha256: str) -> None:
     partial = path.with_name(path.name + ".partial")
     digest = hashlib.sha256()
     try:
-        # http(s) only, checked above
-        opened = urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S)  # noqa: S310  # nosec B310
+        # http(s) only, checked above; redirects only as _HttpsRedirects allows
+        opener = urllib.request.build_opener(_HttpsRedirects)
+        opened = opener.open(url, timeout=DOWNLOAD_TIMEOUT_S)
+        written = 0
         with opened as response, partial.open("wb") as out:
             while chunk := response.read(1 << 20):
+                written += len(chunk)
+                if written > MAX_WEIGHT_BYTES:
+                    raise WeightsError(f"{url} sends more than {MAX_WEIGHT_BYTES} bytes: no "
+                                       "weight file is that large; not kept")
                 digest.update(chunk)
                 out.write(chunk)
         if digest.hexdigest() != sha256:
@@ -259,6 +271,25 @@ def download(url: str, path: Path, sha256: str) -> None:
         raise WeightsError(f"cannot fetch {url}: {error}") from None
     finally:
         partial.unlink(missing_ok=True)
+
+
+class _HttpsRedirects(urllib.request.HTTPRedirectHandler):
+    """A weights host may redirect (Hugging Face's files are on a CDN), but only to https and
+    to a public address (``common.egress``): never down to http, nor into the operator's own
+    network."""
+
+    max_redirections = 5
+
+    def redirect_request(self, req: urllib.request.Request, fp: Any, code: int, msg: str,
+                         headers: Any, newurl: str) -> urllib.request.Request | None:
+        try:
+            if not newurl.startswith("https://"):
+                raise RefusedTarget("not https")
+            check_target(newurl, PUBLIC_ONLY)
+        except RefusedTarget as refused:
+            raise WeightsError(f"{req.full_url} redirects to {newurl[:200]!r}, which is not "
+                               f"followed ({refused})") from None
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
 
 
 def main(argv: list[str] | None = None) -> int:
