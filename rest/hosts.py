@@ -34,11 +34,9 @@ class RefuseUnknownHosts:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        if sum(name == b"host" for name, _ in scope["headers"]) > 1:  # RFC 9112 3.2: a 400;
-            log.info("%s %s refused: more than one Host", scope["method"],  # a proxy may
-                     scope["path"][:200])  # have routed it by the other one
-            await JSONResponse({"error": REFUSED, "reason": REFUSED}, status_code=400)(
-                scope, receive, send)
+        hosts = [value for name, value in scope["headers"] if name == b"host"]
+        if len(hosts) > 1:  # RFC 9112 3.2: a 400 (a proxy may have routed it by the other)
+            await _refuse(scope, receive, send, "more than one Host")
             return
         admitted = False
 
@@ -53,8 +51,12 @@ class RefuseUnknownHosts:
         await TrustedHostMiddleware(admit, self.allowed_hosts, www_redirect=False)(
             scope, receive, drop)
         if not admitted:
-            host = dict(scope["headers"]).get(b"host", b"").decode("latin-1")
-            log.info("%s %s refused: Host %r is not in ALLOWED_HOSTS", scope["method"],
-                     scope["path"][:200], host[:100])
-            await JSONResponse({"error": REFUSED, "reason": REFUSED}, status_code=400)(
-                scope, receive, send)
+            host = (hosts or [b""])[0].decode("latin-1")
+            await _refuse(scope, receive, send, f"Host {host[:100]!r} is not in ALLOWED_HOSTS")
+
+
+async def _refuse(scope: Scope, receive: Receive, send: Send, why: str) -> None:
+    """Log why, and answer as the service's other errors are: a JSON 400."""
+    log.info("%s %s refused: %s", scope["method"], scope["path"][:200], why)
+    await JSONResponse({"error": REFUSED, "reason": REFUSED}, status_code=400)(
+        scope, receive, send)

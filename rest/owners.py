@@ -107,12 +107,12 @@ class Owners:
               variant: str = "") -> None:
         """The client owns these tracks of the song made with ``model`` in encoding
         ``variant`` (made or not yet)."""
+        keys = {track: owners_key(songhash, model, track, variant) for track in tracks}
         with self.redis.pipeline(transaction=True) as pipe:
-            for track in tracks:
-                key = owners_key(songhash, model, track, variant)
+            for track, key in keys.items():
                 pipe.sadd(key, f"{client}/{track}")
-                if self.owners_ttl_s:
-                    pipe.expire(key, self.owners_ttl_s)
+            for key in set(keys.values()) if self.owners_ttl_s else ():
+                pipe.expire(key, self.owners_ttl_s)
             pipe.execute()
 
     def owned_job(self, client: str, job_id: str, songhash: str, waiting: bool) -> None:
